@@ -1,0 +1,28 @@
+//! The wire contract between Faultline's agents and collectors, and the measurement
+//! math both sides share.
+//!
+//! Pure by design: nothing here opens a socket, spawns a task or reads a clock. Every
+//! time-dependent call takes the time as an argument, so the same code runs in the
+//! agent, the collector, `replay` and the tests alike.
+//!
+//! - [`id`]: validated identifiers for sites, targets, providers and ISPs.
+//! - [`report`], [`state`]: the payloads of `../shared/DESIGN.md`, in their JSON form.
+//! - [`wire`]: the versioned postcard envelope agents publish, with a size-capped decoder.
+//! - [`topic`]: builders and parsers for every MQTT topic.
+//! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
+
+pub mod id;
+pub mod measure;
+pub mod report;
+pub mod state;
+pub mod topic;
+pub mod wire;
+
+pub use id::{Id, IdError};
+pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
+pub use state::{
+    Cause, Incident, IncidentEvent, IncidentEventKind, OfflineReason, Recommendation, Scope, State,
+    Status, StatusState, Verdict,
+};
+pub use topic::{Topic, Topics};
+pub use wire::{DecodeError, EncodeError, MAX_ENVELOPE_BYTES, WIRE_VERSION, decode, encode};

@@ -1,0 +1,201 @@
+//! The JSON payloads around reports: an agent's retained `Status` (and last will), the
+//! collector's `Verdict`s and `IncidentEvent`s. Field for field as DESIGN.md gives them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::Id;
+
+/// An agent's retained presence on `.../sites/{site}/status`; also its last will.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: StatusState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isp: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<OfflineReason>,
+}
+
+impl Status {
+    /// What an agent publishes (retained) once connected.
+    pub fn online(boot: u32, version: &str, isp: Id, customer: Option<String>) -> Self {
+        Self {
+            state: StatusState::Online,
+            boot: Some(boot),
+            version: Some(version.to_owned()),
+            isp: Some(isp),
+            customer,
+            reason: None,
+        }
+    }
+
+    /// The last will (`Lost`) or the clean-stop message (`Shutdown`).
+    pub fn offline(reason: OfflineReason) -> Self {
+        Self {
+            state: StatusState::Offline,
+            boot: None,
+            version: None,
+            isp: None,
+            customer: None,
+            reason: Some(reason),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusState {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflineReason {
+    /// The broker published the last will: the agent vanished.
+    Lost,
+    /// The agent stopped cleanly.
+    Shutdown,
+}
+
+/// What a verdict is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Site,
+    Isp,
+    Provider,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Site => "site",
+            Scope::Isp => "isp",
+            Scope::Provider => "provider",
+        }
+    }
+}
+
+/// A verdict's state. Sites use ok | degraded | down | offline; ISPs and providers use
+/// ok | degraded | outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ok,
+    Degraded,
+    Down,
+    Offline,
+    Outage,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ok => "ok",
+            State::Degraded => "degraded",
+            State::Down => "down",
+            State::Offline => "offline",
+            State::Outage => "outage",
+        }
+    }
+
+    pub fn is_ok(self) -> bool {
+        self == State::Ok
+    }
+}
+
+/// Where the fault lies, bottom-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    None,
+    Lan,
+    Isp,
+    Host,
+    Path,
+    Provider,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::None => "none",
+            Cause::Lan => "lan",
+            Cause::Isp => "isp",
+            Cause::Host => "host",
+            Cause::Path => "path",
+            Cause::Provider => "provider",
+        }
+    }
+}
+
+/// The collector's judgement of one site, ISP or provider, retained on its state topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub at_ms: u64,
+    pub scope: Scope,
+    pub id: Id,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// The provider a site's `path` or `provider` cause is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Id>,
+    /// Affected sites (ISP and provider verdicts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<Recommendation>,
+}
+
+/// What the MSP should do about a provider fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub action: Action,
+    pub to: Id,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Failover,
+}
+
+/// Published on `.../events/incidents` whenever an incident opens, changes or closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentEvent {
+    pub event: IncidentEventKind,
+    pub incident: Incident,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentEventKind {
+    Opened,
+    Updated,
+    Closed,
+}
+
+/// A fault with a stable id, from opening to closing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub scope: Scope,
+    pub target_id: Id,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    pub state: State,
+    pub opened_ms: u64,
+    #[serde(default)]
+    pub closed_ms: Option<u64>,
+    #[serde(default)]
+    pub sites: Vec<Id>,
+}
