@@ -1,1 +1,328 @@
-//! Faultline's test kit: shared helpers for the end-to-end tests in `tests/tests/`.
+//! Faultline's test kit: real processes for end-to-end tests.
+//!
+//! - [`require`]: find an external tool or skip the test with a clear reason
+//!   (in CI, `FAULTLINE_REQUIRE_ALL=1` turns a missing tool into a failure).
+//! - [`workspace_bin`]: the path of one of our binaries, built on demand.
+//! - [`Mosquitto`]: a real broker on an ephemeral loopback port, stoppable and
+//!   restartable with or without its persistent state.
+//! - [`Child`]: a spawned process killed when dropped.
+//! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Locates `tool` on PATH (and /usr/sbin, where Debian puts daemons). `None` means
+/// the caller should return early: the skip reason has been printed. Under
+/// `FAULTLINE_REQUIRE_ALL=1` (CI) a missing tool panics instead.
+pub fn require(tool: &str, package: &str) -> Option<PathBuf> {
+    if let Some(p) = which(tool) {
+        return Some(p);
+    }
+    let msg = format!(
+        "{tool} not found: install Debian's `{package}` (bash .ci/install-deps does) to run this test"
+    );
+    if std::env::var_os("FAULTLINE_REQUIRE_ALL").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// True when running as root (needed for raw sockets, namespaces, nftables). Prints
+/// the skip reason when not; panics under `FAULTLINE_REQUIRE_ALL=1`.
+pub fn require_root(what: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        let msg = format!("{what} needs root (CI runs as root)");
+        if std::env::var_os("FAULTLINE_REQUIRE_ALL").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    root
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The path of a workspace binary (`faultline-agent`, `faultline-collector`), built
+/// with `cargo build` if this test run has not built it yet.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let bin = dir.join(name);
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    assert!(bin.is_file(), "{} missing after build", bin.display());
+    bin
+}
+
+/// A free TCP port on loopback (bound then released; good enough for tests).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral TCP port")
+        .port()
+}
+
+/// A free UDP port on loopback.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral UDP port")
+        .port()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct Child {
+    inner: Option<std::process::Child>,
+    name: String,
+}
+
+impl Child {
+    /// Spawns `cmd`, tagging it `name` for messages.
+    pub fn spawn(name: &str, cmd: &mut Command) -> std::io::Result<Self> {
+        let inner = cmd.spawn()?;
+        Ok(Self {
+            inner: Some(inner),
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.inner.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`, `"KILL"`) via kill(1).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `timeout`; returns its status.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.inner.as_mut()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.inner = None;
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process now and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.inner.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.inner.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Access to the underlying process (e.g. to take its stdout).
+    pub fn inner_mut(&mut self) -> Option<&mut std::process::Child> {
+        self.inner.as_mut()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "faultline-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real Mosquitto broker on 127.0.0.1 at an ephemeral port.
+#[derive(Debug)]
+pub struct Mosquitto {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    child: Option<Child>,
+    extra_conf: String,
+}
+
+impl Mosquitto {
+    /// Starts a broker with persistence on (state kept across [`Mosquitto::restart`]).
+    /// `None` when mosquitto is not installed (the test should return; reason printed).
+    pub fn start() -> Option<Self> {
+        Self::start_with("")
+    }
+
+    /// Starts a broker with extra lines appended to its config (ACLs, auth...).
+    pub fn start_with(extra_conf: &str) -> Option<Self> {
+        let bin = require("mosquitto", "mosquitto")?;
+        let mut m = Self {
+            port: free_tcp_port(),
+            bin,
+            dir: TempDir::new("mosquitto"),
+            child: None,
+            extra_conf: extra_conf.to_owned(),
+        };
+        m.launch();
+        Some(m)
+    }
+
+    /// The broker's `mqtt://` URL.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn launch(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut f = std::fs::File::create(&conf).expect("write mosquitto.conf");
+        write!(
+            f,
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\n\
+             log_dest stderr\nlog_type error\nlog_type warning\n{extra}\n",
+            port = self.port,
+            dir = self.dir.path().display(),
+            extra = self.extra_conf,
+        )
+        .expect("write mosquitto.conf");
+        let child = Child::spawn(
+            "mosquitto",
+            Command::new(&self.bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )
+        .expect("spawn mosquitto");
+        self.child = Some(child);
+        assert!(
+            wait_for_tcp(self.addr(), Duration::from_secs(10)),
+            "mosquitto did not start listening on {}",
+            self.addr()
+        );
+    }
+
+    /// Stops the broker (SIGTERM, so it saves its state) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.signal("TERM");
+            if c.wait_timeout(Duration::from_secs(10)).is_none() {
+                c.kill();
+            }
+        }
+    }
+
+    /// Starts the broker again on the same port; with `keep_state` false its
+    /// persistence file is deleted first (sessions and queued messages forgotten).
+    pub fn restart(&mut self, keep_state: bool) {
+        self.stop();
+        if !keep_state {
+            let _ = std::fs::remove_file(self.dir.path().join("mosquitto.db"));
+        }
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+}
