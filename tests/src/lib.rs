@@ -8,6 +8,7 @@
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 
+pub mod fleet;
 pub mod relay;
 
 use std::io::Write;
