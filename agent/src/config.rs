@@ -1,2 +1,803 @@
-//! The agent's TOML config, two-stage: raw parse, then a validated `Config`.
-//! OWNED BY THE DELIVERY WORK.
+//! The agent's TOML config, two-stage: [`RawConfig`] is what serde reads (every value
+//! with its span), [`Config`] is the validated result that cannot hold a bad state.
+//! Every error is a [`ConfigError`] naming the field and its line.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use faultline_shared::{Id, Topics};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config_error::ConfigError;
+use crate::gateway;
+use crate::probe::{RawTarget, Target};
+
+/// Window length when `window_seconds` is absent.
+pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
+/// Longest window accepted.
+pub const MAX_WINDOW_SECONDS: u64 = 3600;
+/// Outbox capacity when `outbox_capacity` is absent: 24 h of default windows.
+pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
+/// Largest outbox accepted (memory bound on a small gateway).
+pub const MAX_OUTBOX_CAPACITY: usize = 1_000_000;
+/// MQTT keepalive when `mqtt.keepalive_seconds` is absent.
+pub const DEFAULT_KEEPALIVE_SECONDS: u64 = 60;
+/// Default broker ports.
+pub const MQTT_PORT: u16 = 1883;
+pub const MQTTS_PORT: u16 = 8883;
+
+// ---------------------------------------------------------------- raw (stage 1)
+
+/// The file as serde reads it: everything optional and spanned, checked in stage 2.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    site: Option<Spanned<String>>,
+    customer: Option<Spanned<String>>,
+    isp: Option<Spanned<String>>,
+    window_seconds: Option<Spanned<i64>>,
+    format: Option<Spanned<String>>,
+    outbox_capacity: Option<Spanned<i64>>,
+    mqtt: Option<Spanned<RawMqtt>>,
+    #[serde(default)]
+    target: Vec<RawTarget>,
+}
+
+/// The `[mqtt]` table, raw.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    url: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
+    keepalive_seconds: Option<Spanned<i64>>,
+    topic_prefix: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------- validated (stage 2)
+
+/// A validated agent config.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub site: Id,
+    pub customer: Option<String>,
+    pub isp: Id,
+    pub window: Duration,
+    pub format: Format,
+    pub outbox_capacity: usize,
+    pub mqtt: MqttConfig,
+    pub targets: Vec<Target>,
+}
+
+/// How reports are encoded and on which topic they go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The binary envelope on `.../report` (default).
+    Postcard,
+    /// `Report` JSON on `.../report/json`.
+    Json,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Postcard => "postcard",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// Where and how to reach the broker.
+#[derive(Debug)]
+pub struct MqttConfig {
+    pub broker: Broker,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Present exactly when the URL is `mqtts://`.
+    pub tls: Option<TlsFiles>,
+    pub keepalive: Duration,
+    pub topics: Topics,
+}
+
+/// A broker address from an `mqtt://` or `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// TLS material, loaded and checked when the config is.
+#[derive(Debug)]
+pub struct TlsFiles {
+    /// CA certificates from `ca_file`; `None`: the system's roots.
+    pub ca: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
+    /// Client certificate chain and key for mutual TLS.
+    pub client: Option<ClientAuth>,
+}
+
+#[derive(Debug)]
+pub struct ClientAuth {
+    pub cert_file: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// A password that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        line: None,
+        field: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &src, gateway::default_gateway)
+}
+
+/// Validates `src` as the config at `path`; `gateway` finds the default gateway when a
+/// target asks for it.
+pub fn parse(
+    path: &Path,
+    src: &str,
+    gateway: impl FnOnce() -> std::io::Result<Option<std::net::Ipv4Addr>>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
+    Validator { path, src }.config(raw, gateway)
+}
+
+/// Turns a toml/serde error into a `ConfigError` naming the key when toml knows it.
+fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
+    // toml keeps the key path private but prints it ("in `a.b`") when it has no input.
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let printed = bare.to_string();
+    let keys = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`')))
+        .map(str::to_owned);
+    let message = e.message().trim().to_owned();
+    let field = match keys {
+        Some(k) if k == "target" || k.starts_with("target.") => {
+            let i = e.span().map_or(0, |s| target_index_at(src, s.start));
+            format!("target[{i}]{}", k.strip_prefix("target").unwrap_or(""))
+        }
+        Some(k) => k,
+        None => field_from_message(&message).unwrap_or_else(|| "(syntax)".into()),
+    };
+    ConfigError::new(path, src, e.span(), field, message)
+}
+
+/// `unknown field `x`` / `missing field `x``: the `x`.
+fn field_from_message(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// Which `[[target]]` table (0-based) the byte offset `at` lies in.
+fn target_index_at(src: &str, at: usize) -> usize {
+    let before = &src[..at.min(src.len())];
+    let headers = before
+        .lines()
+        .filter(|l| {
+            let t: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+            t.starts_with("[[target]]")
+        })
+        .count();
+    headers.saturating_sub(1)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Option<Range<usize>>, field: &str, msg: impl fmt::Display) -> ConfigError {
+        ConfigError::new(self.path, self.src, span, field, msg)
+    }
+
+    fn missing(&self, span: Option<Range<usize>>, field: &str, what: &str) -> ConfigError {
+        self.err(span, field, format!("missing: {what}"))
+    }
+
+    fn id(&self, v: &Spanned<String>, field: &str) -> Result<Id, ConfigError> {
+        Id::new(v.get_ref().as_str()).map_err(|e| self.err(Some(v.span()), field, e))
+    }
+
+    fn int_in(&self, v: &Spanned<i64>, field: &str, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+        u64::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| {
+                self.err(
+                    Some(v.span()),
+                    field,
+                    format!("{} is out of range {lo}..={hi}", v.get_ref()),
+                )
+            })
+    }
+
+    /// A path relative to the config file's folder.
+    fn file(&self, v: &Spanned<String>) -> PathBuf {
+        let p = Path::new(v.get_ref());
+        match self.path.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_owned(),
+        }
+    }
+
+    fn config(
+        &self,
+        raw: RawConfig,
+        gateway: impl FnOnce() -> std::io::Result<Option<std::net::Ipv4Addr>>,
+    ) -> Result<Config, ConfigError> {
+        let site = raw
+            .site
+            .as_ref()
+            .ok_or_else(|| self.missing(None, "site", "the site's id, e.g. site = \"acme-hq\""))?;
+        let site = self.id(site, "site")?;
+        let isp = raw.isp.as_ref().ok_or_else(|| {
+            self.missing(None, "isp", "the site's ISP label, e.g. isp = \"Comcast\"")
+        })?;
+        let isp = self.id(isp, "isp")?;
+        let customer = match &raw.customer {
+            Some(c) if c.get_ref().trim().is_empty() || c.get_ref().len() > 256 => {
+                return Err(self.err(Some(c.span()), "customer", "must be 1 to 256 characters"));
+            }
+            Some(c) => Some(c.get_ref().clone()),
+            None => None,
+        };
+        let window_s = match &raw.window_seconds {
+            Some(w) => self.int_in(w, "window_seconds", 1, MAX_WINDOW_SECONDS)?,
+            None => DEFAULT_WINDOW_SECONDS,
+        };
+        let format = match &raw.format {
+            None => Format::Postcard,
+            Some(f) => match f.get_ref().as_str() {
+                "postcard" => Format::Postcard,
+                "json" => Format::Json,
+                other => {
+                    return Err(self.err(
+                        Some(f.span()),
+                        "format",
+                        format!("unknown format {other:?}: use \"postcard\" or \"json\""),
+                    ));
+                }
+            },
+        };
+        let outbox_capacity = match &raw.outbox_capacity {
+            Some(c) => self.int_in(c, "outbox_capacity", 1, MAX_OUTBOX_CAPACITY as u64)? as usize,
+            None => DEFAULT_OUTBOX_CAPACITY,
+        };
+        let mqtt = raw
+            .mqtt
+            .as_ref()
+            .ok_or_else(|| self.missing(None, "mqtt", "an [mqtt] table with the broker's url"))?;
+        let mqtt = self.mqtt(mqtt, &site)?;
+        let targets = self.targets(&raw.target, gateway)?;
+        Ok(Config {
+            path: self.path.to_owned(),
+            site,
+            customer,
+            isp,
+            window: Duration::from_secs(window_s),
+            format,
+            outbox_capacity,
+            mqtt,
+            targets,
+        })
+    }
+
+    fn mqtt(&self, raw: &Spanned<RawMqtt>, site: &Id) -> Result<MqttConfig, ConfigError> {
+        let table = Some(raw.span());
+        let raw = raw.get_ref();
+        let url = raw.url.as_ref().ok_or_else(|| {
+            self.missing(
+                table.clone(),
+                "mqtt.url",
+                "e.g. url = \"mqtts://broker.example:8883\"",
+            )
+        })?;
+        let broker = parse_broker_url(url.get_ref())
+            .map_err(|m| self.err(Some(url.span()), "mqtt.url", m))?;
+        let client_id = match &raw.client_id {
+            Some(c) => {
+                Id::validate(c.get_ref())
+                    .map_err(|e| self.err(Some(c.span()), "mqtt.client_id", e))?;
+                c.get_ref().clone()
+            }
+            None => default_client_id(site),
+        };
+        let username = match &raw.username {
+            Some(u) if u.get_ref().is_empty() => {
+                return Err(self.err(Some(u.span()), "mqtt.username", "must not be empty"));
+            }
+            Some(u) => Some(u.get_ref().clone()),
+            None => None,
+        };
+        let password = match &raw.password_file {
+            Some(p) => {
+                if username.is_none() {
+                    return Err(self.err(
+                        Some(p.span()),
+                        "mqtt.password_file",
+                        "a password needs mqtt.username",
+                    ));
+                }
+                let file = self.file(p);
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    self.err(
+                        Some(p.span()),
+                        "mqtt.password_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                let pw = text.trim_end_matches(['\r', '\n']);
+                if pw.is_empty() {
+                    return Err(self.err(
+                        Some(p.span()),
+                        "mqtt.password_file",
+                        format!("{} is empty", file.display()),
+                    ));
+                }
+                Some(Secret(pw.to_owned()))
+            }
+            None => None,
+        };
+        let tls = self.tls(raw, &broker)?;
+        let keepalive = match &raw.keepalive_seconds {
+            Some(k) => self.int_in(k, "mqtt.keepalive_seconds", 5, 3600)?,
+            None => DEFAULT_KEEPALIVE_SECONDS,
+        };
+        let topics = match &raw.topic_prefix {
+            Some(p) => Topics::new(p.get_ref())
+                .map_err(|e| self.err(Some(p.span()), "mqtt.topic_prefix", e))?,
+            None => Topics::default(),
+        };
+        Ok(MqttConfig {
+            broker,
+            client_id,
+            username,
+            password,
+            tls,
+            keepalive: Duration::from_secs(keepalive),
+            topics,
+        })
+    }
+
+    fn tls(&self, raw: &RawMqtt, broker: &Broker) -> Result<Option<TlsFiles>, ConfigError> {
+        let tls_fields = [
+            ("mqtt.ca_file", &raw.ca_file),
+            ("mqtt.client_cert", &raw.client_cert),
+            ("mqtt.client_key", &raw.client_key),
+        ];
+        if !broker.tls {
+            if let Some((field, Some(v))) = tls_fields.iter().find(|(_, v)| v.is_some()) {
+                return Err(self.err(Some(v.span()), field, "needs an mqtts:// url"));
+            }
+            return Ok(None);
+        }
+        let certs = |v: &Spanned<String>, field: &str| {
+            let file = self.file(v);
+            let certs = CertificateDer::pem_file_iter(&file)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    self.err(
+                        Some(v.span()),
+                        field,
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(self.err(
+                    Some(v.span()),
+                    field,
+                    format!("{} holds no PEM certificate", file.display()),
+                ));
+            }
+            Ok((file, certs))
+        };
+        let ca = raw
+            .ca_file
+            .as_ref()
+            .map(|v| certs(v, "mqtt.ca_file"))
+            .transpose()?;
+        let client = match (&raw.client_cert, &raw.client_key) {
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(self.err(
+                    Some(c.span()),
+                    "mqtt.client_key",
+                    "missing: client_cert needs client_key",
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(self.err(
+                    Some(k.span()),
+                    "mqtt.client_cert",
+                    "missing: client_key needs client_cert",
+                ));
+            }
+            (Some(c), Some(k)) => {
+                let (cert_file, certs) = certs(c, "mqtt.client_cert")?;
+                let key_file = self.file(k);
+                let key = PrivateKeyDer::from_pem_file(&key_file).map_err(|e| {
+                    self.err(
+                        Some(k.span()),
+                        "mqtt.client_key",
+                        format!(
+                            "cannot read a PEM private key from {}: {e}",
+                            key_file.display()
+                        ),
+                    )
+                })?;
+                Some(ClientAuth {
+                    cert_file,
+                    certs,
+                    key,
+                })
+            }
+        };
+        Ok(Some(TlsFiles { ca, client }))
+    }
+
+    fn targets(
+        &self,
+        raw: &[RawTarget],
+        gateway: impl FnOnce() -> std::io::Result<Option<std::net::Ipv4Addr>>,
+    ) -> Result<Vec<Target>, ConfigError> {
+        let wants_gateway = raw.iter().position(|t| t.host.get_ref() == "gateway");
+        let gw = match wants_gateway {
+            None => None,
+            Some(i) => {
+                let host = &raw[i].host;
+                let field = format!("target[{i}].host");
+                match gateway() {
+                    Ok(Some(gw)) => Some(std::net::IpAddr::V4(gw)),
+                    Ok(None) => {
+                        return Err(self.err(
+                            Some(host.span()),
+                            &field,
+                            format!(
+                                "\"gateway\" but {} has no default route; give the gateway's address",
+                                gateway::PROC_NET_ROUTE
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(self.err(
+                            Some(host.span()),
+                            &field,
+                            format!(
+                                "\"gateway\" but cannot read {}: {e}",
+                                gateway::PROC_NET_ROUTE
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
+        for (i, t) in raw.iter().enumerate() {
+            let target = Target::from_raw(t, i, self.path, self.src, gw)?;
+            if let Some(j) = targets.iter().position(|o| o.name == target.name) {
+                return Err(self.err(
+                    Some(t.name.span()),
+                    &format!("target[{i}].name"),
+                    format!(
+                        "duplicate target name {:?} (also target[{j}])",
+                        target.name.as_str()
+                    ),
+                ));
+            }
+            targets.push(target);
+        }
+        Ok(targets)
+    }
+}
+
+/// The client id used when `mqtt.client_id` is absent: stable per site, so the broker
+/// keeps the agent's session across reconnects and restarts.
+pub fn default_client_id(site: &Id) -> String {
+    format!("faultline-{site}")
+}
+
+/// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 in brackets).
+pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{url:?} must start with mqtt:// or mqtts:// (e.g. mqtts://broker.example:8883)"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{url:?}: only scheme, host and port are allowed (credentials go in username and password_file)"
+        ));
+    }
+    let default_port = if tls { MQTTS_PORT } else { MQTT_PORT };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed '[' in IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{url:?}: expected ':port' after ']'"))?,
+            ),
+        };
+        (h, port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{url:?}: port {p:?} is not 1..=65535"))?,
+    };
+    Ok(Broker {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
+}
+
+impl fmt::Display for Config {
+    /// The resolved plan, as `check` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.mqtt;
+        let window_s = self.window.as_secs();
+        writeln!(f, "config   {}: valid", self.path.display())?;
+        write!(f, "site     {} (ISP {}", self.site, self.isp)?;
+        if let Some(c) = &self.customer {
+            write!(f, ", customer {c}")?;
+        }
+        writeln!(f, ")")?;
+        let topic = match self.format {
+            Format::Postcard => m.topics.report(&self.site),
+            Format::Json => m.topics.report_json(&self.site),
+        };
+        writeln!(
+            f,
+            "window   {window_s} s; reports as {} on {topic}",
+            self.format.as_str()
+        )?;
+        write!(f, "broker   {} as client {}", m.broker, m.client_id)?;
+        if let Some(u) = &m.username {
+            write!(f, ", user {u}")?;
+            if m.password.is_some() {
+                write!(f, " with password")?;
+            }
+        }
+        writeln!(
+            f,
+            ", keepalive {} s, persistent session",
+            m.keepalive.as_secs()
+        )?;
+        if let Some(tls) = &m.tls {
+            match &tls.ca {
+                Some((file, certs)) => write!(
+                    f,
+                    "tls      CA {} ({} certificates)",
+                    file.display(),
+                    certs.len()
+                )?,
+                None => write!(f, "tls      the system's CA roots")?,
+            }
+            if let Some(c) = &tls.client {
+                write!(f, "; client certificate {}", c.cert_file.display())?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(
+            f,
+            "status   {} (retained; last will offline/lost)",
+            m.topics.status(&self.site)
+        )?;
+        let hours = self.outbox_capacity as u64 * window_s / 3600;
+        writeln!(
+            f,
+            "outbox   {} reports (about {hours} h of windows while offline)",
+            self.outbox_capacity
+        )?;
+        writeln!(f, "targets  {}", self.targets.len())?;
+        for t in &self.targets {
+            writeln!(f, "  {t}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let b = parse_broker_url("mqtts://broker.msp.example:8883").unwrap();
+        assert_eq!(
+            b,
+            Broker {
+                host: "broker.msp.example".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(parse_broker_url("mqtt://10.0.0.1").unwrap().port, 1883);
+        assert_eq!(parse_broker_url("mqtts://b.example/").unwrap().port, 8883);
+        let v6 = parse_broker_url("mqtt://[::1]:1884").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1884));
+        assert_eq!(v6.to_string(), "mqtt://[::1]:1884");
+        for bad in [
+            "http://b:1883",
+            "tcp://b",
+            "mqtt://",
+            "mqtt://b:0",
+            "mqtt://b:99999",
+            "mqtt://b:x",
+            "mqtt://user:pw@b",
+            "mqtt://b/topic",
+            "mqtt://[::1",
+            "b:1883",
+        ] {
+            assert!(parse_broker_url(bad).is_err(), "{bad} must be rejected");
+        }
+    }
+
+    #[test]
+    fn default_client_id_is_stable_per_site() {
+        let s = Id::new("acme-hq").unwrap();
+        assert_eq!(default_client_id(&s), "faultline-acme-hq");
+    }
+
+    #[test]
+    fn finds_the_target_table_of_an_offset() {
+        let src = "site = 1\n[[target]]\nname = \"a\"\n[[ target ]]\nname = \"b\"\n";
+        assert_eq!(target_index_at(src, src.find("\"a\"").unwrap()), 0);
+        assert_eq!(target_index_at(src, src.find("\"b\"").unwrap()), 1);
+    }
+
+    fn no_gateway() -> std::io::Result<Option<std::net::Ipv4Addr>> {
+        Ok(None)
+    }
+
+    fn check(src: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/etc/faultline/agent.toml"), src, no_gateway)
+    }
+
+    const MINIMAL: &str =
+        "site = \"acme-hq\"\nisp = \"Comcast\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n";
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.site, "acme-hq");
+        assert_eq!(c.window, Duration::from_secs(DEFAULT_WINDOW_SECONDS));
+        assert_eq!(c.format, Format::Postcard);
+        assert_eq!(c.outbox_capacity, DEFAULT_OUTBOX_CAPACITY);
+        assert_eq!(c.mqtt.client_id, "faultline-acme-hq");
+        assert_eq!(c.mqtt.keepalive, Duration::from_secs(60));
+        assert!(c.mqtt.tls.is_none());
+        assert!(c.targets.is_empty());
+        let plan = c.to_string();
+        assert!(plan.contains("faultline/v1/sites/acme-hq/report"), "{plan}");
+    }
+
+    fn err(src: &str) -> ConfigError {
+        check(src).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn errors_name_field_and_line() {
+        let e = err("site = \"acme hq\"\nisp = \"x\"\n[mqtt]\nurl = \"mqtt://b\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("site", Some(1)));
+        assert!(e.message.contains("acme hq"), "{e}");
+
+        let e = err("site = \"a\"\nisp = \"b\"\nwindow_seconds = 0\n[mqtt]\nurl = \"mqtt://b\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("window_seconds", Some(3)));
+
+        let e = err("site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"http://b\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.url", Some(4)));
+
+        let e = err("site = \"a\"\nisp = \"b\"\nformat = \"xml\"\n[mqtt]\nurl = \"mqtt://b\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("format", Some(3)));
+
+        let e = err("site = \"a\"\n[mqtt]\nurl = \"mqtt://b\"\n");
+        assert_eq!(e.field, "isp");
+        assert!(e.message.starts_with("missing"), "{e}");
+
+        let e = err("site = \"a\"\nisp = \"b\"\n[mqtt]\nclient_id = \"x\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.url", Some(3)));
+
+        let e = err("site = \"a\"\nisp = \"b\"\nwindow_secs = 5\n[mqtt]\nurl = \"mqtt://b\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("window_secs", Some(3)));
+
+        let e =
+            err("site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://b\"\nca_file = \"ca.pem\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.ca_file", Some(5)));
+
+        let e = err(
+            "site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://b\"\nkeepalive_seconds = \"60\"\n",
+        );
+        assert_eq!(e.line, Some(5), "{e}");
+        assert_eq!(e.field, "mqtt.keepalive_seconds", "{e}");
+
+        let e = err("site = \"a\"\nisp = \"b\"\n[mqtt\nurl = \"mqtt://b\"\n");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn password_file_is_read_and_kept_secret() {
+        let dir = std::env::temp_dir().join(format!("faultline-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+        let src = "site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"pw\"\n";
+        let c = parse(&dir.join("agent.toml"), src, no_gateway).unwrap();
+        assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!c.to_string().contains("s3cret"));
+        let e = parse(
+            &dir.join("agent.toml"),
+            &src.replace("\"pw\"", "\"nope\""),
+            no_gateway,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.password_file", Some(6)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,12 +1,18 @@
 //! `faultline-agent`: the gateway agent. This file only parses the command line and
 //! dispatches; each subcommand lives in its own module.
 
+mod backoff;
 mod cmd_probe;
 mod config;
 mod config_error;
+mod gateway;
+mod host;
+mod mqtt;
+mod outbox;
 mod probe;
 mod reflect;
 mod run;
+mod window;
 
 use std::process::ExitCode;
 
@@ -33,10 +39,27 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match cli.cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Check(args) => run::check(args),
         Cmd::Probe(args) => cmd_probe::main(args),
         Cmd::Reflect(args) => reflect::main(args),
     }
+}
+
+/// Logs to stderr, one line per event, filtered by `RUST_LOG` (default `info`);
+/// rumqttc's `log` records are bridged in.
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    // Fails only when a logger is already set, which nothing else here does.
+    let _ = tracing_log::LogTracer::init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }

@@ -1,7 +1,27 @@
-//! `run` and `check`. OWNED BY THE DELIVERY WORK.
+//! `run` and `check`.
+//!
+//! `run` wires the parts on one small current-thread runtime: one task per target
+//! measures each wall-clock-aligned window, the loop here assembles each window into a
+//! `Report` with the host's health, encodes it and hands it to [`Delivery`], which never
+//! makes it wait. SIGTERM or SIGINT stops it cleanly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use faultline_shared::{ProbeResult, Report};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{self, Config, Format};
+use crate::host::HostSampler;
+use crate::mqtt::Delivery;
+use crate::probe::Prober;
+use crate::window::{Assembler, following_start, guard_ms, next_boundary};
+
+/// How long a clean stop waits for the broker to acknowledge what is queued.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -15,10 +35,233 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
-pub fn run(_args: RunArgs) -> ExitCode {
-    todo!("delivery work")
+/// `faultline-agent run`: exit 2 on a bad config, 1 on a failure to start, 0 on a
+/// clean stop.
+pub fn run(args: RunArgs) -> ExitCode {
+    let cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-pub fn check(_args: CheckArgs) -> ExitCode {
-    todo!("delivery work")
+/// `faultline-agent check`: print the resolved plan, or the error and exit 2.
+pub fn check(args: CheckArgs) -> ExitCode {
+    match config::load(&args.config) {
+        Ok(c) => {
+            print!("{c}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sleeps until the wall clock reads `at_ms` (or returns at once if it has).
+async fn sleep_until_ms(at_ms: u64) {
+    let wait = at_ms.saturating_sub(now_ms());
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+async fn agent(cfg: Config) -> anyhow::Result<()> {
+    // The only provider compiled in; a second install attempt fails harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let boot = fastrand::u32(..);
+    let window_ms = cfg.window.as_millis() as u64;
+    info!(
+        "faultline-agent {} starting: site {}, boot {boot}, {} targets, {} s windows, broker {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.site,
+        cfg.targets.len(),
+        cfg.window.as_secs(),
+        cfg.mqtt.broker
+    );
+    if cfg.targets.is_empty() {
+        warn!("no targets configured: reports carry host health only");
+    }
+    let mut signals = Signals::new().context("installing signal handlers")?;
+    let delivery = Delivery::start(&cfg, boot)?;
+
+    let mut probers = Vec::with_capacity(cfg.targets.len());
+    for t in cfg.targets {
+        let name = t.name.clone();
+        probers.push(
+            Prober::new(t)
+                .await
+                .with_context(|| format!("target {name}"))?,
+        );
+    }
+    let blanks: Vec<ProbeResult> = probers
+        .iter()
+        .map(|p| {
+            let t = p.target();
+            ProbeResult::new(t.name.clone(), t.layer, t.provider.clone(), t.kind)
+        })
+        .collect();
+
+    let first = next_boundary(now_ms(), window_ms);
+    let (tx, mut rx) = mpsc::channel(probers.len() * 4 + 4);
+    let tasks: Vec<_> = probers
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| tokio::spawn(probe_loop(i, p, first, window_ms, tx.clone())))
+        .collect();
+    drop(tx);
+
+    let mut asm = Assembler::new(cfg.site.clone(), boot, window_ms, blanks);
+    let mut host = HostSampler::new();
+    let grace = window_ms / 2;
+    let mut current = first;
+    let mut probes_alive = !tasks.is_empty();
+    'windows: loop {
+        // Wait until every target reported for `current` (and the window is over) or
+        // its deadline passed; keep results for later windows.
+        let end = current + window_ms - guard_ms(window_ms);
+        let deadline = current + window_ms + grace;
+        loop {
+            let now = now_ms();
+            if (asm.is_complete(current) && now >= end) || now >= deadline {
+                break;
+            }
+            let wake = if asm.is_complete(current) {
+                end
+            } else {
+                deadline
+            };
+            tokio::select! {
+                msg = rx.recv(), if probes_alive => match msg {
+                    Some((start, i, r)) if start >= current => asm.add(start, i, r),
+                    Some((start, i, _)) => debug!("late result of target {i} for window {start} dropped"),
+                    None => probes_alive = false,
+                },
+                _ = sleep_until_ms(wake) => {}
+                _ = signals.recv() => break 'windows,
+            }
+        }
+        let report = asm.finish(current, Some(host.sample()));
+        publish(&delivery, &report, cfg.format);
+
+        current += window_ms;
+        let now = now_ms();
+        if now > current + 2 * window_ms || now + window_ms < current {
+            let to = next_boundary(now, window_ms);
+            warn!(
+                "the clock jumped (expected about {current} ms, now {now} ms): resuming at window {to}"
+            );
+            asm.discard_before(u64::MAX);
+            current = to;
+        }
+        asm.discard_before(current);
+    }
+
+    info!("stopping: {} reports queued", delivery.backlog());
+    for t in &tasks {
+        t.abort();
+    }
+    delivery.shutdown(SHUTDOWN_FLUSH).await;
+    Ok(())
+}
+
+/// Encodes `report` per `format` and queues it.
+fn publish(delivery: &Delivery, report: &Report, format: Format) {
+    let payload = match format {
+        Format::Postcard => faultline_shared::encode(report).map_err(anyhow::Error::from),
+        Format::Json => serde_json::to_vec(report).map_err(anyhow::Error::from),
+    };
+    match payload {
+        Ok(bytes) => {
+            debug!(
+                seq = report.seq,
+                bytes = bytes.len(),
+                probes = report.probes.len(),
+                "report queued"
+            );
+            delivery.enqueue(report.seq, bytes);
+        }
+        Err(e) => error!("report seq {} cannot be encoded: {e:#}", report.seq),
+    }
+}
+
+/// Measures one target window after window, from the window starting at `start`.
+async fn probe_loop(
+    index: usize,
+    mut prober: Prober,
+    mut start: u64,
+    window_ms: u64,
+    tx: mpsc::Sender<(u64, usize, ProbeResult)>,
+) {
+    let budget = Duration::from_millis(window_ms - guard_ms(window_ms));
+    let limit = Duration::from_millis(window_ms + guard_ms(window_ms));
+    loop {
+        sleep_until_ms(start).await;
+        let result = match tokio::time::timeout(limit, prober.measure(budget)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let t = prober.target();
+                warn!(
+                    "target {} overran its window; its probe was cut short",
+                    t.name
+                );
+                let mut r = ProbeResult::new(t.name.clone(), t.layer, t.provider.clone(), t.kind);
+                r.error = Some("overran window".into());
+                r
+            }
+        };
+        if tx.send((start, index, result)).await.is_err() {
+            return;
+        }
+        start = following_start(start, now_ms(), window_ms);
+    }
+}
+
+/// SIGTERM and SIGINT, either of which stops the agent cleanly.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }
