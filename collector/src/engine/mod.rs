@@ -1,0 +1,430 @@
+//! The diagnosis engine: DESIGN.md's "What a verdict means", sans-IO.
+//!
+//! Nothing here reads a clock or touches a socket: every call takes the collector's
+//! time `now_ms`, so `run` (driven by the wall clock) and `replay` (driven by a
+//! file's clock) are the same engine. Messages go in through [`Engine::ingest`];
+//! [`Engine::tick`] evaluates every window boundary up to `now_ms` and returns the
+//! verdict changes and incident events.
+//!
+//! Time: the engine judges on *collector receive time* only. A report's `start_ms`
+//! comes from a gateway clock that may be wrong (no RTC, no NTP yet); it is stored
+//! in history and compared with the collector's clock only to count skew. Which
+//! window is newest is decided by `(boot, seq)`, never by `start_ms`.
+//!
+//! Evaluation tick: at every multiple of `window_ms` of collector time. Each site
+//! contributes its newest live window received since the previous tick; a site
+//! with nothing new keeps its previous window until `silence_windows` ticks pass,
+//! then it is offline.
+
+pub mod fleet;
+pub mod health;
+pub mod site;
+
+use std::collections::BTreeMap;
+
+use faultline_shared::{
+    Id, Incident, Report, Scope, State, Status, StatusState, Topic, Topics, Verdict, decode,
+};
+
+pub use fleet::{Fleet, Output, Track};
+pub use health::{Health, Thresholds};
+pub use site::{OfflineWhy, Presence, Seen, SiteTrack};
+
+use fleet::Shown;
+
+/// Report format versions this collector understands.
+pub const KNOWN_VERSIONS: &[u8] = &[1];
+
+/// The engine's settings (from collector.toml).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub window_ms: u64,
+    pub thresholds: Thresholds,
+    /// Configured providers and their alternates.
+    pub providers: BTreeMap<Id, Option<Id>>,
+    pub max_payload_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: crate::config::DEFAULT_WINDOW_MS,
+            thresholds: Thresholds::default(),
+            providers: BTreeMap::new(),
+            max_payload_bytes: crate::config::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// Why a message was dropped; `as_str` is the metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("topic: {0}")]
+    Topic(String),
+    #[error("payload of {0} bytes over the cap")]
+    Oversized(usize),
+    #[error("decode: {0}")]
+    Decode(&'static str, String),
+    #[error("JSON: {0}")]
+    Json(String),
+    #[error("unknown report version {0}")]
+    Version(u8),
+    #[error("topic site {topic} differs from payload site {payload}")]
+    SiteMismatch { topic: Id, payload: Id },
+    #[error("duplicate window (site, boot, seq)")]
+    Duplicate,
+    #[error("window too far behind the newest to de-duplicate")]
+    TooOld,
+    #[error("window_ms {0} out of range")]
+    Window(u32),
+}
+
+impl Reject {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reject::Topic(_) => "topic",
+            Reject::Oversized(_) => "oversized",
+            Reject::Decode(r, _) => r,
+            Reject::Json(_) => "malformed",
+            Reject::Version(_) => "version",
+            Reject::SiteMismatch { .. } => "site_mismatch",
+            Reject::Duplicate => "duplicate",
+            Reject::TooOld => "too_old",
+            Reject::Window(_) => "window",
+        }
+    }
+}
+
+/// What an accepted message was.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// A new window; `live` when it is now the site's newest and will be evaluated,
+    /// otherwise it arrived late (history only).
+    Report {
+        report: Report,
+        live: bool,
+        skewed: bool,
+    },
+    Status(Id),
+    /// A message on a topic the collector does not ingest (its own outputs).
+    Ignored,
+}
+
+/// Counters the shell exports as metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub reports: u64,
+    pub statuses: u64,
+    pub late: u64,
+    pub skewed: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub evaluations: u64,
+}
+
+/// The whole engine: per-site step + cross-site step.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    sites: BTreeMap<Id, SiteTrack>,
+    fleet: Fleet,
+    next_tick: Option<u64>,
+    counters: Counters,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg,
+            sites: BTreeMap::new(),
+            fleet: Fleet::default(),
+            next_tick: None,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn sites(&self) -> &BTreeMap<Id, SiteTrack> {
+        &self.sites
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Open incidents.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.fleet.incidents.open.values()
+    }
+
+    /// Every verdict as last published.
+    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
+        self.fleet
+            .providers
+            .values()
+            .chain(self.fleet.isps.values())
+            .chain(self.fleet.sites.values())
+            .filter_map(|t| t.published.as_ref())
+    }
+
+    /// Validates and applies one MQTT message; rejected ones are counted by reason.
+    pub fn ingest(
+        &mut self,
+        topics: &Topics,
+        now_ms: u64,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+    ) -> Result<Accepted, Reject> {
+        let r = self.ingest_inner(topics, now_ms, topic, payload, retained);
+        match &r {
+            Err(e) => *self.counters.rejected.entry(e.as_str()).or_default() += 1,
+            Ok(Accepted::Report { live, skewed, .. }) => {
+                self.counters.reports += 1;
+                self.counters.late += u64::from(!live);
+                self.counters.skewed += u64::from(*skewed);
+            }
+            Ok(Accepted::Status(_)) => self.counters.statuses += 1,
+            Ok(Accepted::Ignored) => {}
+        }
+        r
+    }
+
+    fn ingest_inner(
+        &mut self,
+        topics: &Topics,
+        now_ms: u64,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+    ) -> Result<Accepted, Reject> {
+        if payload.len() > self.cfg.max_payload_bytes {
+            return Err(Reject::Oversized(payload.len()));
+        }
+        match topics.parse(topic) {
+            Ok(Topic::Report { site }) => {
+                let report = decode(payload)
+                    .map_err(|e| Reject::Decode(e.reason(), e.to_string()))?;
+                self.on_report(now_ms, &site, report)
+            }
+            Ok(Topic::ReportJson { site }) => {
+                let report: Report =
+                    serde_json::from_slice(payload).map_err(|e| Reject::Json(e.to_string()))?;
+                self.on_report(now_ms, &site, report)
+            }
+            Ok(Topic::Status { site }) => {
+                if payload.is_empty() {
+                    // A cleared retained status: nothing to say.
+                    return Ok(Accepted::Ignored);
+                }
+                let status: Status =
+                    serde_json::from_slice(payload).map_err(|e| Reject::Json(e.to_string()))?;
+                // A retained offline status tells of an old departure, not a new one.
+                let since = if retained { 0 } else { now_ms };
+                self.on_status(since, &site, status);
+                Ok(Accepted::Status(site))
+            }
+            Ok(_) => Ok(Accepted::Ignored),
+            Err(e) => Err(Reject::Topic(e.to_string())),
+        }
+    }
+
+    /// A decoded report from `topic_site`.
+    pub fn on_report(
+        &mut self,
+        now_ms: u64,
+        topic_site: &Id,
+        report: Report,
+    ) -> Result<Accepted, Reject> {
+        if !KNOWN_VERSIONS.contains(&report.v) {
+            return Err(Reject::Version(report.v));
+        }
+        if &report.site != topic_site {
+            return Err(Reject::SiteMismatch {
+                topic: topic_site.clone(),
+                payload: report.site,
+            });
+        }
+        if report.window_ms == 0 || report.window_ms > 3_600_000 {
+            return Err(Reject::Window(report.window_ms));
+        }
+        if report.probes.len() > faultline_shared::wire::MAX_PROBES {
+            return Err(Reject::Decode("malformed", "too many probes".into()));
+        }
+        let th = self.cfg.thresholds;
+        let site = self
+            .sites
+            .entry(report.site.clone())
+            .or_insert_with(|| SiteTrack::new(now_ms));
+        let seen = site.dedup.check(report.boot, report.seq);
+        let end = report.start_ms.saturating_add(u64::from(report.window_ms));
+        let skew = end as i128 - now_ms as i128;
+        let skewed = skew.unsigned_abs() > u128::from(th.max_skew_ms);
+        site.clock_skew_ms = skew.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        let live = match seen {
+            Seen::Duplicate => return Err(Reject::Duplicate),
+            Seen::TooOld => return Err(Reject::TooOld),
+            // A boot never seen before is the agent's newest start.
+            Seen::Fresh { new_boot: true, .. } => true,
+            Seen::Fresh { newest, .. } => newest && site.boot == Some(report.boot),
+        };
+        if live {
+            site.apply_live(&report, now_ms, &th);
+        }
+        Ok(Accepted::Report {
+            report,
+            live,
+            skewed,
+        })
+    }
+
+    /// An agent's retained status (or last will).
+    pub fn on_status(&mut self, now_ms: u64, site: &Id, status: Status) {
+        let s = self
+            .sites
+            .entry(site.clone())
+            .or_insert_with(|| SiteTrack::new(now_ms));
+        match status.state {
+            StatusState::Online => {
+                if status.isp.is_some() {
+                    s.isp = status.isp;
+                }
+                if status.customer.is_some() {
+                    s.customer = status.customer;
+                }
+                if let Some(b) = status.boot {
+                    s.boot = Some(b);
+                }
+            }
+            StatusState::Offline => {
+                let why = status.reason.map_or(OfflineWhy::Lost, OfflineWhy::from);
+                if !s.is_offline() {
+                    s.presence = Presence::Offline {
+                        since_ms: now_ms,
+                        why,
+                    };
+                }
+            }
+        }
+    }
+
+    /// When the next evaluation is due (collector time).
+    pub fn next_tick_ms(&self, now_ms: u64) -> u64 {
+        self.next_tick
+            .unwrap_or_else(|| (now_ms / self.cfg.window_ms + 1) * self.cfg.window_ms)
+    }
+
+    /// Runs every evaluation due at or before `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let mut at = self.next_tick_ms(now_ms);
+        while at <= now_ms {
+            self.evaluate(at, &mut out);
+            at += self.cfg.window_ms;
+        }
+        self.next_tick = Some(at);
+        out
+    }
+
+    /// One evaluation at `at_ms`: presence, then the cross-site step.
+    pub fn evaluate(&mut self, at_ms: u64, out: &mut Vec<Output>) {
+        self.counters.evaluations += 1;
+        let th = self.cfg.thresholds;
+        for s in self.sites.values_mut() {
+            if s.fresh {
+                s.fresh = false;
+                continue;
+            }
+            s.silent_ticks = s.silent_ticks.saturating_add(1);
+            if s.silent_ticks >= th.silence_windows && !s.is_offline() {
+                s.presence = Presence::Offline {
+                    since_ms: at_ms,
+                    why: OfflineWhy::Silence,
+                };
+            }
+        }
+        self.fleet.evaluate(
+            at_ms,
+            self.cfg.window_ms,
+            &self.sites,
+            &self.cfg.providers,
+            &th,
+            out,
+        );
+    }
+
+    /// Restores what a previous run persisted: the verdicts last published, open
+    /// incidents, the next incident number and each site's ISP. A restart neither
+    /// re-opens nor forgets an incident: open verdicts come back open.
+    pub fn restore(&mut self, now_ms: u64, restored: Restored) {
+        self.fleet.incidents.next = self.fleet.incidents.next.max(restored.next_incident);
+        for inc in restored.open_incidents {
+            self.fleet.incidents.open.insert(inc.id.clone(), inc);
+        }
+        for (site, isp, customer) in restored.sites {
+            let s = self
+                .sites
+                .entry(site)
+                .or_insert_with(|| SiteTrack::new(now_ms));
+            s.isp = isp;
+            s.customer = customer;
+        }
+        for v in restored.verdicts {
+            let map = match v.scope {
+                Scope::Site => &mut self.fleet.sites,
+                Scope::Isp => &mut self.fleet.isps,
+                Scope::Provider => &mut self.fleet.providers,
+            };
+            let mut t = Track::new(v.scope);
+            let open = v.state != State::Ok;
+            if open {
+                t.open = true;
+                t.bad_run = self.cfg.thresholds.open_after;
+                t.shown = Shown {
+                    state: v.state,
+                    cause: v.cause,
+                    provider: v.provider.clone(),
+                    sites: v.sites.clone(),
+                    recommendation: v.recommendation.clone(),
+                };
+                t.incident = v.incident.clone();
+                t.own_incident = v.incident.clone().filter(|iid| {
+                    self.fleet
+                        .incidents
+                        .open
+                        .get(iid)
+                        .is_some_and(|i| i.scope == v.scope && i.target_id == v.id)
+                });
+            }
+            if v.scope == Scope::Site {
+                let s = self
+                    .sites
+                    .entry(v.id.clone())
+                    .or_insert_with(|| SiteTrack::new(now_ms));
+                if v.state == State::Offline {
+                    s.presence = Presence::Offline {
+                        since_ms: v.at_ms,
+                        why: OfflineWhy::Lost,
+                    };
+                }
+            }
+            t.published = Some(v.clone());
+            map.insert(v.id.clone(), t);
+        }
+    }
+}
+
+/// What [`Engine::restore`] takes from storage.
+#[derive(Debug, Default, Clone)]
+pub struct Restored {
+    pub verdicts: Vec<Verdict>,
+    pub open_incidents: Vec<Incident>,
+    pub next_incident: u64,
+    pub sites: Vec<(Id, Option<Id>, Option<String>)>,
+}
