@@ -1,9 +1,15 @@
 //! faultline-collector: takes every site's reports over MQTT, diagnoses faults across
 //! sites, ISPs and providers, and publishes verdicts (MQTT, HTTP, history).
 
+#[cfg(feature = "embedded-broker")]
+mod broker;
 mod config;
 mod engine;
+mod http;
 mod replay;
+mod report;
+mod run;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +48,30 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Provider availability over a period, from history.
+    Report {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The history database (default: [storage] path of the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// How far back the period starts (e.g. 7d, 24h, 90m).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Period start, ms since the epoch (overrides --since).
+        #[arg(long)]
+        from_ms: Option<u64>,
+        /// Period end, ms since the epoch (default: now).
+        #[arg(long)]
+        to_ms: Option<u64>,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
@@ -58,6 +88,17 @@ pub fn engine_config(c: &Config) -> EngineConfig {
         providers: c.providers.clone(),
         max_payload_bytes: c.max_payload_bytes,
     }
+}
+
+fn init_tracing() {
+    // rumqttc logs through `log`: bridge it.
+    let _ = tracing_log::LogTracer::init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FAULTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -96,7 +137,50 @@ fn main() -> ExitCode {
             )?;
             Ok(())
         })(),
-        Cmd::Run { .. } => Err(anyhow::anyhow!("not yet")),
+        Cmd::Run {
+            config,
+            share_group,
+        } => (|| {
+            init_tracing();
+            let mut c = load(config.as_ref())?;
+            if let Some(g) = share_group {
+                c.share_group = Some(
+                    faultline_shared::Id::new(g).map_err(|e| anyhow::anyhow!("--share-group: {e}"))?,
+                );
+            }
+            run::run(c)
+        })(),
+        Cmd::Report {
+            config,
+            db,
+            since,
+            from_ms,
+            to_ms,
+            provider,
+            json,
+            csv,
+        } => (|| {
+            let c = load(config.as_ref())?;
+            let path = db.unwrap_or(c.storage.path);
+            if !path.exists() {
+                anyhow::bail!("{}: no such history database", path.display());
+            }
+            let store = store::Store::open(&path)?;
+            let to = to_ms.unwrap_or_else(run::now_ms);
+            let from = match from_ms {
+                Some(f) => f,
+                None => to.saturating_sub(report::parse_span(&since).map_err(anyhow::Error::msg)?),
+            };
+            let rows = report::availability(&store, from, to, provider.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if csv {
+                print!("{}", report::csv(&rows));
+            } else {
+                print!("{}", report::table(&rows));
+            }
+            Ok(())
+        })(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

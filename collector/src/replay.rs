@@ -48,7 +48,7 @@ pub fn replay(
 ) -> anyhow::Result<u64> {
     let mut last_at = None;
     let mut n = 0;
-    let mut emit = |outputs: Vec<Output>, out: &mut dyn Write| -> anyhow::Result<()> {
+    let emit = |outputs: Vec<Output>, out: &mut dyn Write| -> anyhow::Result<()> {
         for o in outputs {
             if let Output::Verdict(v) = o {
                 serde_json::to_writer(&mut *out, &v)?;

@@ -27,7 +27,7 @@ use faultline_shared::{
 };
 
 pub use fleet::{Fleet, Output, Track};
-pub use health::{Health, Thresholds};
+pub use health::Thresholds;
 pub use site::{OfflineWhy, Presence, Seen, SiteTrack};
 
 use fleet::Shown;

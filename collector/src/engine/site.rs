@@ -4,8 +4,6 @@
 //! reads, so several collectors sharing the report stream (`$share/` groups) could
 //! each run this step for their share of sites and feed one correlator.
 
-use std::collections::BTreeMap;
-
 use faultline_shared::{Id, Kind, Layer, OfflineReason, Report};
 use serde::Serialize;
 
@@ -355,11 +353,6 @@ impl SiteTrack {
         }
         SiteRaw::Clear
     }
-}
-
-#[derive(Debug, Default)]
-pub struct Sites {
-    pub map: BTreeMap<Id, SiteTrack>,
 }
 
 #[cfg(test)]

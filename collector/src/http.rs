@@ -1,0 +1,218 @@
+//! HTTP: the dashboard at `/`, `/api/state`, `/api/incidents`, `/api/history` and
+//! Prometheus text at `/metrics`. Handlers only read shared state.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State as AxState;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Json};
+use axum::routing::get;
+use faultline_shared::{Scope, State};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::engine::Presence;
+use crate::run::{Shared, now_ms};
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Binds `listen` and serves in the background; returns the bound address.
+pub async fn serve(listen: SocketAddr, shared: Arc<Shared>, _cfg: Config) -> anyhow::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/api/state", get(api_state))
+        .route("/api/incidents", get(api_incidents))
+        .route("/api/history", get(api_history))
+        .route("/metrics", get(metrics))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("http listen {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("http server: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// Everything the dashboard shows, as JSON.
+pub fn state_json(shared: &Shared) -> Value {
+    let e = shared.engine.lock().expect("engine lock");
+    let fleet = e.fleet();
+    let sites: Vec<Value> = e
+        .sites()
+        .iter()
+        .map(|(id, s)| {
+            let verdict = fleet.sites.get(id).and_then(|t| t.published.clone());
+            let (presence, offline_since) = match s.presence {
+                Presence::Online => ("online", None),
+                Presence::Offline { since_ms, .. } => ("offline", Some(since_ms)),
+            };
+            json!({
+                "id": id, "isp": s.isp, "customer": s.customer, "presence": presence,
+                "offline_since_ms": offline_since,
+                "last_report_ms": s.last_report_ms, "clock_skew_ms": s.clock_skew_ms,
+                "window": s.last_window.map(|(b, q, st)| json!({"boot": b, "seq": q, "start_ms": st})),
+                "verdict": verdict,
+                "providers": s.layers.providers.iter().map(|(p, h)| (p.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
+                "layers": {"lan": s.layers.lan, "net": s.layers.net, "host_busy": s.layers.host_busy},
+                "targets": s.targets,
+            })
+        })
+        .collect();
+    let list = |m: &std::collections::BTreeMap<faultline_shared::Id, crate::engine::Track>| {
+        m.values()
+            .filter_map(|t| t.published.clone())
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "now_ms": now_ms(),
+        "started_ms": shared.started_ms,
+        "window_ms": e.config().window_ms,
+        "providers": list(&fleet.providers),
+        "isps": list(&fleet.isps),
+        "sites": sites,
+        "open_incidents": e.open_incidents().collect::<Vec<_>>(),
+    })
+}
+
+async fn api_state(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
+    Json(state_json(&shared))
+}
+
+async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
+    let open: Vec<_> = shared
+        .engine
+        .lock()
+        .expect("engine lock")
+        .open_incidents()
+        .cloned()
+        .collect();
+    let recent = shared
+        .history
+        .lock()
+        .expect("history lock")
+        .incidents(None, 0, u64::MAX / 2, 100)
+        .unwrap_or_default();
+    Json(json!({"open": open, "recent": recent}))
+}
+
+async fn api_history(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
+    let changes = shared
+        .history
+        .lock()
+        .expect("history lock")
+        .recent_changes(200)
+        .unwrap_or_default();
+    Json(json!({"changes": changes}))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of ingest counters, verdict states and probe values.
+pub fn metrics_text(shared: &Shared) -> String {
+    let mut o = String::with_capacity(64 * 1024);
+    let e = shared.engine.lock().expect("engine lock");
+    let c = e.counters();
+    let _ = writeln!(o, "# HELP faultline_collector_messages_total Messages accepted, by kind.");
+    let _ = writeln!(o, "# TYPE faultline_collector_messages_total counter");
+    let _ = writeln!(o, "faultline_collector_messages_total{{kind=\"report\"}} {}", c.reports);
+    let _ = writeln!(o, "faultline_collector_messages_total{{kind=\"status\"}} {}", c.statuses);
+    let _ = writeln!(o, "# HELP faultline_collector_rejected_total Messages dropped, by reason.");
+    let _ = writeln!(o, "# TYPE faultline_collector_rejected_total counter");
+    for reason in [
+        "topic", "oversized", "malformed", "truncated", "version", "invalid_id",
+        "site_mismatch", "duplicate", "too_old", "window",
+    ] {
+        let n = c.rejected.get(reason).copied().unwrap_or(0);
+        let _ = writeln!(o, "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}");
+    }
+    for (reason, n) in &c.rejected {
+        if !matches!(
+            *reason,
+            "topic" | "oversized" | "malformed" | "truncated" | "version" | "invalid_id"
+                | "site_mismatch" | "duplicate" | "too_old" | "window"
+        ) {
+            let _ = writeln!(o, "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
+    }
+    let _ = writeln!(o, "# TYPE faultline_collector_late_reports_total counter");
+    let _ = writeln!(o, "faultline_collector_late_reports_total {}", c.late);
+    let _ = writeln!(o, "# HELP faultline_collector_clock_skew_reports_total Reports whose window time is far from the collector's clock (accepted).");
+    let _ = writeln!(o, "# TYPE faultline_collector_clock_skew_reports_total counter");
+    let _ = writeln!(o, "faultline_collector_clock_skew_reports_total {}", c.skewed);
+    let _ = writeln!(o, "# TYPE faultline_collector_evaluations_total counter");
+    let _ = writeln!(o, "faultline_collector_evaluations_total {}", c.evaluations);
+    {
+        let st = shared.stats.lock().expect("stats lock");
+        let _ = writeln!(o, "# TYPE faultline_collector_mqtt_connected gauge");
+        let _ = writeln!(o, "faultline_collector_mqtt_connected {}", u8::from(st.connected));
+        let _ = writeln!(o, "# TYPE faultline_collector_published_total counter");
+        let _ = writeln!(o, "faultline_collector_published_total{{kind=\"verdict\"}} {}", st.published_verdicts);
+        let _ = writeln!(o, "faultline_collector_published_total{{kind=\"incident_event\"}} {}", st.published_events);
+        let _ = writeln!(o, "faultline_collector_published_total{{kind=\"metrics_dropped\"}} {}", st.metrics_dropped);
+    }
+    let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");
+    let _ = writeln!(o, "faultline_collector_open_incidents {}", e.open_incidents().count());
+    let _ = writeln!(o, "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in.");
+    let _ = writeln!(o, "# TYPE faultline_verdict_state gauge");
+    for v in e.verdicts() {
+        let states: &[State] = match v.scope {
+            Scope::Site => &[State::Ok, State::Degraded, State::Down, State::Offline],
+            _ => &[State::Ok, State::Degraded, State::Outage],
+        };
+        for s in states {
+            let _ = writeln!(
+                o,
+                "faultline_verdict_state{{scope=\"{}\",id=\"{}\",state=\"{}\"}} {}",
+                v.scope.as_str(),
+                v.id,
+                s.as_str(),
+                u8::from(v.state == *s)
+            );
+        }
+    }
+    let series: [(&str, &str); 4] = [
+        ("faultline_probe_loss_ratio", "Share of probes lost in the latest window."),
+        ("faultline_probe_rtt_p50_ms", "Median round-trip time in the latest window."),
+        ("faultline_probe_jitter_ms", "Jitter in the latest window."),
+        ("faultline_probe_mos", "Estimated MOS of voice probes in the latest window."),
+    ];
+    for (i, (name, help)) in series.iter().enumerate() {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (site, s) in e.sites() {
+            for t in &s.targets {
+                let v = match i {
+                    0 => t.health.map(|_| t.loss),
+                    1 => t.rtt_p50_ms,
+                    2 => t.jitter_ms,
+                    _ => t.mos,
+                };
+                let Some(v) = v else { continue };
+                let _ = writeln!(
+                    o,
+                    "{name}{{site=\"{site}\",target=\"{}\",layer=\"{}\",provider=\"{}\"}} {v}",
+                    t.target,
+                    t.layer,
+                    esc(t.provider.as_ref().map_or("", |p| p.as_str()))
+                );
+            }
+        }
+    }
+    o
+}
+
+async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_text(&shared),
+    )
+}

@@ -1,0 +1,495 @@
+//! `run`: the thin async shell around the engine. One task polls MQTT and feeds the
+//! engine, one evaluates at every window boundary and publishes, a writer thread keeps
+//! history, and axum serves the dashboard, API and metrics.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use faultline_shared::{Id, Report, Topics, Verdict};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::engine::{Accepted, Engine, Output};
+use crate::store::{Store, WindowRow};
+
+/// Wall-clock milliseconds since the Unix epoch: the only clock the collector reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the writer thread is asked to record.
+#[derive(Debug)]
+pub enum StoreMsg {
+    Window(WindowRow),
+    Verdict(Verdict),
+    Incident(faultline_shared::IncidentEvent),
+    Site(Id, Option<Id>, Option<String>),
+    Maintain(u64),
+    /// Answered once everything sent before it is committed.
+    Flush(std_mpsc::Sender<()>),
+}
+
+/// Counts the shell keeps beside the engine's.
+#[derive(Debug, Default)]
+pub struct ShellStats {
+    pub connected: bool,
+    pub published_verdicts: u64,
+    pub published_events: u64,
+    pub metrics_dropped: u64,
+    pub mqtt_errors: u64,
+}
+
+/// State shared by the MQTT tasks and the HTTP handlers.
+#[derive(Debug)]
+pub struct Shared {
+    pub engine: Mutex<Engine>,
+    pub topics: Topics,
+    pub stats: Mutex<ShellStats>,
+    /// A read connection for the API (SQLite WAL lets it read beside the writer).
+    pub history: Mutex<Store>,
+    pub started_ms: u64,
+}
+
+/// Exponential backoff with jitter for the MQTT loop (rumqttc reconnects at once).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min_ms: u64,
+    max_ms: u64,
+    next_ms: u64,
+}
+
+impl Backoff {
+    pub fn new(min_ms: u64, max_ms: u64) -> Self {
+        Self {
+            min_ms,
+            max_ms,
+            next_ms: min_ms,
+        }
+    }
+    /// The next delay: the current step with ±25 % jitter; the step doubles.
+    pub fn next(&mut self) -> Duration {
+        let base = self.next_ms;
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
+        let jitter = fastrand::u64(0..=base / 2);
+        Duration::from_millis((base - base / 4 + jitter).clamp(self.min_ms / 2, self.max_ms))
+    }
+    pub fn reset(&mut self) {
+        self.next_ms = self.min_ms;
+    }
+}
+
+/// A report's summary for history.
+pub fn window_row(r: &Report, recv_ms: u64, loss_bad: f64) -> WindowRow {
+    let mut row = WindowRow {
+        site: r.site.clone(),
+        recv_ms,
+        start_ms: r.start_ms,
+        boot: r.boot,
+        seq: r.seq,
+        bad: 0,
+        max_loss: 0.0,
+        max_rtt_ms: None,
+        min_mos: None,
+        providers: Vec::new(),
+    };
+    for p in &r.probes {
+        let loss = p.loss();
+        row.max_loss = row.max_loss.max(loss);
+        row.bad += u32::from(p.error.is_some() || (p.sent > 0 && p.received == 0) || loss >= loss_bad);
+        if let Some(rtt) = p.rtt_ms {
+            row.max_rtt_ms = Some(row.max_rtt_ms.map_or(rtt.p50, |m: f64| m.max(rtt.p50)));
+        }
+        if let Some(m) = p.mos {
+            row.min_mos = Some(row.min_mos.map_or(m, |x: f64| x.min(m)));
+        }
+        if let Some(prov) = &p.provider
+            && !row.providers.contains(prov)
+        {
+            row.providers.push(prov.clone());
+        }
+    }
+    row
+}
+
+/// One probe's window as the flat JSON of the metrics topic.
+pub fn metrics_json(r: &Report, p: &faultline_shared::ProbeResult) -> serde_json::Value {
+    let mut v = json!({
+        "site": r.site, "boot": r.boot, "seq": r.seq, "start_ms": r.start_ms,
+        "window_ms": r.window_ms, "target": p.target, "layer": p.layer, "kind": p.kind,
+        "sent": p.sent, "received": p.received, "loss": p.loss(),
+    });
+    let o = v.as_object_mut().expect("built as an object above");
+    if let Some(pr) = &p.provider {
+        o.insert("provider".into(), json!(pr));
+    }
+    if let Some(rtt) = p.rtt_ms {
+        o.insert("rtt_min_ms".into(), json!(rtt.min));
+        o.insert("rtt_p50_ms".into(), json!(rtt.p50));
+        o.insert("rtt_avg_ms".into(), json!(rtt.avg));
+        o.insert("rtt_p95_ms".into(), json!(rtt.p95));
+        o.insert("rtt_max_ms".into(), json!(rtt.max));
+    }
+    for (k, val) in [("jitter_ms", p.jitter_ms), ("mos", p.mos)] {
+        if let Some(x) = val {
+            o.insert(k.into(), json!(x));
+        }
+    }
+    if let Some(b) = p.max_burst {
+        o.insert("max_burst".into(), json!(b));
+    }
+    if let Some(e) = &p.error {
+        o.insert("error".into(), json!(e));
+    }
+    v
+}
+
+fn collector_status(state: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"state": state, "version": env!("CARGO_PKG_VERSION")}))
+        .unwrap_or_default()
+}
+
+/// The writer thread: batches whatever is queued into one transaction.
+fn spawn_writer(mut store: Store, rx: std_mpsc::Receiver<StoreMsg>, cfg: crate::config::Storage) {
+    std::thread::Builder::new()
+        .name("history".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut acks = Vec::new();
+                let res = (|| -> anyhow::Result<()> {
+                    store.begin()?;
+                    let mut next = Some(first);
+                    let mut n = 0;
+                    let mut maintain = None;
+                    while let Some(m) = next.take() {
+                        match m {
+                            StoreMsg::Window(w) => store.window(&w)?,
+                            StoreMsg::Verdict(v) => store.verdict(&v)?,
+                            StoreMsg::Incident(e) => store.incident(&e)?,
+                            StoreMsg::Site(s, isp, c) => store.site(&s, isp.as_ref(), c.as_deref())?,
+                            StoreMsg::Maintain(now) => maintain = Some(now),
+                            StoreMsg::Flush(tx) => acks.push(tx),
+                        }
+                        n += 1;
+                        if n < 10_000 {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    store.commit()?;
+                    if let Some(now) = maintain {
+                        store.maintain(now, cfg.raw_days, cfg.hourly_days, cfg.incident_days)?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    tracing::error!("history write failed: {e:#}");
+                    let _ = store.commit();
+                }
+                for a in acks {
+                    let _ = a.send(());
+                }
+            }
+        })
+        .expect("spawn the history thread");
+}
+
+/// Runs the collector until SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let (host, port) = match &cfg.mqtt {
+        Some(m) => (m.host.clone(), m.port),
+        None => start_embedded(&cfg)?,
+    };
+    let writer = Store::open(&cfg.storage.path)?;
+    let restored = writer.restore().context("restore history")?;
+    let history = Store::open(&cfg.storage.path)?;
+    let (store_tx, store_rx) = std_mpsc::channel();
+    spawn_writer(writer, store_rx, cfg.storage.clone());
+
+    let start = now_ms();
+    let mut engine = Engine::new(crate::engine_config(&cfg));
+    let n_inc = restored.open_incidents.len();
+    engine.restore(start, restored);
+    tracing::info!(open_incidents = n_inc, "history restored");
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        topics: cfg.topics.clone(),
+        stats: Mutex::new(ShellStats::default()),
+        history: Mutex::new(history),
+        started_ms: start,
+    });
+
+    let client_id = cfg
+        .mqtt
+        .as_ref()
+        .map_or_else(|| "faultline-collector".to_owned(), |m| m.client_id.clone());
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_clean_start(true);
+    opts.set_request_channel_capacity(100_000);
+    let max_packet = (cfg.max_payload_bytes * 4).max(256 * 1024) as u32;
+    opts.set_max_packet_size(Some(max_packet));
+    if let Some(m) = &cfg.mqtt
+        && let (Some(u), Some(p)) = (&m.username, &m.password)
+    {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    let status_topic = cfg.topics.collector_status();
+    opts.set_last_will(LastWill::new(
+        status_topic.clone(),
+        collector_status("offline"),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
+
+    let http = crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone()).await?;
+    tracing::info!("dashboard on http://{}", http);
+
+    // Evaluation and publishing.
+    let tick = {
+        let shared = shared.clone();
+        let client = client.clone();
+        let store_tx = store_tx.clone();
+        let window = cfg.window_ms;
+        tokio::spawn(async move {
+            let mut last_maint = 0u64;
+            loop {
+                let now = now_ms();
+                let next = shared.engine.lock().expect("engine lock").next_tick_ms(now);
+                tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))).await;
+                let now = now_ms();
+                let outputs = shared.engine.lock().expect("engine lock").tick(now);
+                publish_outputs(&shared, &client, &store_tx, outputs).await;
+                if now.saturating_sub(last_maint) >= 3_600_000 {
+                    last_maint = now;
+                    let _ = store_tx.send(StoreMsg::Maintain(now));
+                }
+                let _ = window;
+            }
+        })
+    };
+
+    // Ingest.
+    let ingest = {
+        let shared = shared.clone();
+        let client = client.clone();
+        let store_tx = store_tx.clone();
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(200, 30_000);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.reset();
+                        shared.stats.lock().expect("stats lock").connected = true;
+                        subscribe(&client, &cfg);
+                        let _ = client.try_publish(
+                            cfg.topics.collector_status(),
+                            QoS::AtLeastOnce,
+                            true,
+                            collector_status("online"),
+                        );
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        on_publish(&shared, &client, &store_tx, &cfg, p);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        {
+                            let mut st = shared.stats.lock().expect("stats lock");
+                            st.connected = false;
+                            st.mqtt_errors += 1;
+                        }
+                        let d = backoff.next();
+                        tracing::warn!("mqtt: {e}; retrying in {d:?}");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    tick.abort();
+    let _ = client
+        .publish(status_topic, QoS::AtLeastOnce, true, collector_status("offline"))
+        .await;
+    let _ = client.disconnect().await;
+    // Give the event loop a moment to send the goodbye, then flush history.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ingest.abort();
+    let (tx, rx) = std_mpsc::channel();
+    if store_tx.send(StoreMsg::Flush(tx)).is_ok() {
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+    }
+    Ok(())
+}
+
+fn start_embedded(cfg: &Config) -> anyhow::Result<(String, u16)> {
+    #[cfg(feature = "embedded-broker")]
+    {
+        crate::broker::start(cfg.broker_listen, cfg.broker_listen_v5, cfg.max_payload_bytes * 4)?;
+        tracing::info!(
+            "embedded broker: MQTT 3.1.1 on {}, MQTT 5 on {}",
+            cfg.broker_listen,
+            cfg.broker_listen_v5
+        );
+        Ok((
+            cfg.broker_listen_v5.ip().to_string(),
+            cfg.broker_listen_v5.port(),
+        ))
+    }
+    #[cfg(not(feature = "embedded-broker"))]
+    {
+        let _ = cfg;
+        anyhow::bail!("no [mqtt] url configured and this build has no embedded broker")
+    }
+}
+
+fn subscribe(client: &AsyncClient, cfg: &Config) {
+    let t = &cfg.topics;
+    let shared = |f: String| match &cfg.share_group {
+        Some(g) => Topics::shared(g, &f),
+        None => f,
+    };
+    // Reports may be split across a share group; statuses go to every collector
+    // (each needs every site's ISP and presence for correlation).
+    for f in [shared(t.all_reports()), shared(t.all_reports_json()), t.all_statuses()] {
+        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+            tracing::error!("subscribe {f}: {e}");
+        }
+    }
+}
+
+fn on_publish(
+    shared: &Shared,
+    client: &AsyncClient,
+    store_tx: &std_mpsc::Sender<StoreMsg>,
+    cfg: &Config,
+    p: Publish,
+) {
+    let Ok(topic) = std::str::from_utf8(&p.topic) else {
+        let mut e = shared.engine.lock().expect("engine lock");
+        // Counted like any other bad topic.
+        let _ = e.ingest(&shared.topics, now_ms(), "\u{0}", &[], false);
+        return;
+    };
+    let now = now_ms();
+    let res = shared
+        .engine
+        .lock()
+        .expect("engine lock")
+        .ingest(&shared.topics, now, topic, &p.payload, p.retain);
+    match res {
+        Ok(Accepted::Report { report, .. }) => {
+            for probe in &report.probes {
+                let t = shared.topics.metrics(&report.site, &probe.target);
+                let body = serde_json::to_vec(&metrics_json(&report, probe)).unwrap_or_default();
+                if client.try_publish(t, QoS::AtMostOnce, false, body).is_err() {
+                    shared.stats.lock().expect("stats lock").metrics_dropped += 1;
+                }
+            }
+            let _ = store_tx.send(StoreMsg::Window(window_row(
+                &report,
+                now,
+                cfg.thresholds.loss_degraded,
+            )));
+        }
+        Ok(Accepted::Status(site)) => {
+            let e = shared.engine.lock().expect("engine lock");
+            if let Some(s) = e.sites().get(&site) {
+                let _ = store_tx.send(StoreMsg::Site(site.clone(), s.isp.clone(), s.customer.clone()));
+            }
+        }
+        Ok(Accepted::Ignored) => {}
+        Err(e) => tracing::debug!(topic, "dropped: {e}"),
+    }
+}
+
+async fn publish_outputs(
+    shared: &Shared,
+    client: &AsyncClient,
+    store_tx: &std_mpsc::Sender<StoreMsg>,
+    outputs: Vec<Output>,
+) {
+    let t = &shared.topics;
+    for o in outputs {
+        match o {
+            Output::Verdict(v) => {
+                let topic = match v.scope {
+                    faultline_shared::Scope::Site => t.site_state(&v.id),
+                    faultline_shared::Scope::Isp => t.isp_state(&v.id),
+                    faultline_shared::Scope::Provider => t.provider_state(&v.id),
+                };
+                let body = serde_json::to_vec(&v).unwrap_or_default();
+                if client.publish(topic, QoS::AtLeastOnce, true, body).await.is_ok() {
+                    shared.stats.lock().expect("stats lock").published_verdicts += 1;
+                }
+                let _ = store_tx.send(StoreMsg::Verdict(v));
+            }
+            Output::Incident(ev) => {
+                let body = serde_json::to_vec(&ev).unwrap_or_default();
+                if client
+                    .publish(t.incidents(), QoS::AtLeastOnce, false, body)
+                    .await
+                    .is_ok()
+                {
+                    shared.stats.lock().expect("stats lock").published_events += 1;
+                }
+                let _ = store_tx.send(StoreMsg::Incident(ev));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_in_bounds_and_grows() {
+        let mut b = Backoff::new(200, 30_000);
+        let mut last_base = 0;
+        for _ in 0..50 {
+            let d = b.next().as_millis() as u64;
+            assert!((100..=30_000).contains(&d), "{d}");
+            last_base = last_base.max(d);
+        }
+        assert!(last_base > 20_000);
+        b.reset();
+        assert!(b.next().as_millis() <= 300);
+    }
+}
