@@ -272,7 +272,14 @@ impl Engine {
             Seen::TooOld => return Err(Reject::TooOld),
             // A boot never seen before is the agent's newest start.
             Seen::Fresh { new_boot: true, .. } => true,
-            Seen::Fresh { newest, .. } => newest && site.boot == Some(report.boot),
+            // Another known boot: live only if its clock says it is newer.
+            Seen::Fresh { newest, .. } => {
+                newest
+                    && (site.boot == Some(report.boot)
+                        || site
+                            .last_window
+                            .is_none_or(|(_, _, start)| report.start_ms > start))
+            }
         };
         if live {
             site.apply_live(&report, now_ms, &th);

@@ -1,0 +1,386 @@
+//! End to end with a real Mosquitto: JSON reports in, retained verdicts and incident
+//! events out; a restart keeps the incident; bad messages are counted and dropped
+//! while good traffic flows. Skips (with the reason) when Mosquitto is missing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use faultline_tests::{Child, Mosquitto, TempDir, free_tcp_port, wait_for_tcp, wait_until};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Collector {
+    child: Child,
+    http: SocketAddr,
+}
+
+fn write_config(dir: &Path, broker: &str, http: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "window_seconds = 1\n[mqtt]\nurl = \"{broker}\"\n[http]\nlisten = \"{http}\"\n\
+             [storage]\npath = \"{}\"\n[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n",
+            dir.join("history.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start_collector(config: &Path, http: SocketAddr) -> Collector {
+    let child = Child::spawn(
+        "faultline-collector",
+        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
+    .unwrap();
+    assert!(wait_for_tcp(http, LONG), "collector HTTP did not come up");
+    Collector { child, http }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+/// Reads one counter from `/metrics`.
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
+        .unwrap_or(-1.0)
+}
+
+/// Every message seen on the subscribed filters.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<(String, Value)>>>);
+
+impl Seen {
+    fn latest(&self, topic: &str) -> Option<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(t, _)| t == topic)
+            .map(|(_, v)| v.clone())
+    }
+    fn events(&self, kind: &str, target: &str) -> Vec<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, v)| {
+                t == "faultline/v1/events/incidents"
+                    && v["event"] == kind
+                    && v["incident"]["target_id"] == target
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+fn subscriber(port: u16, id: &str, filters: &[&str]) -> Seen {
+    let seen = Seen::default();
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(opts, 100);
+    let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for f in &filters {
+                        let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    s.0.lock().unwrap().push((p.topic.clone(), v));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    seen
+}
+
+fn publisher(port: u16, id: &str) -> Client {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(opts, 1000);
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if ev.is_err() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    client
+}
+
+fn report(site: &str, boot: u32, seq: u64, voipco_down: bool) -> Value {
+    let probe = |t: &str, layer: &str, prov: Option<&str>, kind: &str, down: bool| {
+        let mut p = json!({"target": t, "layer": layer, "kind": kind, "sent": 10,
+            "received": if down { 0 } else { 10 }});
+        if let Some(pr) = prov {
+            p["provider"] = json!(pr);
+        }
+        if !down {
+            p["rtt_ms"] = json!({"min": 10.0, "p50": 11.0, "avg": 11.0, "p95": 12.0, "max": 13.0});
+        }
+        p
+    };
+    json!({"v": 1, "site": site, "boot": boot, "seq": seq, "start_ms": now_ms(), "window_ms": 1000,
+        "probes": [
+            probe("gw", "lan", None, "icmp", false),
+            probe("anchor", "internet", None, "icmp", false),
+            probe("voipco-media", "provider", Some("voipco"), "icmp", voipco_down),
+            probe("voipco2-media", "provider", Some("voipco2"), "icmp", false),
+        ]})
+}
+
+/// Three sites on three ISPs reporting every 500 ms (faster than the 1 s window, so
+/// a slow machine never starves the collector into declaring silence).
+struct Fleet {
+    stop: Arc<AtomicBool>,
+    pub down: Arc<AtomicBool>,
+    pub sent: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Fleet {
+    fn start(port: u16) -> Fleet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let client = publisher(port, "fleet");
+        let sites = [("acme-hq", "IspA"), ("bobs-bakery", "IspB"), ("city-dental", "IspC")];
+        for (s, isp) in sites {
+            client
+                .publish(
+                    format!("faultline/v1/sites/{s}/status"),
+                    QoS::AtLeastOnce,
+                    true,
+                    serde_json::to_vec(&json!({"state": "online", "boot": 1, "isp": isp})).unwrap(),
+                )
+                .unwrap();
+        }
+        let (st, dn, se) = (stop.clone(), down.clone(), sent.clone());
+        let handle = std::thread::spawn(move || {
+            let mut seq = 0;
+            while !st.load(Ordering::SeqCst) {
+                for (s, _) in sites {
+                    let r = report(s, 1, seq, dn.load(Ordering::SeqCst));
+                    let _ = client.publish(
+                        format!("faultline/v1/sites/{s}/report/json"),
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&r).unwrap(),
+                    );
+                }
+                se.fetch_add(3, Ordering::SeqCst);
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Fleet {
+            stop,
+            down,
+            sent,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("collector-e2e");
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let config = write_config(dir.path(), &broker.url(), http);
+    let seen = subscriber(
+        broker.port,
+        "watcher",
+        &["faultline/v1/state/#", "faultline/v1/events/incidents", "faultline/v1/collector/status"],
+    );
+    let mut c = start_collector(&config, http);
+    let fleet = Fleet::start(broker.port);
+    let prov = "faultline/v1/state/providers/voipco";
+    assert!(
+        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] == "ok")
+            && seen.latest("faultline/v1/state/sites/acme-hq").is_some()),
+        "no initial verdicts"
+    );
+    assert_eq!(
+        seen.latest("faultline/v1/collector/status").unwrap()["state"],
+        "online"
+    );
+    fleet.down.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] == "outage")),
+        "provider outage not published: {:?}",
+        seen.latest(prov)
+    );
+    let v = seen.latest(prov).unwrap();
+    assert_eq!(v["recommendation"]["to"], "voipco2");
+    assert_eq!(v["sites"], json!(["acme-hq", "bobs-bakery", "city-dental"]));
+    let incident = v["incident"].as_str().unwrap().to_owned();
+    assert!(wait_until(LONG, || seen.events("opened", "voipco").len() == 1));
+    let site = seen.latest("faultline/v1/state/sites/acme-hq").unwrap();
+    assert_eq!(site["cause"], "provider");
+    assert_eq!(site["incident"], incident.as_str());
+    // Retained: a newcomer sees the verdict at once.
+    let late = subscriber(broker.port, "latecomer", &[prov]);
+    assert!(wait_until(LONG, || late.latest(prov).is_some_and(|v| v["state"] == "outage")));
+    let api = http_get(http, "/api/incidents");
+    assert!(api.contains(&incident), "{api}");
+
+    // Restart the collector while the outage goes on.
+    c.child.signal("TERM");
+    assert!(c.child.wait_timeout(LONG).is_some(), "collector did not stop on SIGTERM");
+    assert!(wait_until(LONG, || seen
+        .latest("faultline/v1/collector/status")
+        .is_some_and(|v| v["state"] == "offline")));
+    let before = seen.0.lock().unwrap().len();
+    let c = start_collector(&config, http);
+    // Several windows of the still-failing provider after the restart.
+    let sent_at_restart = fleet.sent.load(Ordering::SeqCst);
+    assert!(wait_until(LONG, || fleet.sent.load(Ordering::SeqCst) >= sent_at_restart + 18));
+    assert!(wait_until(LONG, || metric(c.http, "faultline_collector_evaluations_total") >= 5.0));
+    assert_eq!(seen.events("opened", "voipco").len(), 1, "re-opened after restart");
+    assert!(seen.events("closed", "voipco").is_empty(), "forgotten after restart");
+    let api = http_get(c.http, "/api/incidents");
+    let open: Value = serde_json::from_str(&api).unwrap();
+    assert!(
+        open["open"].as_array().unwrap().iter().any(|i| i["id"] == incident.as_str()),
+        "{api}"
+    );
+    assert!(
+        http_get(c.http, "/api/state").contains(&incident),
+        "restored verdict lost its incident"
+    );
+    let _ = before;
+
+    // The fault ends: the same incident closes.
+    fleet.down.store(false, Ordering::SeqCst);
+    assert!(
+        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] == "ok")),
+        "outage did not clear"
+    );
+    let closed = seen.events("closed", "voipco");
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0]["incident"]["id"], incident.as_str());
+    let mut c = c;
+    c.child.kill();
+}
+
+#[test]
+fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("collector-bad");
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let config = write_config(dir.path(), &broker.url(), http);
+    let seen = subscriber(broker.port, "metrics-watcher", &["faultline/v1/metrics/#"]);
+    let c = start_collector(&config, http);
+    let fleet = Fleet::start(broker.port);
+    assert!(wait_until(LONG, || metric(c.http, "faultline_collector_messages_total{kind=\"report\"}") >= 3.0));
+
+    let p = publisher(broker.port, "stranger");
+    let q = QoS::AtLeastOnce;
+    let site_topic = "faultline/v1/sites/acme-hq/report/json";
+    p.publish(site_topic, q, false, b"{not json".to_vec()).unwrap();
+    p.publish(site_topic, q, false, vec![b' '; 100 * 1024]).unwrap();
+    let other = serde_json::to_vec(&report("bobs-bakery", 9, 0, false)).unwrap();
+    p.publish(site_topic, q, false, other).unwrap();
+    let dup = serde_json::to_vec(&report("acme-hq", 77, 5, false)).unwrap();
+    p.publish(site_topic, q, false, dup.clone()).unwrap();
+    p.publish(site_topic, q, false, dup).unwrap();
+    p.publish("faultline/v1/sites/bad!id/report/json", q, false, b"{}".to_vec())
+        .unwrap();
+    p.publish("faultline/v1/sites/acme-hq/report", q, false, vec![1, 0xff, 0xff])
+        .unwrap();
+    p.publish("faultline/v1/sites/acme-hq/report", q, false, vec![9, 1, 2])
+        .unwrap();
+
+    for (reason, want) in [
+        ("malformed", 1.0),
+        ("oversized", 1.0),
+        ("site_mismatch", 1.0),
+        ("duplicate", 1.0),
+        ("topic", 1.0),
+        ("version", 1.0),
+    ] {
+        let series = format!("faultline_collector_rejected_total{{reason=\"{reason}\"}}");
+        assert!(
+            wait_until(LONG, || metric(c.http, &series) >= want),
+            "{series} = {} (want {want})",
+            metric(c.http, &series)
+        );
+    }
+    // Good traffic still flows and the collector still runs.
+    let before = metric(c.http, "faultline_collector_messages_total{kind=\"report\"}");
+    assert!(wait_until(LONG, || metric(
+        c.http,
+        "faultline_collector_messages_total{kind=\"report\"}"
+    ) >= before + 6.0));
+    let mut c = c;
+    assert!(c.child.is_running());
+    // Per-probe metrics JSON carries the window identity.
+    let m = seen.latest("faultline/v1/metrics/acme-hq/voipco-media").expect("metrics topic");
+    for k in ["site", "boot", "seq", "start_ms", "target", "loss"] {
+        assert!(!m[k].is_null(), "metrics JSON lacks {k}: {m}");
+    }
+    let text = http_get(c.http, "/metrics");
+    assert!(text.contains("faultline_probe_rtt_p50_ms{site=\"acme-hq\",target=\"gw\""));
+    let ok = "faultline_verdict_state{scope=\"provider\",id=\"voipco\",state=\"ok\"} 1";
+    assert!(
+        wait_until(LONG, || http_get(c.http, "/metrics").contains(ok)),
+        "{}",
+        http_get(c.http, "/metrics")
+    );
+    let page = http_get(c.http, "/");
+    assert!(page.contains("Sites × providers"));
+    drop(fleet);
+    c.child.kill();
+}
