@@ -8,7 +8,9 @@
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 
+pub mod coturn;
 pub mod fleet;
+pub mod kamailio;
 pub mod relay;
 
 use std::io::Write;

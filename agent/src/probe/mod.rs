@@ -579,7 +579,7 @@ impl Prober {
             Spec::Stamp { to, .. } => State::Stamp(stamp::StampProber::new(to.clone())),
             Spec::Sip { to, transport } => State::Sip(sip::SipProber::new(to.clone(), *transport)),
             Spec::Stun { to } => State::Stun(stun::StunProber::new(to.clone())),
-            Spec::Dns { .. } => State::Dns(dns::DnsProber::default()),
+            Spec::Dns { .. } => State::Dns(dns::DnsProber),
             Spec::Tcp { to } => State::Tcp(tcp::TcpProber::new(to.clone())),
         };
         Ok(Self {

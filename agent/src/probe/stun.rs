@@ -132,6 +132,9 @@ fn address(v: &[u8], txid: Option<&[u8; 12]>) -> Result<SocketAddr, ParseError> 
 #[derive(Debug)]
 pub struct StunProber {
     resolver: Resolver,
+    /// Kept across windows, so the NAT mapping seen is that of one long-lived flow
+    /// and a change means the public address or the NAT binding really changed.
+    socket: Option<(SocketAddr, UdpSocket)>,
     mapped: Option<SocketAddr>,
 }
 
@@ -139,6 +142,7 @@ impl StunProber {
     pub fn new(to: HostPort) -> Self {
         Self {
             resolver: Resolver::new(to),
+            socket: None,
             mapped: None,
         }
     }
@@ -157,21 +161,35 @@ impl StunProber {
                 return;
             }
         };
-        match transact(peer, deadline, r).await {
+        if self.socket.as_ref().is_none_or(|(p, _)| *p != peer) {
+            match connect(peer).await {
+                Ok(s) => self.socket = Some((peer, s)),
+                Err(e) => {
+                    r.error = Some(e);
+                    return;
+                }
+            }
+        }
+        // Just set above when absent.
+        let socket = &self.socket.as_ref().unwrap().1;
+        match transact(socket, deadline, r).await {
             Ok((Answer::Mapped(addr), rtt)) => {
                 r.received = 1;
                 r.rtt_ms = Some(single_rtt(rtt));
                 match addr {
                     Some(a) => {
                         notes.push(("mapped", a.to_string()));
-                        if self.mapped != Some(a) {
-                            tracing::info!(
-                                "{}: mapped address is now {a} (was {})",
-                                self.resolver.host_port(),
-                                self.mapped.map_or("unknown".into(), |m| m.to_string())
-                            );
-                            self.mapped = Some(a);
+                        match self.mapped {
+                            None => {
+                                tracing::info!("{}: mapped address {a}", self.resolver.host_port())
+                            }
+                            Some(old) if old != a => tracing::info!(
+                                "{}: mapped address changed from {old} to {a}",
+                                self.resolver.host_port()
+                            ),
+                            _ => {}
                         }
+                        self.mapped = Some(a);
                     }
                     None => notes.push(("mapped", "none in the answer".into())),
                 }
@@ -186,15 +204,19 @@ impl StunProber {
     }
 }
 
-async fn transact(
-    peer: SocketAddr,
-    deadline: Instant,
-    r: &mut ProbeResult,
-) -> Result<(Answer, Duration), String> {
+async fn connect(peer: SocketAddr) -> Result<UdpSocket, String> {
     let socket = UdpSocket::bind(any_local(&peer))
         .await
         .map_err(|e| io_error_word(&e))?;
     socket.connect(peer).await.map_err(|e| io_error_word(&e))?;
+    Ok(socket)
+}
+
+async fn transact(
+    socket: &UdpSocket,
+    deadline: Instant,
+    r: &mut ProbeResult,
+) -> Result<(Answer, Duration), String> {
     let mut txid = [0u8; 12];
     txid.iter_mut().for_each(|b| *b = fastrand::u8(..));
     let req = binding_request(txid);
@@ -219,6 +241,7 @@ async fn transact(
                 rto *= 2;
             }
             got = socket.recv(&mut buf) => match got {
+                // Late answers to an earlier window's request are another transaction.
                 Ok(n) => match parse_response(&buf[..n], &txid) {
                     Ok(a) => return Ok((a, start.elapsed())),
                     Err(_) => continue,
