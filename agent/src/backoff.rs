@@ -8,8 +8,6 @@ use std::time::Duration;
 
 /// First delay after a failure.
 pub const DEFAULT_MIN: Duration = Duration::from_secs(1);
-/// The longest delay between attempts.
-pub const DEFAULT_MAX: Duration = Duration::from_secs(60);
 /// Share of each delay that is randomised (0.5: between half and the full delay).
 pub const DEFAULT_JITTER: f64 = 0.5;
 
@@ -32,13 +30,6 @@ pub struct Backoff {
     max: Duration,
     jitter: f64,
     attempt: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        // The defaults satisfy try_new's checks.
-        Self::try_new(DEFAULT_MIN, DEFAULT_MAX, DEFAULT_JITTER).unwrap()
-    }
 }
 
 impl Backoff {

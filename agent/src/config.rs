@@ -27,6 +27,8 @@ pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
 pub const MAX_OUTBOX_CAPACITY: usize = 1_000_000;
 /// MQTT keepalive when `mqtt.keepalive_seconds` is absent.
 pub const DEFAULT_KEEPALIVE_SECONDS: u64 = 60;
+/// Longest wait between reconnect attempts when `mqtt.reconnect_max_seconds` is absent.
+pub const DEFAULT_RECONNECT_MAX_SECONDS: u64 = 60;
 /// Default broker ports.
 pub const MQTT_PORT: u16 = 1883;
 pub const MQTTS_PORT: u16 = 8883;
@@ -60,6 +62,7 @@ pub struct RawMqtt {
     client_cert: Option<Spanned<String>>,
     client_key: Option<Spanned<String>>,
     keepalive_seconds: Option<Spanned<i64>>,
+    reconnect_max_seconds: Option<Spanned<i64>>,
     topic_prefix: Option<Spanned<String>>,
 }
 
@@ -107,6 +110,8 @@ pub struct MqttConfig {
     /// Present exactly when the URL is `mqtts://`.
     pub tls: Option<TlsFiles>,
     pub keepalive: Duration,
+    /// The longest wait between reconnect attempts (backoff cap).
+    pub reconnect_max: Duration,
     pub topics: Topics,
 }
 
@@ -195,13 +200,18 @@ fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
         .find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`')))
         .map(str::to_owned);
     let message = e.message().trim().to_owned();
-    let field = match keys {
-        Some(k) if k == "target" || k.starts_with("target.") => {
+    let base = keys.map(|k| match k.strip_prefix("target") {
+        Some(rest) if rest.is_empty() || rest.starts_with('.') => {
             let i = e.span().map_or(0, |s| target_index_at(src, s.start));
-            format!("target[{i}]{}", k.strip_prefix("target").unwrap_or(""))
+            format!("target[{i}]{rest}")
         }
-        Some(k) => k,
-        None => field_from_message(&message).unwrap_or_else(|| "(syntax)".into()),
+        _ => k,
+    });
+    let field = match (base, field_from_message(&message)) {
+        (Some(b), Some(leaf)) => format!("{b}.{leaf}"),
+        (Some(b), None) => b,
+        (None, Some(leaf)) => leaf,
+        (None, None) => "(syntax)".into(),
     };
     ConfigError::new(path, src, e.span(), field, message)
 }
@@ -390,6 +400,10 @@ impl Validator<'_> {
             Some(k) => self.int_in(k, "mqtt.keepalive_seconds", 5, 3600)?,
             None => DEFAULT_KEEPALIVE_SECONDS,
         };
+        let reconnect_max = match &raw.reconnect_max_seconds {
+            Some(k) => self.int_in(k, "mqtt.reconnect_max_seconds", 1, 3600)?,
+            None => DEFAULT_RECONNECT_MAX_SECONDS,
+        };
         let topics = match &raw.topic_prefix {
             Some(p) => Topics::new(p.get_ref())
                 .map_err(|e| self.err(Some(p.span()), "mqtt.topic_prefix", e))?,
@@ -402,6 +416,7 @@ impl Validator<'_> {
             password,
             tls,
             keepalive: Duration::from_secs(keepalive),
+            reconnect_max: Duration::from_secs(reconnect_max),
             topics,
         })
     }
@@ -626,8 +641,9 @@ impl fmt::Display for Config {
         }
         writeln!(
             f,
-            ", keepalive {} s, persistent session",
-            m.keepalive.as_secs()
+            ", keepalive {} s, persistent session, reconnect backoff up to {} s",
+            m.keepalive.as_secs(),
+            m.reconnect_max.as_secs()
         )?;
         if let Some(tls) = &m.tls {
             match &tls.ca {

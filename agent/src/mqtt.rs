@@ -196,9 +196,16 @@ impl Delivery {
             connected: false,
             shutting_down: false,
         }));
+        let backoff = Backoff::try_new(
+            crate::backoff::DEFAULT_MIN.min(m.reconnect_max),
+            m.reconnect_max,
+            crate::backoff::DEFAULT_JITTER,
+        )
+        .context("reconnect backoff")?;
         let task = tokio::spawn(drive(
             eventloop,
             link.clone(),
+            backoff,
             m.broker.to_string(),
             m.client_id.clone(),
         ));
@@ -210,7 +217,7 @@ impl Delivery {
         let mut link = lock(&self.link);
         if let Some(old) = link.outbox.push(seq, payload) {
             let n = link.outbox.dropped();
-            if n == 1 || n % LOG_EVERY_NTH_DROP == 0 {
+            if n == 1 || n.is_multiple_of(LOG_EVERY_NTH_DROP) {
                 warn!(
                     "outbox full ({} reports): dropped the oldest (seq {old}); {n} dropped since start",
                     link.outbox.capacity()
@@ -307,13 +314,14 @@ struct Drive {
 async fn drive(
     mut eventloop: EventLoop,
     link: Arc<Mutex<Link>>,
+    backoff: Backoff,
     broker: String,
     client_id: String,
 ) {
     let mut d = Drive {
         broker,
         client_id,
-        backoff: Backoff::default(),
+        backoff,
         failures: 0,
         last_error: String::new(),
         ever_connected: false,
@@ -415,7 +423,7 @@ impl Drive {
             } else {
                 warn!("{msg}");
             }
-        } else if self.failures % LOG_EVERY_NTH_FAILURE == 0 {
+        } else if self.failures.is_multiple_of(LOG_EVERY_NTH_FAILURE) {
             info!(
                 "still offline after {} attempts: {reason}; {backlog} reports waiting, {} dropped",
                 self.failures,

@@ -1,0 +1,481 @@
+//! The real agent binary publishing through a real Mosquitto: reports and status arrive,
+//! the last will and the clean-stop status behave, and no window is lost across a broker
+//! outage, with the broker's state kept and without.
+//!
+//! Nothing here sleeps to guess at timing: the tests wait for observed events. The only
+//! fixed sleep is the outage itself, whose length is the point of the test.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use faultline_shared::{OfflineReason, Report, Status, StatusState};
+use faultline_tests::{Child, Mosquitto, TempDir, wait_until, workspace_bin};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+const SITE: &str = "lab-1";
+const REPORT: &str = "faultline/v1/sites/lab-1/report";
+const REPORT_JSON: &str = "faultline/v1/sites/lab-1/report/json";
+const STATUS: &str = "faultline/v1/sites/lab-1/status";
+/// Mosquitto started as root drops to the `mosquitto` user, which cannot write its
+/// persistence file into our temporary folder; keep it root so `restart(true)` really
+/// keeps the broker's state (sessions and queued messages).
+const KEEP_STATE_AS_ROOT: &str = "user root";
+/// Generous: these tests must pass on a slow, shared machine.
+const LONG: Duration = Duration::from_secs(90);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One message as the subscriber saw it.
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+/// A rumqttc subscriber with a persistent session that reconnects quickly and
+/// resubscribes after every connect.
+struct Subscriber {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    subacks: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    client: Client,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    fn start(port: u16, id: &str, persistent: bool, filters: &[&str]) -> Self {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(!persistent)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = Client::new(opts, 64);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let subacks = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let thread = {
+            let (msgs, subacks, stop, client) =
+                (msgs.clone(), subacks.clone(), stop.clone(), client.clone());
+            std::thread::spawn(move || {
+                for ev in conn.iter() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match ev {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            for f in &filters {
+                                let _ = client.try_subscribe(f.as_str(), QoS::AtLeastOnce);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            subacks.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            msgs.lock().unwrap().push(Msg {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+        };
+        let sub = Self {
+            msgs,
+            subacks,
+            stop,
+            client,
+            thread: Some(thread),
+        };
+        assert!(
+            wait_until(LONG, || sub.subacks() > 0),
+            "subscriber {id} did not subscribe"
+        );
+        sub
+    }
+
+    fn subacks(&self) -> usize {
+        self.subacks.load(Ordering::SeqCst)
+    }
+
+    fn messages(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    fn on(&self, topic: &str) -> Vec<Msg> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    fn reports(&self) -> Vec<Report> {
+        self.on(REPORT)
+            .iter()
+            .map(|m| faultline_shared::decode(&m.payload).expect("a valid postcard report"))
+            .collect()
+    }
+
+    fn statuses(&self) -> Vec<(Status, bool)> {
+        self.on(STATUS)
+            .iter()
+            .map(|m| {
+                (
+                    serde_json::from_slice(&m.payload).expect("a valid status"),
+                    m.retain,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.disconnect();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP gate in front of the broker for the agent: closed, it refuses the agent's
+/// connections; open, it relays them. It lets a test decide that the subscriber is
+/// back before the agent can reconnect, instead of racing them.
+struct Gate {
+    port: u16,
+    open: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Gate {
+    fn new(broker_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (open, live) = (open.clone(), live.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    if !open.load(Ordering::SeqCst) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)) else {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    };
+                    let mut l = live.lock().unwrap();
+                    l.push(client.try_clone().unwrap());
+                    l.push(broker.try_clone().unwrap());
+                    pipe(client.try_clone().unwrap(), broker.try_clone().unwrap());
+                    pipe(broker, client);
+                }
+            });
+        }
+        Self { port, open, live }
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses new connections and cuts the ones relayed now.
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Copies `from` → `to` until either side closes, then closes both.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// Writes an agent config with no targets (reports carry host health only: this file
+/// tests delivery, not probes) and 1 s windows.
+fn config(dir: &Path, port: u16, extra_top: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "site = \"{SITE}\"\ncustomer = \"Lab\"\nisp = \"LoopNet\"\nwindow_seconds = 1\n{extra_top}\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max_seconds = 2\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn_agent(dir: &Path, config: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    Child::spawn(
+        "faultline-agent",
+        Command::new(workspace_bin("faultline-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .expect("spawn faultline-agent")
+}
+
+fn agent_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+}
+
+/// A fresh, clean-session subscriber's view of the retained status.
+fn retained_status(port: u16, id: &str) -> Status {
+    let sub = Subscriber::start(port, id, false, &[STATUS]);
+    assert!(
+        wait_until(LONG, || !sub.statuses().is_empty()),
+        "no retained status"
+    );
+    let (status, retained) = sub.statuses().remove(0);
+    assert!(retained, "status must be retained");
+    status
+}
+
+#[test]
+fn reports_arrive_with_status_last_will_and_clean_stop() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("agent-delivery");
+    let cfg = config(dir.path(), broker.port, "");
+    let sub = Subscriber::start(broker.port, "test-watch", false, &[REPORT, STATUS]);
+
+    let mut agent = spawn_agent(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || sub.reports().len() >= 3),
+        "no reports; agent log:\n{}",
+        agent_log(dir.path())
+    );
+    let reports = sub.reports();
+    let boot = reports[0].boot;
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r.site, SITE);
+        assert_eq!(r.boot, boot);
+        assert_eq!(r.seq, i as u64, "seq counts windows from 0");
+        assert_eq!(r.window_ms, 1_000);
+        assert_eq!(
+            r.start_ms % 1_000,
+            0,
+            "windows are aligned to the wall clock"
+        );
+        let host = r.host.expect("host health");
+        assert!((0.0..=100.0).contains(&host.cpu_pct));
+        assert!(host.mem_pct > 0.0 && host.mem_pct <= 100.0);
+    }
+    assert!(
+        reports
+            .windows(2)
+            .all(|w| w[1].start_ms == w[0].start_ms + 1_000)
+    );
+
+    let online = retained_status(broker.port, "test-retained-1");
+    assert_eq!(online.state, StatusState::Online);
+    assert_eq!(online.boot, Some(boot));
+    assert_eq!(online.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(online.isp.as_ref().map(|i| i.as_str()), Some("LoopNet"));
+    assert_eq!(online.customer.as_deref(), Some("Lab"));
+
+    // SIGKILL: the broker publishes the last will, offline/lost.
+    agent.signal("KILL");
+    assert!(agent.wait_timeout(LONG).is_some());
+    let lost = Status::offline(OfflineReason::Lost);
+    assert!(
+        wait_until(LONG, || sub.statuses().iter().any(|(s, _)| *s == lost)),
+        "no last will; statuses: {:?}",
+        sub.statuses()
+    );
+    assert_eq!(retained_status(broker.port, "test-retained-2"), lost);
+
+    // A new start has a new boot; SIGTERM publishes offline/shutdown and exits 0.
+    let mut agent = spawn_agent(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || sub.reports().iter().any(|r| r.boot != boot)),
+        "no reports after restart; agent log:\n{}",
+        agent_log(dir.path())
+    );
+    assert!(wait_until(LONG, || {
+        retained_status(broker.port, "test-retained-3").state == StatusState::Online
+    }));
+    agent.signal("TERM");
+    let status = agent.wait_timeout(LONG).expect("agent stops on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    let shutdown = Status::offline(OfflineReason::Shutdown);
+    assert!(
+        wait_until(LONG, || sub.statuses().iter().any(|(s, _)| *s == shutdown)),
+        "no offline/shutdown; statuses: {:?}",
+        sub.statuses()
+    );
+    assert_eq!(retained_status(broker.port, "test-retained-4"), shutdown);
+    let log = agent_log(dir.path());
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(!log.contains("offline/lost"), "{log}");
+}
+
+#[test]
+fn json_format_publishes_reports_on_report_json() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("agent-json");
+    let cfg = config(dir.path(), broker.port, "format = \"json\"");
+    let sub = Subscriber::start(broker.port, "test-json", false, &[REPORT, REPORT_JSON]);
+    let mut agent = spawn_agent(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || sub.on(REPORT_JSON).len() >= 2),
+        "no JSON reports; agent log:\n{}",
+        agent_log(dir.path())
+    );
+    for (i, m) in sub.on(REPORT_JSON).iter().enumerate() {
+        let r: Report = serde_json::from_slice(&m.payload).expect("Report JSON");
+        assert_eq!((r.site.as_str(), r.seq), (SITE, i as u64));
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["v"], 1);
+        assert!(v["host"]["cpu_pct"].is_number());
+    }
+    assert!(sub.on(REPORT).is_empty(), "JSON format sends no postcard");
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
+}
+
+/// Windows per (boot, seq), counting duplicates.
+fn seen(sub: &Subscriber) -> BTreeMap<(u32, u64), usize> {
+    let mut m = BTreeMap::new();
+    for r in sub.reports() {
+        *m.entry((r.boot, r.seq)).or_insert(0) += 1;
+    }
+    m
+}
+
+/// True when the seqs of `boot` run 0..=max without a gap.
+fn contiguous(seen: &BTreeMap<(u32, u64), usize>, boot: u32) -> bool {
+    seen.keys()
+        .filter(|(b, _)| *b == boot)
+        .enumerate()
+        .all(|(i, &(_, seq))| seq == i as u64)
+}
+
+fn no_window_lost_across_a_broker_outage(keep_state: bool) {
+    let Some(mut broker) = Mosquitto::start_with(KEEP_STATE_AS_ROOT) else {
+        return;
+    };
+    let tag = if keep_state { "kept" } else { "wiped" };
+    let dir = TempDir::new(&format!("agent-outage-{tag}"));
+    let gate = Gate::new(broker.port);
+    let sub = Subscriber::start(broker.port, &format!("test-outage-{tag}"), true, &[REPORT]);
+    gate.open();
+    let cfg = config(dir.path(), gate.port, "");
+    let mut agent = spawn_agent(dir.path(), &cfg);
+
+    assert!(
+        wait_until(LONG, || seen(&sub).len() >= 3),
+        "no reports before the outage; agent log:\n{}",
+        agent_log(dir.path())
+    );
+    let boot = seen(&sub).keys().next().unwrap().0;
+
+    // The outage: the broker goes away for 15 s while the agent keeps measuring.
+    gate.close();
+    broker.stop();
+    let outage_start = now_ms();
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(agent.is_running(), "the agent must ride out the outage");
+    let subacks = sub.subacks();
+    broker.restart(keep_state);
+    // The subscriber resubscribes first (without kept state the broker forgot its
+    // session), then the agent may reconnect and resend.
+    assert!(
+        wait_until(LONG, || sub.subacks() > subacks),
+        "subscriber did not resubscribe"
+    );
+    gate.open();
+    let reopened = now_ms();
+
+    // Wait for a window that began after the agent could reconnect, and for every
+    // window before it.
+    assert!(
+        wait_until(LONG, || {
+            let s = seen(&sub);
+            let late = sub.reports().iter().any(|r| r.start_ms >= reopened + 2_000);
+            late && contiguous(&s, boot)
+        }),
+        "windows missing after the outage: seen {:?}\nagent log:\n{}",
+        seen(&sub).keys().map(|k| k.1).collect::<Vec<_>>(),
+        agent_log(dir.path())
+    );
+    let s = seen(&sub);
+    let reports = sub.reports();
+    let during = reports
+        .iter()
+        .filter(|r| r.start_ms >= outage_start && r.start_ms + 1_000 <= reopened)
+        .count();
+    assert!(
+        during >= 10,
+        "{during} windows measured during the outage arrived"
+    );
+    let dups: usize = s.values().map(|n| n - 1).sum();
+    let last = s.keys().next_back().unwrap().1;
+    eprintln!(
+        "broker state {tag}: windows 0..={last} all arrived ({during} from the outage), {dups} duplicates"
+    );
+    assert!(s.keys().all(|(b, _)| *b == boot));
+
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
+    let log = agent_log(dir.path());
+    let present = format!("(session present: {keep_state})");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reconnected to") && l.contains(&present)),
+        "the broker's state was {tag}: want a reconnect with {present}\n{log}"
+    );
+}
+
+#[test]
+fn no_window_lost_when_the_broker_restarts_with_its_state() {
+    no_window_lost_across_a_broker_outage(true);
+}
+
+#[test]
+fn no_window_lost_when_the_broker_restarts_without_its_state() {
+    no_window_lost_across_a_broker_outage(false);
+}
