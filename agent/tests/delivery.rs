@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use faultline_shared::{OfflineReason, Report, Status, StatusState};
-use faultline_tests::{Child, Mosquitto, TempDir, wait_until, workspace_bin};
+use faultline_tests::{
+    Child, Mosquitto, TempDir, free_tcp_port, require, wait_until, workspace_bin,
+};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 const SITE: &str = "lab-1";
@@ -57,8 +59,13 @@ struct Subscriber {
 impl Subscriber {
     fn start(port: u16, id: &str, persistent: bool, filters: &[&str]) -> Self {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_clean_session(!persistent)
-            .set_keep_alive(Duration::from_secs(5))
+        opts.set_clean_session(!persistent);
+        Self::start_with(opts, filters)
+    }
+
+    fn start_with(mut opts: MqttOptions, filters: &[&str]) -> Self {
+        let id = opts.client_id();
+        opts.set_keep_alive(Duration::from_secs(5))
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut conn) = Client::new(opts, 64);
         let msgs = Arc::new(Mutex::new(Vec::new()));
@@ -478,4 +485,119 @@ fn no_window_lost_when_the_broker_restarts_with_its_state() {
 #[test]
 fn no_window_lost_when_the_broker_restarts_without_its_state() {
     no_window_lost_across_a_broker_outage(false);
+}
+
+/// Runs `cmd` in `dir`, panicking with its output when it fails.
+fn sh(dir: &Path, cmd: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA and a server certificate for `localhost` / 127.0.0.1, made with openssl.
+fn make_certs(dir: &Path) {
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(
+        dir,
+        &format!(
+            "openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj '/CN=Faultline Test CA'"
+        ),
+    );
+    sh(
+        dir,
+        &format!("openssl req {ec} -keyout server.key -out server.csr -subj '/CN=localhost'"),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh(
+        dir,
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+         -out server.pem -days 2 -extfile server.ext",
+    );
+}
+
+#[test]
+fn tls_with_username_and_password() {
+    if require("openssl", "openssl").is_none() || require("mosquitto_passwd", "mosquitto").is_none()
+    {
+        return;
+    }
+    let dir = TempDir::new("agent-tls");
+    let d = dir.path();
+    make_certs(d);
+    sh(
+        d,
+        "mosquitto_passwd -b -c passwd lab-1 'correct horse' && mosquitto_passwd -b passwd watcher w",
+    );
+    std::fs::write(d.join("password"), "correct horse\n").unwrap();
+    std::fs::write(d.join("wrong"), "battery staple\n").unwrap();
+    let tls_port = free_tcp_port();
+    let Some(broker) = Mosquitto::start_with(&format!(
+        "user root\nallow_anonymous false\npassword_file {dir}/passwd\n\
+         listener {tls_port} 127.0.0.1\ncafile {dir}/ca.pem\ncertfile {dir}/server.pem\n\
+         keyfile {dir}/server.key\n",
+        dir = d.display()
+    )) else {
+        return;
+    };
+    assert!(faultline_tests::wait_for_tcp(
+        std::net::SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        LONG
+    ));
+    let mut opts = MqttOptions::new("test-tls-watch", "127.0.0.1", broker.port);
+    opts.set_credentials("watcher", "w");
+    let sub = Subscriber::start_with(opts, &[REPORT, STATUS]);
+
+    let cfg = |name: &str, password: &str| {
+        let path = d.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "site = \"{SITE}\"\nisp = \"LoopNet\"\nwindow_seconds = 1\n[mqtt]\n\
+                 url = \"mqtts://localhost:{tls_port}\"\nusername = \"{SITE}\"\n\
+                 password_file = \"{password}\"\nca_file = \"ca.pem\"\nreconnect_max_seconds = 2\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // A wrong password: the agent says why, keeps measuring and retrying, sends nothing.
+    let wrong = cfg("wrong.toml", "wrong");
+    let mut agent = spawn_agent(d, &wrong);
+    assert!(
+        wait_until(LONG, || agent_log(d).contains("refused the connection")),
+        "{}",
+        agent_log(d)
+    );
+    assert!(agent.is_running());
+    assert!(sub.reports().is_empty());
+    agent.kill();
+
+    let good = cfg("agent.toml", "password");
+    let mut agent = spawn_agent(d, &good);
+    assert!(
+        wait_until(LONG, || sub.reports().len() >= 2),
+        "no reports over TLS; agent log:\n{}",
+        agent_log(d)
+    );
+    assert!(
+        sub.statuses()
+            .iter()
+            .any(|(s, _)| s.state == StatusState::Online)
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
 }
