@@ -398,3 +398,70 @@ fn bad_arguments_exit_2_with_the_flag_named() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// Runs `sh -c script` in a fresh network namespace (its own loopback and sysctls, so
+/// the host's `ping_group_range` is never touched).
+fn in_netns(script: &str) -> Option<Output> {
+    if !require_root("icmp socket selection in a network namespace") {
+        return None;
+    }
+    faultline_tests::require("unshare", "util-linux")?;
+    faultline_tests::require("setpriv", "util-linux")?;
+    faultline_tests::require("ip", "iproute2")?;
+    let bin = workspace_bin("faultline-agent");
+    let script = format!(
+        "ip link set lo up && {}",
+        script.replace("AGENT", &bin.to_string_lossy())
+    );
+    Some(
+        Command::new("unshare")
+            .args(["--net", "sh", "-c", &script])
+            .output()
+            .expect("run unshare"),
+    )
+}
+
+#[test]
+fn icmp_uses_the_unprivileged_ping_socket_when_the_sysctl_allows() {
+    let Some(out) = in_netns(
+        "sysctl -qw net.ipv4.ping_group_range='0 2147483647' && \
+         AGENT probe icmp 127.0.0.1 --count 2 --interval-ms 100",
+    ) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ping (unprivileged)"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["received", "2"]),
+        "{text}"
+    );
+}
+
+#[test]
+fn icmp_without_permission_says_what_to_grant() {
+    // No ping sockets for anyone, and CAP_NET_RAW dropped: neither socket may be opened.
+    let Some(out) = in_netns(
+        "sysctl -qw net.ipv4.ping_group_range='1 0' && \
+         setpriv --bounding-set -net_raw --inh-caps -net_raw AGENT probe icmp 127.0.0.1 --count 1 --json",
+    ) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let r: ProbeResult = serde_json::from_slice(&out.stdout).expect("one ProbeResult");
+    let e = r.error.expect("an error");
+    assert!(
+        e.contains("CAP_NET_RAW") && e.contains("net.ipv4.ping_group_range"),
+        "{e}"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("setcap cap_net_raw+ep"),
+        "the log carries the full hint: {log}"
+    );
+}

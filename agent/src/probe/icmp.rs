@@ -25,6 +25,11 @@ pub const PERMISSION_HINT: &str = "icmp needs a ping socket or a raw socket: gra
      (setcap cap_net_raw+ep faultline-agent, or AmbientCapabilities=CAP_NET_RAW in the systemd unit) \
      or allow this group ping sockets (sysctl -w net.ipv4.ping_group_range=\"0 2147483647\")";
 
+/// The short form of [`PERMISSION_HINT`] for the report's `error` field (the full
+/// hint is logged once).
+pub const PERMISSION_ERROR: &str =
+    "icmp not permitted: grant CAP_NET_RAW or net.ipv4.ping_group_range";
+
 /// Which kind of ICMP socket is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketKind {
@@ -184,7 +189,11 @@ impl IcmpProber {
                         tracing::warn!("{}: {e}", self.host);
                         self.warned = true;
                     }
-                    r.error = Some(e);
+                    r.error = Some(if e == PERMISSION_HINT {
+                        PERMISSION_ERROR.into()
+                    } else {
+                        e
+                    });
                     return;
                 }
             }
