@@ -304,7 +304,11 @@ impl DnsProber {
     ) {
         let server = server.unwrap_or_else(system_server);
         notes.push(("server", server.to_string()));
-        match query(server, name, rtype, deadline, r).await {
+        let mut sends = 0;
+        r.sent = 1;
+        let got = query(server, name, rtype, deadline, &mut sends).await;
+        notes.push(("transmissions", sends.to_string()));
+        match got {
             Ok((answer, rtt)) => {
                 r.received = 1;
                 r.rtt_ms = Some(single_rtt(rtt));
@@ -326,7 +330,7 @@ async fn query(
     name: &str,
     rtype: RecordType,
     deadline: Instant,
-    r: &mut ProbeResult,
+    sends: &mut u32,
 ) -> Result<(Answer, Duration), String> {
     let socket = UdpSocket::bind(any_local(&server))
         .await
@@ -351,7 +355,7 @@ async fn query(
                 if let Err(e) = socket.send(&q).await {
                     last_error = Some(io_error_word(&e));
                 }
-                r.sent += 1;
+                *sends += 1;
                 next = (Instant::now() + wait).min(deadline);
                 wait *= 2;
             }

@@ -263,11 +263,13 @@ impl SipProber {
             }
         };
         self.cseq = self.cseq.wrapping_add(1);
+        // One transaction, however many retransmissions it took (noted apart).
+        r.sent = 1;
         let target = self.resolver.host_port().clone();
         let deadline = deadline.min(Instant::now() + 64 * T1);
         let outcome = match self.transport {
-            Transport::Udp => udp(peer, target, self.cseq, deadline, r, notes).await,
-            Transport::Tcp => tcp(peer, target, self.cseq, deadline, r, notes).await,
+            Transport::Udp => udp(peer, target, self.cseq, deadline, notes).await,
+            Transport::Tcp => tcp(peer, target, self.cseq, deadline, notes).await,
         };
         match outcome {
             Outcome::Final(resp, rtt) => {
@@ -286,9 +288,9 @@ async fn udp(
     target: HostPort,
     cseq: u32,
     deadline: Instant,
-    r: &mut ProbeResult,
     notes: &mut Vec<(&'static str, String)>,
 ) -> Outcome {
+    let mut sends = 0u32;
     let socket = match UdpSocket::bind(any_local(&peer)).await {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(io_error_word(&e)),
@@ -314,7 +316,9 @@ async fn udp(
                 if let Err(e) = socket.send(bytes.as_bytes()).await {
                     last_error = Some(io_error_word(&e));
                 }
-                r.sent += 1;
+                sends += 1;
+                notes.retain(|(k, _)| *k != "transmissions");
+                notes.push(("transmissions", sends.to_string()));
                 next = (Instant::now() + step).min(deadline);
                 step = next_interval(step, provisional);
             }
@@ -346,11 +350,9 @@ async fn tcp(
     target: HostPort,
     cseq: u32,
     deadline: Instant,
-    r: &mut ProbeResult,
     notes: &mut Vec<(&'static str, String)>,
 ) -> Outcome {
     let start = Instant::now();
-    r.sent = 1;
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(peer)).await {
         Err(_) => return Outcome::Failed("timeout".into()),
         Ok(Err(e)) => return Outcome::Failed(io_error_word(&e)),

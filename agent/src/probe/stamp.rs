@@ -210,6 +210,8 @@ pub struct StreamConfig {
     pub grace: Duration,
     pub codec: Codec,
     pub len: usize,
+    /// Hard end of the measurement (the window): a stalled box stops here.
+    pub window: Duration,
 }
 
 /// Longest wait for replies after the last packet of a burst.
@@ -240,6 +242,7 @@ impl StreamConfig {
             grace,
             codec,
             len: packet_len(codec, pad),
+            window,
         }
     }
 }
@@ -298,12 +301,17 @@ impl StampProber {
         let mut stop_at = start + cfg.interval * cfg.packets + cfg.grace;
         let mut last_error: Option<String> = None;
         let mut stray = 0u32;
+        let hard_end = start + cfg.window;
         loop {
-            let sending = tally.sent() < cfg.packets;
+            let sending = tally.sent() < cfg.packets && next_send + cfg.grace <= hard_end;
             if !sending && tally.complete() {
                 break;
             }
-            let wake = if sending { next_send } else { stop_at };
+            let wake = if sending {
+                next_send
+            } else {
+                stop_at.min(hard_end)
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {
                     if !sending {

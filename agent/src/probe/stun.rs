@@ -172,7 +172,11 @@ impl StunProber {
         }
         // Just set above when absent.
         let socket = &self.socket.as_ref().unwrap().1;
-        match transact(socket, deadline, r).await {
+        let mut sends = 0;
+        r.sent = 1;
+        let got = transact(socket, deadline, &mut sends).await;
+        notes.push(("transmissions", sends.to_string()));
+        match got {
             Ok((Answer::Mapped(addr), rtt)) => {
                 r.received = 1;
                 r.rtt_ms = Some(single_rtt(rtt));
@@ -215,7 +219,7 @@ async fn connect(peer: SocketAddr) -> Result<UdpSocket, String> {
 async fn transact(
     socket: &UdpSocket,
     deadline: Instant,
-    r: &mut ProbeResult,
+    sends: &mut u32,
 ) -> Result<(Answer, Duration), String> {
     let mut txid = [0u8; 12];
     txid.iter_mut().for_each(|b| *b = fastrand::u8(..));
@@ -228,15 +232,15 @@ async fn transact(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
-                if Instant::now() >= deadline || r.sent >= RC {
+                if Instant::now() >= deadline || *sends >= RC {
                     return Err(last_error.unwrap_or_else(|| "timeout".into()));
                 }
                 if let Err(e) = socket.send(&req).await {
                     last_error = Some(io_error_word(&e));
                 }
-                r.sent += 1;
+                *sends += 1;
                 // After the last send wait Rm·RTO (initial RTO), per RFC 8489 §6.2.1.
-                let wait = if r.sent == RC { RTO * RM } else { rto };
+                let wait = if *sends == RC { RTO * RM } else { rto };
                 next = (Instant::now() + wait).min(deadline);
                 rto *= 2;
             }
