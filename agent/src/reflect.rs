@@ -10,6 +10,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::SockAddr;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::probe::stamp::{self, MAX_LEN, NtpTime};
@@ -80,11 +84,13 @@ pub async fn serve(
     let mut buf = vec![0u8; 65_536];
     let mut out = vec![0u8; MAX_LEN];
     let (mut reflected, mut dropped) = (0u64, 0u64);
+    enable_ttl(&socket);
+    let fd = socket.as_raw_fd();
     tokio::pin!(shutdown);
     loop {
-        let (n, peer) = tokio::select! {
+        let (n, peer, ttl) = tokio::select! {
             _ = &mut shutdown => break,
-            got = socket.recv_from(&mut buf) => match got {
+            got = socket.async_io(Interest::READABLE, || recv_with_ttl(fd, &mut buf)) => match got {
                 Ok(x) => x,
                 // ICMP errors from earlier sends surface here on some systems: not fatal.
                 Err(e) => {
@@ -95,9 +101,15 @@ pub async fn serve(
         };
         let t2 = NtpTime::now();
         let seq = stateful.then(|| sessions.next(peer, Instant::now()));
-        // The IP TTL of the request is not read (it needs IP_RECVTTL control
-        // messages); 255 says "unknown" to a sender that looks at it.
-        match stamp::reflect(&buf[..n], seq, t2, NtpTime::now(), 255, &mut out) {
+        // 0 when the kernel did not say (it always does on Linux once asked).
+        match stamp::reflect(
+            &buf[..n],
+            seq,
+            t2,
+            NtpTime::now(),
+            ttl.unwrap_or(0),
+            &mut out,
+        ) {
             Some(len) => {
                 if let Err(e) = socket.send_to(&out[..len], peer).await {
                     tracing::debug!("reflect: send to {peer}: {e}");
@@ -108,6 +120,78 @@ pub async fn serve(
         }
     }
     (reflected, dropped)
+}
+
+/// Asks the kernel to hand each datagram's IPv4 TTL / IPv6 hop limit with it
+/// (RFC 8762: the reflector copies it into Session-Sender TTL). Best effort: an
+/// option the socket's family does not know is simply not set.
+fn enable_ttl(socket: &UdpSocket) {
+    let fd = socket.as_raw_fd();
+    let one: libc::c_int = 1;
+    for (level, opt) in [
+        (libc::IPPROTO_IP, libc::IP_RECVTTL),
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
+    ] {
+        // SAFETY: `fd` is an open socket for the duration of the call, and the
+        // option value points at a live c_int of the length given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// `recvmsg` on `fd`: the datagram into `buf`, its sender, and its TTL / hop limit
+/// when the kernel attached one. Non-blocking: `WouldBlock` when nothing is queued.
+fn recv_with_ttl(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<u8>)> {
+    // 128 bytes of u64 words: room for the TTL message, aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: every pointer handed to recvmsg (address storage, iovec over `buf`,
+    // control buffer) is valid and sized as declared for the call; the control
+    // messages are walked only with the libc CMSG macros within `msg_controllen`,
+    // and their data read unaligned.
+    let ((n, ttl), addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = storage.cast();
+            msg.msg_namelen = *len;
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(fd, &raw mut msg, 0);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            *len = msg.msg_namelen;
+            let mut ttl = None;
+            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !c.is_null() {
+                let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+                if (level == libc::IPPROTO_IP && kind == libc::IP_TTL)
+                    || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT)
+                {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    ttl = u8::try_from(v).ok();
+                }
+                c = libc::CMSG_NXTHDR(&raw const msg, c);
+            }
+            Ok((n as usize, ttl))
+        })?
+    };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("datagram from a non-IP address"))?;
+    Ok((n, peer, ttl))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -59,7 +59,14 @@ fn reflector_answers(addr: SocketAddr) -> bool {
         .unwrap();
     let _ = s.send_to(&stamp_request(77), addr);
     let mut buf = [0u8; 128];
-    matches!(s.recv_from(&mut buf), Ok((44, _)) if buf[24..28] == 77u32.to_be_bytes())
+    let ok = matches!(s.recv_from(&mut buf), Ok((44, _)) if buf[24..28] == 77u32.to_be_bytes());
+    if ok {
+        // RFC 8762: Session-Sender TTL is the request's IP TTL (loopback: the default).
+        let ttl: u8 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl")
+            .map_or(64, |s| s.trim().parse().unwrap_or(64));
+        assert_eq!(buf[40], ttl, "Session-Sender TTL");
+    }
+    ok
 }
 
 fn start_reflector(stateful: bool) -> (Child, SocketAddr) {
