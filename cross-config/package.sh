@@ -9,7 +9,7 @@
 #   /usr/bin/faultline-agent                      the static binary
 #   /lib/systemd/system/faultline-agent.service   the hardened unit
 #   /etc/faultline/agent.toml                     example config (a conffile)
-#   /usr/share/doc/faultline-agent/               copyright, OpenWrt init script
+#   /usr/share/doc/faultline-agent/               copyright, every-key example, OpenWrt init
 # and maintainer scripts that create the `faultline` system user, enable the unit on
 # first install (started once the config is edited) and restart it on upgrade.
 # Output: $DEB_DIR (default $CARGO_TARGET_DIR/deb), printed at the end.
@@ -98,6 +98,8 @@ package() {
     install -D -m 0644 cross-config/faultline-agent.service \
         "$root/lib/systemd/system/faultline-agent.service"
     install -D -m 0640 cross-config/agent.toml "$root/etc/faultline/agent.toml"
+    install -D -m 0644 agent/agent.example.toml \
+        "$root/usr/share/doc/faultline-agent/examples/agent.example.toml"
     install -D -m 0644 cross-config/openwrt/faultline-agent.init \
         "$root/usr/share/doc/faultline-agent/examples/openwrt-faultline-agent.init"
     cat >"$root/usr/share/doc/faultline-agent/copyright" <<'EOF'
