@@ -118,6 +118,9 @@ pub enum Spec {
         pps: u32,
         /// Length of the voice burst at the start of each window (`0`: the whole window).
         burst: Duration,
+        /// The burst runs every `every`-th window; the windows between send a short
+        /// train of [`stamp::IDLE_PACKETS`] (metered links).
+        every: u32,
         codec: Codec,
         /// Pad test packets to the codec's frame size (else 44 bytes).
         pad: bool,
@@ -144,7 +147,7 @@ pub enum Spec {
 fn allowed_options(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::Icmp => &["count", "interval_ms"],
-        Kind::Stamp => &["pps", "stamp_seconds", "codec", "pad"],
+        Kind::Stamp => &["pps", "stamp_seconds", "stamp_every", "codec", "pad"],
         Kind::Sip => &["transport"],
         Kind::Dns => &["record", "server"],
         _ => &[],
@@ -284,6 +287,7 @@ impl Target {
                         opts.float("stamp_seconds", 0.0, 3600.0)?
                             .unwrap_or(DEFAULT_STAMP_SECONDS),
                     ),
+                    every: opts.uint("stamp_every", 1, 10_000)?.unwrap_or(1),
                     codec,
                     pad: opts.bool("pad")?.unwrap_or(false),
                 }
@@ -516,6 +520,7 @@ impl fmt::Display for Target {
                 to,
                 pps,
                 burst,
+                every,
                 codec,
                 pad,
             } => {
@@ -524,6 +529,9 @@ impl fmt::Display for Target {
                     write!(f, "window")?;
                 } else {
                     write!(f, "{}", burst.as_secs_f64())?;
+                }
+                if *every > 1 {
+                    write!(f, " stamp_every={every}")?;
                 }
                 write!(
                     f,
@@ -619,12 +627,16 @@ impl Prober {
                 Spec::Stamp {
                     pps,
                     burst,
+                    every,
                     codec,
                     pad,
                     ..
                 },
             ) => {
-                let cfg = stamp::StreamConfig::for_window(window, *pps, *burst, *codec, *pad);
+                let mut cfg = stamp::StreamConfig::for_window(window, *pps, *burst, *codec, *pad);
+                if !p.burst_due(*every) {
+                    cfg.packets = cfg.packets.min(stamp::IDLE_PACKETS);
+                }
                 p.measure(&cfg, &mut r, notes).await;
             }
             (State::Sip(p), _) => p.measure(deadline, &mut r, notes).await,
@@ -865,6 +877,7 @@ mod tests {
                 },
                 pps: 50,
                 burst: Duration::from_secs(5),
+                every: 1,
                 codec: Codec::G711,
                 pad: false,
             }
@@ -872,6 +885,29 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "m layer=provider provider=voipco kind=stamp host=203.0.113.10:862 pps=50 stamp_seconds=5 codec=g711 packet_bytes=44"
+        );
+    }
+
+    #[test]
+    fn stamp_options() {
+        let t = parse(
+            "[[target]]\nname = \"m\"\nlayer = \"isp\"\nkind = \"stamp\"\nhost = \"[2001:db8::1]:8620\"\npps = 20\nstamp_seconds = 2.5\nstamp_every = 30\ncodec = \"g729a\"\npad = true\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.to_string(),
+            "m layer=isp kind=stamp host=[2001:db8::1]:8620 pps=20 stamp_seconds=2.5 stamp_every=30 codec=g729a packet_bytes=44"
+        );
+        let e = parse(
+            "[[target]]\nname = \"m\"\nlayer = \"isp\"\nkind = \"stamp\"\nhost = \"h\"\nstamp_every = 0\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "target[0].stamp_every");
+        assert!(
+            e.message.contains("1-10000") && e.message.contains('0'),
+            "{e}"
         );
     }
 

@@ -214,6 +214,10 @@ pub struct StreamConfig {
     pub window: Duration,
 }
 
+/// Packets sent at the voice cadence in a window without a burst (`stamp_every`):
+/// enough to keep RTT, loss and a MOS estimate every window for little traffic.
+pub const IDLE_PACKETS: u32 = 5;
+
 /// Longest wait for replies after the last packet of a burst.
 pub const MAX_GRACE: Duration = Duration::from_secs(1);
 
@@ -253,6 +257,7 @@ pub struct StampProber {
     resolver: Resolver,
     socket: Option<(std::net::SocketAddr, UdpSocket)>,
     next_seq: u32,
+    windows: u64,
 }
 
 impl StampProber {
@@ -261,7 +266,16 @@ impl StampProber {
             resolver: Resolver::new(to),
             socket: None,
             next_seq: 0,
+            windows: 0,
         }
+    }
+
+    /// Whether this window runs the full burst (every `every`-th window, starting
+    /// with the first); counts the window.
+    pub fn burst_due(&mut self, every: u32) -> bool {
+        let due = self.windows % u64::from(every.max(1)) == 0;
+        self.windows += 1;
+        due
     }
 
     async fn socket(&mut self) -> Result<&UdpSocket, String> {
@@ -464,6 +478,17 @@ mod tests {
         let n = reflect(&req, Some(9), t2, t3, 63, &mut out).unwrap();
         assert_eq!(ReflectorPacket::decode(&out[..n]).unwrap().seq, 9);
         assert_eq!(reflect(&req[..20], None, t2, t3, 1, &mut out), None);
+    }
+
+    #[test]
+    fn bursts_run_every_nth_window_from_the_first() {
+        let mut p = StampProber::new(HostPort {
+            host: "127.0.0.1".into(),
+            port: 862,
+        });
+        let due: Vec<bool> = (0..7).map(|_| p.burst_due(3)).collect();
+        assert_eq!(due, [true, false, false, true, false, false, true]);
+        assert!(p.burst_due(1) && p.burst_due(1));
     }
 
     #[test]
