@@ -472,3 +472,43 @@ fn icmp_without_permission_says_what_to_grant() {
         "the log carries the full hint: {log}"
     );
 }
+
+#[test]
+fn stamp_through_an_impairment_relay_counts_exactly_what_it_dropped() {
+    use faultline_tests::relay::{Direction, Impairment, Relay};
+    let (_reflector, addr) = start_reflector(false);
+    let relay = Relay::loopback(addr, 7).expect("start relay");
+    let imp: Impairment = "delay=10ms,loss=5%".parse().unwrap();
+    relay.set_both(imp).unwrap();
+    let (r, _) = probe_json(&[
+        "stamp",
+        &relay.addr().to_string(),
+        "--pps",
+        "50",
+        "--seconds",
+        "4",
+    ]);
+    let (up, down) = (relay.stats(Direction::Up), relay.stats(Direction::Down));
+    assert_eq!(u64::from(r.sent), 200);
+    assert_eq!(up.received, 200, "every packet reached the relay");
+    assert_eq!(
+        u64::from(r.sent - r.received),
+        up.dropped + down.dropped,
+        "loss counted exactly: {r:?} up {up:?} down {down:?}"
+    );
+    let rtt = r.rtt_ms.unwrap();
+    // 10 ms each way was injected: no round trip can be shorter than 20 ms.
+    assert!(rtt.min >= 20.0, "{rtt:?}");
+    eprintln!(
+        "injected 20 ms RTT and 5 %/direction loss: measured p50 {:.3} ms (error {:+.3} ms), \
+         loss {}/{} = relay drops {}+{}, jitter {:?} ms, MOS {:?}",
+        rtt.p50,
+        rtt.p50 - 20.0,
+        r.sent - r.received,
+        r.sent,
+        up.dropped,
+        down.dropped,
+        r.jitter_ms,
+        r.mos
+    );
+}
