@@ -20,7 +20,11 @@ use crate::run::{Shared, now_ms};
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Binds `listen` and serves in the background; returns the bound address.
-pub async fn serve(listen: SocketAddr, shared: Arc<Shared>, _cfg: Config) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+    _cfg: Config,
+) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/state", get(api_state))
@@ -113,7 +117,9 @@ async fn api_history(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition of ingest counters, verdict states and probe values.
@@ -121,47 +127,116 @@ pub fn metrics_text(shared: &Shared) -> String {
     let mut o = String::with_capacity(64 * 1024);
     let e = shared.engine.lock().expect("engine lock");
     let c = e.counters();
-    let _ = writeln!(o, "# HELP faultline_collector_messages_total Messages accepted, by kind.");
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_messages_total Messages accepted, by kind."
+    );
     let _ = writeln!(o, "# TYPE faultline_collector_messages_total counter");
-    let _ = writeln!(o, "faultline_collector_messages_total{{kind=\"report\"}} {}", c.reports);
-    let _ = writeln!(o, "faultline_collector_messages_total{{kind=\"status\"}} {}", c.statuses);
-    let _ = writeln!(o, "# HELP faultline_collector_rejected_total Messages dropped, by reason.");
+    let _ = writeln!(
+        o,
+        "faultline_collector_messages_total{{kind=\"report\"}} {}",
+        c.reports
+    );
+    let _ = writeln!(
+        o,
+        "faultline_collector_messages_total{{kind=\"status\"}} {}",
+        c.statuses
+    );
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_rejected_total Messages dropped, by reason."
+    );
     let _ = writeln!(o, "# TYPE faultline_collector_rejected_total counter");
     for reason in [
-        "topic", "oversized", "malformed", "truncated", "version", "invalid_id",
-        "site_mismatch", "duplicate", "too_old", "window",
+        "topic",
+        "oversized",
+        "malformed",
+        "truncated",
+        "version",
+        "invalid_id",
+        "site_mismatch",
+        "duplicate",
+        "too_old",
+        "window",
     ] {
         let n = c.rejected.get(reason).copied().unwrap_or(0);
-        let _ = writeln!(o, "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}");
+        let _ = writeln!(
+            o,
+            "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
     }
     for (reason, n) in &c.rejected {
         if !matches!(
             *reason,
-            "topic" | "oversized" | "malformed" | "truncated" | "version" | "invalid_id"
-                | "site_mismatch" | "duplicate" | "too_old" | "window"
+            "topic"
+                | "oversized"
+                | "malformed"
+                | "truncated"
+                | "version"
+                | "invalid_id"
+                | "site_mismatch"
+                | "duplicate"
+                | "too_old"
+                | "window"
         ) {
-            let _ = writeln!(o, "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                o,
+                "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
         }
     }
     let _ = writeln!(o, "# TYPE faultline_collector_late_reports_total counter");
     let _ = writeln!(o, "faultline_collector_late_reports_total {}", c.late);
-    let _ = writeln!(o, "# HELP faultline_collector_clock_skew_reports_total Reports whose window time is far from the collector's clock (accepted).");
-    let _ = writeln!(o, "# TYPE faultline_collector_clock_skew_reports_total counter");
-    let _ = writeln!(o, "faultline_collector_clock_skew_reports_total {}", c.skewed);
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_clock_skew_reports_total Reports whose window time is far from the collector's clock (accepted)."
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE faultline_collector_clock_skew_reports_total counter"
+    );
+    let _ = writeln!(
+        o,
+        "faultline_collector_clock_skew_reports_total {}",
+        c.skewed
+    );
     let _ = writeln!(o, "# TYPE faultline_collector_evaluations_total counter");
     let _ = writeln!(o, "faultline_collector_evaluations_total {}", c.evaluations);
     {
         let st = shared.stats.lock().expect("stats lock");
         let _ = writeln!(o, "# TYPE faultline_collector_mqtt_connected gauge");
-        let _ = writeln!(o, "faultline_collector_mqtt_connected {}", u8::from(st.connected));
+        let _ = writeln!(
+            o,
+            "faultline_collector_mqtt_connected {}",
+            u8::from(st.connected)
+        );
         let _ = writeln!(o, "# TYPE faultline_collector_published_total counter");
-        let _ = writeln!(o, "faultline_collector_published_total{{kind=\"verdict\"}} {}", st.published_verdicts);
-        let _ = writeln!(o, "faultline_collector_published_total{{kind=\"incident_event\"}} {}", st.published_events);
-        let _ = writeln!(o, "faultline_collector_published_total{{kind=\"metrics_dropped\"}} {}", st.metrics_dropped);
+        let _ = writeln!(
+            o,
+            "faultline_collector_published_total{{kind=\"verdict\"}} {}",
+            st.published_verdicts
+        );
+        let _ = writeln!(
+            o,
+            "faultline_collector_published_total{{kind=\"incident_event\"}} {}",
+            st.published_events
+        );
+        let _ = writeln!(
+            o,
+            "faultline_collector_published_total{{kind=\"metrics_dropped\"}} {}",
+            st.metrics_dropped
+        );
     }
     let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");
-    let _ = writeln!(o, "faultline_collector_open_incidents {}", e.open_incidents().count());
-    let _ = writeln!(o, "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in.");
+    let _ = writeln!(
+        o,
+        "faultline_collector_open_incidents {}",
+        e.open_incidents().count()
+    );
+    let _ = writeln!(
+        o,
+        "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in."
+    );
     let _ = writeln!(o, "# TYPE faultline_verdict_state gauge");
     for v in e.verdicts() {
         let states: &[State] = match v.scope {
@@ -180,10 +255,19 @@ pub fn metrics_text(shared: &Shared) -> String {
         }
     }
     let series: [(&str, &str); 4] = [
-        ("faultline_probe_loss_ratio", "Share of probes lost in the latest window."),
-        ("faultline_probe_rtt_p50_ms", "Median round-trip time in the latest window."),
+        (
+            "faultline_probe_loss_ratio",
+            "Share of probes lost in the latest window.",
+        ),
+        (
+            "faultline_probe_rtt_p50_ms",
+            "Median round-trip time in the latest window.",
+        ),
         ("faultline_probe_jitter_ms", "Jitter in the latest window."),
-        ("faultline_probe_mos", "Estimated MOS of voice probes in the latest window."),
+        (
+            "faultline_probe_mos",
+            "Estimated MOS of voice probes in the latest window.",
+        ),
     ];
     for (i, (name, help)) in series.iter().enumerate() {
         let _ = writeln!(o, "# HELP {name} {help}");

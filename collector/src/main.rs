@@ -1,23 +1,14 @@
 //! faultline-collector: takes every site's reports over MQTT, diagnoses faults across
 //! sites, ISPs and providers, and publishes verdicts (MQTT, HTTP, history).
 
-#[cfg(feature = "embedded-broker")]
-mod broker;
-mod config;
-mod engine;
-mod http;
-mod replay;
-mod report;
-mod run;
-mod store;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::engine::{Engine, EngineConfig};
+use faultline_collector::config::{self, Config};
+use faultline_collector::engine::Engine;
+use faultline_collector::{engine_config, replay, report, run, store};
 
 #[derive(Debug, Parser)]
 #[command(name = "faultline-collector", version, about = "Faultline's collector")]
@@ -81,15 +72,6 @@ fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
     }
 }
 
-pub fn engine_config(c: &Config) -> EngineConfig {
-    EngineConfig {
-        window_ms: c.window_ms,
-        thresholds: c.thresholds,
-        providers: c.providers.clone(),
-        max_payload_bytes: c.max_payload_bytes,
-    }
-}
-
 fn init_tracing() {
     // rumqttc logs through `log`: bridge it.
     let _ = tracing_log::LogTracer::init();
@@ -145,7 +127,8 @@ fn main() -> ExitCode {
             let mut c = load(config.as_ref())?;
             if let Some(g) = share_group {
                 c.share_group = Some(
-                    faultline_shared::Id::new(g).map_err(|e| anyhow::anyhow!("--share-group: {e}"))?,
+                    faultline_shared::Id::new(g)
+                        .map_err(|e| anyhow::anyhow!("--share-group: {e}"))?,
                 );
             }
             run::run(c)

@@ -56,7 +56,10 @@ pub fn availability(
             .sum();
         let mut affected = 0u64;
         let mut outages = Vec::new();
-        for inc in incidents.iter().filter(|i| i.target_id == provider.as_str()) {
+        for inc in incidents
+            .iter()
+            .filter(|i| i.target_id == provider.as_str())
+        {
             let start = inc.opened_ms.max(from_ms);
             let end = inc.closed_ms.unwrap_or(to_ms).min(to_ms);
             affected += end.saturating_sub(start) * inc.sites.len() as u64;

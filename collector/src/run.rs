@@ -102,7 +102,8 @@ pub fn window_row(r: &Report, recv_ms: u64, loss_bad: f64) -> WindowRow {
     for p in &r.probes {
         let loss = p.loss();
         row.max_loss = row.max_loss.max(loss);
-        row.bad += u32::from(p.error.is_some() || (p.sent > 0 && p.received == 0) || loss >= loss_bad);
+        row.bad +=
+            u32::from(p.error.is_some() || (p.sent > 0 && p.received == 0) || loss >= loss_bad);
         if let Some(rtt) = p.rtt_ms {
             row.max_rtt_ms = Some(row.max_rtt_ms.map_or(rtt.p50, |m: f64| m.max(rtt.p50)));
         }
@@ -172,7 +173,9 @@ fn spawn_writer(mut store: Store, rx: std_mpsc::Receiver<StoreMsg>, cfg: crate::
                             StoreMsg::Window(w) => store.window(&w)?,
                             StoreMsg::Verdict(v) => store.verdict(&v)?,
                             StoreMsg::Incident(e) => store.incident(&e)?,
-                            StoreMsg::Site(s, isp, c) => store.site(&s, isp.as_ref(), c.as_deref())?,
+                            StoreMsg::Site(s, isp, c) => {
+                                store.site(&s, isp.as_ref(), c.as_deref())?
+                            }
                             StoreMsg::Maintain(now) => maintain = Some(now),
                             StoreMsg::Flush(tx) => acks.push(tx),
                         }
@@ -328,7 +331,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("stopping");
     tick.abort();
     let _ = client
-        .publish(status_topic, QoS::AtLeastOnce, true, collector_status("offline"))
+        .publish(
+            status_topic,
+            QoS::AtLeastOnce,
+            true,
+            collector_status("offline"),
+        )
         .await;
     let _ = client.disconnect().await;
     // Give the event loop a moment to send the goodbye, then flush history.
@@ -344,7 +352,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 fn start_embedded(cfg: &Config) -> anyhow::Result<(String, u16)> {
     #[cfg(feature = "embedded-broker")]
     {
-        crate::broker::start(cfg.broker_listen, cfg.broker_listen_v5, cfg.max_payload_bytes * 4)?;
+        crate::broker::start(
+            cfg.broker_listen,
+            cfg.broker_listen_v5,
+            cfg.max_payload_bytes * 4,
+        )?;
         tracing::info!(
             "embedded broker: MQTT 3.1.1 on {}, MQTT 5 on {}",
             cfg.broker_listen,
@@ -370,7 +382,11 @@ fn subscribe(client: &AsyncClient, cfg: &Config) {
     };
     // Reports may be split across a share group; statuses go to every collector
     // (each needs every site's ISP and presence for correlation).
-    for f in [shared(t.all_reports()), shared(t.all_reports_json()), t.all_statuses()] {
+    for f in [
+        shared(t.all_reports()),
+        shared(t.all_reports_json()),
+        t.all_statuses(),
+    ] {
         if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
             tracing::error!("subscribe {f}: {e}");
         }
@@ -391,11 +407,13 @@ fn on_publish(
         return;
     };
     let now = now_ms();
-    let res = shared
-        .engine
-        .lock()
-        .expect("engine lock")
-        .ingest(&shared.topics, now, topic, &p.payload, p.retain);
+    let res = shared.engine.lock().expect("engine lock").ingest(
+        &shared.topics,
+        now,
+        topic,
+        &p.payload,
+        p.retain,
+    );
     match res {
         Ok(Accepted::Report { report, .. }) => {
             for probe in &report.probes {
@@ -414,7 +432,11 @@ fn on_publish(
         Ok(Accepted::Status(site)) => {
             let e = shared.engine.lock().expect("engine lock");
             if let Some(s) = e.sites().get(&site) {
-                let _ = store_tx.send(StoreMsg::Site(site.clone(), s.isp.clone(), s.customer.clone()));
+                let _ = store_tx.send(StoreMsg::Site(
+                    site.clone(),
+                    s.isp.clone(),
+                    s.customer.clone(),
+                ));
             }
         }
         Ok(Accepted::Ignored) => {}
@@ -438,7 +460,11 @@ async fn publish_outputs(
                     faultline_shared::Scope::Provider => t.provider_state(&v.id),
                 };
                 let body = serde_json::to_vec(&v).unwrap_or_default();
-                if client.publish(topic, QoS::AtLeastOnce, true, body).await.is_ok() {
+                if client
+                    .publish(topic, QoS::AtLeastOnce, true, body)
+                    .await
+                    .is_ok()
+                {
                     shared.stats.lock().expect("stats lock").published_verdicts += 1;
                 }
                 let _ = store_tx.send(StoreMsg::Verdict(v));

@@ -126,7 +126,11 @@ impl Store {
                 inc.closed_ms.map(i),
                 json
             ])?;
-        if let Some(n) = inc.id.strip_prefix("inc-").and_then(|n| n.parse::<i64>().ok()) {
+        if let Some(n) = inc
+            .id
+            .strip_prefix("inc-")
+            .and_then(|n| n.parse::<i64>().ok())
+        {
             self.db
                 .prepare_cached(
                     "INSERT INTO meta(key, value) VALUES('next_incident', ?1)
@@ -137,7 +141,12 @@ impl Store {
         Ok(())
     }
 
-    pub fn site(&mut self, site: &Id, isp: Option<&Id>, customer: Option<&str>) -> anyhow::Result<()> {
+    pub fn site(
+        &mut self,
+        site: &Id,
+        isp: Option<&Id>,
+        customer: Option<&str>,
+    ) -> anyhow::Result<()> {
         self.db
             .prepare_cached(
                 "INSERT INTO sites(site, isp, customer) VALUES(?1, ?2, ?3)
@@ -201,13 +210,19 @@ impl Store {
         )?;
         tx.execute("DELETE FROM windows WHERE recv_ms < ?1", params![cut])?;
         let hcut = i(now_ms.saturating_sub(u64::from(hourly_days) * DAY_MS));
-        tx.execute("DELETE FROM windows_hourly WHERE hour_ms < ?1", params![hcut])?;
+        tx.execute(
+            "DELETE FROM windows_hourly WHERE hour_ms < ?1",
+            params![hcut],
+        )?;
         let icut = i(now_ms.saturating_sub(u64::from(incident_days) * DAY_MS));
         tx.execute(
             "DELETE FROM incidents WHERE closed_ms IS NOT NULL AND closed_ms < ?1",
             params![icut],
         )?;
-        tx.execute("DELETE FROM verdict_changes WHERE at_ms < ?1", params![icut])?;
+        tx.execute(
+            "DELETE FROM verdict_changes WHERE at_ms < ?1",
+            params![icut],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -215,7 +230,9 @@ impl Store {
     /// What the engine needs to carry on after a restart.
     pub fn restore(&self) -> anyhow::Result<Restored> {
         let mut r = Restored::default();
-        let mut st = self.db.prepare("SELECT json FROM verdicts_current ORDER BY scope, id")?;
+        let mut st = self
+            .db
+            .prepare("SELECT json FROM verdicts_current ORDER BY scope, id")?;
         for row in st.query_map([], |row| row.get::<_, String>(0))? {
             r.verdicts.push(serde_json::from_str(&row?)?);
         }
@@ -227,9 +244,11 @@ impl Store {
         }
         r.next_incident = self
             .db
-            .query_row("SELECT value FROM meta WHERE key = 'next_incident'", [], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'next_incident'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
             .optional()?
             .unwrap_or(0)
             .max(0) as u64;
@@ -287,13 +306,22 @@ impl Store {
     }
 
     /// Sites that probed `provider` in [from, to), each with the span it was seen.
-    pub fn provider_sites(&self, provider: &str, from_ms: u64, to_ms: u64) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    pub fn provider_sites(
+        &self,
+        provider: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> anyhow::Result<Vec<(String, u64, u64)>> {
         let mut st = self.db.prepare(
             "SELECT site, first_ms, last_ms FROM site_providers
              WHERE provider = ?1 AND first_ms < ?3 AND last_ms >= ?2 ORDER BY site",
         )?;
         let rows = st.query_map(params![provider, i(from_ms), i(to_ms)], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for r in rows {
@@ -381,10 +409,9 @@ mod tests {
         assert_eq!(r.open_incidents.len(), 1);
         assert_eq!(r.verdicts.len(), 1);
         assert_eq!(r.sites, vec![(id("a"), Some(id("IspA")), None)]);
-        let n: i64 = s
-            .db
-            .query_row("SELECT count(*) FROM windows_hourly", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 =
+            s.db.query_row("SELECT count(*) FROM windows_hourly", [], |r| r.get(0))
+                .unwrap();
         assert_eq!(n, 1, "old windows downsampled to hourly rows");
         let _ = std::fs::remove_dir_all(&dir);
     }

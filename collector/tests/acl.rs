@@ -66,33 +66,110 @@ fn each_agent_may_write_only_its_own_site() {
     // The subscription is up once the collector sees its own marker.
     assert!(
         wait_until(LONG, || {
-            publish(broker.port, "faultline-collector", "c-secret", "faultline/v1/collector/status", "ready");
+            publish(
+                broker.port,
+                "faultline-collector",
+                "c-secret",
+                "faultline/v1/collector/status",
+                "ready",
+            );
             seen().contains("ready")
         }),
         "collector subscription never saw its marker"
     );
 
-    assert!(publish(broker.port, "acme-hq", "a-secret", "faultline/v1/sites/acme-hq/report/json", "own-report"));
-    assert!(publish(broker.port, "acme-hq", "a-secret", "faultline/v1/sites/acme-hq/status", "own-status"));
+    assert!(publish(
+        broker.port,
+        "acme-hq",
+        "a-secret",
+        "faultline/v1/sites/acme-hq/report/json",
+        "own-report"
+    ));
+    assert!(publish(
+        broker.port,
+        "acme-hq",
+        "a-secret",
+        "faultline/v1/sites/acme-hq/status",
+        "own-status"
+    ));
     // Denied publishes are dropped silently by the broker (MQTT 3.1.1).
-    publish(broker.port, "acme-hq", "a-secret", "faultline/v1/sites/bobs-bakery/report/json", "forged-report");
-    publish(broker.port, "acme-hq", "a-secret", "faultline/v1/state/providers/voipco", "forged-verdict");
-    publish(broker.port, "acme-hq", "a-secret", "faultline/v1/events/incidents", "forged-event");
-    assert!(!publish(broker.port, "acme-hq", "wrong", "faultline/v1/sites/acme-hq/report/json", "bad-password"));
-    assert!(!publish(broker.port, "", "", "faultline/v1/sites/acme-hq/report/json", "anonymous"));
+    publish(
+        broker.port,
+        "acme-hq",
+        "a-secret",
+        "faultline/v1/sites/bobs-bakery/report/json",
+        "forged-report",
+    );
+    publish(
+        broker.port,
+        "acme-hq",
+        "a-secret",
+        "faultline/v1/state/providers/voipco",
+        "forged-verdict",
+    );
+    publish(
+        broker.port,
+        "acme-hq",
+        "a-secret",
+        "faultline/v1/events/incidents",
+        "forged-event",
+    );
+    assert!(!publish(
+        broker.port,
+        "acme-hq",
+        "wrong",
+        "faultline/v1/sites/acme-hq/report/json",
+        "bad-password"
+    ));
+    assert!(!publish(
+        broker.port,
+        "",
+        "",
+        "faultline/v1/sites/acme-hq/report/json",
+        "anonymous"
+    ));
     let anon = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "faultline/v1/sites/x/report/json", "-m", "anon2"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "faultline/v1/sites/x/report/json",
+            "-m",
+            "anon2",
+        ])
         .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(!anon.success(), "anonymous clients must be refused");
-    assert!(publish(broker.port, "bobs-bakery", "b-secret", "faultline/v1/sites/bobs-bakery/report/json", "bobs-own"));
+    assert!(publish(
+        broker.port,
+        "bobs-bakery",
+        "b-secret",
+        "faultline/v1/sites/bobs-bakery/report/json",
+        "bobs-own"
+    ));
     // Messages from one connection arrive in order, so once the last one is here the
     // denied ones would have been too.
-    assert!(wait_until(LONG, || seen().contains("bobs-own")), "{}", seen());
+    assert!(
+        wait_until(LONG, || seen().contains("bobs-own")),
+        "{}",
+        seen()
+    );
     let text = seen();
-    assert!(text.contains("own-report") && text.contains("own-status"), "{text}");
-    for forged in ["forged-report", "forged-verdict", "forged-event", "bad-password", "anonymous", "anon2"] {
+    assert!(
+        text.contains("own-report") && text.contains("own-status"),
+        "{text}"
+    );
+    for forged in [
+        "forged-report",
+        "forged-verdict",
+        "forged-event",
+        "bad-password",
+        "anonymous",
+        "anon2",
+    ] {
         assert!(!text.contains(forged), "{forged} got through:\n{text}");
     }
 }

@@ -60,10 +60,16 @@ fn start_collector(config: &Path, http: SocketAddr) -> Collector {
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// Reads one counter from `/metrics`.
@@ -159,12 +165,12 @@ fn report(site: &str, boot: u32, seq: u64, voipco_down: bool) -> Value {
         p
     };
     json!({"v": 1, "site": site, "boot": boot, "seq": seq, "start_ms": now_ms(), "window_ms": 1000,
-        "probes": [
-            probe("gw", "lan", None, "icmp", false),
-            probe("anchor", "internet", None, "icmp", false),
-            probe("voipco-media", "provider", Some("voipco"), "icmp", voipco_down),
-            probe("voipco2-media", "provider", Some("voipco2"), "icmp", false),
-        ]})
+    "probes": [
+        probe("gw", "lan", None, "icmp", false),
+        probe("anchor", "internet", None, "icmp", false),
+        probe("voipco-media", "provider", Some("voipco"), "icmp", voipco_down),
+        probe("voipco2-media", "provider", Some("voipco2"), "icmp", false),
+    ]})
 }
 
 /// Three sites on three ISPs reporting every 500 ms (faster than the 1 s window, so
@@ -182,7 +188,11 @@ impl Fleet {
         let down = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let client = publisher(port, "fleet");
-        let sites = [("acme-hq", "IspA"), ("bobs-bakery", "IspB"), ("city-dental", "IspC")];
+        let sites = [
+            ("acme-hq", "IspA"),
+            ("bobs-bakery", "IspB"),
+            ("city-dental", "IspC"),
+        ];
         for (s, isp) in sites {
             client
                 .publish(
@@ -240,13 +250,19 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     let seen = subscriber(
         broker.port,
         "watcher",
-        &["faultline/v1/state/#", "faultline/v1/events/incidents", "faultline/v1/collector/status"],
+        &[
+            "faultline/v1/state/#",
+            "faultline/v1/events/incidents",
+            "faultline/v1/collector/status",
+        ],
     );
     let mut c = start_collector(&config, http);
     let fleet = Fleet::start(broker.port);
     let prov = "faultline/v1/state/providers/voipco";
     assert!(
-        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] == "ok")
+        wait_until(LONG, || seen
+            .latest(prov)
+            .is_some_and(|v| v["state"] == "ok")
             && seen.latest("faultline/v1/state/sites/acme-hq").is_some()),
         "no initial verdicts"
     );
@@ -256,7 +272,9 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     );
     fleet.down.store(true, Ordering::SeqCst);
     assert!(
-        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] == "outage")),
+        wait_until(LONG, || seen
+            .latest(prov)
+            .is_some_and(|v| v["state"] == "outage")),
         "provider outage not published: {:?}",
         seen.latest(prov)
     );
@@ -270,13 +288,18 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     assert_eq!(site["incident"], incident.as_str());
     // Retained: a newcomer sees the verdict at once.
     let late = subscriber(broker.port, "latecomer", &[prov]);
-    assert!(wait_until(LONG, || late.latest(prov).is_some_and(|v| v["state"] == "outage")));
+    assert!(wait_until(LONG, || late
+        .latest(prov)
+        .is_some_and(|v| v["state"] == "outage")));
     let api = http_get(http, "/api/incidents");
     assert!(api.contains(&incident), "{api}");
 
     // Restart the collector while the outage goes on.
     c.child.signal("TERM");
-    assert!(c.child.wait_timeout(LONG).is_some(), "collector did not stop on SIGTERM");
+    assert!(
+        c.child.wait_timeout(LONG).is_some(),
+        "collector did not stop on SIGTERM"
+    );
     assert!(wait_until(LONG, || seen
         .latest("faultline/v1/collector/status")
         .is_some_and(|v| v["state"] == "offline")));
@@ -284,14 +307,29 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     let c = start_collector(&config, http);
     // Several windows of the still-failing provider after the restart.
     let sent_at_restart = fleet.sent.load(Ordering::SeqCst);
-    assert!(wait_until(LONG, || fleet.sent.load(Ordering::SeqCst) >= sent_at_restart + 18));
-    assert!(wait_until(LONG, || metric(c.http, "faultline_collector_evaluations_total") >= 5.0));
-    assert_eq!(seen.events("opened", "voipco").len(), 1, "re-opened after restart");
-    assert!(seen.events("closed", "voipco").is_empty(), "forgotten after restart");
+    assert!(wait_until(LONG, || fleet.sent.load(Ordering::SeqCst)
+        >= sent_at_restart + 18));
+    assert!(wait_until(LONG, || metric(
+        c.http,
+        "faultline_collector_evaluations_total"
+    ) >= 5.0));
+    assert_eq!(
+        seen.events("opened", "voipco").len(),
+        1,
+        "re-opened after restart"
+    );
+    assert!(
+        seen.events("closed", "voipco").is_empty(),
+        "forgotten after restart"
+    );
     let api = http_get(c.http, "/api/incidents");
     let open: Value = serde_json::from_str(&api).unwrap();
     assert!(
-        open["open"].as_array().unwrap().iter().any(|i| i["id"] == incident.as_str()),
+        open["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == incident.as_str()),
         "{api}"
     );
     assert!(
@@ -303,7 +341,9 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     // The fault ends: the same incident closes.
     fleet.down.store(false, Ordering::SeqCst);
     assert!(
-        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] == "ok")),
+        wait_until(LONG, || seen
+            .latest(prov)
+            .is_some_and(|v| v["state"] == "ok")),
         "outage did not clear"
     );
     let closed = seen.events("closed", "voipco");
@@ -324,22 +364,37 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
     let seen = subscriber(broker.port, "metrics-watcher", &["faultline/v1/metrics/#"]);
     let c = start_collector(&config, http);
     let fleet = Fleet::start(broker.port);
-    assert!(wait_until(LONG, || metric(c.http, "faultline_collector_messages_total{kind=\"report\"}") >= 3.0));
+    assert!(wait_until(LONG, || metric(
+        c.http,
+        "faultline_collector_messages_total{kind=\"report\"}"
+    ) >= 3.0));
 
     let p = publisher(broker.port, "stranger");
     let q = QoS::AtLeastOnce;
     let site_topic = "faultline/v1/sites/acme-hq/report/json";
-    p.publish(site_topic, q, false, b"{not json".to_vec()).unwrap();
-    p.publish(site_topic, q, false, vec![b' '; 100 * 1024]).unwrap();
+    p.publish(site_topic, q, false, b"{not json".to_vec())
+        .unwrap();
+    p.publish(site_topic, q, false, vec![b' '; 100 * 1024])
+        .unwrap();
     let other = serde_json::to_vec(&report("bobs-bakery", 9, 0, false)).unwrap();
     p.publish(site_topic, q, false, other).unwrap();
     let dup = serde_json::to_vec(&report("acme-hq", 77, 5, false)).unwrap();
     p.publish(site_topic, q, false, dup.clone()).unwrap();
     p.publish(site_topic, q, false, dup).unwrap();
-    p.publish("faultline/v1/sites/bad!id/report/json", q, false, b"{}".to_vec())
-        .unwrap();
-    p.publish("faultline/v1/sites/acme-hq/report", q, false, vec![1, 0xff, 0xff])
-        .unwrap();
+    p.publish(
+        "faultline/v1/sites/bad!id/report/json",
+        q,
+        false,
+        b"{}".to_vec(),
+    )
+    .unwrap();
+    p.publish(
+        "faultline/v1/sites/acme-hq/report",
+        q,
+        false,
+        vec![1, 0xff, 0xff],
+    )
+    .unwrap();
     p.publish("faultline/v1/sites/acme-hq/report", q, false, vec![9, 1, 2])
         .unwrap();
 
@@ -359,7 +414,10 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
         );
     }
     // Good traffic still flows and the collector still runs.
-    let before = metric(c.http, "faultline_collector_messages_total{kind=\"report\"}");
+    let before = metric(
+        c.http,
+        "faultline_collector_messages_total{kind=\"report\"}",
+    );
     assert!(wait_until(LONG, || metric(
         c.http,
         "faultline_collector_messages_total{kind=\"report\"}"
@@ -367,7 +425,9 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
     let mut c = c;
     assert!(c.child.is_running());
     // Per-probe metrics JSON carries the window identity.
-    let m = seen.latest("faultline/v1/metrics/acme-hq/voipco-media").expect("metrics topic");
+    let m = seen
+        .latest("faultline/v1/metrics/acme-hq/voipco-media")
+        .expect("metrics topic");
     for k in ["site", "boot", "seq", "start_ms", "target", "loss"] {
         assert!(!m[k].is_null(), "metrics JSON lacks {k}: {m}");
     }

@@ -86,12 +86,14 @@ fn probe(target: &str, layer: &str, provider: Option<&str>, kind: &str, c: Cond)
         (_, Cond::Lossy) => (100, 94, 14.0, None),
         (_, Cond::Down) => (if kind == "stamp" { 500 } else { 10 }, 0, 0.0, None),
     };
-    let mut p = json!({"target": target, "layer": layer, "kind": kind, "sent": sent, "received": received});
+    let mut p =
+        json!({"target": target, "layer": layer, "kind": kind, "sent": sent, "received": received});
     if let Some(pr) = provider {
         p["provider"] = json!(pr);
     }
     if received > 0 {
-        p["rtt_ms"] = json!({"min": rtt * 0.9, "p50": rtt, "avg": rtt, "p95": rtt * 1.2, "max": rtt * 1.5});
+        p["rtt_ms"] =
+            json!({"min": rtt * 0.9, "p50": rtt, "avg": rtt, "p95": rtt * 1.2, "max": rtt * 1.5});
         p["jitter_ms"] = json!(0.5);
     }
     if let Some(m) = mos {
@@ -128,8 +130,12 @@ fn build(windows: u64, f: impl Fn(u64, &str) -> SiteWindow, extras: &[Extra]) ->
     };
     for (site, isp) in FLEET {
         let at = T0 - 5_000;
-        push(&mut lines, at, json!({"at_ms": at, "topic": format!("faultline/v1/sites/{site}/status"),
-            "payload": {"state": "online", "boot": 7, "version": "0.1.0", "isp": isp}}));
+        push(
+            &mut lines,
+            at,
+            json!({"at_ms": at, "topic": format!("faultline/v1/sites/{site}/status"),
+            "payload": {"state": "online", "boot": 7, "version": "0.1.0", "isp": isp}}),
+        );
     }
     for w in 0..windows {
         for (site, _) in FLEET {
@@ -151,7 +157,11 @@ fn build(windows: u64, f: impl Fn(u64, &str) -> SiteWindow, extras: &[Extra]) ->
     }
     for (w, off, site, payload) in extras {
         let at = T0 + w * W + off;
-        push(&mut lines, at, json!({"at_ms": at, "topic": format!("faultline/v1/sites/{site}/status"), "payload": payload}));
+        push(
+            &mut lines,
+            at,
+            json!({"at_ms": at, "topic": format!("faultline/v1/sites/{site}/status"), "payload": payload}),
+        );
     }
     lines.sort_by_key(|(at, order, _)| (*at, *order));
     lines.into_iter().map(|(_, _, v)| v).collect()
@@ -175,10 +185,18 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "provider_outage_failover",
             about: "voipco down at every site (3 ISPs) in windows 6..14; voipco2 healthy",
-            lines: build(24, |w, _| SiteWindow {
-                voipco: if in_range(w, 6, 14) { Cond::Down } else { Cond::Ok },
-                ..Default::default()
-            }, &[]),
+            lines: build(
+                24,
+                |w, _| SiteWindow {
+                    voipco: if in_range(w, 6, 14) {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    },
+                    ..Default::default()
+                },
+                &[],
+            ),
             expect: "at 5 provider voipco ok\n\
                      at 8 provider voipco outage cause=provider recommend=voipco2 sites=s1,s2,s3,s4,s5,s6\n\
                      at 8 site s1 down cause=provider provider=voipco\n\
@@ -192,10 +210,22 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "provider_outage_no_alternate",
             about: "voipco and its alternate voipco2 both down everywhere in windows 6..14",
-            lines: build(24, |w, _| {
-                let c = if in_range(w, 6, 14) { Cond::Down } else { Cond::Ok };
-                SiteWindow { voipco: c, voipco2: c, ..Default::default() }
-            }, &[]),
+            lines: build(
+                24,
+                |w, _| {
+                    let c = if in_range(w, 6, 14) {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    };
+                    SiteWindow {
+                        voipco: c,
+                        voipco2: c,
+                        ..Default::default()
+                    }
+                },
+                &[],
+            ),
             expect: "at 8 provider voipco outage cause=provider recommend=none\n\
                      at 8 provider voipco2 outage cause=provider\n\
                      at 17 provider voipco ok\n\
@@ -205,10 +235,18 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "provider_degraded",
             about: "voipco lossy (5 % loss, MOS 3.1) at s1, s3, s5, s6 (3 ISPs) in windows 6..14",
-            lines: build(24, |w, s| SiteWindow {
-                voipco: if in_range(w, 6, 14) && s != "s2" && s != "s4" { Cond::Lossy } else { Cond::Ok },
-                ..Default::default()
-            }, &[]),
+            lines: build(
+                24,
+                |w, s| SiteWindow {
+                    voipco: if in_range(w, 6, 14) && s != "s2" && s != "s4" {
+                        Cond::Lossy
+                    } else {
+                        Cond::Ok
+                    },
+                    ..Default::default()
+                },
+                &[],
+            ),
             expect: "at 8 provider voipco degraded cause=provider recommend=voipco2 sites=s1,s3,s5,s6\n\
                      at 8 site s1 degraded cause=provider provider=voipco\n\
                      never site s2\n\
@@ -219,11 +257,20 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "isp_degraded",
             about: "IspA (s1, s2) loses 6 % beyond the LAN in windows 6..14: ISP, not provider",
-            lines: build(24, |w, s| {
-                let bad = in_range(w, 6, 14) && (s == "s1" || s == "s2");
-                let c = if bad { Cond::Lossy } else { Cond::Ok };
-                SiteWindow { net: c, voipco: c, voipco2: c, ..Default::default() }
-            }, &[]),
+            lines: build(
+                24,
+                |w, s| {
+                    let bad = in_range(w, 6, 14) && (s == "s1" || s == "s2");
+                    let c = if bad { Cond::Lossy } else { Cond::Ok };
+                    SiteWindow {
+                        net: c,
+                        voipco: c,
+                        voipco2: c,
+                        ..Default::default()
+                    }
+                },
+                &[],
+            ),
             expect: "at 8 isp IspA degraded cause=isp sites=s1,s2\n\
                      at 8 site s1 degraded cause=isp\n\
                      at 8 site s2 degraded cause=isp\n\
@@ -235,13 +282,27 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "isp_outage",
             about: "IspA goes dark at window 6: s1 and s2 stop reporting, their last wills arrive",
-            lines: build(24, |w, s| SiteWindow {
-                send: !(in_range(w, 6, 14) && (s == "s1" || s == "s2")),
-                ..Default::default()
-            }, &[
-                (6, 9_000, "s1", json!({"state": "offline", "reason": "lost"})),
-                (6, 9_500, "s2", json!({"state": "offline", "reason": "lost"})),
-            ]),
+            lines: build(
+                24,
+                |w, s| SiteWindow {
+                    send: !(in_range(w, 6, 14) && (s == "s1" || s == "s2")),
+                    ..Default::default()
+                },
+                &[
+                    (
+                        6,
+                        9_000,
+                        "s1",
+                        json!({"state": "offline", "reason": "lost"}),
+                    ),
+                    (
+                        6,
+                        9_500,
+                        "s2",
+                        json!({"state": "offline", "reason": "lost"}),
+                    ),
+                ],
+            ),
             expect: "at 6 site s1 offline cause=isp\n\
                      at 6 site s2 offline cause=isp\n\
                      at 6 isp IspA outage cause=isp sites=s1,s2\n\
@@ -253,11 +314,21 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "lan_fault",
             about: "s3's LAN gateway stops answering in windows 6..14 (everything beyond fails too)",
-            lines: build(24, |w, s| {
-                let bad = in_range(w, 6, 14) && s == "s3";
-                let c = if bad { Cond::Down } else { Cond::Ok };
-                SiteWindow { lan: c, net: c, voipco: c, voipco2: c, ..Default::default() }
-            }, &[]),
+            lines: build(
+                24,
+                |w, s| {
+                    let bad = in_range(w, 6, 14) && s == "s3";
+                    let c = if bad { Cond::Down } else { Cond::Ok };
+                    SiteWindow {
+                        lan: c,
+                        net: c,
+                        voipco: c,
+                        voipco2: c,
+                        ..Default::default()
+                    }
+                },
+                &[],
+            ),
             expect: "at 8 site s3 down cause=lan\n\
                      at 17 site s3 ok cause=none\n\
                      never provider *\n\
@@ -267,10 +338,18 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "path_one_site",
             about: "only s4 cannot reach voipco in windows 6..14",
-            lines: build(24, |w, s| SiteWindow {
-                voipco: if in_range(w, 6, 14) && s == "s4" { Cond::Down } else { Cond::Ok },
-                ..Default::default()
-            }, &[]),
+            lines: build(
+                24,
+                |w, s| SiteWindow {
+                    voipco: if in_range(w, 6, 14) && s == "s4" {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    },
+                    ..Default::default()
+                },
+                &[],
+            ),
             expect: "at 8 site s4 down cause=path provider=voipco\n\
                      at 17 site s4 ok\n\
                      never provider *\n\
@@ -280,13 +359,27 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "offline_last_will",
             about: "s5's agent vanishes at window 5 (last will), comes back at window 10",
-            lines: build(20, |w, s| SiteWindow {
-                send: !(in_range(w, 5, 10) && s == "s5"),
-                ..Default::default()
-            }, &[
-                (5, 1_000, "s5", json!({"state": "offline", "reason": "lost"})),
-                (10, 1_000, "s5", json!({"state": "online", "boot": 7, "isp": "IspC"})),
-            ]),
+            lines: build(
+                20,
+                |w, s| SiteWindow {
+                    send: !(in_range(w, 5, 10) && s == "s5"),
+                    ..Default::default()
+                },
+                &[
+                    (
+                        5,
+                        1_000,
+                        "s5",
+                        json!({"state": "offline", "reason": "lost"}),
+                    ),
+                    (
+                        10,
+                        1_000,
+                        "s5",
+                        json!({"state": "online", "boot": 7, "isp": "IspC"}),
+                    ),
+                ],
+            ),
             expect: "at 5 site s5 offline cause=none\n\
                      at 11 site s5 ok\n\
                      never isp *\n\
@@ -296,10 +389,14 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "offline_silence",
             about: "s6 stops reporting at window 5 without a last will; back at window 12",
-            lines: build(20, |w, s| SiteWindow {
-                send: !(in_range(w, 5, 12) && s == "s6"),
-                ..Default::default()
-            }, &[]),
+            lines: build(
+                20,
+                |w, s| SiteWindow {
+                    send: !(in_range(w, 5, 12) && s == "s6"),
+                    ..Default::default()
+                },
+                &[],
+            ),
             expect: "at 6 site s6 ok\n\
                      at 7 site s6 offline cause=none\n\
                      at 12 site s6 ok\n\
@@ -309,35 +406,46 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "blips",
             about: "single bad windows (provider everywhere, one LAN, one ISP pair) never raise anything",
-            lines: build(24, |w, s| {
-                let mut sw = SiteWindow::default();
-                if w == 4 {
-                    sw.voipco = Cond::Down;
-                }
-                if w == 8 && s == "s2" {
-                    sw.lan = Cond::Down;
-                }
-                if w == 12 && (s == "s3" || s == "s4") {
-                    sw.net = Cond::Lossy;
-                }
-                if w == 16 && s == "s1" {
-                    sw.send = false;
-                }
-                sw
-            }, &[]),
+            lines: build(
+                24,
+                |w, s| {
+                    let mut sw = SiteWindow::default();
+                    if w == 4 {
+                        sw.voipco = Cond::Down;
+                    }
+                    if w == 8 && s == "s2" {
+                        sw.lan = Cond::Down;
+                    }
+                    if w == 12 && (s == "s3" || s == "s4") {
+                        sw.net = Cond::Lossy;
+                    }
+                    if w == 16 && s == "s1" {
+                        sw.send = false;
+                    }
+                    sw
+                },
+                &[],
+            ),
             expect: "never site *\nnever provider *\nnever isp *\n",
         },
         Scenario {
             name: "flapping",
             about: "s1's path to voipco alternates bad/good (never opens); s2's goes bad-bad-good (opens once, never closes while it flaps)",
-            lines: build(30, |w, s| {
-                let bad = match s {
-                    "s1" => in_range(w, 4, 24) && w % 2 == 0,
-                    "s2" => in_range(w, 4, 24) && w % 3 != 0,
-                    _ => false,
-                };
-                SiteWindow { voipco: if bad { Cond::Lossy } else { Cond::Ok }, ..Default::default() }
-            }, &[]),
+            lines: build(
+                30,
+                |w, s| {
+                    let bad = match s {
+                        "s1" => in_range(w, 4, 24) && w % 2 == 0,
+                        "s2" => in_range(w, 4, 24) && w % 3 != 0,
+                        _ => false,
+                    };
+                    SiteWindow {
+                        voipco: if bad { Cond::Lossy } else { Cond::Ok },
+                        ..Default::default()
+                    }
+                },
+                &[],
+            ),
             expect: "never site s1\n\
                      at 6 site s2 degraded cause=path provider=voipco\n\
                      at 22 site s2 degraded cause=path provider=voipco\n\
@@ -348,13 +456,21 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "late_and_duplicate",
             about: "provider outage while every report arrives twice, s2's reports come one window late, and s6 has no RTC (its clock reads 1970)",
-            lines: build(24, |w, s| SiteWindow {
-                voipco: if in_range(w, 6, 14) { Cond::Down } else { Cond::Ok },
-                twice: true,
-                delay_ms: if s == "s2" && w % 4 == 1 { W } else { 0 },
-                clock_off_ms: if s == "s6" { T0 } else { 0 },
-                ..Default::default()
-            }, &[]),
+            lines: build(
+                24,
+                |w, s| SiteWindow {
+                    voipco: if in_range(w, 6, 14) {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    },
+                    twice: true,
+                    delay_ms: if s == "s2" && w % 4 == 1 { W } else { 0 },
+                    clock_off_ms: if s == "s6" { T0 } else { 0 },
+                    ..Default::default()
+                },
+                &[],
+            ),
             expect: "at 8 provider voipco outage cause=provider recommend=voipco2 sites=s1,s2,s3,s4,s5,s6\n\
                      at 17 provider voipco ok\n\
                      never isp *\n\
@@ -383,7 +499,11 @@ fn regenerate() {
         let expect = format!("# {}\n{}", s.about, s.expect);
         std::fs::write(dir.join(format!("{}.expect", s.name)), expect).unwrap();
     }
-    std::fs::write(dir.join("collector.toml"), "[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n").unwrap();
+    std::fs::write(
+        dir.join("collector.toml"),
+        "[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -398,7 +518,11 @@ fn checked_in_files_match_the_generator() {
         let file = dir.join(format!("{}.jsonl", s.name));
         let on_disk = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("{}: {e} (regenerate: see module docs)", file.display()));
-        assert!(on_disk == text, "{} is stale: regenerate (see module docs)", file.display());
+        assert!(
+            on_disk == text,
+            "{} is stale: regenerate (see module docs)",
+            file.display()
+        );
     }
 }
 
@@ -500,7 +624,11 @@ fn every_scenario_meets_its_expectations_through_replay() {
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     names.sort();
-    assert!(names.len() >= 12, "scenario files missing in {}", dir.display());
+    assert!(
+        names.len() >= 12,
+        "scenario files missing in {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     for jsonl in names {
         let name = jsonl.file_stem().unwrap().to_string_lossy().into_owned();
@@ -508,7 +636,12 @@ fn every_scenario_meets_its_expectations_through_replay() {
         let verdicts = run_replay(&jsonl);
         failures.extend(check(&name, &expect, &verdicts));
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -64,7 +64,13 @@ impl Track {
 
     /// One window's raw judgement (`None` = good). Returns whether the track opened
     /// or closed in this step: `Some(true)` opened, `Some(false)` closed.
-    fn step(&mut self, scope: Scope, raw: Option<Shown>, th: &Thresholds, force: bool) -> Option<bool> {
+    fn step(
+        &mut self,
+        scope: Scope,
+        raw: Option<Shown>,
+        th: &Thresholds,
+        force: bool,
+    ) -> Option<bool> {
         match raw {
             Some(bad) => {
                 self.bad_run = self.bad_run.saturating_add(1);
@@ -103,7 +109,13 @@ pub struct Incidents {
 }
 
 impl Incidents {
-    fn open(&mut self, now_ms: u64, scope: Scope, id: &Id, shown: &Shown) -> (String, IncidentEvent) {
+    fn open(
+        &mut self,
+        now_ms: u64,
+        scope: Scope,
+        id: &Id,
+        shown: &Shown,
+    ) -> (String, IncidentEvent) {
         self.next += 1;
         let iid = format!("inc-{:06}", self.next);
         let inc = Incident {
@@ -320,7 +332,17 @@ impl Fleet {
                 .providers
                 .entry(p.clone())
                 .or_insert_with(|| Track::new(Scope::Provider));
-            step_track(&mut self.incidents, track, Scope::Provider, &p, raw, th, false, now_ms, out);
+            step_track(
+                &mut self.incidents,
+                track,
+                Scope::Provider,
+                &p,
+                raw,
+                th,
+                false,
+                now_ms,
+                out,
+            );
         }
         for (isp, (raw, force)) in isp_raw {
             let track = self
@@ -328,7 +350,17 @@ impl Fleet {
                 .entry(isp.clone())
                 .or_insert_with(|| Track::new(Scope::Isp));
             let force = force && raw.is_some();
-            step_track(&mut self.incidents, track, Scope::Isp, &isp, raw, th, force, now_ms, out);
+            step_track(
+                &mut self.incidents,
+                track,
+                Scope::Isp,
+                &isp,
+                raw,
+                th,
+                force,
+                now_ms,
+                out,
+            );
         }
         for (id, s, raw) in &raws {
             if *raw == SiteRaw::NoData {

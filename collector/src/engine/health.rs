@@ -176,7 +176,10 @@ mod tests {
     fn down_degraded_ok_by_the_documented_defaults() {
         let th = Thresholds::default();
         let b = Baseline::default();
-        assert_eq!(probe_health(&probe(Kind::Icmp, 10, 0), &b, &th), Some(Health::Down));
+        assert_eq!(
+            probe_health(&probe(Kind::Icmp, 10, 0), &b, &th),
+            Some(Health::Down)
+        );
         let mut e = probe(Kind::Sip, 1, 1);
         e.error = Some("503".into());
         assert_eq!(probe_health(&e, &b, &th), Some(Health::Down));
@@ -209,7 +212,11 @@ mod tests {
             max: v,
         };
         p.rtt_ms = Some(rtt(200.0));
-        assert_eq!(probe_health(&p, &b, &th), Some(Health::Ok), "no baseline yet");
+        assert_eq!(
+            probe_health(&p, &b, &th),
+            Some(Health::Ok),
+            "no baseline yet"
+        );
         for _ in 0..5 {
             b.learn(20.0, &th);
         }

@@ -209,8 +209,8 @@ impl Engine {
         }
         match topics.parse(topic) {
             Ok(Topic::Report { site }) => {
-                let report = decode(payload)
-                    .map_err(|e| Reject::Decode(e.reason(), e.to_string()))?;
+                let report =
+                    decode(payload).map_err(|e| Reject::Decode(e.reason(), e.to_string()))?;
                 self.on_report(now_ms, &site, report)
             }
             Ok(Topic::ReportJson { site }) => {

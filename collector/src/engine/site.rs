@@ -33,7 +33,10 @@ struct BootSeen {
 pub enum Seen {
     /// First time seen; `newest` when it is the highest seq of its boot so far and
     /// `new_boot` when the boot was never seen before.
-    Fresh { newest: bool, new_boot: bool },
+    Fresh {
+        newest: bool,
+        new_boot: bool,
+    },
     Duplicate,
     /// So far behind the newest seq that it cannot be told apart: dropped.
     TooOld,
@@ -117,7 +120,10 @@ impl BootSeen {
 pub enum Presence {
     Online,
     /// Offline since `since_ms` (collector time) because of `why`.
-    Offline { since_ms: u64, why: OfflineWhy },
+    Offline {
+        since_ms: u64,
+        why: OfflineWhy,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -376,9 +382,10 @@ mod tests {
         // A new boot, then a third: the oldest is forgotten.
         assert!(matches!(d.check(8, 0), Seen::Fresh { new_boot: true, .. }));
         assert_eq!(d.check(7, 5000), Seen::Duplicate);
+        // Boot 7 was used last, so boot 8 is the one forgotten.
         assert!(matches!(d.check(9, 0), Seen::Fresh { new_boot: true, .. }));
-        assert!(matches!(d.check(8, 0), Seen::Duplicate));
-        assert!(matches!(d.check(7, 5000), Seen::Fresh { new_boot: true, .. }));
+        assert_eq!(d.check(7, 5000), Seen::Duplicate);
+        assert!(matches!(d.check(8, 0), Seen::Fresh { new_boot: true, .. }));
     }
 
     #[test]
@@ -395,7 +402,11 @@ mod tests {
                 continue;
             }
             let fresh = seen.insert(seq);
-            assert_eq!(matches!(got, Seen::Fresh { .. }), fresh, "seq {seq} high {high}");
+            assert_eq!(
+                matches!(got, Seen::Fresh { .. }),
+                fresh,
+                "seq {seq} high {high}"
+            );
             high = high.max(seq);
         }
     }

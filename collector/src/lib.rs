@@ -1,0 +1,28 @@
+//! faultline-collector as a library: the binary's parts, exposed for its tests,
+//! examples and benchmarks.
+//!
+//! - [`engine`]: the sans-IO diagnosis engine (per-site step, cross-site step).
+//! - [`config`]: collector.toml, validated.
+//! - [`replay`]: the engine driven by a file's clock.
+//! - [`run`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
+//! - [`report`]: provider availability from history.
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod replay;
+pub mod report;
+pub mod run;
+pub mod store;
+
+/// The engine's settings from a validated config.
+pub fn engine_config(c: &config::Config) -> engine::EngineConfig {
+    engine::EngineConfig {
+        window_ms: c.window_ms,
+        thresholds: c.thresholds,
+        providers: c.providers.clone(),
+        max_payload_bytes: c.max_payload_bytes,
+    }
+}
