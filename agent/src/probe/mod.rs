@@ -237,20 +237,33 @@ impl Target {
         }
         let host_span = Some(raw.host.span());
         let host = raw.host.get_ref().trim();
-        let host = if host == "gateway" {
-            match gateway {
-                Some(ip) => ip.to_string(),
-                None => {
-                    return Err(cx.at(
-                        "host",
-                        host_span,
-                        "host = \"gateway\" but no default gateway was found in the routing table"
-                            .into(),
-                    ));
+        // `gateway`, or `gateway:PORT` for port-based kinds.
+        let gateway_port = match host.strip_prefix("gateway") {
+            Some("") => Some(None),
+            Some(rest) => rest.strip_prefix(':').map(Some),
+            None => None,
+        };
+        let host = match (gateway_port, gateway) {
+            (None, _) => host.to_owned(),
+            (Some(port), Some(ip)) => {
+                let ip = if ip.is_ipv6() {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_string()
+                };
+                match port {
+                    Some(p) => format!("{ip}:{p}"),
+                    None => ip,
                 }
             }
-        } else {
-            host.to_owned()
+            (Some(_), None) => {
+                return Err(cx.at(
+                    "host",
+                    host_span,
+                    "host = \"gateway\" but no default gateway was found in the routing table"
+                        .into(),
+                ));
+            }
         };
         let opts = Opts {
             cx: &cx,
@@ -917,6 +930,11 @@ mod tests {
             "[[target]]\nname = \"gw\"\nlayer = \"lan\"\nkind = \"icmp\"\nhost = \"gateway\"\n";
         let t = parse(src, Some("192.168.1.1".parse().unwrap())).unwrap();
         assert!(matches!(&t.spec, Spec::Icmp { host, .. } if host == "192.168.1.1"));
+        let tcp = src
+            .replace("icmp", "tcp")
+            .replace("\"gateway\"", "\"gateway:80\"");
+        let t = parse(&tcp, Some("fe80::1".parse().unwrap())).unwrap();
+        assert!(t.to_string().ends_with("kind=tcp host=[fe80::1]:80"), "{t}");
         let e = parse(src, None).unwrap_err();
         assert_eq!(e.field, "target[0].host");
         assert_eq!(e.line, Some(5));
