@@ -48,18 +48,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, one line per event, filtered by `RUST_LOG` (default `info`);
-/// rumqttc's `log` records are bridged in.
+/// Logs to stderr, one line per event, filtered by `RUST_LOG` (default `info`; the
+/// `target=level,level` form, without regexes); rumqttc's `log` records are bridged in.
 fn init_logging() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Fails only when a logger is already set, which nothing else here does.
     let _ = tracing_log::LogTracer::init();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let default = Targets::new().with_default(LevelFilter::INFO);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("ignoring RUST_LOG={spec:?}: {e}");
+            default
+        }),
+        Err(_) => default,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
         .try_init();
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use faultline_shared::{OfflineReason, Report, Status, StatusState};
+use faultline_shared::{Kind, OfflineReason, Report, Status, StatusState};
 use faultline_tests::{
     Child, Mosquitto, TempDir, free_tcp_port, require, wait_until, workspace_bin,
 };
@@ -232,15 +232,19 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
-/// Writes an agent config with no targets (reports carry host health only: this file
-/// tests delivery, not probes) and 1 s windows.
+/// Writes an agent config with 1 s windows and no targets (reports carry host health
+/// only: the outage tests are about delivery, not probes).
 fn config(dir: &Path, port: u16, extra_top: &str) -> PathBuf {
+    config_with_targets(dir, port, extra_top, "")
+}
+
+fn config_with_targets(dir: &Path, port: u16, extra_top: &str, targets: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     std::fs::write(
         &path,
         format!(
             "site = \"{SITE}\"\ncustomer = \"Lab\"\nisp = \"LoopNet\"\nwindow_seconds = 1\n{extra_top}\n\
-             [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max_seconds = 2\n"
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max_seconds = 2\n{targets}"
         ),
     )
     .unwrap();
@@ -284,7 +288,13 @@ fn reports_arrive_with_status_last_will_and_clean_stop() {
         return;
     };
     let dir = TempDir::new("agent-delivery");
-    let cfg = config(dir.path(), broker.port, "");
+    // One real probe, so reports carry a measured target through the run loop: TCP
+    // connect time to the broker's own port.
+    let target = format!(
+        "[[target]]\nname = \"broker-tcp\"\nlayer = \"lan\"\nkind = \"tcp\"\nhost = \"127.0.0.1:{}\"\n",
+        broker.port
+    );
+    let cfg = config_with_targets(dir.path(), broker.port, "", &target);
     let sub = Subscriber::start(broker.port, "test-watch", false, &[REPORT, STATUS]);
 
     let mut agent = spawn_agent(dir.path(), &cfg);
@@ -305,6 +315,11 @@ fn reports_arrive_with_status_last_will_and_clean_stop() {
             0,
             "windows are aligned to the wall clock"
         );
+        assert_eq!(r.probes.len(), 1);
+        let p = &r.probes[0];
+        assert_eq!((p.target.as_str(), p.kind), ("broker-tcp", Kind::Tcp));
+        assert!(p.sent >= 1 && p.received == p.sent, "{p:?}");
+        assert!(p.error.is_none() && p.rtt_ms.is_some(), "{p:?}");
         let host = r.host.expect("host health");
         assert!((0.0..=100.0).contains(&host.cpu_pct));
         assert!(host.mem_pct > 0.0 && host.mem_pct <= 100.0);

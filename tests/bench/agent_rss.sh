@@ -139,7 +139,7 @@ kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true
 # A short JSON run with the same targets, for the JSON size of the same reports.
 RUST_LOG=warn "$AGENT" run --config "$WORK/json.toml" 2>> "$WORK/agent.log" & JSON_PID=$!
 PIDS+=($JSON_PID)
-sleep 25
+sleep 35
 kill -TERM "$JSON_PID"; wait "$JSON_PID" || true
 sleep 0.5
 
