@@ -113,7 +113,7 @@ pub fn plan(args: &ProbeArgs) -> Result<(Target, Duration), String> {
         host: spanned(&args.host),
         options,
     };
-    let gateway = if args.host == "gateway" {
+    let gateway = if args.host.starts_with("gateway") {
         default_gateway()
     } else {
         None
@@ -130,18 +130,12 @@ pub fn plan(args: &ProbeArgs) -> Result<(Target, Duration), String> {
     Ok((target, window))
 }
 
-/// The IPv4 default gateway from /proc/net/route, for `probe icmp gateway`.
+/// The IPv4 default gateway from the routing table, for `probe icmp gateway`.
 fn default_gateway() -> Option<std::net::IpAddr> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() > 2 && f[1] == "00000000" {
-            let g = u32::from_str_radix(f[2], 16).ok()?;
-            Some(std::net::Ipv4Addr::from(g.swap_bytes()).into())
-        } else {
-            None
-        }
-    })
+    crate::gateway::default_gateway()
+        .ok()
+        .flatten()
+        .map(Into::into)
 }
 
 pub fn main(args: ProbeArgs) -> ExitCode {

@@ -213,6 +213,8 @@ impl IcmpProber {
         let interval = interval.unwrap_or_else(|| window.saturating_sub(grace) / count.max(1));
         let send_until = deadline - grace;
         let base = self.next_seq;
+        // Reserved up front, so a window cut short never shares numbers with the next.
+        self.next_seq = base.wrapping_add(count);
         let mut tally = EchoTally::new(base);
         let mut buf = [0u8; 1500];
         let mut next_send = start;
@@ -256,7 +258,6 @@ impl IcmpProber {
                 }
             }
         }
-        self.next_seq = base.wrapping_add(tally.sent());
         let s = tally.finish();
         s.fill(r);
         if s.stats.received == 0 {

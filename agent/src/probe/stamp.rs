@@ -299,6 +299,9 @@ impl StampProber {
         notes: &mut Vec<(&'static str, String)>,
     ) {
         let base = self.next_seq;
+        // Reserve the window's numbers up front: if the caller cuts this window short
+        // (drops the future), the next one still starts past every number sent here.
+        self.next_seq = base.wrapping_add(cfg.packets);
         let socket = match self.socket().await {
             Ok(s) => s,
             Err(e) => {
@@ -343,11 +346,9 @@ impl StampProber {
                         Err(e) => last_error = Some(io_error_word(&e)),
                     }
                     tally.on_sent(now.into_std());
+                    // On the nominal schedule: after a stall the late packets go out
+                    // at once, so a window always sends what it planned.
                     next_send += cfg.interval;
-                    if next_send < now {
-                        // Fell behind (a stalled box): keep the cadence from now.
-                        next_send = now + cfg.interval;
-                    }
                     if tally.sent() == cfg.packets {
                         stop_at = now + cfg.grace;
                     }
@@ -369,7 +370,6 @@ impl StampProber {
                 }
             }
         }
-        self.next_seq = base.wrapping_add(tally.sent());
         let s = tally.finish();
         s.fill(r);
         if s.stats.received > 0 {
