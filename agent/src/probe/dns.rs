@@ -446,6 +446,17 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_takes_any_answer_section(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), an in 0u8..8) {
+            let mut m = build_query(5, "_sip._udp.example.com", RecordType::Srv);
+            m[2] = 0x81;
+            m[7] = an;
+            m.extend_from_slice(&tail);
+            let _ = parse_response(&m, 5, RecordType::Srv);
+        }
+    }
+
     #[test]
     fn pointer_loops_and_garbage_do_not_panic() {
         let mut m = build_query(1, "a", RecordType::A);

@@ -504,6 +504,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_takes_any_bytes(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Ok((_, used)) = parse_response(&b) {
+                proptest::prop_assert!(used <= b.len());
+            }
+        }
+    }
+
     #[test]
     fn parser_never_panics_on_garbage() {
         let mut rng = fastrand::Rng::with_seed(7);

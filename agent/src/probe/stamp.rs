@@ -480,6 +480,41 @@ mod tests {
         assert_eq!(reflect(&req[..20], None, t2, t3, 1, &mut out), None);
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn packets_round_trip(seq: u32, ts: u64, ee: u16, rseq: u32, t2: u64, ttl: u8, pad in 0usize..200) {
+                let mut b = vec![0u8; BASE_LEN + pad];
+                let p = SenderPacket { seq, timestamp: NtpTime(ts), error_estimate: ee };
+                p.encode(&mut b);
+                prop_assert_eq!(SenderPacket::decode(&b), Ok(p));
+                let mut out = vec![0u8; MAX_LEN];
+                let n = reflect(&b, Some(rseq), NtpTime(t2), NtpTime(ts), ttl, &mut out).unwrap();
+                prop_assert_eq!(n, b.len().min(MAX_LEN));
+                let r = ReflectorPacket::decode(&out[..n]).unwrap();
+                prop_assert_eq!((r.seq, r.sender_seq, r.sender_timestamp, r.sender_ttl), (rseq, seq, NtpTime(ts), ttl));
+            }
+
+            #[test]
+            fn decoders_take_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..100)) {
+                prop_assert_eq!(SenderPacket::decode(&b).is_ok(), b.len() >= BASE_LEN);
+                prop_assert_eq!(ReflectorPacket::decode(&b).is_ok(), b.len() >= BASE_LEN);
+            }
+
+            #[test]
+            fn ntp_differences_match_durations(base_ms in 0u64..4_000_000_000_000, d_us in 0u64..3_600_000_000) {
+                let t0 = UNIX_EPOCH + Duration::from_millis(base_ms);
+                let a = NtpTime::from_system(t0);
+                let b = NtpTime::from_system(t0 + Duration::from_micros(d_us));
+                let got = b.since(a).unwrap().as_nanos() as i128;
+                prop_assert!((got - i128::from(d_us) * 1000).abs() <= 2, "{got} vs {d_us} us");
+            }
+        }
+    }
+
     #[test]
     fn bursts_run_every_nth_window_from_the_first() {
         let mut p = StampProber::new(HostPort {

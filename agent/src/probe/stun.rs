@@ -334,6 +334,17 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_takes_any_bytes(mut b in proptest::collection::vec(proptest::prelude::any::<u8>(), 20..200)) {
+            // A valid header over random attributes reaches the attribute walk.
+            let len = (b.len() - 20) as u16;
+            b[..8].copy_from_slice(&[0x01, 0x01, (len >> 8) as u8, len as u8, 0x21, 0x12, 0xa4, 0x42]);
+            b[8..20].copy_from_slice(&TXID);
+            let _ = parse_response(&b, &TXID);
+        }
+    }
+
     #[test]
     fn parser_never_panics_on_garbage() {
         let mut rng = fastrand::Rng::with_seed(3);
