@@ -11,11 +11,15 @@ use faultline_shared::{Id, Report, Topics, Verdict};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Config;
 use crate::engine::{Accepted, Engine, Output};
 use crate::store::{Store, WindowRow};
+
+/// Outgoing messages queued for the broker before metrics are dropped.
+const OUT_QUEUE: usize = 20_000;
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the collector reads.
 pub fn now_ms() -> u64 {
@@ -120,35 +124,68 @@ pub fn window_row(r: &Report, recv_ms: u64, loss_bad: f64) -> WindowRow {
 }
 
 /// One probe's window as the flat JSON of the metrics topic.
-pub fn metrics_json(r: &Report, p: &faultline_shared::ProbeResult) -> serde_json::Value {
-    let mut v = json!({
-        "site": r.site, "boot": r.boot, "seq": r.seq, "start_ms": r.start_ms,
-        "window_ms": r.window_ms, "target": p.target, "layer": p.layer, "kind": p.kind,
-        "sent": p.sent, "received": p.received, "loss": p.loss(),
-    });
-    let o = v.as_object_mut().expect("built as an object above");
-    if let Some(pr) = &p.provider {
-        o.insert("provider".into(), json!(pr));
-    }
-    if let Some(rtt) = p.rtt_ms {
-        o.insert("rtt_min_ms".into(), json!(rtt.min));
-        o.insert("rtt_p50_ms".into(), json!(rtt.p50));
-        o.insert("rtt_avg_ms".into(), json!(rtt.avg));
-        o.insert("rtt_p95_ms".into(), json!(rtt.p95));
-        o.insert("rtt_max_ms".into(), json!(rtt.max));
-    }
-    for (k, val) in [("jitter_ms", p.jitter_ms), ("mos", p.mos)] {
-        if let Some(x) = val {
-            o.insert(k.into(), json!(x));
+#[derive(Debug, Serialize)]
+pub struct MetricsJson<'a> {
+    pub site: &'a Id,
+    pub boot: u32,
+    pub seq: u64,
+    pub start_ms: u64,
+    pub window_ms: u32,
+    pub target: &'a Id,
+    pub layer: faultline_shared::Layer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'a Id>,
+    pub kind: faultline_shared::Kind,
+    pub sent: u32,
+    pub received: u32,
+    pub loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_min_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_avg_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_p95_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_max_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mos: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+}
+
+impl<'a> MetricsJson<'a> {
+    pub fn new(r: &'a Report, p: &'a faultline_shared::ProbeResult) -> Self {
+        let rtt = p.rtt_ms;
+        Self {
+            site: &r.site,
+            boot: r.boot,
+            seq: r.seq,
+            start_ms: r.start_ms,
+            window_ms: r.window_ms,
+            target: &p.target,
+            layer: p.layer,
+            provider: p.provider.as_ref(),
+            kind: p.kind,
+            sent: p.sent,
+            received: p.received,
+            loss: p.loss(),
+            rtt_min_ms: rtt.map(|r| r.min),
+            rtt_p50_ms: rtt.map(|r| r.p50),
+            rtt_avg_ms: rtt.map(|r| r.avg),
+            rtt_p95_ms: rtt.map(|r| r.p95),
+            rtt_max_ms: rtt.map(|r| r.max),
+            jitter_ms: p.jitter_ms,
+            max_burst: p.max_burst,
+            mos: p.mos,
+            error: p.error.as_deref(),
         }
     }
-    if let Some(b) = p.max_burst {
-        o.insert("max_burst".into(), json!(b));
-    }
-    if let Some(e) = &p.error {
-        o.insert("error".into(), json!(e));
-    }
-    v
 }
 
 fn collector_status(state: &str) -> Vec<u8> {
@@ -239,26 +276,35 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .mqtt
         .as_ref()
         .map_or_else(|| "faultline-collector".to_owned(), |m| m.client_id.clone());
-    let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_keep_alive(Duration::from_secs(15));
-    opts.set_clean_start(true);
-    opts.set_request_channel_capacity(100_000);
-    let max_packet = (cfg.max_payload_bytes * 4).max(256 * 1024) as u32;
-    opts.set_max_packet_size(Some(max_packet));
-    if let Some(m) = &cfg.mqtt
-        && let (Some(u), Some(p)) = (&m.username, &m.password)
-    {
-        opts.set_credentials(u.clone(), p.clone());
-    }
+    let options = |id: String| {
+        let mut opts = MqttOptions::new(id, host.clone(), port);
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_start(true);
+        let max_packet = (cfg.max_payload_bytes * 4).max(256 * 1024) as u32;
+        opts.set_max_packet_size(Some(max_packet));
+        if let Some(m) = &cfg.mqtt
+            && let (Some(u), Some(p)) = (&m.username, &m.password)
+        {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        opts
+    };
+    // Two connections: one only reads (reports, statuses), one only writes (verdicts,
+    // events, metrics, status), so ten metrics publishes per report never slow the
+    // reading side. The writer carries the collector's last will.
     let status_topic = cfg.topics.collector_status();
-    opts.set_last_will(LastWill::new(
+    let mut out_opts = options(client_id.clone());
+    out_opts.set_last_will(LastWill::new(
         status_topic.clone(),
         collector_status("offline"),
         QoS::AtLeastOnce,
         true,
         None,
     ));
-    let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
+    // Bounded: when the broker cannot take metrics as fast as they come, they are
+    // dropped and counted rather than queued without limit.
+    let (client, mut out_loop) = AsyncClient::new(out_opts, OUT_QUEUE);
+    let (in_client, mut eventloop) = AsyncClient::new(options(format!("{client_id}-in")), 64);
 
     let http = crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone()).await?;
     tracing::info!("dashboard on http://{}", http);
@@ -287,6 +333,36 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
+    // The writing connection: reconnects with backoff, announces the collector.
+    let writer = {
+        let shared = shared.clone();
+        let client = client.clone();
+        let status = cfg.topics.collector_status();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(200, 30_000);
+            loop {
+                match out_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.reset();
+                        let _ = client.try_publish(
+                            status.clone(),
+                            QoS::AtLeastOnce,
+                            true,
+                            collector_status("online"),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        shared.stats.lock().expect("stats lock").mqtt_errors += 1;
+                        let d = backoff.next();
+                        tracing::warn!("mqtt (out): {e}; retrying in {d:?}");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        })
+    };
+
     // Ingest.
     let ingest = {
         let shared = shared.clone();
@@ -300,13 +376,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
                         shared.stats.lock().expect("stats lock").connected = true;
-                        subscribe(&client, &cfg);
-                        let _ = client.try_publish(
-                            cfg.topics.collector_status(),
-                            QoS::AtLeastOnce,
-                            true,
-                            collector_status("online"),
-                        );
+                        subscribe(&in_client, &cfg);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         on_publish(&shared, &client, &store_tx, &cfg, p);
@@ -342,6 +412,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Give the event loop a moment to send the goodbye, then flush history.
     tokio::time::sleep(Duration::from_millis(300)).await;
     ingest.abort();
+    writer.abort();
     let (tx, rx) = std_mpsc::channel();
     if store_tx.send(StoreMsg::Flush(tx)).is_ok() {
         let _ = rx.recv_timeout(Duration::from_secs(10));
@@ -418,7 +489,8 @@ fn on_publish(
         Ok(Accepted::Report { report, .. }) => {
             for probe in &report.probes {
                 let t = shared.topics.metrics(&report.site, &probe.target);
-                let body = serde_json::to_vec(&metrics_json(&report, probe)).unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&MetricsJson::new(&report, probe)).unwrap_or_default();
                 if client.try_publish(t, QoS::AtMostOnce, false, body).is_err() {
                     shared.stats.lock().expect("stats lock").metrics_dropped += 1;
                 }

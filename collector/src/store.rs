@@ -35,6 +35,9 @@ pub struct WindowRow {
 #[derive(Debug)]
 pub struct Store {
     db: Connection,
+    /// (site, provider) → when `site_providers` was last advanced: written at most
+    /// once a minute per pair.
+    seen_providers: std::collections::HashMap<(Id, Id), u64>,
 }
 
 fn i(v: u64) -> i64 {
@@ -76,7 +79,10 @@ impl Store {
                bad_windows INTEGER NOT NULL, avg_loss REAL NOT NULL, max_rtt_ms REAL,
                min_mos REAL, PRIMARY KEY(site, hour_ms));",
         )?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            seen_providers: std::collections::HashMap::new(),
+        })
     }
 
     pub fn begin(&mut self) -> anyhow::Result<()> {
@@ -175,6 +181,14 @@ impl Store {
                 w.min_mos
             ])?;
         for p in &w.providers {
+            let key = (w.site.clone(), p.clone());
+            match self.seen_providers.get_mut(&key) {
+                Some(last) if w.recv_ms < last.saturating_add(60_000) => continue,
+                Some(last) => *last = w.recv_ms,
+                None => {
+                    self.seen_providers.insert(key, w.recv_ms);
+                }
+            }
             self.db
                 .prepare_cached(
                     "INSERT INTO site_providers(site, provider, first_ms, last_ms) VALUES(?1, ?2, ?3, ?3)

@@ -349,6 +349,54 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     let closed = seen.events("closed", "voipco");
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0]["incident"]["id"], incident.as_str());
+
+    // History: `report` shows the outage with its start, end and sites.
+    let db = dir.path().join("history.db");
+    let report = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+            .args([
+                "report",
+                "--json",
+                "--since",
+                "1h",
+                "--provider",
+                "voipco",
+                "--db",
+            ])
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert!(
+        wait_until(LONG, || !report()[0]["outages"][0]["end_ms"].is_null()),
+        "{}",
+        report()
+    );
+    let r = report();
+    let outage = &r[0]["outages"][0];
+    assert_eq!(outage["incident"], incident.as_str());
+    assert_eq!(
+        outage["sites"],
+        json!(["acme-hq", "bobs-bakery", "city-dental"])
+    );
+    let a = r[0]["availability"].as_f64().unwrap();
+    assert!(a > 0.0 && a < 1.0, "availability {a}");
+    let csv = Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+        .args(["report", "--csv", "--since", "1h", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert!(
+        csv.starts_with("provider,") && csv.contains(&incident),
+        "{csv}"
+    );
     let mut c = c;
     c.child.kill();
 }
