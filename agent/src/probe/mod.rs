@@ -119,8 +119,9 @@ pub enum Spec {
         /// Length of the voice burst at the start of each window (`0`: the whole window).
         burst: Duration,
         /// The burst runs every `every`-th window; the windows between send a short
-        /// train of [`stamp::IDLE_PACKETS`] (metered links).
+        /// train of `idle_packets` (metered links).
         every: u32,
+        idle_packets: u32,
         codec: Codec,
         /// Pad test packets to the codec's frame size (else 44 bytes).
         pad: bool,
@@ -147,7 +148,14 @@ pub enum Spec {
 fn allowed_options(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::Icmp => &["count", "interval_ms"],
-        Kind::Stamp => &["pps", "stamp_seconds", "stamp_every", "codec", "pad"],
+        Kind::Stamp => &[
+            "pps",
+            "stamp_seconds",
+            "stamp_every",
+            "stamp_idle_packets",
+            "codec",
+            "pad",
+        ],
         Kind::Sip => &["transport"],
         Kind::Dns => &["record", "server"],
         _ => &[],
@@ -301,6 +309,9 @@ impl Target {
                             .unwrap_or(DEFAULT_STAMP_SECONDS),
                     ),
                     every: opts.uint("stamp_every", 1, 10_000)?.unwrap_or(1),
+                    idle_packets: opts
+                        .uint("stamp_idle_packets", 1, 1000)?
+                        .unwrap_or(stamp::IDLE_PACKETS),
                     codec,
                     pad: opts.bool("pad")?.unwrap_or(false),
                 }
@@ -534,6 +545,7 @@ impl fmt::Display for Target {
                 pps,
                 burst,
                 every,
+                idle_packets,
                 codec,
                 pad,
             } => {
@@ -544,7 +556,7 @@ impl fmt::Display for Target {
                     write!(f, "{}", burst.as_secs_f64())?;
                 }
                 if *every > 1 {
-                    write!(f, " stamp_every={every}")?;
+                    write!(f, " stamp_every={every} stamp_idle_packets={idle_packets}")?;
                 }
                 write!(
                     f,
@@ -641,6 +653,7 @@ impl Prober {
                     pps,
                     burst,
                     every,
+                    idle_packets,
                     codec,
                     pad,
                     ..
@@ -648,7 +661,7 @@ impl Prober {
             ) => {
                 let mut cfg = stamp::StreamConfig::for_window(window, *pps, *burst, *codec, *pad);
                 if !p.burst_due(*every) {
-                    cfg.packets = cfg.packets.min(stamp::IDLE_PACKETS);
+                    cfg.packets = cfg.packets.min(*idle_packets);
                 }
                 p.measure(&cfg, &mut r, notes).await;
             }
@@ -891,6 +904,7 @@ mod tests {
                 pps: 50,
                 burst: Duration::from_secs(5),
                 every: 1,
+                idle_packets: 5,
                 codec: Codec::G711,
                 pad: false,
             }
@@ -910,7 +924,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.to_string(),
-            "m layer=isp kind=stamp host=[2001:db8::1]:8620 pps=20 stamp_seconds=2.5 stamp_every=30 codec=g729a packet_bytes=44"
+            "m layer=isp kind=stamp host=[2001:db8::1]:8620 pps=20 stamp_seconds=2.5 stamp_every=30 stamp_idle_packets=5 codec=g729a packet_bytes=44"
         );
         let e = parse(
             "[[target]]\nname = \"m\"\nlayer = \"isp\"\nkind = \"stamp\"\nhost = \"h\"\nstamp_every = 0\n",
@@ -922,6 +936,40 @@ mod tests {
             e.message.contains("1-10000") && e.message.contains('0'),
             "{e}"
         );
+    }
+
+    #[test]
+    fn stamp_prober_bursts_every_nth_window_and_trains_between() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = sock.local_addr().unwrap();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let reflector = tokio::spawn(crate::reflect::serve(sock, true, async move {
+                let _ = stop_rx.await;
+            }));
+            let src = format!(
+                "[[target]]\nname = \"m\"\nlayer = \"isp\"\nkind = \"stamp\"\nhost = \"{addr}\"\nstamp_seconds = 0.4\nstamp_every = 2\nstamp_idle_packets = 3\n"
+            );
+            let mut p = Prober::new(parse(&src, None).unwrap()).await.unwrap();
+            let window = Duration::from_secs(1);
+            let sent: Vec<(u32, u32)> = {
+                let mut v = Vec::new();
+                for _ in 0..3 {
+                    let r = p.measure(window).await;
+                    assert!(r.error.is_none() && r.mos.is_some(), "{r:?}");
+                    v.push((r.sent, r.received));
+                }
+                v
+            };
+            assert_eq!(sent, [(20, 20), (3, 3), (20, 20)]);
+            let _ = stop_tx.send(());
+            let (reflected, dropped) = reflector.await.unwrap();
+            assert_eq!((reflected, dropped), (43, 0));
+        });
     }
 
     #[test]

@@ -214,8 +214,9 @@ pub struct StreamConfig {
     pub window: Duration,
 }
 
-/// Packets sent at the voice cadence in a window without a burst (`stamp_every`):
-/// enough to keep RTT, loss and a MOS estimate every window for little traffic.
+/// Default packets sent at the voice cadence in a window without a burst
+/// (`stamp_every`, `stamp_idle_packets`): RTT, loss and a MOS estimate every window
+/// for little traffic.
 pub const IDLE_PACKETS: u32 = 5;
 
 /// Longest wait for replies after the last packet of a burst.
