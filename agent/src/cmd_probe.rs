@@ -52,16 +52,6 @@ pub struct ProbeArgs {
 /// Default measuring time of `probe`, seconds.
 pub const DEFAULT_SECONDS: f64 = 5.0;
 
-/// Logs to stderr (`RUST_LOG` filters; default info). Harmless if already set up.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// The target and window the arguments describe, or the message for a bad argument.
 pub fn plan(args: &ProbeArgs) -> Result<(Target, Duration), String> {
     let seconds = args.seconds.unwrap_or(DEFAULT_SECONDS);
@@ -139,7 +129,6 @@ fn default_gateway() -> Option<std::net::IpAddr> {
 }
 
 pub fn main(args: ProbeArgs) -> ExitCode {
-    init_logging();
     let (target, window) = match plan(&args) {
         Ok(p) => p,
         Err(e) => {

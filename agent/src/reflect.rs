@@ -223,7 +223,6 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn main(args: ReflectArgs) -> ExitCode {
-    crate::cmd_probe::init_logging();
     let addr = match listen_addr(&args.listen) {
         Ok(a) => a,
         Err(e) => {
