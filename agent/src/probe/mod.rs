@@ -12,6 +12,21 @@
 //! are pure encode/parse functions with byte fixtures; the async drivers only own
 //! sockets and timers. [`EchoTally`] is the shared, clock-free summary of an
 //! echo-style window (ICMP and STAMP).
+//!
+//! `[[target]]` keys per kind (`host` may be `gateway` or `gateway:PORT`):
+//!
+//! | kind | `host` | options (default) | sent / received |
+//! |---|---|---|---|
+//! | `icmp` | host or IP | `count` (1 per second of window), `interval_ms` (window spread evenly) | echoes |
+//! | `stamp` | host[:port] (862) | `pps` (50), `stamp_seconds` (5; 0 = whole window), `stamp_every` (1), `stamp_idle_packets` (5), `codec` (g711, g711-noplc, g729a), `pad` (false: 44-byte packets) | test packets |
+//! | `sip` | host[:port] (5060) | `transport` (udp, tcp) | 1 transaction |
+//! | `stun` | host[:port] (3478) | — | 1 transaction |
+//! | `dns` | the name to resolve | `record` (a; srv for `_service._proto` names; aaaa), `server` (IP[:port]; /etc/resolv.conf) | 1 query |
+//! | `tcp` | host:port | — | 1 connect |
+//!
+//! Errors are short words: `timeout`, `refused`, `host unreachable`, a SIP status
+//! (`503`), `nxdomain`, `servfail`, `no records`, `stun 420`, or the ICMP permission
+//! hint. Hostnames are resolved by the system and reused for [`RESOLVE_TTL`].
 
 pub mod dns;
 pub mod icmp;
@@ -970,6 +985,43 @@ mod tests {
             let (reflected, dropped) = reflector.await.unwrap();
             assert_eq!((reflected, dropped), (43, 0));
         });
+    }
+
+    #[test]
+    fn every_kind_describes_itself_on_one_line() {
+        let t = |kind: &str, host: &str, extra: &str| {
+            let src = format!(
+                "[[target]]\nname = \"t\"\nlayer = \"provider\"\nprovider = \"p\"\nkind = \"{kind}\"\nhost = \"{host}\"\n{extra}"
+            );
+            parse(&src, None).unwrap().to_string()
+        };
+        let head = "t layer=provider provider=p kind=";
+        for (got, want) in [
+            (
+                t("icmp", "192.0.2.1", "count = 5\n"),
+                "icmp host=192.0.2.1 count=5",
+            ),
+            (
+                t("sip", "sip.example.com", "transport = \"tcp\"\n"),
+                "sip host=sip.example.com:5060 transport=tcp",
+            ),
+            (
+                t("stun", "stun.example.com", ""),
+                "stun host=stun.example.com:3478",
+            ),
+            (
+                t("dns", "_sip._udp.example.com", "server = \"192.0.2.53\"\n"),
+                "dns name=_sip._udp.example.com record=srv server=192.0.2.53:53",
+            ),
+            (
+                t("dns", "example.com", ""),
+                "dns name=example.com record=a server=system",
+            ),
+            (t("tcp", "192.0.2.1:5061", ""), "tcp host=192.0.2.1:5061"),
+        ] {
+            assert_eq!(got, format!("{head}{want}"));
+            assert!(!got.contains('\n'));
+        }
     }
 
     #[test]
