@@ -18,10 +18,10 @@
 //! | kind | `host` | options (default) | sent / received |
 //! |---|---|---|---|
 //! | `icmp` | host or IP | `count` (1 per second of window), `interval_ms` (window spread evenly) | echoes |
-//! | `stamp` | host[:port] (862) | `pps` (50), `stamp_seconds` (5; 0 = whole window), `stamp_every` (1), `stamp_idle_packets` (5), `codec` (g711, g711-noplc, g729a), `pad` (false: 44-byte packets) | test packets |
-//! | `sip` | host[:port] (5060) | `transport` (udp, tcp) | 1 transaction |
-//! | `stun` | host[:port] (3478) | — | 1 transaction |
-//! | `dns` | the name to resolve | `record` (a; srv for `_service._proto` names; aaaa), `server` (IP[:port]; /etc/resolv.conf) | 1 query |
+//! | `stamp` | `host[:port]` (862) | `pps` (50), `stamp_seconds` (5; 0 = whole window), `stamp_every` (1), `stamp_idle_packets` (5), `codec` (g711, g711-noplc, g729a), `pad` (false: 44-byte packets) | test packets |
+//! | `sip` | `host[:port]` (5060) | `transport` (udp, tcp) | 1 transaction |
+//! | `stun` | `host[:port]` (3478) | — | 1 transaction |
+//! | `dns` | the name to resolve | `record` (a; srv for `_service._proto` names; aaaa), `server` (`IP[:port]`; /etc/resolv.conf) | 1 query |
 //! | `tcp` | host:port | — | 1 connect |
 //!
 //! Errors are short words: `timeout`, `refused`, `host unreachable`, a SIP status
