@@ -103,10 +103,33 @@ fn assert_clean_stream(r: &ProbeResult, sent: u32) {
     assert!((4.0..=4.41).contains(&mos), "mos {mos}");
 }
 
+/// The reflector's own Sequence Number for two packets (sender numbers 500, 501)
+/// from a fresh socket: a copy when stateless, a new session's 0, 1 when stateful.
+fn reflector_sequence(addr: SocketAddr) -> Vec<u32> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    for seq in [500, 501] {
+        s.send_to(&stamp_request(seq), addr).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).expect("reflected packet");
+        assert_eq!(n, 44);
+        assert_eq!(
+            buf[24..28],
+            seq.to_be_bytes(),
+            "Session-Sender Sequence Number"
+        );
+        got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+    }
+    got
+}
+
 #[test]
 fn stamp_through_our_reflector_stateless_and_stateful() {
     for stateful in [false, true] {
         let (mut child, addr) = start_reflector(stateful);
+        let want = if stateful { [0, 1] } else { [500, 501] };
+        assert_eq!(reflector_sequence(addr), want, "stateful {stateful}");
         let (r, out) = probe_json(&[
             "stamp",
             &addr.to_string(),

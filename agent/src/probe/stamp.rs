@@ -15,7 +15,11 @@
 //! The sender numbers its own packets and matches replies by the Session-Sender
 //! Sequence Number, so it works against any RFC 8762 reflector, stateless or stateful.
 //! RTT is `(T4 − T1) − (T3 − T2)`: the reflector's holding time, read from its own
-//! two timestamps, is taken out.
+//! two timestamps, is taken out. Jitter is RFC 3550's estimator over those round-trip
+//! times (both directions' variation together; needs no clock sync with the
+//! reflector). Loss, duplicates, reordering and the longest loss burst come from the
+//! Session-Sender Sequence Numbers; a reply later than the grace period after the last
+//! packet counts as lost (and is ignored when it turns up in the next window).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
