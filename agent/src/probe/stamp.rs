@@ -278,7 +278,7 @@ impl StampProber {
     /// Whether this window runs the full burst (every `every`-th window, starting
     /// with the first); counts the window.
     pub fn burst_due(&mut self, every: u32) -> bool {
-        let due = self.windows % u64::from(every.max(1)) == 0;
+        let due = self.windows.is_multiple_of(u64::from(every.max(1)));
         self.windows += 1;
         due
     }
