@@ -6,9 +6,15 @@ use faultline_tests::{Mosquitto, require, wait_until};
 
 #[test]
 fn mosquitto_starts_restarts_and_carries_a_message() {
-    let Some(mut broker) = Mosquitto::start() else { return };
-    let Some(sub) = require("mosquitto_sub", "mosquitto-clients") else { return };
-    let Some(publ) = require("mosquitto_pub", "mosquitto-clients") else { return };
+    let Some(mut broker) = Mosquitto::start() else {
+        return;
+    };
+    let Some(sub) = require("mosquitto_sub", "mosquitto-clients") else {
+        return;
+    };
+    let Some(publ) = require("mosquitto_pub", "mosquitto-clients") else {
+        return;
+    };
     broker.restart(false);
     let port = broker.port.to_string();
     let out = std::process::Command::new(&sub)
