@@ -20,6 +20,8 @@ use crate::store::{Store, WindowRow};
 
 /// Outgoing messages queued for the broker before metrics are dropped.
 const OUT_QUEUE: usize = 20_000;
+/// Reports waiting for their metrics to be published.
+const METRICS_QUEUE: usize = 2_000;
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the collector reads.
 pub fn now_ms() -> u64 {
@@ -363,10 +365,33 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
+    // Per-probe metrics: serialised and published off the ingest task, so reading
+    // and decoding reports runs beside it on the other core.
+    let (metrics_tx, mut metrics_rx) = tokio::sync::mpsc::channel::<Report>(METRICS_QUEUE);
+    let metrics = {
+        let shared = shared.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(report) = metrics_rx.recv().await {
+                let mut dropped = 0;
+                for probe in &report.probes {
+                    let t = shared.topics.metrics(&report.site, &probe.target);
+                    let body =
+                        serde_json::to_vec(&MetricsJson::new(&report, probe)).unwrap_or_default();
+                    if client.try_publish(t, QoS::AtMostOnce, false, body).is_err() {
+                        dropped += 1;
+                    }
+                }
+                if dropped > 0 {
+                    shared.stats.lock().expect("stats lock").metrics_dropped += dropped;
+                }
+            }
+        })
+    };
+
     // Ingest.
     let ingest = {
         let shared = shared.clone();
-        let client = client.clone();
         let store_tx = store_tx.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
@@ -379,7 +404,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                         subscribe(&in_client, &cfg);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        on_publish(&shared, &client, &store_tx, &cfg, p);
+                        on_publish(&shared, &metrics_tx, &store_tx, &cfg, p);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -412,6 +437,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Give the event loop a moment to send the goodbye, then flush history.
     tokio::time::sleep(Duration::from_millis(300)).await;
     ingest.abort();
+    metrics.abort();
     writer.abort();
     let (tx, rx) = std_mpsc::channel();
     if store_tx.send(StoreMsg::Flush(tx)).is_ok() {
@@ -466,7 +492,7 @@ fn subscribe(client: &AsyncClient, cfg: &Config) {
 
 fn on_publish(
     shared: &Shared,
-    client: &AsyncClient,
+    metrics_tx: &tokio::sync::mpsc::Sender<Report>,
     store_tx: &std_mpsc::Sender<StoreMsg>,
     cfg: &Config,
     p: Publish,
@@ -487,19 +513,15 @@ fn on_publish(
     );
     match res {
         Ok(Accepted::Report { report, .. }) => {
-            for probe in &report.probes {
-                let t = shared.topics.metrics(&report.site, &probe.target);
-                let body =
-                    serde_json::to_vec(&MetricsJson::new(&report, probe)).unwrap_or_default();
-                if client.try_publish(t, QoS::AtMostOnce, false, body).is_err() {
-                    shared.stats.lock().expect("stats lock").metrics_dropped += 1;
-                }
-            }
             let _ = store_tx.send(StoreMsg::Window(window_row(
                 &report,
                 now,
                 cfg.thresholds.loss_degraded,
             )));
+            let n = report.probes.len() as u64;
+            if metrics_tx.try_send(report).is_err() {
+                shared.stats.lock().expect("stats lock").metrics_dropped += n;
+            }
         }
         Ok(Accepted::Status(site)) => {
             let e = shared.engine.lock().expect("engine lock");

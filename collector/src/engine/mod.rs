@@ -350,8 +350,12 @@ impl Engine {
             }
             s.silent_ticks = s.silent_ticks.saturating_add(1);
             if s.silent_ticks >= th.silence_windows && !s.is_offline() {
+                // A site never heard from since this collector started (a stale
+                // retained status, a restored site) did not just go dark: its
+                // silence is no evidence against its ISP.
+                let since_ms = if s.has_window { at_ms } else { 0 };
                 s.presence = Presence::Offline {
-                    since_ms: at_ms,
+                    since_ms,
                     why: OfflineWhy::Silence,
                 };
             }
