@@ -116,11 +116,14 @@ for t in "$A64" "$ARM"; do
     grep -q "^ Architecture: $arch\$" <<<"$info" || fail "$deb is not Architecture $arch"
     grep -q "^ Package: faultline-agent\$" <<<"$info" || fail "$deb has the wrong name"
     for script in postinst prerm postrm conffiles; do
-        grep -q " $script\$" <<<"$info" || fail "$deb lacks $script"
+        grep -qE "^ +[0-9]+ bytes, +[0-9]+ lines +\*? +$script( |\$)" <<<"$info" || fail "$deb lacks $script"
     done
     dpkg-deb -I "$deb" conffiles | grep -qx /etc/faultline/agent.toml \
         || fail "$deb does not mark /etc/faultline/agent.toml as a conffile"
     dpkg-deb -I "$deb" postinst | grep -q 'useradd --system' || fail "$deb postinst creates no user"
+    for script in postinst prerm postrm; do
+        dpkg-deb -I "$deb" "$script" | sh -n || fail "$deb $script has a syntax error"
+    done
     x="$tmp/x-$arch"
     dpkg-deb -x "$deb" "$x"
     cmp -s "$x/usr/bin/faultline-agent" "$TARGET_DIR/$t/$PROFILE/faultline-agent" \

@@ -92,6 +92,7 @@ package() {
     bin="$TARGET_DIR/$t/$PROFILE/faultline-agent"
     [[ -x $bin ]] || { echo "$bin missing: run cross-config/build.sh $t first" >&2; exit 1; }
     root=$(mktemp -d)
+    chmod 0755 "$root"
     trap 'rm -rf "$root"' RETURN
 
     install -D -m 0755 "$bin" "$root/usr/bin/faultline-agent"
@@ -128,8 +129,8 @@ Description: VoIP path monitoring agent for gateways
  publishes one small report per window over MQTT to the MSP's collector. It
  also runs a STAMP (RFC 8762) reflector and one-off probes for technicians.
  .
- Static binary ($t); runs as the unprivileged user faultline with only
- CAP_NET_RAW (for ICMP).
+ Static binary built for $t; runs as the unprivileged
+ user faultline with only CAP_NET_RAW (for ICMP).
 EOF
     mkdir -p "$DEB_DIR"
     deb="$DEB_DIR/faultline-agent_${VERSION}_${arch}.deb"
