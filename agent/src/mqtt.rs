@@ -256,9 +256,12 @@ impl Delivery {
         }
         let backlog = lock(&self.link).outbox.len();
         let mut task = self.task;
-        if tokio::time::timeout(DISCONNECT_WAIT, &mut task)
-            .await
-            .is_err()
+        // Offline, the task only sleeps on its backoff or waits on a connect: no need
+        // to wait for it.
+        if !connected
+            || tokio::time::timeout(DISCONNECT_WAIT, &mut task)
+                .await
+                .is_err()
         {
             task.abort();
         }

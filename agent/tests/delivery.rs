@@ -324,11 +324,8 @@ fn reports_arrive_with_status_last_will_and_clean_stop() {
         assert!((0.0..=100.0).contains(&host.cpu_pct));
         assert!(host.mem_pct > 0.0 && host.mem_pct <= 100.0);
     }
-    assert!(
-        reports
-            .windows(2)
-            .all(|w| w[1].start_ms == w[0].start_ms + 1_000)
-    );
+    // Consecutive windows, unless the machine stalled the agent for seconds.
+    assert!(reports.windows(2).all(|w| w[1].start_ms > w[0].start_ms));
 
     let online = retained_status(broker.port, "test-retained-1");
     assert_eq!(online.state, StatusState::Online);
@@ -615,4 +612,22 @@ fn tls_with_username_and_password() {
     );
     agent.signal("TERM");
     assert!(agent.wait_timeout(LONG).expect("stops").success());
+}
+
+#[test]
+fn stops_cleanly_while_the_broker_is_unreachable() {
+    let dir = TempDir::new("agent-offline-stop");
+    // Nothing listens on this port: the agent keeps measuring and retrying.
+    let cfg = config(dir.path(), free_tcp_port(), "");
+    let mut agent = spawn_agent(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || agent_log(dir.path()).contains("cannot connect to")),
+        "{}",
+        agent_log(dir.path())
+    );
+    assert!(wait_until(LONG, || agent_log(dir.path()).contains("report queued")));
+    agent.signal("TERM");
+    let status = agent.wait_timeout(LONG).expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(agent_log(dir.path()).contains("were not delivered"));
 }
