@@ -396,6 +396,10 @@ impl Drive {
                 // it or shift the packet-id bookkeeping.
                 eventloop.pending.clear();
                 eventloop.state.events.clear();
+                // rumqttc's clean() keeps a publish held back for a packet-id collision,
+                // and takes no new requests while it does: on a new connection the ack
+                // it waits for never comes.
+                eventloop.state.collision = None;
                 if l.shutting_down {
                     return Step::Stop;
                 }
