@@ -455,3 +455,164 @@ fn describe(e: &ConnectionError) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::{ConnAck, ConnectReturnCode, PubAck};
+
+    /// The drive loop's glue, fed the events rumqttc would yield (no broker, no runtime:
+    /// the client only fills rumqttc's channel).
+    fn setup() -> (EventLoop, Link, Drive) {
+        let opts = MqttOptions::new("test", "127.0.0.1", 1);
+        let (client, eventloop) = AsyncClient::new(opts, 256);
+        let link = Link {
+            outbox: Outbox::new(100),
+            client,
+            report_topic: "r".into(),
+            status_topic: "s".into(),
+            online: b"online".to_vec(),
+            connected: false,
+            shutting_down: false,
+        };
+        let drive = Drive {
+            broker: "mqtt://127.0.0.1:1".into(),
+            client_id: "test".into(),
+            backoff: Backoff::try_new(Duration::from_secs(1), Duration::from_secs(4), 0.5).unwrap(),
+            failures: 0,
+            last_error: String::new(),
+            ever_connected: false,
+        };
+        (eventloop, link, drive)
+    }
+
+    fn connack() -> Result<Event, ConnectionError> {
+        Ok(Event::Incoming(Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            false,
+        ))))
+    }
+
+    fn step(
+        d: &mut Drive,
+        el: &mut EventLoop,
+        l: &mut Link,
+        ev: Result<Event, ConnectionError>,
+    ) -> Step {
+        d.on_event(ev, el, l)
+    }
+
+    #[test]
+    fn reports_wait_offline_and_leave_on_their_puback() {
+        let (mut el, mut l, mut d) = setup();
+        l.outbox.push(0, vec![0]);
+        l.outbox.push(1, vec![1]);
+        l.pump();
+        assert_eq!(
+            l.outbox.statuses_unacked(),
+            0,
+            "nothing is sent while offline"
+        );
+
+        assert!(matches!(
+            step(&mut d, &mut el, &mut l, connack()),
+            Step::Poll
+        ));
+        assert!(l.connected);
+        assert_eq!(l.outbox.statuses_unacked(), 1, "online status first");
+        // rumqttc writes the status, then both reports, with packet ids 1, 2, 3.
+        for pkid in 1..=3 {
+            step(
+                &mut d,
+                &mut el,
+                &mut l,
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))),
+            );
+        }
+        let ack = |pkid| Ok(Event::Incoming(Packet::PubAck(PubAck::new(pkid))));
+        step(&mut d, &mut el, &mut l, ack(3));
+        assert_eq!(l.outbox.len(), 1, "report 1 acknowledged");
+        step(&mut d, &mut el, &mut l, ack(1));
+        assert_eq!(l.outbox.statuses_unacked(), 0);
+        step(&mut d, &mut el, &mut l, ack(2));
+        assert!(l.outbox.is_empty());
+    }
+
+    #[test]
+    fn a_lost_connection_discards_rumqttc_replay_and_backs_off() {
+        let (mut el, mut l, mut d) = setup();
+        step(&mut d, &mut el, &mut l, connack());
+        l.outbox.push(0, vec![0]);
+        l.pump();
+        step(
+            &mut d,
+            &mut el,
+            &mut l,
+            Ok(Event::Outgoing(Outgoing::Publish(1))),
+        );
+        step(
+            &mut d,
+            &mut el,
+            &mut l,
+            Ok(Event::Outgoing(Outgoing::Publish(2))),
+        );
+        // What rumqttc leaves behind when a connection breaks.
+        el.pending
+            .push_back(rumqttc::Request::PingReq(rumqttc::PingReq));
+        el.state
+            .events
+            .push_back(Event::Outgoing(Outgoing::Publish(3)));
+
+        let err = ConnectionError::Io(std::io::Error::other("reset"));
+        let Step::Sleep(delay) = step(&mut d, &mut el, &mut l, Err(err)) else {
+            panic!("an error must back off");
+        };
+        assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(4));
+        assert!(!l.connected);
+        assert!(el.pending.is_empty() && el.state.events.is_empty());
+        assert_eq!(l.outbox.len(), 1, "the unacknowledged report stays");
+        assert_eq!(l.outbox.statuses_unacked(), 0);
+
+        // On the next connection the report goes again, after the online status.
+        step(&mut d, &mut el, &mut l, connack());
+        step(
+            &mut d,
+            &mut el,
+            &mut l,
+            Ok(Event::Outgoing(Outgoing::Publish(4))),
+        );
+        step(
+            &mut d,
+            &mut el,
+            &mut l,
+            Ok(Event::Outgoing(Outgoing::Publish(5))),
+        );
+        step(
+            &mut d,
+            &mut el,
+            &mut l,
+            Ok(Event::Incoming(Packet::PubAck(PubAck::new(5)))),
+        );
+        assert!(l.outbox.is_empty());
+    }
+
+    #[test]
+    fn errors_while_shutting_down_stop_the_loop() {
+        let (mut el, mut l, mut d) = setup();
+        l.shutting_down = true;
+        let err = ConnectionError::Io(std::io::Error::other("closed"));
+        assert!(matches!(
+            step(&mut d, &mut el, &mut l, Err(err)),
+            Step::Stop
+        ));
+        assert!(matches!(
+            step(
+                &mut d,
+                &mut el,
+                &mut l,
+                Ok(Event::Outgoing(Outgoing::Disconnect))
+            ),
+            Step::Stop
+        ));
+    }
+}
