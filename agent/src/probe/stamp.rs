@@ -223,6 +223,10 @@ pub struct StreamConfig {
 /// for little traffic.
 pub const IDLE_PACKETS: u32 = 5;
 
+/// Most packets in one window: what `SeqTracker` tracks (its `SEQ_CAPACITY`, which
+/// the shared crate does not export), 5 minutes at 50 packets/s.
+pub const MAX_PACKETS: u32 = 16 * 1024;
+
 /// Longest wait for replies after the last packet of a burst.
 pub const MAX_GRACE: Duration = Duration::from_secs(1);
 
@@ -244,7 +248,9 @@ impl StreamConfig {
             burst.min(room)
         };
         let pps = pps.max(1);
-        let packets = ((run.as_secs_f64() * f64::from(pps)).floor() as u32).max(1);
+        // Capped at what one window's sequence tracker holds (5 min at 50 packets/s),
+        // so loss is never counted for packets it could not track.
+        let packets = ((run.as_secs_f64() * f64::from(pps)).floor() as u32).clamp(1, MAX_PACKETS);
         Self {
             packets,
             interval: Duration::from_secs(1) / pps,
@@ -560,5 +566,13 @@ mod tests {
             false,
         );
         assert_eq!((c.packets, c.grace), (75, Duration::from_millis(500)));
+        let c = StreamConfig::for_window(
+            Duration::from_secs(600),
+            1000,
+            Duration::ZERO,
+            Codec::G711,
+            false,
+        );
+        assert_eq!(c.packets, MAX_PACKETS);
     }
 }
