@@ -486,11 +486,11 @@ mod tests {
         (eventloop, link, drive)
     }
 
-    fn connack() -> Result<Event, ConnectionError> {
-        Ok(Event::Incoming(Packet::ConnAck(ConnAck::new(
+    fn connack() -> Event {
+        Event::Incoming(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
             false,
-        ))))
+        )))
     }
 
     fn step(
@@ -515,7 +515,7 @@ mod tests {
         );
 
         assert!(matches!(
-            step(&mut d, &mut el, &mut l, connack()),
+            step(&mut d, &mut el, &mut l, Ok(connack())),
             Step::Poll
         ));
         assert!(l.connected);
@@ -529,19 +529,19 @@ mod tests {
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))),
             );
         }
-        let ack = |pkid| Ok(Event::Incoming(Packet::PubAck(PubAck::new(pkid))));
-        step(&mut d, &mut el, &mut l, ack(3));
+        let ack = |pkid| Event::Incoming(Packet::PubAck(PubAck::new(pkid)));
+        step(&mut d, &mut el, &mut l, Ok(ack(3)));
         assert_eq!(l.outbox.len(), 1, "report 1 acknowledged");
-        step(&mut d, &mut el, &mut l, ack(1));
+        step(&mut d, &mut el, &mut l, Ok(ack(1)));
         assert_eq!(l.outbox.statuses_unacked(), 0);
-        step(&mut d, &mut el, &mut l, ack(2));
+        step(&mut d, &mut el, &mut l, Ok(ack(2)));
         assert!(l.outbox.is_empty());
     }
 
     #[test]
     fn a_lost_connection_discards_rumqttc_replay_and_backs_off() {
         let (mut el, mut l, mut d) = setup();
-        step(&mut d, &mut el, &mut l, connack());
+        step(&mut d, &mut el, &mut l, Ok(connack()));
         l.outbox.push(0, vec![0]);
         l.pump();
         step(
@@ -574,7 +574,7 @@ mod tests {
         assert_eq!(l.outbox.statuses_unacked(), 0);
 
         // On the next connection the report goes again, after the online status.
-        step(&mut d, &mut el, &mut l, connack());
+        step(&mut d, &mut el, &mut l, Ok(connack()));
         step(
             &mut d,
             &mut el,
