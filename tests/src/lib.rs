@@ -11,6 +11,7 @@
 pub mod coturn;
 pub mod fleet;
 pub mod kamailio;
+pub mod lab;
 pub mod relay;
 
 use std::io::Write;
