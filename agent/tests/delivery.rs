@@ -538,10 +538,25 @@ fn make_certs(dir: &Path) {
         "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
          -out server.pem -days 2 -extfile server.ext",
     );
+    // A client certificate for mutual TLS.
+    sh(
+        dir,
+        &format!("openssl req {ec} -keyout client.key -out client.csr -subj '/CN=lab-1'"),
+    );
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    sh(
+        dir,
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+         -out client.pem -days 2 -extfile client.ext",
+    );
 }
 
 #[test]
-fn tls_with_username_and_password() {
+fn mutual_tls_with_username_and_password() {
     if require("openssl", "openssl").is_none() || require("mosquitto_passwd", "mosquitto").is_none()
     {
         return;
@@ -559,7 +574,7 @@ fn tls_with_username_and_password() {
     let Some(broker) = Mosquitto::start_with(&format!(
         "user root\nallow_anonymous false\npassword_file {dir}/passwd\n\
          listener {tls_port} 127.0.0.1\ncafile {dir}/ca.pem\ncertfile {dir}/server.pem\n\
-         keyfile {dir}/server.key\n",
+         keyfile {dir}/server.key\nrequire_certificate true\n",
         dir = d.display()
     )) else {
         return;
@@ -579,7 +594,8 @@ fn tls_with_username_and_password() {
             format!(
                 "site = \"{SITE}\"\nisp = \"LoopNet\"\nwindow_seconds = 1\n[mqtt]\n\
                  url = \"mqtts://localhost:{tls_port}\"\nusername = \"{SITE}\"\n\
-                 password_file = \"{password}\"\nca_file = \"ca.pem\"\nreconnect_max_seconds = 2\n"
+                 password_file = \"{password}\"\nca_file = \"ca.pem\"\n\
+                 client_cert = \"client.pem\"\nclient_key = \"client.key\"\nreconnect_max_seconds = 2\n"
             ),
         )
         .unwrap();
@@ -596,6 +612,24 @@ fn tls_with_username_and_password() {
     );
     assert!(agent.is_running());
     assert!(sub.reports().is_empty());
+    agent.kill();
+
+    // No client certificate: the broker requires one, so nothing gets through.
+    let no_cert = d.join("no-cert.toml");
+    let text = std::fs::read_to_string(cfg("tmp.toml", "password")).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("client_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&no_cert, text).unwrap();
+    let mut agent = spawn_agent(d, &no_cert);
+    assert!(
+        wait_until(LONG, || agent_log(d).contains("retrying in")),
+        "{}",
+        agent_log(d)
+    );
+    assert!(sub.reports().is_empty(), "{}", agent_log(d));
     agent.kill();
 
     let good = cfg("agent.toml", "password");
