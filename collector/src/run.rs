@@ -22,6 +22,9 @@ use crate::store::{Store, WindowRow};
 const OUT_QUEUE: usize = 20_000;
 /// Reports waiting for their metrics to be published.
 const METRICS_QUEUE: usize = 2_000;
+/// How long the broker keeps the reading connection's session (and queues reports
+/// for it) while the collector is away: as long as an agent's default buffer.
+const INGEST_SESSION_EXPIRY_S: u32 = 24 * 3600;
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the collector reads.
 pub fn now_ms() -> u64 {
@@ -306,7 +309,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Bounded: when the broker cannot take metrics as fast as they come, they are
     // dropped and counted rather than queued without limit.
     let (client, mut out_loop) = AsyncClient::new(out_opts, OUT_QUEUE);
-    let (in_client, mut eventloop) = AsyncClient::new(options(format!("{client_id}-in")), 64);
+    // The reading connection keeps its session: reports published while the
+    // collector is away (a broker restart, its own reconnect backoff, a restart of
+    // the collector) are queued by the broker and delivered when it is back, so
+    // every window an agent measured reaches the engine (de-dup drops repeats).
+    let mut in_opts = options(format!("{client_id}-in"));
+    in_opts
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(INGEST_SESSION_EXPIRY_S));
+    let (in_client, mut eventloop) = AsyncClient::new(in_opts, 64);
 
     let http = crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone()).await?;
     tracing::info!("dashboard on http://{}", http);
