@@ -90,7 +90,7 @@ fn median_rtt(sock: &UdpSocket, from_seq: u32, n: u32) -> Duration {
     rtts[rtts.len() / 2]
 }
 
-/// Sends `n` numbered packets 100 µs apart and collects the replies until the
+/// Sends `n` numbered packets `gap` apart and collects the replies until the
 /// relay is idle and nothing arrived for 300 ms. Returns the arrival order.
 fn blast(sock: &UdpSocket, relay: &Relay, n: u32, gap: Duration) -> Vec<u32> {
     let reader = sock.try_clone().unwrap();
@@ -187,7 +187,10 @@ fn jitter_stays_within_bounds() {
         .collect();
     rtts.sort_by(f64::total_cmp);
     assert!(rtts[0] >= 5.0, "{rtts:?}");
-    assert!(rtts[rtts.len() - 1] < 17.0, "{rtts:?}");
+    // The model's bound is exact (unit-tested); here the tail also carries the
+    // scheduling delay of a loaded CI box, so only the 90th percentile is held close.
+    assert!(rtts[rtts.len() * 9 / 10] < 16.0, "{rtts:?}");
+    assert!(rtts[rtts.len() - 1] < 40.0, "{rtts:?}");
     // Uniform on [5, 15]: the spread must show.
     assert!(
         rtts[rtts.len() * 9 / 10] - rtts[rtts.len() / 10] > 4.0,
@@ -201,8 +204,10 @@ fn loss_is_counted_exactly() {
     let relay = Relay::loopback(echo.addr, 3).unwrap();
     relay.set_both(Impairment::loss(0.1)).unwrap();
     let sock = client(&relay);
-    let n = 2000;
-    let got = blast(&sock, &relay, n, Duration::from_micros(100));
+    // Paced so a briefly descheduled reader never overflows a socket buffer (which
+    // would be loss the relay did not count).
+    let n = 1500;
+    let got = blast(&sock, &relay, n, Duration::from_micros(250));
     let up = relay.stats(Direction::Up);
     let down = relay.stats(Direction::Down);
     assert_eq!(echo.count(), up.forwarded, "server saw what went up");
@@ -231,7 +236,7 @@ fn bursty_loss_over_sockets_matches_the_model() {
         .set_impairment(Direction::Up, "ge=0.02:0.2".parse().unwrap())
         .unwrap();
     let sock = client(&relay);
-    let got = blast(&sock, &relay, 2000, Duration::from_micros(100));
+    let got = blast(&sock, &relay, 2000, Duration::from_micros(250));
     let up = relay.stats(Direction::Up);
     assert_eq!(got.len() as u64, 2000 - up.dropped);
     // Gaps in the received sequence are the bursts; mean length 1/r = 5.
