@@ -30,6 +30,7 @@ pub async fn serve(
         .route("/api/state", get(api_state))
         .route("/api/incidents", get(api_incidents))
         .route("/api/history", get(api_history))
+        .route("/api/counters", get(api_counters))
         .route("/metrics", get(metrics))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -106,6 +107,18 @@ async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
     Json(json!({"open": open, "recent": recent}))
 }
 
+/// Ingest counters only: cheap to poll.
+async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
+    let e = shared.engine.lock().expect("engine lock");
+    let c = e.counters();
+    let rejected: u64 = c.rejected.values().sum();
+    Json(json!({
+        "reports": c.reports, "statuses": c.statuses, "rejected": rejected,
+        "rejected_by_reason": c.rejected, "late": c.late, "clock_skew": c.skewed,
+        "evaluations": c.evaluations, "sites": e.sites().len(),
+    }))
+}
+
 async fn api_history(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
     let changes = shared
         .history
@@ -124,8 +137,11 @@ fn esc(s: &str) -> String {
 
 /// Prometheus text exposition of ingest counters, verdict states and probe values.
 pub fn metrics_text(shared: &Shared) -> String {
-    let mut o = String::with_capacity(64 * 1024);
     let e = shared.engine.lock().expect("engine lock");
+    // Sized up front: at 10,000 sites the probe series are tens of MB, and letting
+    // the string double its way there would cost twice that at the peak.
+    let probes: usize = e.sites().values().map(|s| s.targets.len()).sum();
+    let mut o = String::with_capacity(64 * 1024 + probes * 4 * 110 + e.verdicts().count() * 300);
     let c = e.counters();
     let _ = writeln!(
         o,

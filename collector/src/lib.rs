@@ -10,6 +10,7 @@
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod replay;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use faultline_collector::config::{self, Config};
 use faultline_collector::engine::Engine;
-use faultline_collector::{engine_config, replay, report, run, store};
+use faultline_collector::{demo, engine_config, replay, report, run, store};
 
 #[derive(Debug, Parser)]
 #[command(name = "faultline-collector", version, about = "Faultline's collector")]
@@ -36,6 +36,11 @@ enum Cmd {
     Replay {
         #[arg(long)]
         input: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The collector with a simulated fleet of six sites and scripted faults.
+    Demo {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -132,6 +137,14 @@ fn main() -> ExitCode {
                 );
             }
             run::run(c)
+        })(),
+        Cmd::Demo { config } => (|| {
+            init_tracing();
+            let mut c = load(config.as_ref())?;
+            if config.is_none() {
+                c.storage.path = "faultline-demo.db".into();
+            }
+            demo::demo(c, config.is_some())
         })(),
         Cmd::Report {
             config,

@@ -83,7 +83,7 @@ impl Backoff {
         }
     }
     /// The next delay: the current step with ±25 % jitter; the step doubles.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next_ms;
         self.next_ms = (self.next_ms * 2).min(self.max_ms);
         let jitter = fastrand::u64(0..=base / 2);
@@ -253,7 +253,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     rt.block_on(serve(cfg))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// The service on the current tokio runtime, until SIGINT/SIGTERM.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (host, port) = match &cfg.mqtt {
         Some(m) => (m.host.clone(), m.port),
         None => start_embedded(&cfg)?,
@@ -327,7 +328,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let shared = shared.clone();
         let client = client.clone();
         let store_tx = store_tx.clone();
-        let window = cfg.window_ms;
         tokio::spawn(async move {
             let mut last_maint = 0u64;
             loop {
@@ -341,7 +341,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     last_maint = now;
                     let _ = store_tx.send(StoreMsg::Maintain(now));
                 }
-                let _ = window;
             }
         })
     };
@@ -367,7 +366,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     Ok(_) => {}
                     Err(e) => {
                         shared.stats.lock().expect("stats lock").mqtt_errors += 1;
-                        let d = backoff.next();
+                        let d = backoff.next_delay();
                         tracing::warn!("mqtt (out): {e}; retrying in {d:?}");
                         tokio::time::sleep(d).await;
                     }
@@ -424,7 +423,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                             st.connected = false;
                             st.mqtt_errors += 1;
                         }
-                        let d = backoff.next();
+                        let d = backoff.next_delay();
                         tracing::warn!("mqtt: {e}; retrying in {d:?}");
                         tokio::time::sleep(d).await;
                     }
@@ -615,12 +614,12 @@ mod tests {
         let mut b = Backoff::new(200, 30_000);
         let mut last_base = 0;
         for _ in 0..50 {
-            let d = b.next().as_millis() as u64;
+            let d = b.next_delay().as_millis() as u64;
             assert!((100..=30_000).contains(&d), "{d}");
             last_base = last_base.max(d);
         }
         assert!(last_base > 20_000);
         b.reset();
-        assert!(b.next().as_millis() <= 300);
+        assert!(b.next_delay().as_millis() <= 300);
     }
 }

@@ -303,7 +303,6 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     assert!(wait_until(LONG, || seen
         .latest("faultline/v1/collector/status")
         .is_some_and(|v| v["state"] == "offline")));
-    let before = seen.0.lock().unwrap().len();
     let c = start_collector(&config, http);
     // Several windows of the still-failing provider after the restart.
     let sent_at_restart = fleet.sent.load(Ordering::SeqCst);
@@ -336,7 +335,6 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
         http_get(c.http, "/api/state").contains(&incident),
         "restored verdict lost its incident"
     );
-    let _ = before;
 
     // The fault ends: the same incident closes.
     fleet.down.store(false, Ordering::SeqCst);

@@ -12,7 +12,6 @@
 //! - `changes SCOPE ID N`: exactly N verdicts are published for it (the first `ok`
 //!   included).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -179,8 +178,6 @@ fn in_range(w: u64, a: u64, b: u64) -> bool {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let all = |_: &str| true;
-    let _ = all;
     vec![
         Scenario {
             name: "provider_outage_failover",
@@ -572,8 +569,7 @@ fn check(name: &str, expect: &str, verdicts: &[Value]) -> Vec<String> {
                 let w: i64 = w.parse().unwrap();
                 let last = of(scope, id)
                     .into_iter()
-                    .filter(|v| window_of(v["at_ms"].as_u64().unwrap()) <= w)
-                    .next_back();
+                    .rfind(|v| window_of(v["at_ms"].as_u64().unwrap()) <= w);
                 let Some(v) = last else {
                     failures.push(format!("{name}: `{line}`: no verdict by window {w}"));
                     continue;
@@ -656,5 +652,4 @@ fn replay_is_deterministic() {
         assert!(t >= at, "verdicts out of time order");
         at = t;
     }
-    let _: BTreeMap<(), ()> = BTreeMap::new();
 }

@@ -191,6 +191,8 @@ pub struct Fleet {
     pub incidents: Incidents,
 }
 
+type IspTally<'a> = (u32, Vec<(&'a Id, bool)>);
+
 #[derive(Default)]
 struct ProviderTally {
     eligible: u32,
@@ -215,7 +217,8 @@ impl Fleet {
             sites.iter().map(|(id, s)| (id, s, s.raw())).collect();
 
         // Step 3: ISPs.
-        let mut isp_tally: BTreeMap<&Id, (u32, Vec<(&Id, bool)>)> = BTreeMap::new();
+        // ISP → (members, bad members with "down or offline").
+        let mut isp_tally: BTreeMap<&Id, IspTally<'_>> = BTreeMap::new();
         let mut fleet_isps: BTreeSet<&Id> = BTreeSet::new();
         for (id, s, raw) in &raws {
             let Some(isp) = &s.isp else { continue };
