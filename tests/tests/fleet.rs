@@ -29,18 +29,23 @@ fn fleet_reports_reach_the_broker_and_decode() {
         .with_script(script.clone());
     let mut expected = fleet.clone();
 
-    // `%t %x`: topic, then the payload in hex, one message a line.
-    let mut child = Child::spawn(
-        "mosquitto_sub",
-        Command::new(&sub)
-            .args(["-p", &broker.port.to_string(), "-q", "1", "-v"])
-            .args(["-t", "faultline/v1/sites/+/report", "-F", "%t %x"])
-            .args(["-C", &(sites * windows).to_string(), "-W", "30"])
-            .stdout(Stdio::piped()),
-    )
-    .unwrap();
-    // Give the subscriber time to subscribe (reports are not retained).
-    std::thread::sleep(Duration::from_millis(500));
+    // A persistent QoS 1 session subscribed before anything is published (-E: exit
+    // once subscribed), so the broker queues every report for it: no race with a
+    // subscriber that is still connecting.
+    let port = broker.port.to_string();
+    let session = [
+        "-p",
+        &port,
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        "fleet-test",
+        "-t",
+        "faultline/v1/sites/+/report",
+    ];
+    let st = Command::new(&sub).args(session).arg("-E").status().unwrap();
+    assert!(st.success(), "mosquitto_sub -E failed");
 
     let stats = publish(
         &mut fleet,
@@ -57,7 +62,17 @@ fn fleet_reports_reach_the_broker_and_decode() {
     assert_eq!(stats.statuses, sites as u64);
     assert!(stats.mean_report_bytes() <= 400.0, "{stats:?}");
 
-    assert!(wait_until(Duration::from_secs(30), || !child.is_running()));
+    // `%t %x`: topic, then the payload in hex, one message a line.
+    let count = (sites * windows).to_string();
+    let mut child = Child::spawn(
+        "mosquitto_sub",
+        Command::new(&sub)
+            .args(session)
+            .args(["-F", "%t %x", "-C", &count, "-W", "30"])
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(40), || !child.is_running()));
     let mut out = String::new();
     child
         .inner_mut()
