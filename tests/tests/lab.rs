@@ -42,8 +42,21 @@ const CLEAR_BUDGET: f64 = 4.0;
 const SLACK: f64 = 1.0;
 /// Loss applied to "lossy" paths, each way.
 const LOSSY: f64 = 0.25;
-/// How far into a window faults start and end.
+/// How long the broker stays down in the restart scenario, in windows: long
+/// enough for every client's reconnect backoff to grow past its first steps.
+const BROKER_DOWN_WINDOWS: f64 = 5.0;
+/// How far into a window faults start and end, unless `FAULTLINE_LAB_PHASE`
+/// (0..1) says otherwise (the benchmark sweeps it: a fault's phase within the
+/// window moves its latencies by up to one window).
 const PHASE: f64 = 0.25;
+
+fn phase() -> f64 {
+    std::env::var("FAULTLINE_LAB_PHASE")
+        .ok()
+        .and_then(|p| p.parse::<f64>().ok())
+        .filter(|p| (0.0..1.0).contains(p))
+        .unwrap_or(PHASE)
+}
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -79,8 +92,10 @@ struct Latency {
 
 fn record(name: &str, l: Latency) {
     println!(
-        "LAB-LATENCY scenario={name} window_s={WINDOW_S} detect_windows={:.2} clear_windows={:.2}",
-        l.detect, l.clear
+        "LAB-LATENCY scenario={name} window_s={WINDOW_S} phase={:.2} detect_windows={:.2} clear_windows={:.2}",
+        phase(),
+        l.detect,
+        l.clear
     );
     assert!(
         l.detect <= DETECT_BUDGET + SLACK,
@@ -117,13 +132,13 @@ fn fault(
 ) -> (Value, Latency) {
     let w = &lab.watch;
     let mark = w.mark();
-    let onset = lab.at_phase(PHASE);
+    let onset = lab.at_phase(phase());
     inject();
     let shown = w.wait_for(mark, &e.topic, e.name, |v| (e.shown)(v));
     let detect = lab.windows_after(onset, &shown);
     // Hold the fault a few windows: the verdict must stay.
     lab.sleep_windows(3.0);
-    let end = lab.at_phase(PHASE);
+    let end = lab.at_phase(phase());
     let held_mark = w.mark();
     heal();
     let cleared = w.wait_for(held_mark, &e.topic, &format!("{} clears", e.name), |v| {
@@ -318,7 +333,7 @@ fn an_agent_killed_is_offline_by_its_last_will() {
     let topic = state_topic("sites", site);
     let status = format!("{}/sites/{site}/status", lab::PREFIX);
     let mark = lab.watch.mark();
-    let onset = lab.at_phase(PHASE);
+    let onset = lab.at_phase(phase());
     lab.signal_agent(site, "KILL");
     let will = lab
         .watch
@@ -333,7 +348,7 @@ fn an_agent_killed_is_offline_by_its_last_will() {
     let detect = lab.windows_after(onset, &shown);
     // Several windows offline: nothing else is blamed (one site is no ISP fault).
     lab.sleep_windows(4.0);
-    let end = lab.at_phase(PHASE);
+    let end = lab.at_phase(phase());
     let back = lab.watch.mark();
     lab.restart_agent(site);
     let cleared = lab
@@ -365,7 +380,7 @@ fn a_broker_restart_loses_no_window() {
     let mark = lab.watch.mark();
     let before = lab.reports.distinct();
     lab.broker.stop();
-    lab.sleep_windows(3.0);
+    lab.sleep_windows(BROKER_DOWN_WINDOWS);
     lab.broker.restart(true);
     // Every agent's windows flow again, through the restarted broker.
     let after = lab.reports.distinct();
@@ -376,6 +391,7 @@ fn a_broker_restart_loses_no_window() {
         lab.diagnostics()
     );
     lab.sleep_windows(3.0);
+    let stopping = lab.watch.mark();
     // Stop every agent cleanly: each flushes what it has queued.
     let names: Vec<String> = lab.sites.iter().map(|s| s.name.clone()).collect();
     for s in &names {
@@ -411,8 +427,16 @@ fn a_broker_restart_loses_no_window() {
         counted()
     );
     // Verdicts published while the broker was away (the collector cannot hear
-    // the sites then): reported, not asserted here.
-    for v in lab.watch.verdicts_since(mark) {
+    // the sites then): reported here, asserted in
+    // `a_broker_restart_is_no_isp_outage`.
+    let during = lab
+        .watch
+        .since(mark)
+        .into_iter()
+        .take(stopping - mark)
+        .filter(|s| s.topic.starts_with(&format!("{}/state/", lab::PREFIX)))
+        .map(|s| s.value);
+    for v in during {
         if state(&v) != "ok" {
             println!("LAB-BROKER-RESTART verdict during the restart: {v}");
         }
@@ -482,4 +506,33 @@ fn netns_icmp_loss_from_nftables_shows_as_isp_and_lan_faults() {
     };
     let (_, l) = fault(&lab, &e, || gw1.drop_icmp(100), || gw1.clear());
     record("netns-lan-icmp-drop", l);
+}
+
+/// A broker restart silences every site at once for the collector: that is the
+/// collector's own link, not an ISP outage at every ISP nor every site offline.
+#[test]
+#[ignore = "collector bug (issue 4): while its broker connection is down the engine keeps \
+            ticking, declares every site offline by silence and opens an ISP outage per \
+            ISP; run with --ignored once fixed"]
+fn a_broker_restart_is_no_isp_outage() {
+    let _one = serial();
+    let Some(mut lab) = start(LabSpec::new(WINDOW_S)) else {
+        return;
+    };
+    let mark = lab.watch.mark();
+    lab.broker.stop();
+    lab.sleep_windows(BROKER_DOWN_WINDOWS);
+    lab.broker.restart(true);
+    lab.wait_healthy();
+    lab.sleep_windows(3.0);
+    let wrong: Vec<Value> = lab
+        .watch
+        .verdicts_since(mark)
+        .into_iter()
+        .filter(|v| state(v) != "ok")
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "verdicts blamed on a broker restart: {wrong:#?}"
+    );
 }
