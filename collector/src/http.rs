@@ -218,6 +218,15 @@ pub fn metrics_text(shared: &Shared) -> String {
     );
     let _ = writeln!(o, "# TYPE faultline_collector_evaluations_total counter");
     let _ = writeln!(o, "faultline_collector_evaluations_total {}", c.evaluations);
+    let _ = writeln!(
+        o,
+        "# TYPE faultline_collector_skipped_evaluations_total counter"
+    );
+    let _ = writeln!(
+        o,
+        "faultline_collector_skipped_evaluations_total {}",
+        c.skipped_evaluations
+    );
     {
         let st = shared.stats.lock().expect("stats lock");
         let _ = writeln!(o, "# TYPE faultline_collector_mqtt_connected gauge");

@@ -335,7 +335,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 let next = shared.engine.lock().expect("engine lock").next_tick_ms(now);
                 tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))).await;
                 let now = now_ms();
-                let outputs = shared.engine.lock().expect("engine lock").tick(now);
+                let outputs = shared.engine.lock().expect("engine lock").tick_latest(now);
                 publish_outputs(&shared, &client, &store_tx, outputs).await;
                 if now.saturating_sub(last_maint) >= 3_600_000 {
                     last_maint = now;

@@ -119,6 +119,8 @@ pub struct Counters {
     pub skewed: u64,
     pub rejected: BTreeMap<&'static str, u64>,
     pub evaluations: u64,
+    /// Window boundaries skipped because the service fell behind.
+    pub skipped_evaluations: u64,
 }
 
 /// The whole engine: per-site step + cross-site step.
@@ -339,6 +341,21 @@ impl Engine {
         out
     }
 
+    /// Like [`Engine::tick`], but when several window boundaries are due at once
+    /// (the service stalled) only the latest is evaluated: reports still queued in
+    /// the socket must not be mistaken for silence. `run` uses this; `replay`, whose
+    /// clock never stalls, evaluates every boundary.
+    pub fn tick_latest(&mut self, now_ms: u64) -> Vec<Output> {
+        let w = self.cfg.window_ms;
+        let due = self.next_tick_ms(now_ms);
+        if due <= now_ms {
+            let latest = now_ms / w * w;
+            self.counters.skipped_evaluations += (latest - due) / w;
+            self.next_tick = Some(latest);
+        }
+        self.tick(now_ms)
+    }
+
     /// One evaluation at `at_ms`: presence, then the cross-site step.
     pub fn evaluate(&mut self, at_ms: u64, out: &mut Vec<Output>) {
         self.counters.evaluations += 1;
@@ -438,4 +455,125 @@ pub struct Restored {
     pub open_incidents: Vec<Incident>,
     pub next_incident: u64,
     pub sites: Vec<(Id, Option<Id>, Option<String>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faultline_shared::{IncidentEventKind, Kind, Layer, ProbeResult};
+
+    fn id(s: &str) -> Id {
+        Id::new(s).unwrap()
+    }
+
+    fn report(site: &str, seq: u64, voipco_down: bool) -> Report {
+        let probe = |t: &str, layer, prov: Option<&str>, down: bool| {
+            let mut p = ProbeResult::new(id(t), layer, prov.map(id), Kind::Icmp);
+            p.sent = 10;
+            p.received = if down { 0 } else { 10 };
+            p
+        };
+        Report {
+            v: 1,
+            site: id(site),
+            boot: 1,
+            seq,
+            start_ms: 0,
+            window_ms: 1000,
+            host: None,
+            probes: vec![
+                probe("gw", Layer::Lan, None, false),
+                probe("voipco", Layer::Provider, Some("voipco"), voipco_down),
+            ],
+        }
+    }
+
+    /// Feeds windows 0..n of three sites on three ISPs; returns the outputs.
+    fn feed(e: &mut Engine, seqs: std::ops::Range<u64>, down: bool) -> Vec<Output> {
+        let mut out = Vec::new();
+        for w in seqs {
+            for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    let st = Status::online(1, "t", id(isp), None);
+                    e.on_status(w * 1000, &id(s), st);
+                }
+                e.on_report(w * 1000 + 500, &id(s), report(s, w, down))
+                    .unwrap();
+            }
+            out.extend(e.tick((w + 1) * 1000));
+        }
+        out
+    }
+
+    fn cfg() -> EngineConfig {
+        EngineConfig {
+            window_ms: 1000,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn events(out: &[Output], kind: IncidentEventKind) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Incident(ev) if ev.event == kind => Some(ev.incident.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_neither_reopens_nor_forgets_an_incident() {
+        let mut e = Engine::new(cfg());
+        let out = feed(&mut e, 0..5, true);
+        assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000001"]);
+        let restored = Restored {
+            verdicts: e.verdicts().cloned().collect(),
+            open_incidents: e.open_incidents().cloned().collect(),
+            next_incident: 1,
+            sites: e
+                .sites()
+                .iter()
+                .map(|(s, t)| (s.clone(), t.isp.clone(), None))
+                .collect(),
+        };
+        let mut e2 = Engine::new(cfg());
+        e2.restore(5000, restored);
+        e2.tick(5000);
+        let out = feed(&mut e2, 5..10, true);
+        assert!(
+            events(&out, IncidentEventKind::Opened).is_empty(),
+            "{out:?}"
+        );
+        assert!(events(&out, IncidentEventKind::Closed).is_empty());
+        let out = feed(&mut e2, 10..14, false);
+        assert_eq!(events(&out, IncidentEventKind::Closed), ["inc-000001"]);
+        // The next incident continues the numbering.
+        let out = feed(&mut e2, 14..17, true);
+        assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000002"]);
+    }
+
+    #[test]
+    fn a_stalled_service_evaluates_once_instead_of_declaring_silence() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        // Five windows pass with no evaluation; the reports were queued meanwhile.
+        for (s, seq) in [("a", 3), ("b", 3), ("c", 3)] {
+            e.on_report(8_400, &id(s), report(s, seq, false)).unwrap();
+        }
+        let out = e.tick_latest(8_500);
+        assert_eq!(e.counters().skipped_evaluations, 4);
+        assert!(
+            out.iter()
+                .all(|o| !matches!(o, Output::Verdict(v) if v.state == State::Offline)),
+            "{out:?}"
+        );
+        // `tick` (replay) evaluates every boundary: silence shows.
+        let mut r = Engine::new(cfg());
+        feed(&mut r, 0..3, false);
+        let out = r.tick(8_500);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Verdict(v) if v.state == State::Offline))
+        );
+    }
 }
