@@ -2,6 +2,7 @@
 //! dispatches; each subcommand lives in its own module.
 
 mod backoff;
+mod cli;
 mod cmd_probe;
 mod config;
 mod config_error;
@@ -14,33 +15,25 @@ mod reflect;
 mod run;
 mod window;
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(name = "faultline-agent", version, about = "Faultline gateway agent")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Measure every configured target each window and publish reports over MQTT.
-    Run(run::RunArgs),
-    /// Validate a config file and print the resolved plan (exit 2 when invalid).
-    Check(run::CheckArgs),
-    /// One measurement now, as a table or `--json` as one ProbeResult.
-    Probe(cmd_probe::ProbeArgs),
-    /// An RFC 8762 STAMP session-reflector.
-    Reflect(reflect::ReflectArgs),
-}
+use cli::{Cmd, Parsed};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Parsed::Cmd(c)) => c,
+        Ok(Parsed::Print(text)) => {
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Err(cli::Error(msg)) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
-    match cli.cmd {
+    match cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Check(args) => run::check(args),
         Cmd::Probe(args) => cmd_probe::main(args),

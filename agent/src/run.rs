@@ -23,15 +23,13 @@ use crate::window::{Assembler, following_start, guard_ms, next_boundary};
 /// How long a clean stop waits for the broker to acknowledge what is queued.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct RunArgs {
-    #[arg(long)]
     pub config: PathBuf,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct CheckArgs {
-    #[arg(long)]
     pub config: PathBuf,
 }
 
