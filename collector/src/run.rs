@@ -25,6 +25,10 @@ const METRICS_QUEUE: usize = 2_000;
 /// How long the broker keeps the reading connection's session (and queues reports
 /// for it) while the collector is away: as long as an agent's default buffer.
 const INGEST_SESSION_EXPIRY_S: u32 = 24 * 3600;
+/// After the broker link returns (and at start), silence is not counted for this
+/// long: agents reconnect with backoff (up to their `reconnect_max_seconds`, 60 s by
+/// default) and must not look like sites going dark together.
+const RECONNECT_GRACE_MS: u64 = 60_000;
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the collector reads.
 pub fn now_ms() -> u64 {
@@ -411,6 +415,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
                         shared.stats.lock().expect("stats lock").connected = true;
+                        // Agents may still be backing off after a broker restart.
+                        shared
+                            .engine
+                            .lock()
+                            .expect("engine lock")
+                            .link_up(now_ms(), RECONNECT_GRACE_MS);
                         subscribe(&in_client, &cfg);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -423,6 +433,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                             st.connected = false;
                             st.mqtt_errors += 1;
                         }
+                        // Blind: silence now says nothing about the sites.
+                        shared
+                            .engine
+                            .lock()
+                            .expect("engine lock")
+                            .link_lost(now_ms());
                         let d = backoff.next_delay();
                         tracing::warn!("mqtt: {e}; retrying in {d:?}");
                         tokio::time::sleep(d).await;

@@ -511,9 +511,6 @@ fn netns_icmp_loss_from_nftables_shows_as_isp_and_lan_faults() {
 /// A broker restart silences every site at once for the collector: that is the
 /// collector's own link, not an ISP outage at every ISP nor every site offline.
 #[test]
-#[ignore = "collector bug (issue 4): while its broker connection is down the engine keeps \
-            ticking, declares every site offline by silence and opens an ISP outage per \
-            ISP; run with --ignored once fixed"]
 fn a_broker_restart_is_no_isp_outage() {
     let _one = serial();
     let Some(mut lab) = start(LabSpec::new(WINDOW_S)) else {

@@ -123,6 +123,10 @@ pub struct Counters {
     pub skipped_evaluations: u64,
 }
 
+/// Last wills received this long before the collector's own link drops are taken
+/// to be the broker shutting down (see [`Engine::link_lost`]).
+const WILL_BURST_MS: u64 = 2_000;
+
 /// The whole engine: per-site step + cross-site step.
 #[derive(Debug)]
 pub struct Engine {
@@ -131,6 +135,11 @@ pub struct Engine {
     fleet: Fleet,
     next_tick: Option<u64>,
     counters: Counters,
+    /// Until this collector time, silence is not counted: the collector itself could
+    /// not hear (its broker link was down, or came back moments ago).
+    hold_presence_until_ms: u64,
+    /// The broker link has been lost at least once (so retained wills may be stale).
+    link_was_lost: bool,
 }
 
 impl Engine {
@@ -141,7 +150,42 @@ impl Engine {
             fleet: Fleet::default(),
             next_tick: None,
             counters: Counters::default(),
+            hold_presence_until_ms: 0,
+            link_was_lost: false,
         }
+    }
+
+    /// The collector's broker link went down at `now_ms`: until [`Engine::link_up`],
+    /// silence says nothing about the sites. A broker that shuts down publishes every
+    /// client's last will just before it closes the collector's connection, so the
+    /// wills received in the moments before are taken back: that was the broker
+    /// going away, not every site at once (which would read as ISP outages).
+    pub fn link_lost(&mut self, now_ms: u64) {
+        if self.hold_presence_until_ms == u64::MAX {
+            return;
+        }
+        self.hold_presence_until_ms = u64::MAX;
+        self.link_was_lost = true;
+        for s in self.sites.values_mut() {
+            if let Presence::Offline {
+                since_ms,
+                why: OfflineWhy::Lost,
+            } = s.presence
+            {
+                if since_ms.saturating_add(WILL_BURST_MS) >= now_ms {
+                    s.presence = Presence::Online;
+                }
+            }
+        }
+    }
+
+    /// The broker link is (back) up at `now_ms`. For `grace_ms` silence does not
+    /// count (agents reconnect with backoff after a broker restart), and after a
+    /// lost link the retained wills the broker replays are ignored (it published
+    /// them as it shut down). A live last will always counts; a site that is really
+    /// gone shows as offline by silence once the grace ends.
+    pub fn link_up(&mut self, now_ms: u64, grace_ms: u64) {
+        self.hold_presence_until_ms = now_ms.saturating_add(grace_ms);
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -227,6 +271,16 @@ impl Engine {
                 }
                 let status: Status =
                     serde_json::from_slice(payload).map_err(|e| Reject::Json(e.to_string()))?;
+                // After our link came back, the broker replays the retained wills it
+                // published as it shut down: not news about the sites.
+                if retained
+                    && self.link_was_lost
+                    && now_ms < self.hold_presence_until_ms
+                    && status.state == StatusState::Offline
+                    && status.reason != Some(faultline_shared::OfflineReason::Shutdown)
+                {
+                    return Ok(Accepted::Ignored);
+                }
                 // A retained offline status tells of an old departure, not a new one.
                 let since = if retained { 0 } else { now_ms };
                 self.on_status(since, &site, status);
@@ -360,9 +414,13 @@ impl Engine {
     pub fn evaluate(&mut self, at_ms: u64, out: &mut Vec<Output>) {
         self.counters.evaluations += 1;
         let th = self.cfg.thresholds;
+        let holding = at_ms < self.hold_presence_until_ms;
         for s in self.sites.values_mut() {
             if s.fresh {
                 s.fresh = false;
+                continue;
+            }
+            if holding {
                 continue;
             }
             s.silent_ticks = s.silent_ticks.saturating_add(1);
@@ -574,6 +632,43 @@ mod tests {
         assert!(
             out.iter()
                 .any(|o| matches!(o, Output::Verdict(v) if v.state == State::Offline))
+        );
+    }
+
+    #[test]
+    fn silence_is_not_counted_while_the_collector_cannot_hear() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        // The broker shuts down: it publishes site a's last will, then our link drops;
+        // ten windows pass with evaluations but no reports.
+        e.on_status(
+            3_200,
+            &id("a"),
+            faultline_shared::Status::offline(faultline_shared::OfflineReason::Lost),
+        );
+        e.link_lost(3_300);
+        let out = e.tick(13_500);
+        assert!(
+            out.iter()
+                .all(|o| !matches!(o, Output::Verdict(v) if !v.state.is_ok())),
+            "{out:?}"
+        );
+        // Back, with a grace period in which the replayed retained will is ignored:
+        // still nothing; after it, silence counts again.
+        e.link_up(14_000, 1_000);
+        let topics = faultline_shared::Topics::default();
+        let will = serde_json::to_vec(&faultline_shared::Status::offline(
+            faultline_shared::OfflineReason::Lost,
+        ))
+        .unwrap();
+        let replay = e.ingest(&topics, 14_100, "faultline/v1/sites/a/status", &will, true);
+        assert!(matches!(replay, Ok(Accepted::Ignored)), "{replay:?}");
+        assert!(e.tick(14_500).is_empty());
+        let out = e.tick(19_500);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Verdict(v) if v.state == State::Offline)),
+            "{out:?}"
         );
     }
 }
