@@ -8,6 +8,7 @@ mod config;
 mod config_error;
 mod gateway;
 mod host;
+mod logging;
 mod mqtt;
 mod outbox;
 mod probe;
@@ -32,37 +33,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    logging::init();
     match cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Check(args) => run::check(args),
         Cmd::Probe(args) => cmd_probe::main(args),
         Cmd::Reflect(args) => reflect::main(args),
     }
-}
-
-/// Logs to stderr, one line per event, filtered by `RUST_LOG` (default `info`; the
-/// `target=level,level` form, without regexes); rumqttc's `log` records are bridged in.
-fn init_logging() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    // Fails only when a logger is already set, which nothing else here does.
-    let _ = tracing_log::LogTracer::init();
-    let default = Targets::new().with_default(LevelFilter::INFO);
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("ignoring RUST_LOG={spec:?}: {e}");
-            default
-        }),
-        Err(_) => default,
-    };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false);
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(filter)
-        .try_init();
 }
