@@ -39,10 +39,22 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// The collector with a simulated fleet of six sites and scripted faults.
+    /// The collector with six real agents and a scripted provider outage (see README).
     Demo {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Fake reports from a simulated fleet instead of real agents.
+        #[arg(long)]
+        simulated: bool,
+        /// Healthy windows before each scripted voipco outage.
+        #[arg(long, default_value_t = 6, hide = true)]
+        outage_after: u32,
+        /// Windows each scripted outage lasts.
+        #[arg(long, default_value_t = 10, hide = true)]
+        outage_for: u32,
+        /// The faultline-agent binary (default: beside this executable).
+        #[arg(long, hide = true)]
+        agent_bin: Option<PathBuf>,
     },
     /// Provider availability over a period, from history.
     Report {
@@ -138,13 +150,25 @@ fn main() -> ExitCode {
             }
             run::run(c)
         })(),
-        Cmd::Demo { config } => (|| {
+        Cmd::Demo {
+            config,
+            simulated,
+            outage_after,
+            outage_for,
+            agent_bin,
+        } => (|| {
             init_tracing();
             let mut c = load(config.as_ref())?;
             if config.is_none() {
                 c.storage.path = "faultline-demo.db".into();
             }
-            demo::demo(c, config.is_some())
+            let opts = demo::DemoOptions {
+                simulated,
+                outage_after,
+                outage_for,
+                agent_bin,
+            };
+            demo::demo(c, config.is_some(), opts)
         })(),
         Cmd::Report {
             config,

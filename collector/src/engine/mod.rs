@@ -171,10 +171,9 @@ impl Engine {
                 since_ms,
                 why: OfflineWhy::Lost,
             } = s.presence
+                && since_ms.saturating_add(WILL_BURST_MS) >= now_ms
             {
-                if since_ms.saturating_add(WILL_BURST_MS) >= now_ms {
-                    s.presence = Presence::Online;
-                }
+                s.presence = Presence::Online;
             }
         }
     }
