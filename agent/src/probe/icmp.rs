@@ -172,13 +172,8 @@ impl IcmpProber {
     ) {
         let start = Instant::now();
         let deadline = start + window;
-        let ip = match self.resolver.resolve().await {
-            Ok(a) => a.ip(),
-            Err(e) => {
-                self.resolver.forget();
-                r.error = Some(e);
-                return;
-            }
+        let Some(ip) = self.resolver.resolve_for(r).await.map(|a| a.ip()) else {
+            return;
         };
         let v6 = ip.is_ipv6();
         if self.socket.as_ref().is_none_or(|s| s.2 != v6) {

@@ -758,6 +758,19 @@ impl Resolver {
         Ok(addr)
     }
 
+    /// Like [`Resolver::resolve`], for a probe's window: on failure the error word
+    /// goes into `r`, the cache is dropped and `None` says to end the window.
+    pub async fn resolve_for(&mut self, r: &mut ProbeResult) -> Option<SocketAddr> {
+        match self.resolve().await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.forget();
+                r.error = Some(e);
+                None
+            }
+        }
+    }
+
     /// Forgets the cached answer (after a failure, try resolving again).
     pub fn forget(&mut self) {
         self.cached = None;

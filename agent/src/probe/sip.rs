@@ -254,13 +254,8 @@ impl SipProber {
         r: &mut ProbeResult,
         notes: &mut Vec<(&'static str, String)>,
     ) {
-        let peer = match self.resolver.resolve().await {
-            Ok(a) => a,
-            Err(e) => {
-                self.resolver.forget();
-                r.error = Some(e);
-                return;
-            }
+        let Some(peer) = self.resolver.resolve_for(r).await else {
+            return;
         };
         self.cseq = self.cseq.wrapping_add(1);
         // One transaction, however many retransmissions it took (noted apart).

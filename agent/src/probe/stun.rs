@@ -153,13 +153,8 @@ impl StunProber {
         r: &mut ProbeResult,
         notes: &mut Vec<(&'static str, String)>,
     ) {
-        let peer = match self.resolver.resolve().await {
-            Ok(a) => a,
-            Err(e) => {
-                self.resolver.forget();
-                r.error = Some(e);
-                return;
-            }
+        let Some(peer) = self.resolver.resolve_for(r).await else {
+            return;
         };
         if self.socket.as_ref().is_none_or(|(p, _)| *p != peer) {
             match connect(peer).await {

@@ -26,13 +26,8 @@ impl TcpProber {
         r: &mut ProbeResult,
         notes: &mut Vec<(&'static str, String)>,
     ) {
-        let peer = match self.resolver.resolve().await {
-            Ok(a) => a,
-            Err(e) => {
-                self.resolver.forget();
-                r.error = Some(e);
-                return;
-            }
+        let Some(peer) = self.resolver.resolve_for(r).await else {
+            return;
         };
         notes.push(("address", peer.to_string()));
         r.sent = 1;
