@@ -126,6 +126,9 @@ pub struct Counters {
 /// Last wills received this long before the collector's own link drops are taken
 /// to be the broker shutting down (see [`Engine::link_lost`]).
 const WILL_BURST_MS: u64 = 2_000;
+/// A live last will counts once this long has passed without the collector's own
+/// link dropping (a shutting-down broker closes it within milliseconds of its wills).
+const WILL_CONFIRM_MS: u64 = 500;
 
 /// The whole engine: per-site step + cross-site step.
 #[derive(Debug)]
@@ -140,6 +143,8 @@ pub struct Engine {
     hold_presence_until_ms: u64,
     /// The broker link has been lost at least once (so retained wills may be stale).
     link_was_lost: bool,
+    /// Live last wills received, by site, not yet confirmed (see `on_status`).
+    pending_wills: BTreeMap<Id, u64>,
 }
 
 impl Engine {
@@ -152,6 +157,7 @@ impl Engine {
             counters: Counters::default(),
             hold_presence_until_ms: 0,
             link_was_lost: false,
+            pending_wills: BTreeMap::new(),
         }
     }
 
@@ -166,6 +172,7 @@ impl Engine {
         }
         self.hold_presence_until_ms = u64::MAX;
         self.link_was_lost = true;
+        self.pending_wills.clear();
         for s in self.sites.values_mut() {
             if let Presence::Offline {
                 since_ms,
@@ -338,6 +345,8 @@ impl Engine {
         };
         if live {
             site.apply_live(&report, now_ms, &th);
+            // A live window outranks a will still waiting to be confirmed.
+            self.pending_wills.remove(&report.site);
         }
         Ok(Accepted::Report {
             report,
@@ -366,6 +375,13 @@ impl Engine {
             }
             StatusState::Offline => {
                 let why = status.reason.map_or(OfflineWhy::Lost, OfflineWhy::from);
+                // A live last will waits a moment before it counts: when the broker
+                // itself is shutting down, our link drops right after and
+                // `link_lost` takes it back. (`now_ms` 0 is a retained, old departure.)
+                if why == OfflineWhy::Lost && now_ms != 0 && !s.is_offline() {
+                    self.pending_wills.entry(site.clone()).or_insert(now_ms);
+                    return;
+                }
                 if !s.is_offline() {
                     s.presence = Presence::Offline {
                         since_ms: now_ms,
@@ -414,6 +430,23 @@ impl Engine {
         self.counters.evaluations += 1;
         let th = self.cfg.thresholds;
         let holding = at_ms < self.hold_presence_until_ms;
+        // Wills that survived a moment without our link dropping are real departures.
+        let confirm_ms = self.cfg.window_ms.min(WILL_CONFIRM_MS);
+        let sites = &mut self.sites;
+        self.pending_wills.retain(|site, &mut since_ms| {
+            if at_ms < since_ms.saturating_add(confirm_ms) {
+                return true;
+            }
+            if let Some(s) = sites.get_mut(site)
+                && !s.is_offline()
+            {
+                s.presence = Presence::Offline {
+                    since_ms,
+                    why: OfflineWhy::Lost,
+                };
+            }
+            false
+        });
         for s in self.sites.values_mut() {
             if s.fresh {
                 s.fresh = false;
