@@ -41,3 +41,15 @@ fn main() -> ExitCode {
         Cmd::Reflect(args) => reflect::main(args),
     }
 }
+
+/// The agent's single-threaded tokio runtime (small footprint); on failure the
+/// reason is printed and the exit code to return is given back.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
