@@ -22,7 +22,7 @@ case $TARGET in
 esac
 command -v "$NM" >/dev/null || { NM=nm; SIZE=size; }
 
-cargo --config cross-config/config.toml \
+cargo --config cross-config/config.toml --config cross-config/release.toml \
     --config 'profile.agent-syms.inherits="agent"' --config 'profile.agent-syms.strip=false' \
     build -q --profile agent-syms -p faultline-agent --target "$TARGET"
 bin="$TARGET_DIR/$TARGET/agent-syms/faultline-agent"

@@ -56,7 +56,7 @@ ensure_tools() {
 build() {
     local t=$1
     echo "=== cargo build --profile $PROFILE -p faultline-agent --target $t"
-    cargo --config cross-config/config.toml build --profile "$PROFILE" -p faultline-agent --target "$t"
+    cargo --config cross-config/config.toml --config cross-config/release.toml build --profile "$PROFILE" -p faultline-agent --target "$t"
 }
 
 size_table() {

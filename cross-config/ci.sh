@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The gateway builds' CI check (issue 5): builds faultline-agent for both ARM
-# targets, runs it under qemu-user (--version, check on the example config, a STAMP
-# reflector on aarch64 probed from armv7), runs the shared crate's tests on both
-# targets, builds the arm64/armhf .debs and checks what they carry.
+# targets (failing when armv7 is over its 1.5 MB budget: sizes are deterministic),
+# runs it under qemu-user (--version, check on the example config, a STAMP reflector
+# on aarch64 probed from armv7), runs the shared crate's tests on both targets,
+# builds the arm64/armhf .debs and checks what they carry.
 #
 #   bash cross-config/ci.sh
 #
@@ -35,8 +36,8 @@ for tool in qemu-aarch64-static qemu-arm-static dpkg-deb; do
     command -v "$tool" >/dev/null || fail "$tool missing (apt-get install qemu-user-static dpkg)"
 done
 
-step "build both targets"
-bash cross-config/build.sh "$A64" "$ARM"
+step "build both targets (armv7 must fit the 1.5 MB budget)"
+ENFORCE_BUDGET=1 bash cross-config/build.sh "$A64" "$ARM"
 
 step "shared tests under qemu"
 for t in "$ARM" "$A64"; do
