@@ -1,50 +1,35 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # backticks are Markdown here, not command substitution
 # RSS and CPU of `faultline-agent run` with 10 targets, one of them a 50 packet/s STAMP
 # stream to the agent's own reflector on loopback, over a measured period; and the bytes
-# per report in postcard and JSON from the same run.
+# per report in postcard and JSON from the same run. Prints its BENCHMARKS.md section
+# (protocol: tests/bench/lib.sh).
 #
 #   bash tests/bench/agent_rss.sh [SECONDS] [STAMP_SECONDS]
 #
-# SECONDS (default 60) is the measured period, after a 12 s warm-up. STAMP_SECONDS
-# (default: absent, the agent's default burst per window) sets the stream's length per
-# 10 s window; 9.5 makes it almost continuous. Needs mosquitto and mosquitto_sub, and
-# root (ICMP). Builds the agent with the size-optimised `agent` profile.
-set -euo pipefail
+# SECONDS (default 60, QUICK=1: 10) is the measured period, after a 12 s warm-up.
+# STAMP_SECONDS sets the stream's length per 10 s window; without it the script
+# measures the agent's default burst (the budget's "at defaults") and then 9.5 s, an
+# almost continuous stream. Needs mosquitto, mosquitto_sub, and root (ICMP). Builds the
+# agent with the size-optimised `agent` profile.
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-SECONDS_MEASURED=${1:-60}
-STAMP_SECONDS=${2:-}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+MEASURED=${1:-$(pick 60 10)}
+JSON_SECONDS=$(pick 35 25)
+if [[ -n ${2:-} ]]; then STREAMS=("$2"); else STREAMS=(default 9.5); fi
+WARMUP=12
+CMD=$(bench_cmd bash tests/bench/agent_rss.sh "$@")
 
-cargo build --quiet --profile agent -p faultline-agent --manifest-path "$ROOT/Cargo.toml"
-AGENT=$TARGET_DIR/agent/faultline-agent
+require mosquitto_sub mosquitto-clients
+build_agent
+MQTT_PORT=$(free_port tcp)
+STAMP_PORT=$(free_port udp)
+start_mosquitto "$MQTT_PORT"
+spawn "$AGENT" reflect --listen "127.0.0.1:$STAMP_PORT" 2>/dev/null
 
-free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
-MQTT_PORT=$(free_port SOCK_STREAM)
-STAMP_PORT=$(free_port SOCK_DGRAM)
-
-cat > "$WORK/mosquitto.conf" <<EOF
-listener $MQTT_PORT 127.0.0.1
-allow_anonymous true
-user root
-EOF
-mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 & PIDS+=($!)
-"$AGENT" reflect --listen "127.0.0.1:$STAMP_PORT" 2>/dev/null & PIDS+=($!)
-sleep 1
-
-stamp_extra=""
-[ -n "$STAMP_SECONDS" ] && stamp_extra="stamp_seconds = $STAMP_SECONDS"
-
-config() { # $1: format
-cat <<EOF
+config() { # $1: format, $2: stream seconds per window or "default"
+    cat <<EOF
 site = "bench"
 isp = "LoopNet"
 window_seconds = 10
@@ -83,7 +68,7 @@ layer = "provider"
 provider = "voipco"
 kind = "stamp"
 host = "127.0.0.1:$STAMP_PORT"
-$stamp_extra
+$([[ $2 == default ]] || echo "stamp_seconds = $2")
 [[target]]
 name = "voipco-sip"
 layer = "provider"
@@ -111,46 +96,97 @@ host = "127.0.0.4"
 EOF
 }
 
-config postcard > "$WORK/postcard.toml"
-config json > "$WORK/json.toml"
-"$AGENT" check --config "$WORK/postcard.toml" >/dev/null
-
 # Payload sizes as the broker delivers them (mosquitto_sub %l: payload length).
-mosquitto_sub -p "$MQTT_PORT" -t 'faultline/v1/sites/bench/report' -F '%l' > "$WORK/postcard.sizes" & PIDS+=($!)
-mosquitto_sub -p "$MQTT_PORT" -t 'faultline/v1/sites/bench/report/json' -F '%l' > "$WORK/json.sizes" & PIDS+=($!)
-
-RUST_LOG=warn "$AGENT" run --config "$WORK/postcard.toml" 2> "$WORK/agent.log" & AGENT_PID=$!
-PIDS+=($AGENT_PID)
-sleep 12
-
-ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
-HZ=$(getconf CLK_TCK)
-t0=$(ticks); s0=$(date +%s.%N)
-max_rss=0
-for _ in $(seq "$SECONDS_MEASURED"); do
-    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$AGENT_PID/status")
-    [ "$rss" -gt "$max_rss" ] && max_rss=$rss
-    sleep 1
-done
-t1=$(ticks); s1=$(date +%s.%N)
-hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$AGENT_PID/status")
-kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true
-
-# A short JSON run with the same targets, for the JSON size of the same reports.
-RUST_LOG=warn "$AGENT" run --config "$WORK/json.toml" 2>> "$WORK/agent.log" & JSON_PID=$!
-PIDS+=($JSON_PID)
-sleep 35
-kill -TERM "$JSON_PID"; wait "$JSON_PID" || true
+spawn mosquitto_sub -p "$MQTT_PORT" -t 'faultline/v1/sites/bench/report' -F '%l' >"$BENCH_WORK/postcard.sizes"
+spawn mosquitto_sub -p "$MQTT_PORT" -t 'faultline/v1/sites/bench/report/json' -F '%l' >"$BENCH_WORK/json.sizes"
 sleep 0.5
 
-cpu=$(awk -v t0="$t0" -v t1="$t1" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {print (t1 - t0) / hz / (s1 - s0) * 100}')
-stats() { sort -n "$1" | awk '{a[NR]=$1; s+=$1} END {if (NR) printf "%d reports, min %d, median %d, max %d, mean %.0f bytes", NR, a[1], a[int((NR+1)/2)], a[NR], s/NR; else print "no reports"}'; }
-echo "agent:          $(stat -c %s "$AGENT") bytes ($AGENT, x86_64, agent profile)"
-echo "stamp stream:   50 packets/s, ${STAMP_SECONDS:-default} s per 10 s window"
-printf 'CPU:            %.2f %% of one core over %s s\n' "$cpu" "$SECONDS_MEASURED"
-echo "RSS:            max $max_rss kB sampled each second, VmHWM $hwm kB"
-echo "postcard:       $(stats "$WORK/postcard.sizes")"
-echo "json:           $(stats "$WORK/json.sizes")"
-if grep -qiE 'error|panick' "$WORK/agent.log"; then
-    echo "agent log (warnings and errors):"; sed 's/^/  /' "$WORK/agent.log" | head -20
+HZ=$(getconf CLK_TCK)
+declare -A CPU RSS HWM
+for stream in "${STREAMS[@]}"; do
+    config postcard "$stream" >"$BENCH_WORK/agent.toml"
+    "$AGENT" check --config "$BENCH_WORK/agent.toml" >/dev/null
+    log "run, stream $stream: ${WARMUP} s warm-up, ${MEASURED} s measured"
+    spawn env RUST_LOG=warn "$AGENT" run --config "$BENCH_WORK/agent.toml" 2>>"$BENCH_WORK/agent.log"
+    pid=$BENCH_PID
+    sleep "$WARMUP"
+    ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+    t0=$(ticks)
+    s0=$(date +%s.%N)
+    max_rss=0
+    for _ in $(seq "$MEASURED"); do
+        rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+        ((rss > max_rss)) && max_rss=$rss
+        sleep 1
+    done
+    t1=$(ticks)
+    s1=$(date +%s.%N)
+    HWM[$stream]=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+    RSS[$stream]=$max_rss
+    CPU[$stream]=$(awk -v t0="$t0" -v t1="$t1" -v hz="$HZ" -v s0="$s0" -v s1="$s1" \
+        'BEGIN {printf "%.2f", (t1 - t0) / hz / (s1 - s0) * 100}')
+    kill -TERM "$pid"
+    wait "$pid" || true
+done
+
+# A short JSON run with the same targets, for the JSON size of the same reports.
+config json "${STREAMS[0]}" >"$BENCH_WORK/json.toml"
+log "JSON run, ${JSON_SECONDS} s"
+spawn env RUST_LOG=warn "$AGENT" run --config "$BENCH_WORK/json.toml" 2>>"$BENCH_WORK/agent.log"
+sleep "$JSON_SECONDS"
+kill -TERM "$BENCH_PID"
+wait "$BENCH_PID" || true
+sleep 0.5
+
+# "count min median max" of a file of numbers.
+stats() { sort -n "$1" | awk '{a[NR] = $1} END {if (NR) print NR, a[1], a[int((NR + 1) / 2)], a[NR]; else print 0, "", "", ""}'; }
+read -r pc_n pc_min pc_med pc_max < <(stats "$BENCH_WORK/postcard.sizes")
+read -r js_n js_min js_med js_max < <(stats "$BENCH_WORK/json.sizes")
+((pc_n > 0)) || { log "no postcard report arrived"; exit 1; }
+((js_n > 0)) || { log "no JSON report arrived"; exit 1; }
+span() { if [[ $1 == "$2" ]]; then thousands "$1"; else echo "$(thousands "$1")–$(thousands "$2")"; fi; }
+ratio=$(awk -v a="$js_med" -v b="$pc_med" 'BEGIN {printf "%.1f", a / b}')
+agent_bytes=$(stat -c %s "$AGENT")
+first=${STREAMS[0]}
+
+md "## Agent (x86_64): RSS, CPU, report bytes" ""
+md '```sh' "$CMD" '```' ""
+mdf '%s\n' "The script starts Mosquitto and \`faultline-agent reflect\` on loopback, then \`run\` with
+10 targets (4 icmp, 2 tcp, 1 dns, 1 sip, 1 stun, 1 stamp at 50 packets/s, G.711 framing,
+to the reflector) and 10 s windows, waits ${WARMUP} s, and samples \`/proc/PID\` for ${MEASURED} s:
+RSS every second, CPU as utime + stime over the period. The agent is the size-optimised
+\`agent\` profile (\`opt-level = \"z\"\`, fat LTO, \`panic = \"abort\"\`, stripped):
+$(thousands "$agent_bytes") bytes on x86_64. (The sip, stun and dns targets point at closed loopback
+ports, so they measure errors, which costs the same.)"
+md "" "### RSS and CPU of \`run\`: 10 targets, one 50 packet/s STAMP stream" ""
+md "| stream | CPU (one core) | RSS max | VmHWM |" "|---|---:|---:|---:|"
+for stream in "${STREAMS[@]}"; do
+    case $stream in
+        default) label="default (5 s burst per 10 s window)" ;;
+        9.5) label="9.5 s per 10 s window (near continuous)" ;;
+        *) label="$stream s per 10 s window" ;;
+    esac
+    mdf '| %s | %s %% | %s kB | %s kB |\n' "$label" "${CPU[$stream]}" "$(thousands "${RSS[$stream]}")" "$(thousands "${HWM[$stream]}")"
+done
+md "" "Budgets: RSS ≤ 6 MB (read as 6,000,000 bytes), CPU ≤ 1 % at defaults. Measured on
+x86_64 only: not on an ARM gateway (nor under qemu, where CPU figures mean little)."
+md "" "### Bytes per report, postcard and JSON" ""
+mdf '%s\n' "\`mosquitto_sub -F '%l'\` records each payload's length as the broker delivered it, from
+the runs above ($pc_n postcard reports) and a ${JSON_SECONDS} s run with \`format = \"json\"\` and the same
+targets ($js_n)."
+md "" "| format | 10-target report | topic |" "|---|---:|---|"
+mdf '| postcard | %s bytes (median %s) | `.../report` |\n' "$(span "$pc_min" "$pc_max")" "$pc_med"
+mdf '| JSON | %s bytes (median %s) | `.../report/json` |\n' "$(span "$js_min" "$js_max")" "$(thousands "$js_med")"
+md "" "Budget: a 10-target report ≤ 400 bytes in postcard. JSON is ${ratio}× larger."
+if grep -qiE 'error|panick' "$BENCH_WORK/agent.log"; then
+    md "" "Agent log (warnings and errors, first lines):" "" '```'
+    head -10 "$BENCH_WORK/agent.log" >&3
+    md '```'
 fi
+
+rss_bytes=$((HWM[$first] * 1024))
+[[ $first == default ]] && at="at defaults" || at="stream $first s per window"
+summary_row "$BUDGET_RSS" "$(thousands "${HWM[$first]}") kB VmHWM ($at)" "$(met "$rss_bytes" "<=" 6000000)" "$CMD"
+summary_row "$BUDGET_CPU" "${CPU[$first]} % over ${MEASURED} s ($at)" "$(met "${CPU[$first]}" "<=" 1)" "$CMD"
+summary_row "$BUDGET_REPORT" "postcard $(span "$pc_min" "$pc_max") bytes (median $pc_med); JSON median $(thousands "$js_med") (${ratio}×)" \
+    "$(met "$pc_max" "<=" 400)" "$CMD"
