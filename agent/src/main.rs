@@ -13,6 +13,7 @@ mod mqtt;
 mod outbox;
 mod probe;
 mod reflect;
+mod resolve;
 mod run;
 mod window;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use faultline_shared::{Kind, ProbeResult};
 use faultline_tests::coturn::Coturn;
+use faultline_tests::dns::DnsServer;
 use faultline_tests::kamailio::Kamailio;
 use faultline_tests::{Child, free_udp_port, require_root, wait_until, workspace_bin};
 
@@ -321,59 +322,10 @@ fn icmp_echo_to_loopback() {
     assert!(r.rtt_ms.is_some() && r.jitter_ms.is_some());
 }
 
-/// A tiny authoritative DNS server on loopback: A for `*.example.test`, SRV for
-/// `_sip._udp.example.test`, NXDOMAIN for names starting with `nx`.
-fn dns_server(stop: Arc<AtomicBool>) -> (JoinHandle<()>, SocketAddr) {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let addr = s.local_addr().unwrap();
-    let h = std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((n, peer)) = s.recv_from(&mut buf) else {
-                continue;
-            };
-            let q = &buf[..n];
-            // The question: labels from offset 12 to the root, then type and class.
-            let mut at = 12;
-            let mut labels = Vec::new();
-            while q[at] != 0 {
-                let l = usize::from(q[at]);
-                labels.push(String::from_utf8_lossy(&q[at + 1..at + 1 + l]).into_owned());
-                at += 1 + l;
-            }
-            let qend = at + 5;
-            let qtype = u16::from_be_bytes([q[at + 1], q[at + 2]]);
-            let mut r = q[..qend].to_vec();
-            r[2] = 0x84; // QR, AA
-            r[3] = 0x00;
-            if labels[0].starts_with("nx") {
-                r[3] = 0x03;
-            } else if qtype == 1 {
-                r[7] = 1;
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 10]);
-            } else if qtype == 33 {
-                r[7] = 1;
-                let mut rdata = vec![0, 10, 0, 5, 0x13, 0xc4];
-                for l in ["sip", "example", "test"] {
-                    rdata.push(l.len() as u8);
-                    rdata.extend_from_slice(l.as_bytes());
-                }
-                rdata.push(0);
-                r.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 30, 0, rdata.len() as u8]);
-                r.extend_from_slice(&rdata);
-            }
-            let _ = s.send_to(&r, peer);
-        }
-    });
-    (h, addr)
-}
-
 #[test]
 fn dns_a_srv_and_nxdomain_against_a_local_server() {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (h, addr) = dns_server(stop.clone());
-    let server = addr.to_string();
+    let dns = DnsServer::start();
+    let server = dns.addr().to_string();
     let (r, _) = probe_json(&[
         "dns",
         "host.example.test",
@@ -396,8 +348,6 @@ fn dns_a_srv_and_nxdomain_against_a_local_server() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("192.0.2.10"));
     let (r, _) = probe_json(&["dns", "nx.example.test", "--server", &server]);
     assert_eq!((r.received, r.error.as_deref()), (1, Some("nxdomain")));
-    stop.store(true, Ordering::Relaxed);
-    h.join().unwrap();
 }
 
 #[test]

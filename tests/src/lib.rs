@@ -7,8 +7,10 @@
 //!   restartable with or without its persistent state.
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
+//! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
 
 pub mod coturn;
+pub mod dns;
 pub mod fleet;
 pub mod kamailio;
 pub mod lab;

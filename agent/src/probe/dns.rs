@@ -1,14 +1,16 @@
 //! DNS resolution, timed: a minimal query builder and response parser (RFC 1035,
-//! AAAA from RFC 3596, SRV from RFC 2782), and a UDP driver that asks the configured
-//! server or the system's first `nameserver`, retrying after 1 s, 2 s, 4 s… within the
-//! window.
+//! AAAA from RFC 3596, SRV from RFC 2782), the resolv.conf reader, and a UDP driver
+//! that asks the configured server or the system's first `nameserver`, retrying after
+//! 1 s, 2 s, 4 s… within the window. The agent's own resolver ([`crate::resolve`])
+//! shares the codec and the resolv.conf reader.
 //!
 //! How answers count: an answer with records of the asked type is healthy. NXDOMAIN,
 //! SERVFAIL, REFUSED or an empty answer mean the name does not resolve, which is what
 //! the probe is for: received = 1 and `error` names it (`nxdomain`, `servfail`,
 //! `refused`, `rcode N`, `no records`). No answer in time: `timeout`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use faultline_shared::ProbeResult;
@@ -122,9 +124,12 @@ impl std::fmt::Display for Record {
 /// A parsed response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// The question's name, as the server echoed it.
+    pub name: String,
     pub rcode: u8,
     pub truncated: bool,
-    /// Records of the asked type (CNAMEs and others are skipped).
+    /// Records of the asked type owned by the question's name or, when the answer
+    /// holds a CNAME chain from it, by the chain's end (others are skipped).
     pub records: Vec<Record>,
 }
 
@@ -223,69 +228,164 @@ pub fn parse_response(b: &[u8], id: u16, rtype: RecordType) -> Result<Answer, Pa
     let qd = u16::from_be_bytes([b[4], b[5]]);
     let an = u16::from_be_bytes([b[6], b[7]]);
     let mut r = Reader { msg: b, at: 12 };
-    for _ in 0..qd {
-        r.name()?;
+    let mut name = String::new();
+    for i in 0..qd {
+        let n = r.name()?;
+        if i == 0 {
+            name = n;
+        }
         r.take(4)?;
     }
-    let mut records = Vec::new();
+    // (owner, record) of the asked type, and CNAMEs as (alias, target).
+    let mut found = Vec::new();
+    let mut cnames = Vec::new();
     for _ in 0..an {
         if truncated && r.at >= b.len() {
             break;
         }
-        r.name()?;
+        let owner = r.name()?;
         let t = r.u16()?;
         let _class = r.u16()?;
         r.take(4)?; // TTL
         let len = usize::from(r.u16()?);
         let start = r.at;
         let data = r.take(len)?;
-        match (t, rtype) {
+        let record = match (t, rtype) {
             (1, RecordType::A) if len == 4 => {
-                records.push(Record::A(Ipv4Addr::new(data[0], data[1], data[2], data[3])));
+                Record::A(Ipv4Addr::new(data[0], data[1], data[2], data[3]))
             }
             (28, RecordType::Aaaa) if len == 16 => {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(data);
-                records.push(Record::Aaaa(Ipv6Addr::from(a)));
+                Record::Aaaa(Ipv6Addr::from(a))
             }
-            (33, RecordType::Srv) if len >= 7 => {
-                let (target, _) = read_name(b, start + 6)?;
-                records.push(Record::Srv {
-                    priority: u16::from_be_bytes([data[0], data[1]]),
-                    weight: u16::from_be_bytes([data[2], data[3]]),
-                    port: u16::from_be_bytes([data[4], data[5]]),
-                    target,
-                });
+            (33, RecordType::Srv) if len >= 7 => Record::Srv {
+                priority: u16::from_be_bytes([data[0], data[1]]),
+                weight: u16::from_be_bytes([data[2], data[3]]),
+                port: u16::from_be_bytes([data[4], data[5]]),
+                target: read_name(b, start + 6)?.0,
+            },
+            (5, _) => {
+                cnames.push((owner, read_name(b, start)?.0));
+                continue;
             }
-            _ => {}
+            _ => continue,
+        };
+        found.push((owner, record));
+    }
+    // Follow the CNAME chain from the question (RFC 1034 3.6.2); bounded, so a loop ends.
+    let mut owner = name.as_str();
+    for _ in 0..cnames.len() {
+        match cnames.iter().find(|(a, _)| a.eq_ignore_ascii_case(owner)) {
+            Some((_, target)) => owner = target,
+            None => break,
         }
     }
+    let records = found
+        .into_iter()
+        .filter(|(o, _)| o.eq_ignore_ascii_case(owner))
+        .map(|(_, rec)| rec)
+        .collect();
     Ok(Answer {
+        name,
         rcode,
         truncated,
         records,
     })
 }
 
-/// The first `nameserver` of a resolv.conf text.
-pub fn first_nameserver(resolv_conf: &str) -> Option<SocketAddr> {
-    resolv_conf.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        if it.next() != Some("nameserver") {
-            return None;
+/// Where the system's resolver configuration lives.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// At most this many `nameserver` lines are used (glibc's MAXNS).
+pub const MAX_NAMESERVERS: usize = 3;
+
+/// What a stub resolver takes from resolv.conf (resolv.conf(5)): `nameserver`,
+/// `search` / `domain` (the last of them wins) and `options ndots: timeout:
+/// attempts:`, with glibc's defaults and limits. Anything else is ignored, as are
+/// malformed lines and values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvConf {
+    /// Port 53, at most [`MAX_NAMESERVERS`]; 127.0.0.1 when none is named (never empty).
+    pub nameservers: Vec<SocketAddr>,
+    /// Domains tried in turn after a name that is not absolute (no trailing dots).
+    pub search: Vec<String>,
+    /// Names with at least this many dots are first tried as they are (default 1).
+    pub ndots: usize,
+    /// How long to wait for one server's answer (default 5 s).
+    pub timeout: Duration,
+    /// Rounds over all the servers (default 2).
+    pub attempts: u32,
+}
+
+impl ResolvConf {
+    /// Parses a resolv.conf text.
+    pub fn parse(text: &str) -> Self {
+        let mut c = ResolvConf {
+            nameservers: Vec::new(),
+            search: Vec::new(),
+            ndots: 1,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        };
+        for line in text.lines() {
+            let mut words = line
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['#', ';']));
+            match words.next() {
+                Some("nameserver") => {
+                    // An IPv6 zone (fe80::1%eth0) is dropped: we cannot use it without
+                    // the scope id.
+                    let ip = words.next().and_then(|w| w.split('%').next()?.parse().ok());
+                    if let Some(ip) = ip
+                        && c.nameservers.len() < MAX_NAMESERVERS
+                    {
+                        c.nameservers.push(SocketAddr::new(ip, DNS_PORT));
+                    }
+                }
+                Some(kw @ ("search" | "domain")) => {
+                    let n = if kw == "domain" { 1 } else { usize::MAX };
+                    let domains: Vec<String> = words
+                        .take(n)
+                        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                        .filter(|d| !d.is_empty())
+                        .collect();
+                    if !domains.is_empty() {
+                        c.search = domains;
+                    }
+                }
+                Some("options") => {
+                    for (key, value) in words.filter_map(|w| w.split_once(':')) {
+                        let Ok(v) = value.parse::<u32>() else {
+                            continue;
+                        };
+                        match key {
+                            "ndots" => c.ndots = v.min(15) as usize,
+                            "timeout" => c.timeout = Duration::from_secs(v.clamp(1, 30).into()),
+                            "attempts" => c.attempts = v.clamp(1, 5),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
-        // Drop an IPv6 zone (fe80::1%eth0): we cannot use it without the scope id.
-        let ip = it.next()?.split('%').next()?.parse::<IpAddr>().ok()?;
-        Some(SocketAddr::new(ip, DNS_PORT))
-    })
+        if c.nameservers.is_empty() {
+            c.nameservers
+                .push(SocketAddr::from(([127, 0, 0, 1], DNS_PORT)));
+        }
+        c
+    }
+
+    /// Reads `path`; a missing or unreadable file gives the defaults, as in glibc.
+    pub fn read(path: &Path) -> Self {
+        Self::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
 }
 
 /// The system resolver: the first nameserver of /etc/resolv.conf, else 127.0.0.1.
 pub fn system_server() -> SocketAddr {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .ok()
-        .and_then(|s| first_nameserver(&s))
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DNS_PORT)))
+    // `nameservers` is never empty.
+    ResolvConf::read(Path::new(RESOLV_CONF)).nameservers[0]
 }
 
 /// Resolves one name, window after window.
@@ -480,20 +580,121 @@ mod tests {
         }
     }
 
+    /// A response to `build_query(3, "alias.example", A)`: a CNAME chain
+    /// alias → mid → host (in a scrambled order), host's A, and an A of an unrelated
+    /// name, which must not count.
+    fn cname_response() -> Vec<u8> {
+        let mut m = build_query(3, "alias.example", RecordType::A);
+        m[2] = 0x81;
+        m[3] = 0x80;
+        m[7] = 4;
+        let at = m.len();
+        // mid.example CNAME host.example; "mid" then a pointer to "example" (offset 18).
+        m.extend_from_slice(&[3, b'm', b'i', b'd', 0xc0, 18, 0, 5, 0, 1, 0, 0, 0, 9, 0, 7]);
+        m.extend_from_slice(&[4, b'h', b'o', b's', b't', 0xc0, 18]);
+        // other.example A 192.0.2.66
+        m.extend_from_slice(&[5, b'o', b't', b'h', b'e', b'r', 0xc0, 18]);
+        m.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 9, 0, 4, 192, 0, 2, 66]);
+        // alias.example (the question) CNAME mid.example
+        m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 9, 0, 2, 0xc0, at as u8]);
+        // host.example A 192.0.2.10, its name from the first CNAME's data.
+        let host = (at + 16) as u8;
+        m.extend_from_slice(&[0xc0, host, 0, 1, 0, 1, 0, 0, 0, 9, 0, 4, 192, 0, 2, 10]);
+        m
+    }
+
+    #[test]
+    fn follows_a_cname_chain_and_skips_other_owners() {
+        let a = parse_response(&cname_response(), 3, RecordType::A).unwrap();
+        assert_eq!(a.name, "alias.example");
+        assert_eq!(a.records, vec![Record::A(Ipv4Addr::new(192, 0, 2, 10))]);
+        assert!(!a.truncated);
+        // A chain that loops ends somewhere; whatever it keeps, it terminates.
+        let mut m = build_query(4, "a.x", RecordType::A);
+        m[2] = 0x81;
+        m[7] = 2;
+        m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 9, 0, 4, 1, b'b', 0xc0, 14]);
+        m.extend_from_slice(&[0xc0, 33, 0, 5, 0, 1, 0, 0, 0, 9, 0, 2, 0xc0, 12]);
+        let a = parse_response(&m, 4, RecordType::A).unwrap();
+        assert_eq!((a.rcode, a.records.len()), (0, 0));
+    }
+
+    #[test]
+    fn truncated_flag() {
+        let mut m = build_query(5, "big.example", RecordType::A);
+        m[2] = 0x83; // QR, TC, RD
+        m[7] = 3; // claims three answers, carries none
+        let a = parse_response(&m, 5, RecordType::A).unwrap();
+        assert!(a.truncated);
+        assert!(a.records.is_empty());
+    }
+
+    #[test]
+    fn resolv_conf_defaults_like_glibc() {
+        assert_eq!(
+            ResolvConf::parse(""),
+            ResolvConf {
+                nameservers: vec!["127.0.0.1:53".parse().unwrap()],
+                search: vec![],
+                ndots: 1,
+                timeout: Duration::from_secs(5),
+                attempts: 2,
+            }
+        );
+        assert_eq!(
+            ResolvConf::read(Path::new("/nonexistent/resolv.conf")),
+            ResolvConf::parse("")
+        );
+    }
+
+    #[test]
+    fn resolv_conf_keywords_limits_and_malformed_lines() {
+        let c = ResolvConf::parse(
+            "# generated by udhcpc\n\
+             ; a comment too\n\
+             search Lan. corp.example # trailing comment\n\
+             nameserver 192.0.2.53\n\
+             nameserver fe80::1%eth0\n\
+             nameserver not-an-ip\n\
+             nameserver\n\
+             nameserver192.0.2.9\n\
+             \tnameserver   192.0.2.54   extra words\n\
+             nameserver 192.0.2.55\n\
+             options ndots:2 timeout:0 attempts:9 rotate ndots:x edns0 timeout:\n\
+             options timeout:3\n\
+             sortlist 130.155.160.0/255.255.240.0\n\
+             garbage\n",
+        );
+        assert_eq!(
+            c.nameservers,
+            ["192.0.2.53:53", "[fe80::1]:53", "192.0.2.54:53"]
+                .map(|s| s.parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(c.search, ["lan", "corp.example"]);
+        assert_eq!(
+            (c.ndots, c.timeout, c.attempts),
+            (2, Duration::from_secs(3), 5)
+        );
+        let c = ResolvConf::parse("options ndots:99 timeout:99 attempts:0\n");
+        assert_eq!(
+            (c.ndots, c.timeout, c.attempts),
+            (15, Duration::from_secs(30), 1)
+        );
+        // `search` and `domain` replace each other; the last one wins.
+        assert_eq!(ResolvConf::parse("search a b\ndomain c.\n").search, ["c"]);
+        assert_eq!(
+            ResolvConf::parse("domain c\nsearch a b\n").search,
+            ["a", "b"]
+        );
+        // Without a domain the line is ignored (glibc too).
+        assert_eq!(ResolvConf::parse("search a\ndomain\n").search, ["a"]);
+    }
+
     #[test]
     fn names_and_resolv_conf() {
         assert!(validate_name("_sip._udp.example.com").is_ok());
         assert!(validate_name("a..b").is_err());
         assert!(validate_name(&"x".repeat(64)).is_err());
         assert_eq!(RecordType::default_for("_sip._tcp.x"), RecordType::Srv);
-        assert_eq!(
-            first_nameserver("# c\nsearch lan\nnameserver 192.0.2.53\nnameserver 1.1.1.1\n"),
-            Some("192.0.2.53:53".parse().unwrap())
-        );
-        assert_eq!(
-            first_nameserver("nameserver fe80::1%eth0\n"),
-            Some("[fe80::1]:53".parse().unwrap())
-        );
-        assert_eq!(first_nameserver(""), None);
     }
 }

@@ -26,7 +26,8 @@
 //!
 //! Errors are short words: `timeout`, `refused`, `host unreachable`, a SIP status
 //! (`503`), `nxdomain`, `servfail`, `no records`, `stun 420`, or the ICMP permission
-//! hint. Hostnames are resolved by the system and reused for [`RESOLVE_TTL`].
+//! hint. Hostnames are resolved by the agent's own resolver ([`crate::resolve`]) and
+//! reused for [`RESOLVE_TTL`].
 
 pub mod dns;
 pub mod icmp;
@@ -742,18 +743,13 @@ impl Resolver {
         {
             return Ok(addr);
         }
-        let found = tokio::net::lookup_host((self.to.host.as_str(), self.to.port))
+        // IPv4 first: the first address is the one to probe.
+        let found = crate::resolve::lookup(&self.to.host, self.to.port)
             .await
             .map_err(|e| format!("resolve {}: {e}", self.to.host))?;
-        let mut first = None;
-        for a in found {
-            if a.is_ipv4() {
-                first = Some(a);
-                break;
-            }
-            first.get_or_insert(a);
-        }
-        let addr = first.ok_or_else(|| format!("resolve {}: no address", self.to.host))?;
+        let addr = *found
+            .first()
+            .ok_or_else(|| format!("resolve {}: no address", self.to.host))?;
         self.cached = Some((addr, Instant::now()));
         Ok(addr)
     }
