@@ -1,7 +1,7 @@
 //! Exponential backoff with jitter for reconnecting to the broker.
 //!
-//! rumqttc reconnects as soon as it is polled again, with no delay; the MQTT task sleeps
-//! on [`Backoff::next_delay`] after every failed attempt instead. Pure: the caller passes
+//! The MQTT task sleeps on [`Backoff::next_delay`] after every failed attempt or lost
+//! connection, so a fleet of agents does not reconnect in step. Pure: the caller passes
 //! the random draw, so the bounds are property-tested without clocks.
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! the gateway): `2026-11-27T02:39:14.123456Z  INFO message key=value`, the format the
 //! agent printed with tracing-subscriber's `fmt` layer (no target, no colours).
 //! Filtered by `RUST_LOG` in the `target=level,level` form (default `info`; the
-//! longest matching target prefix wins); rumqttc's `log` records are bridged in.
+//! longest matching target prefix wins). Nothing in the agent logs through `log`.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -13,7 +13,6 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
-use tracing_log::NormalizeEvent;
 
 /// `RUST_LOG` directives: (target prefix, level); `None` target is the default.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,8 +125,7 @@ impl Subscriber for Stderr {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let meta = event.normalized_metadata();
-        let meta = meta.as_ref().unwrap_or_else(|| event.metadata());
+        let meta = event.metadata();
         if !self.filter.enabled(meta.target(), meta.level()) {
             return;
         }
@@ -204,7 +202,7 @@ fn timestamp(out: &mut String, now: SystemTime) {
     );
 }
 
-/// Installs the subscriber and the `log` bridge.
+/// Installs the subscriber.
 pub fn init() {
     let default = Filter::new(LevelFilter::INFO);
     let filter = match std::env::var("RUST_LOG") {
@@ -214,8 +212,6 @@ pub fn init() {
         }),
         Err(_) => default,
     };
-    // Fails only when a logger is already set, which nothing else here does.
-    let _ = tracing_log::LogTracer::init();
     let _ = tracing::subscriber::set_global_default(Stderr { filter });
 }
 
@@ -226,18 +222,19 @@ mod tests {
 
     #[test]
     fn filter_directives() {
-        let f = Filter::parse("warn,rumqttc=debug,rumqttc::state=off").unwrap();
+        let f = Filter::parse("warn,faultline_agent::mqtt=debug,faultline_agent::mqtt::codec=off")
+            .unwrap();
         assert!(f.enabled("faultline_agent::run", &Level::WARN));
         assert!(!f.enabled("faultline_agent::run", &Level::INFO));
-        assert!(f.enabled("rumqttc::eventloop", &Level::DEBUG));
-        assert!(!f.enabled("rumqttc::eventloop", &Level::TRACE));
-        assert!(!f.enabled("rumqttc::state", &Level::ERROR));
+        assert!(f.enabled("faultline_agent::mqtt", &Level::DEBUG));
+        assert!(!f.enabled("faultline_agent::mqtt", &Level::TRACE));
+        assert!(!f.enabled("faultline_agent::mqtt::codec", &Level::ERROR));
         assert_eq!(f.max_level(), LevelFilter::DEBUG);
         let f = Filter::parse("debug").unwrap();
         assert!(f.enabled("x", &Level::DEBUG) && !f.enabled("x", &Level::TRACE));
         let f = Filter::parse("faultline_agent").unwrap();
         assert!(f.enabled("faultline_agent::mqtt", &Level::TRACE));
-        assert!(!f.enabled("rumqttc", &Level::ERROR));
+        assert!(!f.enabled("tokio", &Level::ERROR));
         assert!(Filter::parse("x=loud").is_err());
         assert!(Filter::parse("a b").is_err());
         let d = Filter::new(LevelFilter::INFO);

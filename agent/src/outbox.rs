@@ -1,51 +1,57 @@
 //! The agent's own bounded store of encoded reports, from which a report leaves only
 //! when the broker acknowledges it (PUBACK).
 //!
-//! rumqttc alone is not enough for "nothing lost": it drops unacknowledged QoS 1
-//! publishes when it reconnects to a broker that lost the session, and it holds only
-//! what fits its channel. So every report waits here until acknowledged; after any
-//! reconnect everything unacknowledged is submitted again (duplicates are fine: the
-//! collector counts each (site, boot, seq) once). When full, the oldest report is
-//! dropped and counted.
+//! Every report waits here until acknowledged. A report keeps the packet id it was
+//! first sent with until its PUBACK arrives; after a reconnect it is sent again with
+//! that id and the DUP flag (MQTT 3.1.1 §4.4), whether or not the broker kept the
+//! session (duplicates are fine: the collector counts each (site, boot, seq) once).
+//! When full, the oldest report is dropped and counted.
 //!
-//! Pure and sans-IO: the MQTT task tells it what rumqttc did (which packet id a
-//! submitted publish got, which packet id was acknowledged, that the connection was
-//! lost) and hands it a `submit` function; it never touches the network itself.
+//! Pure and sans-IO: the connection asks it what to publish next and tells it what
+//! was acknowledged and when the connection was lost; it never touches the network.
 
 use std::collections::VecDeque;
 
-/// What a publish handed to rumqttc carries.
+/// What a packet id on the wire stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
     /// An outbox report, by its key (the report's `seq`).
     Report(u64),
-    /// A retained status message (tracked so packet ids stay matched, not stored here).
+    /// A retained status message (not stored here: a new connection sends a fresh one).
     Status,
+    /// A report dropped for room while on the wire: its id stays taken until acked.
+    Dropped,
+}
+
+/// One QoS 1 publish to write: the packet id, whether it is a resend, the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Publish<'a> {
+    pub pkid: u16,
+    pub dup: bool,
+    pub payload: &'a [u8],
 }
 
 #[derive(Debug)]
 struct Entry {
     key: u64,
     payload: Vec<u8>,
-    /// Submitted on the current connection and not yet acknowledged.
-    submitted: bool,
+    /// The packet id it was first sent with, kept until acknowledged.
+    pkid: Option<u16>,
+    /// Sent on the current connection.
+    sent: bool,
 }
 
-/// Bounded queue of encoded reports awaiting PUBACK, plus the packet-id bookkeeping.
+/// Bounded queue of encoded reports awaiting PUBACK, and the packet ids in use.
 #[derive(Debug)]
 pub struct Outbox {
     entries: VecDeque<Entry>,
     capacity: usize,
     dropped: u64,
-    /// Reports submitted on this connection and not yet acknowledged.
+    /// Reports sent on this connection and not yet acknowledged.
     in_flight: usize,
-    /// Publishes handed to rumqttc, oldest first, still waiting for their packet id
-    /// (rumqttc assigns ids in the order it takes requests from its channel).
-    awaiting_pkid: VecDeque<Tag>,
-    /// Publishes on the wire: packet id → what it carries.
-    on_wire: Vec<(u16, Tag)>,
-    /// A publish rumqttc holds back because its packet id is still in use.
-    collided: Option<(u16, Tag)>,
+    /// Every packet id in use and what it stands for (a few dozen at most).
+    wire: Vec<(u16, Tag)>,
+    last_pkid: u16,
 }
 
 impl Outbox {
@@ -56,9 +62,8 @@ impl Outbox {
             capacity: capacity.max(1),
             dropped: 0,
             in_flight: 0,
-            awaiting_pkid: VecDeque::new(),
-            on_wire: Vec::new(),
-            collided: None,
+            wire: Vec::new(),
+            last_pkid: 0,
         }
     }
 
@@ -68,91 +73,82 @@ impl Outbox {
         debug_assert!(self.entries.back().is_none_or(|e| e.key < key));
         let dropped = if self.entries.len() >= self.capacity {
             self.dropped += 1;
-            // A dropped report that is on the wire keeps its packet id until acknowledged.
-            self.entries.pop_front().map(|e| e.key)
+            self.entries.pop_front().map(|e| {
+                if let Some(p) = e.pkid {
+                    self.retag(p, Tag::Dropped);
+                    if e.sent {
+                        self.in_flight -= 1;
+                    }
+                }
+                e.key
+            })
         } else {
             None
         };
         self.entries.push_back(Entry {
             key,
             payload,
-            submitted: false,
+            pkid: None,
+            sent: false,
         });
         dropped
     }
 
-    /// Submits reports not yet submitted on this connection, oldest first, while fewer
-    /// than `max_in_flight` are unacknowledged. `submit` returns false when rumqttc
-    /// cannot take the publish now (then this stops). Returns how many were submitted.
-    pub fn pump(&mut self, max_in_flight: usize, mut submit: impl FnMut(&[u8]) -> bool) -> usize {
-        let mut n = 0;
-        for e in self.entries.iter_mut().filter(|e| !e.submitted) {
-            if self.in_flight >= max_in_flight || !submit(&e.payload) {
-                break;
-            }
-            e.submitted = true;
-            self.in_flight += 1;
-            self.awaiting_pkid.push_back(Tag::Report(e.key));
-            n += 1;
+    /// The next report to publish on this connection, oldest first, while fewer than
+    /// `max_in_flight` are unacknowledged: a resend (same packet id, `dup`) or a first
+    /// send (a fresh packet id). It counts as sent once returned.
+    pub fn next_publish(&mut self, max_in_flight: usize) -> Option<Publish<'_>> {
+        if self.in_flight >= max_in_flight {
+            return None;
         }
-        n
+        let i = self.entries.iter().position(|e| !e.sent)?;
+        let (key, had) = (self.entries[i].key, self.entries[i].pkid);
+        let pkid = match had {
+            Some(p) => p,
+            None => self.take_pkid(Tag::Report(key)),
+        };
+        self.in_flight += 1;
+        let e = &mut self.entries[i];
+        e.pkid = Some(pkid);
+        e.sent = true;
+        Some(Publish {
+            pkid,
+            dup: had.is_some(),
+            payload: &e.payload,
+        })
     }
 
-    /// Records that a status publish was handed to rumqttc.
-    pub fn submitted_status(&mut self) {
-        self.awaiting_pkid.push_back(Tag::Status);
-    }
-
-    /// rumqttc wrote a QoS 1 publish with `pkid` (`Event::Outgoing(Outgoing::Publish)`).
-    pub fn on_outgoing_publish(&mut self, pkid: u16) {
-        if let Some((p, tag)) = self.collided
-            && p == pkid
-        {
-            // While a collision is pending rumqttc takes no new requests, so this
-            // publish is the one it held back.
-            self.collided = None;
-            self.on_wire.push((pkid, tag));
-            return;
-        }
-        if let Some(tag) = self.awaiting_pkid.pop_front() {
-            self.on_wire.push((pkid, tag));
-        }
-    }
-
-    /// rumqttc holds a publish back until `pkid` is acknowledged (`Outgoing::AwaitAck`).
-    pub fn on_await_ack(&mut self, pkid: u16) {
-        if let Some(tag) = self.awaiting_pkid.pop_front() {
-            self.collided = Some((pkid, tag));
-        }
+    /// A packet id for a status publish about to be written.
+    pub fn status_pkid(&mut self) -> u16 {
+        self.take_pkid(Tag::Status)
     }
 
     /// The broker acknowledged `pkid`: the report it carried leaves the outbox.
-    /// Returns what the publish carried (`None` for an id we do not know).
+    /// Returns what the publish carried (`None` for an id not in use).
     pub fn on_puback(&mut self, pkid: u16) -> Option<Tag> {
-        let i = self.on_wire.iter().position(|&(p, _)| p == pkid)?;
-        let (_, tag) = self.on_wire.swap_remove(i);
-        if let Tag::Report(key) = tag {
-            self.in_flight = self.in_flight.saturating_sub(1);
-            if let Ok(i) = self.entries.binary_search_by_key(&key, |e| e.key) {
-                self.entries.remove(i);
-            }
+        let i = self.wire.iter().position(|&(p, _)| p == pkid)?;
+        let (_, tag) = self.wire.swap_remove(i);
+        if let Tag::Report(key) = tag
+            && let Ok(i) = self.entries.binary_search_by_key(&key, |e| e.key)
+            && let Some(e) = self.entries.remove(i)
+            && e.sent
+        {
+            self.in_flight -= 1;
         }
         Some(tag)
     }
 
-    /// The connection is gone: nothing is on the wire any more, and every report still
-    /// here is to be submitted again on the next connection.
+    /// The connection is gone: every report still here is sent again on the next one
+    /// (with its packet id). Statuses and dropped reports give their ids back.
     pub fn on_connection_lost(&mut self) {
         for e in &mut self.entries {
-            e.submitted = false;
+            e.sent = false;
         }
         self.in_flight = 0;
-        self.awaiting_pkid.clear();
-        self.on_wire.clear();
-        self.collided = None;
+        self.wire.retain(|(_, t)| matches!(t, Tag::Report(_)));
     }
 
-    /// Reports waiting for acknowledgement (submitted or not).
+    /// Reports waiting for acknowledgement (sent or not).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -170,18 +166,31 @@ impl Outbox {
         self.dropped
     }
 
-    /// Reports submitted on this connection and not yet acknowledged.
-    #[cfg(test)]
+    /// Reports sent on this connection and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    /// Status publishes submitted and not yet acknowledged.
+    /// Status publishes sent on this connection and not yet acknowledged.
     pub fn statuses_unacked(&self) -> usize {
-        let waiting = |t: &Tag| *t == Tag::Status;
-        self.awaiting_pkid.iter().filter(|t| waiting(t)).count()
-            + self.on_wire.iter().filter(|(_, t)| waiting(t)).count()
-            + self.collided.iter().filter(|(_, t)| waiting(t)).count()
+        self.wire.iter().filter(|(_, t)| *t == Tag::Status).count()
+    }
+
+    /// The next packet id not in use (1..=65535, cycling), recorded as `tag`.
+    fn take_pkid(&mut self, tag: Tag) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if self.wire.iter().all(|&(p, _)| p != self.last_pkid) {
+                self.wire.push((self.last_pkid, tag));
+                return self.last_pkid;
+            }
+        }
+    }
+
+    fn retag(&mut self, pkid: u16, tag: Tag) {
+        if let Some(w) = self.wire.iter_mut().find(|(p, _)| *p == pkid) {
+            w.1 = tag;
+        }
     }
 }
 
@@ -191,53 +200,21 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
-    /// A stand-in for rumqttc: assigns packet ids in submission order and acks in order.
-    #[derive(Default)]
-    struct FakeBroker {
-        next_pkid: u16,
-        queued: VecDeque<Vec<u8>>,
-        wire: VecDeque<(u16, Vec<u8>)>,
-        delivered: Vec<u64>,
-    }
-
-    impl FakeBroker {
-        fn submit(&mut self, payload: &[u8]) -> bool {
-            if self.queued.len() >= 8 {
-                return false; // channel full
-            }
-            self.queued.push_back(payload.to_vec());
-            true
-        }
-        /// rumqttc writes one queued publish.
-        fn write(&mut self, ob: &mut Outbox) -> bool {
-            let Some(p) = self.queued.pop_front() else {
-                return false;
-            };
-            self.next_pkid = self.next_pkid % 100 + 1;
-            ob.on_outgoing_publish(self.next_pkid);
-            self.wire.push_back((self.next_pkid, p));
-            true
-        }
-        /// The broker acks the oldest publish on the wire.
-        fn ack(&mut self, ob: &mut Outbox) -> bool {
-            let Some((pkid, p)) = self.wire.pop_front() else {
-                return false;
-            };
-            self.delivered
-                .push(u64::from_le_bytes(p[..8].try_into().unwrap()));
-            ob.on_puback(pkid);
-            true
-        }
-        /// The connection drops: whatever was queued or on the wire is gone.
-        fn drop_connection(&mut self, ob: &mut Outbox) {
-            self.queued.clear();
-            self.wire.clear();
-            ob.on_connection_lost();
-        }
-    }
-
     fn payload(key: u64) -> Vec<u8> {
         key.to_le_bytes().to_vec()
+    }
+
+    fn key_of(p: &Publish<'_>) -> u64 {
+        u64::from_le_bytes(p.payload[..8].try_into().unwrap())
+    }
+
+    /// Publishes everything allowed: (pkid, dup, key).
+    fn send_all(ob: &mut Outbox, max: usize) -> Vec<(u16, bool, u64)> {
+        let mut out = Vec::new();
+        while let Some(p) = ob.next_publish(max) {
+            out.push((p.pkid, p.dup, key_of(&p)));
+        }
+        out
     }
 
     #[test]
@@ -245,81 +222,74 @@ mod tests {
         let mut ob = Outbox::new(10);
         ob.push(0, payload(0));
         ob.push(1, payload(1));
-        let mut sent = Vec::new();
-        assert_eq!(
-            ob.pump(10, |p| {
-                sent.push(p.to_vec());
-                true
-            }),
-            2
-        );
-        assert_eq!(ob.pump(10, |_| true), 0, "nothing is submitted twice");
-        ob.on_outgoing_publish(7);
-        ob.on_outgoing_publish(8);
-        assert_eq!(ob.on_puback(8), Some(Tag::Report(1)));
+        assert_eq!(send_all(&mut ob, 10), [(1, false, 0), (2, false, 1)]);
+        assert_eq!(ob.next_publish(10), None, "nothing is sent twice");
+        assert_eq!(ob.on_puback(2), Some(Tag::Report(1)));
         assert_eq!(ob.len(), 1);
-        assert_eq!(ob.on_puback(8), None, "unknown or repeated ack is ignored");
-        assert_eq!(ob.on_puback(7), Some(Tag::Report(0)));
+        assert_eq!(ob.on_puback(2), None, "unknown or repeated ack is ignored");
+        assert_eq!(ob.on_puback(1), Some(Tag::Report(0)));
         assert!(ob.is_empty());
         assert_eq!(ob.in_flight(), 0);
     }
 
     #[test]
-    fn everything_unacked_is_resubmitted_after_a_reconnect() {
+    fn after_a_reconnect_unacked_reports_go_again_with_their_ids_and_dup() {
         let mut ob = Outbox::new(10);
         for k in 0..3 {
             ob.push(k, payload(k));
         }
-        ob.pump(10, |_| true);
-        ob.on_outgoing_publish(1);
-        ob.on_outgoing_publish(2);
+        assert_eq!(send_all(&mut ob, 2), [(1, false, 0), (2, false, 1)]);
         ob.on_puback(1);
         ob.on_connection_lost();
-        let mut again = Vec::new();
-        ob.pump(10, |p| {
-            again.push(p[0]);
-            true
-        });
-        assert_eq!(again, [1, 2]);
+        ob.push(3, payload(3));
+        assert_eq!(
+            send_all(&mut ob, 10),
+            [(2, true, 1), (3, false, 2), (4, false, 3)]
+        );
     }
 
     #[test]
-    fn status_publishes_keep_packet_ids_matched() {
+    fn statuses_take_ids_and_give_them_back_on_a_new_connection() {
         let mut ob = Outbox::new(10);
-        ob.submitted_status();
+        assert_eq!(ob.status_pkid(), 1);
         ob.push(5, payload(5));
-        ob.pump(10, |_| true);
-        ob.on_outgoing_publish(1); // the status
-        ob.on_outgoing_publish(2); // report 5
+        assert_eq!(send_all(&mut ob, 10), [(2, false, 5)]);
         assert_eq!(ob.statuses_unacked(), 1);
         assert_eq!(ob.on_puback(2), Some(Tag::Report(5)));
         assert_eq!(ob.on_puback(1), Some(Tag::Status));
         assert_eq!(ob.statuses_unacked(), 0);
+        ob.status_pkid();
+        ob.on_connection_lost();
+        assert_eq!(ob.statuses_unacked(), 0);
     }
 
     #[test]
-    fn a_collision_maps_the_held_back_publish_when_it_goes_out() {
+    fn packet_ids_skip_those_in_use_when_they_wrap() {
         let mut ob = Outbox::new(10);
-        for k in 0..2 {
-            ob.push(k, payload(k));
-        }
-        ob.pump(10, |_| true);
-        ob.on_outgoing_publish(1); // report 0
-        ob.on_await_ack(1); // report 1 must wait for pkid 1
-        assert_eq!(ob.on_puback(1), Some(Tag::Report(0)));
-        ob.on_outgoing_publish(1); // report 1 goes out with pkid 1
-        assert_eq!(ob.on_puback(1), Some(Tag::Report(1)));
-        assert!(ob.is_empty());
+        ob.push(0, payload(0));
+        assert_eq!(send_all(&mut ob, 10), [(1, false, 0)]);
+        ob.last_pkid = u16::MAX - 1;
+        ob.push(1, payload(1));
+        ob.push(2, payload(2));
+        assert_eq!(
+            send_all(&mut ob, 10),
+            [(u16::MAX, false, 1), (2, false, 2)],
+            "0 is never an id, 1 is still in use"
+        );
     }
 
     #[test]
-    fn when_full_the_oldest_is_dropped_and_counted() {
+    fn when_full_the_oldest_is_dropped_and_counted_and_its_id_kept_until_acked() {
         let mut ob = Outbox::new(2);
         assert_eq!(ob.push(0, payload(0)), None);
         assert_eq!(ob.push(1, payload(1)), None);
+        assert_eq!(send_all(&mut ob, 10).len(), 2);
         assert_eq!(ob.push(2, payload(2)), Some(0));
         assert_eq!(ob.dropped(), 1);
         assert_eq!(ob.len(), 2);
+        assert_eq!(ob.in_flight(), 1);
+        assert_eq!(send_all(&mut ob, 10), [(3, false, 2)]);
+        assert_eq!(ob.on_puback(1), Some(Tag::Dropped));
     }
 
     #[test]
@@ -328,34 +298,41 @@ mod tests {
         for k in 0..50 {
             ob.push(k, payload(k));
         }
-        assert_eq!(ob.pump(16, |_| true), 16);
+        assert_eq!(send_all(&mut ob, 16).len(), 16);
         assert_eq!(ob.in_flight(), 16);
-        assert_eq!(ob.pump(16, |_| true), 0);
+        assert_eq!(ob.next_publish(16), None);
+    }
+
+    /// A broker that acks publishes in order; a connection loss forgets the wire.
+    #[derive(Default)]
+    struct Broker {
+        wire: VecDeque<(u16, u64)>,
+        delivered: Vec<u64>,
     }
 
     #[derive(Debug, Clone)]
     enum Op {
         Push,
-        Pump,
-        Write,
+        Send,
         Ack,
+        Status,
         Drop,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => Just(Op::Push),
-            3 => Just(Op::Pump),
-            4 => Just(Op::Write),
+            4 => Just(Op::Send),
             4 => Just(Op::Ack),
+            1 => Just(Op::Status),
             1 => Just(Op::Drop),
         ]
     }
 
     proptest! {
-        /// Whatever the order of reports, writes, acks and connection losses, every
-        /// report is delivered at least once unless dropped for room, and the outbox
-        /// never exceeds its capacity or its in-flight bound.
+        /// Whatever the order of reports, sends, acks and connection losses, every
+        /// report is delivered at least once unless dropped for room, no two publishes
+        /// on the wire share a packet id, and the bounds hold.
         #[test]
         fn nothing_is_lost_unless_dropped_for_room(
             ops in proptest::collection::vec(op(), 1..400),
@@ -363,9 +340,10 @@ mod tests {
             max_in_flight in 1usize..12,
         ) {
             let mut ob = Outbox::new(capacity);
-            let mut fake = FakeBroker::default();
+            let mut broker = Broker::default();
             let mut next_key = 0u64;
             let mut dropped = BTreeSet::new();
+            let mut statuses = VecDeque::new();
             for op in ops {
                 match op {
                     Op::Push => {
@@ -374,25 +352,44 @@ mod tests {
                         }
                         next_key += 1;
                     }
-                    Op::Pump => { ob.pump(max_in_flight, |p| fake.submit(p)); }
-                    Op::Write => { fake.write(&mut ob); }
-                    Op::Ack => { fake.ack(&mut ob); }
-                    Op::Drop => fake.drop_connection(&mut ob),
+                    Op::Send => {
+                        if let Some(p) = ob.next_publish(max_in_flight) {
+                            let (pkid, key) = (p.pkid, key_of(&p));
+                            prop_assert!(broker.wire.iter().all(|&(q, _)| q != pkid));
+                            prop_assert!(statuses.iter().all(|&q| q != pkid));
+                            broker.wire.push_back((pkid, key));
+                        }
+                    }
+                    Op::Ack => {
+                        if let Some((pkid, key)) = broker.wire.pop_front() {
+                            broker.delivered.push(key);
+                            ob.on_puback(pkid);
+                        }
+                    }
+                    Op::Status => statuses.push_back(ob.status_pkid()),
+                    Op::Drop => {
+                        broker.wire.clear();
+                        statuses.clear();
+                        ob.on_connection_lost();
+                    }
                 }
                 prop_assert!(ob.len() <= capacity);
                 prop_assert!(ob.in_flight() <= max_in_flight);
             }
             // Then a stable connection until everything is through.
-            fake.drop_connection(&mut ob);
+            broker.wire.clear();
+            ob.on_connection_lost();
             for _ in 0..10_000 {
-                ob.pump(max_in_flight, |p| fake.submit(p));
-                let progressed = fake.write(&mut ob) | fake.ack(&mut ob);
-                if ob.is_empty() && !progressed {
-                    break;
+                while let Some(p) = ob.next_publish(max_in_flight) {
+                    let (pkid, key) = (p.pkid, key_of(&p));
+                    broker.wire.push_back((pkid, key));
                 }
+                let Some((pkid, key)) = broker.wire.pop_front() else { break };
+                broker.delivered.push(key);
+                ob.on_puback(pkid);
             }
             prop_assert!(ob.is_empty());
-            let delivered: BTreeSet<u64> = fake.delivered.iter().copied().collect();
+            let delivered: BTreeSet<u64> = broker.delivered.iter().copied().collect();
             for k in 0..next_key {
                 prop_assert!(
                     delivered.contains(&k) || dropped.contains(&k),

@@ -163,10 +163,13 @@ impl Drop for Subscriber {
 
 /// A TCP gate in front of the broker for the agent: closed, it refuses the agent's
 /// connections; open, it relays them. It lets a test decide that the subscriber is
-/// back before the agent can reconnect, instead of racing them.
+/// back before the agent can reconnect, instead of racing them. Silenced, it keeps
+/// the connections it relays open but drops every byte both ways (a broker or a NAT
+/// that stopped answering without closing anything).
 struct Gate {
     port: u16,
     open: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -175,9 +178,10 @@ impl Gate {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(Vec::new()));
         {
-            let (open, live) = (open.clone(), live.clone());
+            let (open, silent, live) = (open.clone(), silent.clone(), live.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     let Ok(client) = client else { continue };
@@ -192,16 +196,32 @@ impl Gate {
                     let mut l = live.lock().unwrap();
                     l.push(client.try_clone().unwrap());
                     l.push(broker.try_clone().unwrap());
-                    pipe(client.try_clone().unwrap(), broker.try_clone().unwrap());
-                    pipe(broker, client);
+                    pipe(
+                        client.try_clone().unwrap(),
+                        broker.try_clone().unwrap(),
+                        silent.clone(),
+                    );
+                    pipe(broker, client, silent.clone());
                 }
             });
         }
-        Self { port, open, live }
+        Self {
+            port,
+            open,
+            silent,
+            live,
+        }
     }
 
     fn open(&self) {
+        self.silent.store(false, Ordering::SeqCst);
         self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses new connections; the ones relayed now stay open and carry nothing.
+    fn silence(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.silent.store(true, Ordering::SeqCst);
     }
 
     /// Refuses new connections and cuts the ones relayed now.
@@ -213,13 +233,15 @@ impl Gate {
     }
 }
 
-/// Copies `from` → `to` until either side closes, then closes both.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` → `to` until either side closes, then closes both; while `silent`,
+/// what it reads is dropped.
+fn pipe(mut from: TcpStream, mut to: TcpStream, silent: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if silent.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
@@ -500,6 +522,49 @@ fn no_window_lost_when_the_broker_restarts_without_its_state() {
 }
 
 /// Runs `cmd` in `dir`, panicking with its output when it fails.
+/// The broker stops answering without closing the connection: the agent notices
+/// within its keepalive (nothing it sent was answered), drops the connection,
+/// reconnects when it can, and every window still arrives.
+#[test]
+fn a_broker_that_stops_answering_is_left_and_nothing_is_lost() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("agent-silent");
+    let gate = Gate::new(broker.port);
+    let sub = Subscriber::start(broker.port, "test-silent", true, &[REPORT]);
+    gate.open();
+    let cfg = config_with_targets(dir.path(), gate.port, "", "keepalive_seconds = 5\n");
+    let mut agent = spawn_agent(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || seen(&sub).len() >= 2),
+        "no reports; agent log:\n{}",
+        agent_log(dir.path())
+    );
+    let boot = seen(&sub).keys().next().unwrap().0;
+
+    gate.silence();
+    assert!(
+        wait_until(LONG, || agent_log(dir.path())
+            .contains("timed out waiting for the broker to answer")),
+        "the agent did not notice the silent broker; agent log:\n{}",
+        agent_log(dir.path())
+    );
+    let reopened = now_ms();
+    gate.open();
+    assert!(
+        wait_until(LONG, || {
+            let late = sub.reports().iter().any(|r| r.start_ms >= reopened + 2_000);
+            late && contiguous(&seen(&sub), boot)
+        }),
+        "windows missing after the silence: seen {:?}\nagent log:\n{}",
+        seen(&sub).keys().map(|k| k.1).collect::<Vec<_>>(),
+        agent_log(dir.path())
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
+}
+
 fn sh(dir: &Path, cmd: &str) {
     let out = Command::new("sh")
         .arg("-c")
