@@ -74,6 +74,8 @@ pub fn replay(
         emit(engine.tick(l.at_ms), &mut out)?;
         let bytes = payload_bytes(topics, &l.topic, &l.payload);
         let _ = engine.ingest(topics, l.at_ms, &l.topic, &bytes, l.retained);
+        // As `run` does: a complete window is evaluated at once.
+        emit(engine.tick_if_complete(l.at_ms), &mut out)?;
         n += 1;
     }
     if let Some(t) = last_at {

@@ -1,5 +1,6 @@
 //! `run`: the thin async shell around the engine. One task polls MQTT and feeds the
-//! engine, one evaluates at every window boundary and publishes, a writer thread keeps
+//! engine (and rings the evaluator when a window is complete), one evaluates each
+//! window (when complete, or just after its boundary) and publishes, a writer thread keeps
 //! history, and axum serves the dashboard, API and metrics.
 
 use std::sync::mpsc as std_mpsc;
@@ -68,6 +69,8 @@ pub struct Shared {
     /// A read connection for the API (SQLite WAL lets it read beside the writer).
     pub history: Mutex<Store>,
     pub started_ms: u64,
+    /// Rung by ingest when the window being built is complete: evaluate now.
+    pub window_complete: tokio::sync::Notify,
 }
 
 /// Exponential backoff with jitter for the MQTT loop (rumqttc reconnects at once).
@@ -280,6 +283,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         stats: Mutex::new(ShellStats::default()),
         history: Mutex::new(history),
         started_ms: start,
+        window_complete: tokio::sync::Notify::new(),
     });
 
     let client_id = cfg
@@ -337,9 +341,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             loop {
                 let now = now_ms();
                 let next = shared.engine.lock().expect("engine lock").next_tick_ms(now);
-                tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))).await;
+                let wait = Duration::from_millis(next.saturating_sub(now));
+                // The window is evaluated as soon as it is complete, or at `next`.
+                let complete = tokio::select! {
+                    () = tokio::time::sleep(wait) => false,
+                    () = shared.window_complete.notified() => true,
+                };
                 let now = now_ms();
-                let outputs = shared.engine.lock().expect("engine lock").tick_latest(now);
+                let outputs = {
+                    let mut engine = shared.engine.lock().expect("engine lock");
+                    if complete {
+                        engine.tick_if_complete(now)
+                    } else {
+                        engine.tick_latest(now)
+                    }
+                };
                 publish_outputs(&shared, &client, &store_tx, outputs).await;
                 if now.saturating_sub(last_maint) >= 3_600_000 {
                     last_maint = now;
@@ -530,13 +546,14 @@ fn on_publish(
         return;
     };
     let now = now_ms();
-    let res = shared.engine.lock().expect("engine lock").ingest(
-        &shared.topics,
-        now,
-        topic,
-        &p.payload,
-        p.retain,
-    );
+    let (res, complete) = {
+        let mut e = shared.engine.lock().expect("engine lock");
+        let res = e.ingest(&shared.topics, now, topic, &p.payload, p.retain);
+        (res, e.window_complete())
+    };
+    if complete && matches!(res, Ok(Accepted::Report { live: true, .. })) {
+        shared.window_complete.notify_one();
+    }
     match res {
         Ok(Accepted::Report { report, .. }) => {
             let _ = store_tx.send(StoreMsg::Window(window_row(

@@ -11,10 +11,15 @@
 //! in history and compared with the collector's clock only to count skew. Which
 //! window is newest is decided by `(boot, seq)`, never by `start_ms`.
 //!
-//! Evaluation tick: at every multiple of `window_ms` of collector time. Each site
-//! contributes its newest live window received since the previous tick; a site
-//! with nothing new keeps its previous window until `silence_windows` ticks pass,
-//! then it is offline.
+//! Evaluation: once per window. Agents publish a window just before its end (a
+//! wall-clock multiple of `window_ms`), so the engine evaluates as soon as every
+//! site that was on time last window has reported again ([`Engine::tick_if_complete`]),
+//! and at the latest [`Engine::evaluation_delay_ms`] after the boundary
+//! ([`Engine::tick`]): a report that arrives a moment after the boundary is still
+//! judged in its own window instead of a window later. Each site contributes its
+//! newest live window received since the previous evaluation; a site with nothing
+//! new keeps its previous window until `silence_windows` evaluations pass, then it
+//! is offline.
 
 pub mod fleet;
 pub mod health;
@@ -145,6 +150,10 @@ pub struct Engine {
     link_was_lost: bool,
     /// Live last wills received, by site, not yet confirmed (see `on_status`).
     pending_wills: BTreeMap<Id, u64>,
+    /// Sites that were on time at the last evaluation and have not reported since
+    /// (the window is complete at 0), and how many were on time.
+    awaited: usize,
+    on_time: usize,
 }
 
 impl Engine {
@@ -158,6 +167,8 @@ impl Engine {
             hold_presence_until_ms: 0,
             link_was_lost: false,
             pending_wills: BTreeMap::new(),
+            awaited: 0,
+            on_time: 0,
         }
     }
 
@@ -344,6 +355,9 @@ impl Engine {
             }
         };
         if live {
+            if site.awaited() {
+                self.awaited = self.awaited.saturating_sub(1);
+            }
             site.apply_live(&report, now_ms, &th);
             // A live window outranks a will still waiting to be confirmed.
             self.pending_wills.remove(&report.site);
@@ -383,6 +397,9 @@ impl Engine {
                     return;
                 }
                 if !s.is_offline() {
+                    if s.awaited() {
+                        self.awaited = self.awaited.saturating_sub(1);
+                    }
                     s.presence = Presence::Offline {
                         since_ms: now_ms,
                         why,
@@ -392,10 +409,39 @@ impl Engine {
         }
     }
 
-    /// When the next evaluation is due (collector time).
+    /// How long after a window boundary the evaluation waits for reports still on
+    /// their way: a tenth of the window, at most 1 s.
+    pub fn evaluation_delay_ms(&self) -> u64 {
+        (self.cfg.window_ms / 10).min(1_000)
+    }
+
+    /// When the next evaluation is due at the latest (collector time): a window
+    /// boundary plus [`Engine::evaluation_delay_ms`], strictly after `now_ms`.
     pub fn next_tick_ms(&self, now_ms: u64) -> u64 {
+        let (w, delay) = (self.cfg.window_ms, self.evaluation_delay_ms());
         self.next_tick
-            .unwrap_or_else(|| (now_ms / self.cfg.window_ms + 1) * self.cfg.window_ms)
+            .unwrap_or_else(|| (now_ms.saturating_sub(delay) / w + 1) * w + delay)
+    }
+
+    /// True when every site that reported in time for the last evaluation has
+    /// reported again (and there is at least one).
+    pub fn window_complete(&self) -> bool {
+        self.on_time > 0 && self.awaited == 0
+    }
+
+    /// Evaluates at `now_ms`, ahead of the scheduled tick, when the window ending at
+    /// the next boundary is complete and `now_ms` is in its last quarter (or in the
+    /// delay after it); the scheduled tick then moves to the following window.
+    pub fn tick_if_complete(&mut self, now_ms: u64) -> Vec<Output> {
+        let w = self.cfg.window_ms;
+        let due = self.next_tick_ms(now_ms);
+        let boundary = due - self.evaluation_delay_ms();
+        let mut out = Vec::new();
+        if self.window_complete() && now_ms + w / 4 >= boundary && now_ms < due {
+            self.evaluate(now_ms, &mut out);
+            self.next_tick = Some(due + w);
+        }
+        out
     }
 
     /// Runs every evaluation due at or before `now_ms`.
@@ -415,10 +461,10 @@ impl Engine {
     /// the socket must not be mistaken for silence. `run` uses this; `replay`, whose
     /// clock never stalls, evaluates every boundary.
     pub fn tick_latest(&mut self, now_ms: u64) -> Vec<Output> {
-        let w = self.cfg.window_ms;
+        let (w, delay) = (self.cfg.window_ms, self.evaluation_delay_ms());
         let due = self.next_tick_ms(now_ms);
         if due <= now_ms {
-            let latest = now_ms / w * w;
+            let latest = (now_ms - delay) / w * w + delay;
             self.counters.skipped_evaluations += (latest - due) / w;
             self.next_tick = Some(latest);
         }
@@ -467,6 +513,8 @@ impl Engine {
                 };
             }
         }
+        self.on_time = self.sites.values().filter(|s| s.awaited()).count();
+        self.awaited = self.on_time;
         self.fleet.evaluate(
             at_ms,
             self.cfg.window_ms,
@@ -590,7 +638,8 @@ mod tests {
                 e.on_report(w * 1000 + 500, &id(s), report(s, w, down))
                     .unwrap();
             }
-            out.extend(e.tick((w + 1) * 1000));
+            let due = (w + 1) * 1000 + e.evaluation_delay_ms();
+            out.extend(e.tick(due));
         }
         out
     }
@@ -640,6 +689,56 @@ mod tests {
         // The next incident continues the numbering.
         let out = feed(&mut e2, 14..17, true);
         assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000002"]);
+    }
+
+    #[test]
+    fn a_complete_window_is_evaluated_when_its_last_report_arrives() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false); // evaluated at 3_100; next due at 4_100
+        let before = e.counters().evaluations;
+        e.on_report(3_940, &id("a"), report("a", 3, false)).unwrap();
+        e.on_report(3_950, &id("b"), report("b", 3, false)).unwrap();
+        assert!(!e.window_complete());
+        assert!(e.tick_if_complete(3_950).is_empty());
+        // c is 60 ms past the boundary, inside the evaluation delay: still its window.
+        e.on_report(4_060, &id("c"), report("c", 3, false)).unwrap();
+        assert!(e.window_complete());
+        e.tick_if_complete(4_060);
+        assert_eq!(e.counters().evaluations, before + 1);
+        assert!(e.sites().values().all(|s| s.silent_ticks == 0));
+        // The scheduled tick moved on to the next window.
+        assert_eq!(e.next_tick_ms(4_060), 5_100);
+        e.tick(4_100);
+        assert_eq!(e.counters().evaluations, before + 1);
+    }
+
+    #[test]
+    fn an_early_or_a_lagging_report_does_not_trigger_an_early_evaluation() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        let before = e.counters().evaluations;
+        // Complete, but in the first three quarters of the window: wait for the tick.
+        for s in ["a", "b", "c"] {
+            e.on_report(3_500, &id(s), report(s, 3, false)).unwrap();
+        }
+        assert!(e.window_complete());
+        assert!(e.tick_if_complete(3_500).is_empty());
+        assert_eq!(e.counters().evaluations, before);
+        e.tick(4_100);
+        // c misses window 4 altogether; a and b alone complete window 5's evaluation
+        // (a site already behind is not waited for).
+        for s in ["a", "b"] {
+            e.on_report(4_950, &id(s), report(s, 4, false)).unwrap();
+        }
+        assert!(!e.window_complete(), "c was on time last window");
+        e.tick(5_100);
+        assert_eq!(e.sites()[&id("c")].silent_ticks, 1);
+        for s in ["a", "b"] {
+            e.on_report(5_950, &id(s), report(s, 5, false)).unwrap();
+        }
+        assert!(e.window_complete());
+        e.tick_if_complete(5_950);
+        assert_eq!(e.counters().evaluations, before + 3);
     }
 
     #[test]

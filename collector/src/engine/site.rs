@@ -227,6 +227,12 @@ impl SiteTrack {
         }
     }
 
+    /// Reported in time for the last evaluation, online, and nothing since: the
+    /// window being built is not complete without it.
+    pub fn awaited(&self) -> bool {
+        !self.fresh && self.silent_ticks == 0 && self.has_window && !self.is_offline()
+    }
+
     /// Folds a de-duplicated live report into the site's layers and baselines.
     pub fn apply_live(&mut self, r: &Report, now_ms: u64, th: &Thresholds) {
         self.boot = Some(r.boot);
