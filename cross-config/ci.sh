@@ -56,7 +56,7 @@ done
 step "check on the example config under qemu"
 config=cross-config/agent.toml
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"; [[ -n ${reflector:-} ]] && kill "$reflector" 2>/dev/null || true' EXIT
+trap 'rm -rf "$tmp"; for p in ${reflector:-} ${broker:-} ${agent:-}; do kill "$p" 2>/dev/null || true; done' EXIT
 # `host = "gateway"` needs a default route; a CI box without one gets a fixed address.
 if ! ip route show default 2>/dev/null | grep -q .; then
     sed 's/^host = "gateway"/host = "192.0.2.1"/' "$config" >"$tmp/agent.toml"
@@ -98,6 +98,47 @@ kill "$reflector" 2>/dev/null || true
 wait "$reflector" 2>/dev/null || true
 reflector=
 ok "probe stamp armv7 -> reflect aarch64: $received/$sent answered"
+
+step "run (armv7) publishes to a real Mosquitto, by host name, under qemu"
+command -v mosquitto >/dev/null || fail "mosquitto missing (apt-get install mosquitto mosquitto-clients)"
+mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$mport" >"$tmp/mosquitto.conf"
+[[ $(id -u) == 0 ]] && echo "user root" >>"$tmp/mosquitto.conf"
+mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 &
+broker=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null && break; sleep 0.1; done
+# The agent's own MQTT client and resolver on ARM: "localhost" is resolved by the
+# agent itself (no getaddrinfo in the binary), reports go out at QoS 1.
+cat >"$tmp/run.toml" <<EOF
+site = "ci-arm"
+isp = "LoopNet"
+window_seconds = 1
+[mqtt]
+url = "mqtt://localhost:$mport"
+[[target]]
+name = "echo"
+layer = "provider"
+provider = "loop"
+kind = "stamp"
+host = "127.0.0.1:$port"
+pps = 20
+stamp_seconds = 0
+EOF
+timeout 60 qemu-aarch64-static "$BIN_A64" reflect --listen "127.0.0.1:$port" >"$tmp/reflect.log" 2>&1 &
+reflector=$!
+timeout 60 mosquitto_sub -p "$mport" -t 'faultline/v1/sites/ci-arm/report' -C 3 -W 45 -F '%l' >"$tmp/sub.out" 2>&1 &
+sub=$!
+sleep 0.5
+timeout 60 qemu-arm-static "$BIN_ARM" run --config "$tmp/run.toml" >"$tmp/run.log" 2>&1 &
+agent=$!
+wait "$sub" || fail "no reports from the armv7 agent: $(cat "$tmp/sub.out") / agent: $(tail -5 "$tmp/run.log")"
+kill -TERM "$agent" 2>/dev/null || true
+wait "$agent" 2>/dev/null || true
+kill "$reflector" "$broker" 2>/dev/null || true
+wait "$reflector" "$broker" 2>/dev/null || true
+reflector=
+grep -q "connected to mqtt://localhost:$mport" "$tmp/run.log" || fail "agent log lacks the connect line: $(cat "$tmp/run.log")"
+ok "armv7 run -> Mosquitto by name: 3 reports ($(paste -sd, "$tmp/sub.out") bytes each)"
 
 step "Debian packages"
 DEB_DIR="$tmp/deb" bash cross-config/package.sh "$A64" "$ARM" >"$tmp/debs"
