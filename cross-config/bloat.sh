@@ -77,5 +77,6 @@ echo
 echo "### Biggest symbols (top $TOP)"
 echo
 echo '```'
-sort -k2,2nr <<<"$symbols" | head -n "$TOP" | awk '{ size = $2; $1 = ""; $2 = ""; $3 = ""; printf "%8d  %s\n", size, substr(substr($0, 4), 1, 110) }'
+# awk stops printing rather than `head` closing the pipe (SIGPIPE under pipefail).
+sort -k2,2nr <<<"$symbols" | awk -v top="$TOP" 'NR <= top { size = $2; $1 = ""; $2 = ""; $3 = ""; printf "%8d  %s\n", size, substr(substr($0, 4), 1, 110) }'
 echo '```'
