@@ -103,7 +103,7 @@ read -r n dmin dmax cmin cmax <<<"$(grep '^LAB-LATENCY' "$LOG" | awk '{
     d = v["detect_windows"] + 0; c = v["clear_windows"] + 0; n++
     if (n == 1 || d < dmin) dmin = d; if (d > dmax) dmax = d
     if (n == 1 || c < cmin) cmin = c; if (c > cmax) cmax = c
-} END { if (n) print n, dmin, dmax, cmin, cmax; else print 0 }')"
+} END { if (n) printf "%d %.2f %.2f %.2f %.2f\n", n, dmin, dmax, cmin, cmax; else print 0 }')"
 if ((n > 0)); then
     summary_row "$BUDGET_DETECT" "$dmin – $dmax windows ($n scenario runs, phases $PHASES)" "$(met "$dmax" "<=" 3)" "$CMD"
     summary_row "$BUDGET_CLEAR" "$cmin – $cmax windows (same runs)" "$(met "$cmax" "<=" 4)" "$CMD"

@@ -65,10 +65,12 @@ for b in "${BENCHES[@]}"; do
     set -e
     timings+=("$name $(($(date +%s) - t0)) s")
     if ((rc != 0)); then
-        reason=$(cell "exit $rc: $(grep -v '^[[:space:]]*$' "$err" | tail -1)")
+        status="exit $rc"
+        ((rc > 128)) && status+=" (SIG$(kill -l $((rc - 128)) 2>/dev/null || echo "?"))"
+        reason=$(cell "$status; last log line: $(grep -v '^[[:space:]]*$' "$err" | tail -1)")
         failed+=("$name")
         log "$name failed ($reason)"
-        [[ -s $section ]] || printf '## %s\n\n```sh\n%s\n```\n' "$name" "$(bench_cmd "$cmd")" >"$section"
+        [[ -s $section ]] || printf '## %s: failed\n\n```sh\n%s\n```\n' "$name" "$(bench_cmd "$cmd")" >"$section"
         {
             printf '\n**Failed** (%s). Last lines of its log:\n\n```\n' "$reason"
             tail -15 "$err"
