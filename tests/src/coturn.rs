@@ -38,34 +38,41 @@ impl Coturn {
     /// should return; the reason has been printed).
     pub fn start() -> Option<Self> {
         let bin = require("turnserver", "coturn")?;
-        let dir = TempDir::new("coturn");
-        let port = free_udp_port();
-        let child = Child::spawn(
-            "turnserver",
-            Command::new(bin)
-                .args(["-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls"])
-                .args(["--listening-ip", "127.0.0.1"])
-                .args(["--listening-port", &port.to_string()])
-                .args(["--log-file", "stdout", "--simple-log"])
-                .arg("--pidfile")
-                .arg(dir.path().join("turnserver.pid"))
-                .arg("--db")
-                .arg(dir.path().join("turndb"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .expect("spawn turnserver");
-        let c = Self {
-            port,
-            _child: child,
-            _dir: dir,
-        };
-        assert!(
-            wait_until(Duration::from_secs(15), || stun_answers(c.addr())),
-            "coturn did not answer STUN on {}",
-            c.addr()
-        );
-        Some(c)
+        // The port is free when asked, but another process of a busy test may take it
+        // (or coturn's RFC 5780 alternate, port + 1) before coturn binds: try afresh.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let dir = TempDir::new("coturn");
+            let port = free_udp_port();
+            let child = Child::spawn(
+                "turnserver",
+                Command::new(&bin)
+                    .args(["-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls"])
+                    .args(["--listening-ip", "127.0.0.1"])
+                    .args(["--listening-port", &port.to_string()])
+                    .args(["--log-file", "stdout", "--simple-log"])
+                    .arg("--pidfile")
+                    .arg(dir.path().join("turnserver.pid"))
+                    .arg("--db")
+                    .arg(dir.path().join("turndb"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .expect("spawn turnserver");
+            let c = Self {
+                port,
+                _child: child,
+                _dir: dir,
+            };
+            if wait_until(Duration::from_secs(10), || stun_answers(c.addr())) {
+                return Some(c);
+            }
+            eprintln!(
+                "coturn did not answer STUN on {} (attempt {attempt} of {ATTEMPTS})",
+                c.addr()
+            );
+        }
+        panic!("coturn did not answer STUN in {ATTEMPTS} attempts");
     }
 
     pub fn addr(&self) -> SocketAddr {

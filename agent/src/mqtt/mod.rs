@@ -281,10 +281,17 @@ struct Conn {
 }
 
 impl Conn {
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.io.write_all(bytes).await?;
-        self.io.flush().await?;
-        Ok(())
+    /// Writes `bytes`; a broker that takes none of them for `limit` (its TCP window
+    /// stays shut) is as gone as one that stops answering.
+    async fn write(&mut self, bytes: &[u8], limit: Duration) -> Result<(), Failure> {
+        let write = async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        };
+        match timeout(limit, write).await {
+            Ok(done) => Ok(done?),
+            Err(_) => Err(Failure::Timeout("writing to the broker")),
+        }
     }
 
     /// The next packet from the broker (waits for it; cancel-safe).
@@ -350,7 +357,7 @@ async fn open(s: &Session) -> Result<(Conn, bool), Failure> {
             password: s.password.as_deref(),
         },
     );
-    conn.write(&out).await?;
+    conn.write(&out, CONNECT_TIMEOUT).await?;
     match conn.read().await? {
         Incoming::ConnAck {
             session_present,
@@ -405,7 +412,7 @@ async fn serve(s: &Session, shared: &Shared, conn: &mut Conn) -> Result<(), Fail
         };
         if stop_now {
             codec::disconnect(&mut out);
-            conn.write(&out).await?;
+            conn.write(&out, s.keepalive).await?;
             let _ = conn.io.shutdown().await;
             debug!("disconnected cleanly");
             return Ok(());
@@ -422,7 +429,7 @@ async fn serve(s: &Session, shared: &Shared, conn: &mut Conn) -> Result<(), Fail
             ping_out = true;
         }
         if !out.is_empty() {
-            conn.write(&out).await?;
+            conn.write(&out, s.keepalive).await?;
             out.clear();
             last_tx = now;
             waiting_since.get_or_insert(now);
