@@ -389,9 +389,12 @@ async fn serve(s: &Session, shared: &Shared, conn: &mut Conn) -> Result<(), Fail
     let mut waiting_since: Option<Instant> = None;
     let mut ping_out = false;
     loop {
-        let stop_now = {
+        // One look at the shared state per turn: shutdown, then what may be sent.
+        let (stop_now, stop_by) = {
             let mut l = lock(&shared.link);
-            if let Some(by) = l.stop_by {
+            let stop_by = l.stop_by;
+            let mut stop_now = false;
+            if let Some(by) = stop_by {
                 if !bye_sent {
                     let bye = status_json(&Status::offline(OfflineReason::Shutdown));
                     let pkid = l.outbox.status_pkid();
@@ -399,16 +402,21 @@ async fn serve(s: &Session, shared: &Shared, conn: &mut Conn) -> Result<(), Fail
                     bye_sent = true;
                 }
                 let flushed = l.outbox.is_empty() && l.outbox.statuses_unacked() == 0;
-                if !flushed && Instant::now() >= by {
+                let late = Instant::now() >= by;
+                if !flushed && late {
                     warn!(
                         "stopping with {} reports unacknowledged after the flush time",
                         l.outbox.len()
                     );
                 }
-                flushed || Instant::now() >= by
-            } else {
-                false
+                stop_now = flushed || late;
             }
+            if !stop_now {
+                while let Some(p) = l.outbox.next_publish(MAX_IN_FLIGHT) {
+                    codec::publish(&mut out, &s.report_topic, p.pkid, p.dup, false, p.payload);
+                }
+            }
+            (stop_now, stop_by)
         };
         if stop_now {
             codec::disconnect(&mut out);
@@ -416,12 +424,6 @@ async fn serve(s: &Session, shared: &Shared, conn: &mut Conn) -> Result<(), Fail
             let _ = conn.io.shutdown().await;
             debug!("disconnected cleanly");
             return Ok(());
-        }
-        {
-            let mut l = lock(&shared.link);
-            while let Some(p) = l.outbox.next_publish(MAX_IN_FLIGHT) {
-                codec::publish(&mut out, &s.report_topic, p.pkid, p.dup, false, p.payload);
-            }
         }
         let now = Instant::now();
         if out.is_empty() && !ping_out && now >= last_tx + s.keepalive {
@@ -434,12 +436,9 @@ async fn serve(s: &Session, shared: &Shared, conn: &mut Conn) -> Result<(), Fail
             last_tx = now;
             waiting_since.get_or_insert(now);
         }
-        let stop_by = lock(&shared.link).stop_by;
-        let deadline = match (waiting_since, stop_by) {
-            // Something waits for a reply: the broker has `keepalive` to answer.
-            (Some(since), _) => since + s.keepalive,
-            (None, _) => last_tx + s.keepalive,
-        };
+        // Something waits for a reply: the broker has `keepalive` to answer; else the
+        // next PINGREQ is due `keepalive` after the last send.
+        let deadline = waiting_since.unwrap_or(last_tx) + s.keepalive;
         let deadline = stop_by.map_or(deadline, |by| deadline.min(by));
         tokio::select! {
             packet = conn.read() => {
