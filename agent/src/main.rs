@@ -13,7 +13,6 @@ mod mqtt;
 mod outbox;
 mod probe;
 mod reflect;
-mod resolve;
 mod run;
 mod window;
 

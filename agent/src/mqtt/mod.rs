@@ -12,8 +12,8 @@
 //! - A broker that stops answering is noticed: a PINGREQ after `keepalive` without
 //!   sending, and the connection is dropped when anything sent waits longer than
 //!   `keepalive` for a reply.
-//! - The broker's host name is resolved by the agent itself ([`crate::resolve`]) and
-//!   is the name its TLS certificate is checked against.
+//! - The broker's host name is resolved by the C library (`tokio::net::lookup_host`)
+//!   and is the name its TLS certificate is checked against.
 //!
 //! Why not an MQTT library: rumqttc (the first version of this module) resolves
 //! through the C library (static glibc's resolver alone is ~100 kB of the armv7
@@ -319,7 +319,7 @@ impl Conn {
 /// and waits for CONNACK. Returns the connection and whether the session was kept.
 async fn open(s: &Session) -> Result<(Conn, bool), Failure> {
     let host = s.broker.host.as_str();
-    let addrs = crate::resolve::lookup(host, s.broker.port).await?;
+    let addrs: Vec<_> = tokio::net::lookup_host((host, s.broker.port)).await?.collect();
     let mut last = None;
     let mut tcp = None;
     for addr in addrs {

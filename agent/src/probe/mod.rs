@@ -743,12 +743,17 @@ impl Resolver {
         {
             return Ok(addr);
         }
-        // IPv4 first: the first address is the one to probe.
-        let found = crate::resolve::lookup(&self.to.host, self.to.port)
+        // The C library's getaddrinfo (on a blocking thread); IPv4 first: the first
+        // address is the one to probe.
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((self.to.host.as_str(), self.to.port))
             .await
-            .map_err(|e| format!("resolve {}: {e}", self.to.host))?;
-        let addr = *found
-            .first()
+            .map_err(|e| format!("resolve {}: {e}", self.to.host))?
+            .collect();
+        let addr = found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(found.first())
+            .copied()
             .ok_or_else(|| format!("resolve {}: no address", self.to.host))?;
         self.cached = Some((addr, Instant::now()));
         Ok(addr)
