@@ -5,16 +5,16 @@ mod backoff;
 mod cli;
 mod cmd_probe;
 mod config;
-mod config_error;
-mod gateway;
 mod host;
 mod logging;
 mod mqtt;
+mod net;
 mod outbox;
 mod probe;
 mod reflect;
 mod run;
 mod window;
+mod wire;
 
 use std::io::Write;
 use std::process::ExitCode;

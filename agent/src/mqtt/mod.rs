@@ -319,7 +319,9 @@ impl Conn {
 /// and waits for CONNACK. Returns the connection and whether the session was kept.
 async fn open(s: &Session) -> Result<(Conn, bool), Failure> {
     let host = s.broker.host.as_str();
-    let addrs: Vec<_> = tokio::net::lookup_host((host, s.broker.port)).await?.collect();
+    let addrs: Vec<_> = tokio::net::lookup_host((host, s.broker.port))
+        .await?
+        .collect();
     let mut last = None;
     let mut tcp = None;
     for addr in addrs {
