@@ -786,6 +786,48 @@ mod tests {
     }
 
     #[test]
+    fn target_errors_name_the_table_the_key_and_its_line() {
+        let head = "site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://b\"\n";
+        let tcp =
+            "[[target]]\nname = \"x\"\nlayer = \"lan\"\nkind = \"tcp\"\nhost = \"10.0.0.1:80\"\n";
+        let e = err(&format!(
+            "{head}{tcp}[[target]]\nname = \"y\"\nlayer = \"lan\"\nkind = \"stamp\"\nhost = \"h\"\npps = 0\n"
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("target[1].pps", Some(15)),
+            "{e}"
+        );
+        // A missing key: the line of its table.
+        let e = err(&format!(
+            "{head}{tcp}\n[[target]]\nname = \"y\"\nlayer = \"lan\"\nkind = \"tcp\"\n"
+        ));
+        assert_eq!(e.field, "target[1].host", "{e}");
+        assert!(e.message.starts_with("missing"), "{e}");
+        assert_eq!(e.line, Some(11), "{e}");
+    }
+
+    #[test]
+    fn gateway_targets_do_not_depend_on_the_routing_table() {
+        let src = format!(
+            "{MINIMAL}[[target]]\nname = \"gw\"\nlayer = \"lan\"\nkind = \"icmp\"\nhost = \"gateway\"\n\
+             [[target]]\nname = \"pbx\"\nlayer = \"lan\"\nkind = \"sip\"\nhost = \"gateway:5060\"\n"
+        );
+        // `parse` reads nothing but the text: valid on any machine.
+        let c = check(&src).unwrap();
+        assert!(c.targets.iter().all(Target::uses_gateway));
+        assert_eq!(c.gateway_now, None);
+        let plan = c.to_string();
+        assert!(plan.contains("kind=sip host=gateway:5060"), "{plan}");
+        assert!(!plan.contains("gateway  "), "{plan}");
+        let mut c = c;
+        c.gateway_now = Some(Err("/proc/net/route has no default route".into()));
+        assert!(c.to_string().contains("gateway  none now: /proc/net/route has no default route; targets on host \"gateway\" report \"no default route\""));
+        c.gateway_now = Some(Ok([192, 168, 1, 1].into()));
+        assert!(c.to_string().contains("gateway  192.168.1.1 now"));
+    }
+
+    #[test]
     fn password_file_is_read_and_kept_secret() {
         let dir = std::env::temp_dir().join(format!("faultline-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

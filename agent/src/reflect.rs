@@ -313,16 +313,46 @@ mod tests {
         assert_eq!(s.next(a, t + SESSION_IDLE), 0);
     }
 
+    fn peer(i: u32) -> SocketAddr {
+        SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5000))
+    }
+
     #[test]
-    fn session_table_is_bounded() {
+    fn a_full_table_drops_the_stalest_busy_session() {
         let mut s = Sessions::default();
         let t = Instant::now();
-        for i in 0..(MAX_SESSIONS as u32 + 10) {
-            let peer =
-                SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1000 + (i >> 16) as u16));
-            s.next(peer, t);
+        let ms = Duration::from_millis;
+        for i in 0..MAX_SESSIONS as u32 {
+            assert_eq!(s.next(peer(i), t + ms(u64::from(i % 1000))), 0);
         }
         assert_eq!(s.len(), MAX_SESSIONS);
+        // Peer 1000 was last seen at t + 0, as early as peer 0, which came first.
+        assert_eq!(s.next(peer(1000), t + ms(1000)), 1);
+        // Full, nobody idle: a newcomer takes the stalest slot.
+        let late = t + ms(2000);
+        assert_eq!(s.next(peer(9_999_999), late), 0);
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert_eq!(s.next(peer(9_999_999), late), 1, "the newcomer is kept");
+        assert_eq!(s.next(peer(1000), late), 2, "a busy session is kept");
+        assert_eq!(
+            s.next(peer(0), late),
+            0,
+            "the stalest was dropped: it starts again"
+        );
+    }
+
+    #[test]
+    fn a_full_table_forgets_idle_sessions_first() {
+        let mut s = Sessions::default();
+        let t = Instant::now();
+        for i in 0..MAX_SESSIONS as u32 {
+            s.next(peer(i), t);
+        }
+        let later = t + SESSION_IDLE;
+        s.next(peer(1), later - Duration::from_secs(1));
+        assert_eq!(s.next(peer(9_999_999), later), 0);
+        assert_eq!(s.len(), 2, "every idle session went, the busy one stayed");
+        assert_eq!(s.next(peer(1), later), 2);
     }
 
     #[test]
