@@ -16,6 +16,7 @@
 #   with an empty environment: no QEMU_LD_PREFIX).
 #
 #   bash cross-config/names.sh [BINARY]   # default: the armv7 `agent` profile build
+#   TRACE=1 bash cross-config/names.sh    # also: which files and sockets a lookup touches
 #
 # Needs root (or unprivileged user namespaces), python3, qemu-arm-static, iproute2.
 # Prints one "ok:" line per case; exits 1 naming the case that failed.
@@ -33,7 +34,7 @@ if [[ ${1:-} != --inside ]]; then
         command -v "$tool" >/dev/null || { echo "names.sh: $tool missing" >&2; exit 1; }
     done
     if [[ $(id -u) == 0 ]]; then ns=(unshare --mount --net); else ns=(unshare --map-root-user --mount --net); fi
-    exec "${ns[@]}" bash "$0" --inside "$bin"
+    exec "${ns[@]}" env TRACE="${TRACE:-}" bash "$0" --inside "$bin"
 fi
 
 # ---- inside the namespaces (still the host's root until chroot) ----
@@ -144,3 +145,10 @@ rm -f "$root/etc/nsswitch.conf"
 out=$(probe nosuch.example.test)
 [[ $out == *'"error":"resolve nosuch.example.test: '* ]] || fail "an unknown name: $out"
 echo "ok: an unknown name is a resolve error: $out"
+if [[ -n ${TRACE:-} ]]; then
+    # The guest's system calls (qemu -strace): files opened, sockets connected.
+    echo "trace: probe tcp $DNS_NAME:$PORT, no nsswitch.conf"
+    env -i "$(command -v chroot)" "$root" "$(command -v qemu-arm-static)" -strace "$bin" \
+        probe tcp "$DNS_NAME:$PORT" --json 2>&1 |
+        grep -E '^[0-9]+ (openat|connect|socket|statx\(AT_FDCWD)' | sed 's/^[0-9]* /  /' || true
+fi

@@ -122,6 +122,9 @@ pub fn main(args: ProbeArgs) -> ExitCode {
         let r = prober.measure(window).await;
         (r, prober.notes().to_vec())
     });
+    // A name lookup the window gave up on may still wait in the C library (a silent
+    // DNS server: resolv.conf's 5 s × 2 attempts); it must not hold the exit.
+    rt.shutdown_background();
     if args.json {
         match serde_json::to_string(&result) {
             Ok(s) => println!("{s}"),
