@@ -18,11 +18,13 @@ use tokio::net::UdpSocket;
 
 use crate::probe::stamp::{self, MAX_LEN, NtpTime};
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct ReflectArgs {
-    /// Address to listen on (default port 862; `cli` fills in 0.0.0.0:862)
+    /// Address to listen on (default port 862)
+    #[arg(long, default_value = "0.0.0.0:862")]
     pub listen: String,
     /// Keep a sequence counter per sender (RFC 8762 stateful mode)
+    #[arg(long)]
     pub stateful: bool,
 }
 

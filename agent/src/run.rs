@@ -23,13 +23,17 @@ use crate::window::{Assembler, following_start, guard_ms, next_boundary};
 /// How long a clean stop waits for the broker to acknowledge what is queued.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// The agent's config file (TOML)
+    #[arg(long)]
     pub config: PathBuf,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// The agent's config file (TOML)
+    #[arg(long)]
     pub config: PathBuf,
 }
 
