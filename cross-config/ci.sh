@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The gateway builds' CI check (issue 5): builds faultline-agent for both ARM
-# targets (failing when armv7 is over its 1.5 MB budget: sizes are deterministic),
+# targets (failing when armv7 is over its 2.0 MB budget: sizes are deterministic),
 # runs it under qemu-user (--version, check on the example config, a STAMP reflector
 # on aarch64 probed from armv7), runs the shared crate's tests on both targets,
 # builds the arm64/armhf .debs and checks what they carry.
@@ -36,7 +36,7 @@ for tool in qemu-aarch64-static qemu-arm-static dpkg-deb; do
     command -v "$tool" >/dev/null || fail "$tool missing (apt-get install qemu-user-static dpkg)"
 done
 
-step "build both targets (armv7 must fit the 1.5 MB budget)"
+step "build both targets (armv7 must fit the 2.0 MB budget)"
 ENFORCE_BUDGET=1 bash cross-config/build.sh "$A64" "$ARM"
 
 step "shared tests under qemu"

@@ -21,7 +21,7 @@ exec 3>&1 1>&2
 
 # DESIGN.md's budgets, worded once for the summary table (run.sh names the ones a
 # failed benchmark leaves unmeasured with the same words).
-BUDGET_SIZE="agent for armv7, stripped, with TLS ≤ 1.5 MB"
+BUDGET_SIZE="agent for armv7, stripped, with TLS ≤ 2.0 MB"
 BUDGET_RSS="agent RSS ≤ 6 MB, 10 targets incl. one 50 packet/s voice stream"
 BUDGET_CPU="agent CPU ≤ 1 % of one core at defaults"
 BUDGET_RTT="RTT error against a known injected delay ≤ 0.3 ms median"
