@@ -463,9 +463,13 @@ impl Driver {
         let was_connected = self.connected;
         self.connected = false;
         self.waiting_since = None;
+        // rumqttc's public state: its copies of unacknowledged publishes (moved to
+        // `pending` by `clean`), buffered events that would pair with the wrong
+        // publish, and a held-back publish that would block the next connection.
         self.eventloop.clean();
         self.eventloop.pending.clear();
         self.eventloop.state.events.clear();
+        self.eventloop.state.collision = None;
         self.outbox.on_connection_lost();
         if self.stop_by.is_some() {
             return;
