@@ -1,7 +1,6 @@
 //! `faultline-agent`: the gateway agent. This file only parses the command line and
 //! dispatches; each subcommand lives in its own module.
 
-mod backoff;
 mod cli;
 mod cmd_probe;
 mod config;
@@ -9,8 +8,7 @@ mod config_error;
 mod gateway;
 mod host;
 mod logging;
-mod mqtt;
-mod outbox;
+mod net;
 mod probe;
 mod reflect;
 mod resolve;

@@ -36,7 +36,7 @@ BUDGET_SITES="collector: 10,000 sites × 10 targets ≤ 150 MB RSS"
 BUDGET_EVAL="time per evaluation, 10,000 sites × 10 targets (no budget)"
 BUDGET_DETECT="a verdict within 3 windows of onset"
 BUDGET_CLEAR="cleared within 4 windows of the end"
-BUDGET_LOSSLESS="nothing lost across a broker restart"
+BUDGET_LOSSLESS="nothing lost across a broker restart and an agent SIGKILL"
 
 # True when QUICK is set (and not 0): shorter durations while developing.
 quick() { [[ -n ${QUICK:-} && ${QUICK:-} != 0 ]]; }
