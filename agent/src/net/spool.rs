@@ -48,6 +48,8 @@ pub const MAX_BODY: usize = 1 << 20;
 const BODY_HEAD: usize = 1 + 4 + 8;
 /// Bytes before the body in a record: length, CRC.
 const RECORD_HEAD: usize = 4 + 4;
+/// The record checksum: CRC-32 (IEEE 802.3, as zlib's), with a 256-entry table.
+const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 /// The outbox's folder under `state_dir`.
 pub const DIR: &str = "outbox";
 const WATERMARK: &str = "acked";
@@ -153,7 +155,7 @@ pub fn encode_record(r: &Record) -> Vec<u8> {
     out.extend_from_slice(&r.boot.to_le_bytes());
     out.extend_from_slice(&r.seq.to_le_bytes());
     out.extend_from_slice(&r.payload);
-    let crc = crc32fast::hash(&out[RECORD_HEAD..]);
+    let crc = CRC32.checksum(&out[RECORD_HEAD..]);
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
 }
@@ -205,7 +207,7 @@ fn scan(bytes: &[u8], base: usize) -> Scan {
             break;
         }
         let body = &rest[RECORD_HEAD..RECORD_HEAD + len];
-        let good = (crc32fast::hash(body) == crc)
+        let good = (CRC32.checksum(body) == crc)
             .then(|| decode_body(body))
             .flatten()
             .map(|r| r.boot);
@@ -444,7 +446,7 @@ impl Spool {
         let result = self.read_at(si, slot).and_then(|bytes| {
             let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap()); // 8-byte head
             let body = &bytes[RECORD_HEAD..];
-            (crc32fast::hash(body) == crc)
+            (CRC32.checksum(body) == crc)
                 .then(|| decode_body(body))
                 .flatten()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "checksum mismatch"))
@@ -648,6 +650,12 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_is_the_standard_crc32() {
+        // The check value of CRC-32/ISO-HDLC (zlib's crc32, Python's zlib.crc32).
+        assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
     fn record_bytes_are_the_documented_layout() {
         let bytes = encode_record(&Record {
             format: Format::Json,
@@ -662,7 +670,7 @@ mod tests {
             b'{', b'}',
         ];
         assert_eq!(&bytes[0..4], &15u32.to_le_bytes());
-        assert_eq!(&bytes[4..8], &crc32fast::hash(&body).to_le_bytes());
+        assert_eq!(&bytes[4..8], &0x6B97_8054u32.to_le_bytes()); // zlib.crc32(body)
         assert_eq!(&bytes[8..], &body);
     }
 
