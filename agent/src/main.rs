@@ -4,16 +4,14 @@
 mod cli;
 mod cmd_probe;
 mod config;
-mod config_error;
-mod gateway;
 mod host;
 mod logging;
 mod net;
 mod probe;
 mod reflect;
-mod resolve;
 mod run;
 mod window;
+mod wire;
 
 use std::process::ExitCode;
 
