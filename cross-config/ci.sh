@@ -121,6 +121,7 @@ cat >"$tmp/run.toml" <<EOF
 site = "ci-arm"
 isp = "LoopNet"
 window_seconds = 1
+state_dir = "state"
 [mqtt]
 url = "mqtt://localhost:$mport"
 [[target]]

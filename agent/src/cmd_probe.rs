@@ -11,31 +11,41 @@ use faultline_shared::ProbeResult;
 use crate::config::target::{self, Fields, Target, Value};
 use crate::probe::{MAX_GRACE, Prober};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ProbeArgs {
     /// icmp, stamp, sip, stun, dns or tcp
     pub kind: String,
     /// Target: host, host:port or IP (for dns: the name to resolve)
     pub host: String,
     /// stamp: packets per second (default 50)
+    #[arg(long)]
     pub pps: Option<u32>,
     /// How long to measure: stamp stream length, or the timeout of sip/stun/dns/tcp (default 5)
+    #[arg(long)]
     pub seconds: Option<f64>,
     /// stamp: g711, g711-noplc or g729a (default g711)
+    #[arg(long)]
     pub codec: Option<String>,
     /// stamp: pad test packets to the codec's frame size
+    #[arg(long)]
     pub pad: bool,
     /// icmp: number of echoes (default --seconds, one per second)
+    #[arg(long)]
     pub count: Option<u32>,
     /// icmp: milliseconds between echoes (default 1000)
+    #[arg(long)]
     pub interval_ms: Option<u32>,
     /// sip: udp or tcp (default udp)
+    #[arg(long)]
     pub transport: Option<String>,
     /// dns: a, aaaa or srv (default a; srv for names starting with _)
+    #[arg(long)]
     pub record: Option<String>,
     /// dns: server IP or IP:port (default: first nameserver of /etc/resolv.conf)
+    #[arg(long)]
     pub server: Option<String>,
     /// Print one ProbeResult as JSON instead of a table
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -194,13 +204,14 @@ pub fn table(target: &Target, r: &ProbeResult, notes: &[(&'static str, String)])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cmd, Parsed, parse};
+    use crate::cli::{Cli, Cmd};
+    use clap::Parser;
 
     fn args(line: &[&str]) -> ProbeArgs {
-        let mut v = vec!["probe"];
+        let mut v = vec!["faultline-agent", "probe"];
         v.extend_from_slice(line);
-        match parse(v.into_iter().map(Into::into)) {
-            Ok(Parsed::Cmd(Cmd::Probe(a))) => a,
+        match Cli::try_parse_from(v).map(|c| c.cmd) {
+            Ok(Cmd::Probe(a)) => a,
             other => panic!("{line:?}: {other:?}"),
         }
     }

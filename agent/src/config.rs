@@ -32,7 +32,9 @@ pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
 pub const MAX_WINDOW_SECONDS: u64 = 3600;
 /// Outbox capacity when `outbox_capacity` is absent: 24 h of default windows.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
-/// Largest outbox accepted (memory bound on a small gateway).
+/// Where the durable outbox lives when `state_dir` is absent (systemd's StateDirectory).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
+/// Largest outbox accepted (its index is 12 bytes a report in memory).
 pub const MAX_OUTBOX_CAPACITY: usize = 1_000_000;
 /// MQTT keepalive when `mqtt.keepalive_seconds` is absent.
 pub const DEFAULT_KEEPALIVE_SECONDS: u64 = 60;
@@ -54,6 +56,7 @@ pub struct RawConfig {
     window_seconds: Option<Spanned<i64>>,
     format: Option<Spanned<String>>,
     outbox_capacity: Option<Spanned<i64>>,
+    state_dir: Option<Spanned<String>>,
     mqtt: Option<Spanned<RawMqtt>>,
     #[serde(default)]
     target: Vec<Spanned<RawTarget>>,
@@ -90,6 +93,8 @@ pub struct Config {
     pub window: Duration,
     pub format: Format,
     pub outbox_capacity: usize,
+    /// The durable outbox (and, next, the last central config) live here.
+    pub state_dir: PathBuf,
     pub mqtt: MqttConfig,
     pub targets: Vec<Target>,
     /// What the routing table said when the file was loaded, when a target probes the
@@ -335,6 +340,13 @@ impl Validator<'_> {
             Some(c) => self.int_in(c, "outbox_capacity", 1, MAX_OUTBOX_CAPACITY as u64)? as usize,
             None => DEFAULT_OUTBOX_CAPACITY,
         };
+        let state_dir = match &raw.state_dir {
+            Some(d) if d.get_ref().trim().is_empty() => {
+                return Err(self.err(Some(d.span()), "state_dir", "must not be empty"));
+            }
+            Some(d) => self.file(d),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
         let mqtt = raw
             .mqtt
             .as_ref()
@@ -349,6 +361,7 @@ impl Validator<'_> {
             window: Duration::from_secs(window_s),
             format,
             outbox_capacity,
+            state_dir,
             mqtt,
             targets,
             gateway_now: None,
@@ -652,8 +665,9 @@ impl fmt::Display for Config {
         let hours = self.outbox_capacity as u64 * window_s / 3600;
         writeln!(
             f,
-            "outbox   {} reports (about {hours} h of windows while offline)",
-            self.outbox_capacity
+            "outbox   {} reports (about {hours} h of windows while offline), on disk in {}",
+            self.outbox_capacity,
+            self.state_dir.join(crate::net::spool::DIR).display()
         )?;
         writeln!(f, "targets  {}", self.targets.len())?;
         for t in &self.targets {

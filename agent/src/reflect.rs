@@ -19,11 +19,13 @@ use tokio::net::UdpSocket;
 
 use crate::wire::stamp::{self, NtpTime};
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct ReflectArgs {
-    /// Address to listen on (default port 862; `cli` fills in 0.0.0.0:862)
+    /// Address to listen on (default port 862)
+    #[arg(long, default_value = "0.0.0.0:862")]
     pub listen: String,
     /// Keep a sequence counter per sender (RFC 8762 stateful mode)
+    #[arg(long)]
     pub stateful: bool,
 }
 

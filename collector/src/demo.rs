@@ -618,7 +618,7 @@ impl Fleet {
             };
             let mut toml = format!(
                 "site = \"{site}\"\ncustomer = \"Demo\"\nisp = \"{isp}\"\n\
-                 window_seconds = {window_s}\nformat = \"json\"\n\
+                 window_seconds = {window_s}\nformat = \"json\"\nstate_dir = \"{site}-state\"\n\
                  [mqtt]\nurl = \"{broker_url}\"\nkeepalive_seconds = 5\nreconnect_max_seconds = 2\n\n"
             );
             toml += &stamp_target("gw", "lan", None, relay(gw, 1, imp(300, 200))?);

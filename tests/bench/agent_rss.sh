@@ -34,6 +34,7 @@ site = "bench"
 isp = "LoopNet"
 window_seconds = 10
 format = "$1"
+state_dir = "$BENCH_WORK/state-$1-$2"
 [mqtt]
 url = "mqtt://127.0.0.1:$MQTT_PORT"
 [[target]]

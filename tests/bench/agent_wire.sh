@@ -45,6 +45,7 @@ SITE=acme-hq
 site = "$SITE"
 isp = "LoopNet"
 window_seconds = $WINDOW
+state_dir = "$BENCH_WORK/state"
 [mqtt]
 url = "mqtts://localhost:$PORT"
 ca_file = "$BENCH_WORK/ca.pem"
