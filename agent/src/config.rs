@@ -4,14 +4,14 @@
 //!
 //! Targets go through [`target`]'s builder, the one the `probe` command (and central
 //! config) use too; this file adds where each key is (its line). Reading the files it
-//! names (password, certificates) is done here; the network is not touched.
+//! names (password, certificates) is done here; the network and the routing table are
+//! not touched (`host = "gateway"` is valid whatever the routes are now).
 
 pub mod error;
 pub mod target;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +24,6 @@ use toml::Spanned;
 
 pub use self::error::ConfigError;
 use self::target::{Fields, Target};
-use crate::net::gateway;
 
 /// Window length when `window_seconds` is absent.
 pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
@@ -34,6 +33,8 @@ pub const MAX_WINDOW_SECONDS: u64 = 3600;
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
 /// Where the durable outbox lives when `state_dir` is absent (systemd's StateDirectory).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
+/// The durable outbox's folder inside `state_dir` (`net::spool` keeps it).
+pub const OUTBOX_DIR: &str = "outbox";
 /// Largest outbox accepted (its index is 12 bytes a report in memory).
 pub const MAX_OUTBOX_CAPACITY: usize = 1_000_000;
 /// MQTT keepalive when `mqtt.keepalive_seconds` is absent.
@@ -97,10 +98,6 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub mqtt: MqttConfig,
     pub targets: Vec<Target>,
-    /// What the routing table said when the file was loaded, when a target probes the
-    /// gateway: shown by `check`, never used for probing (the probes look the gateway
-    /// up every window).
-    pub gateway_now: Option<Result<Ipv4Addr, String>>,
 }
 
 /// How reports are encoded and on which topic they go.
@@ -196,15 +193,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         field: "(file)".into(),
         message: format!("cannot read: {e}"),
     })?;
-    let mut config = parse(path, &src)?;
-    if config.targets.iter().any(Target::uses_gateway) {
-        config.gateway_now = Some(match gateway::default_gateway() {
-            Ok(Some(ip)) => Ok(ip),
-            Ok(None) => Err(format!("{} has no default route", gateway::PROC_NET_ROUTE)),
-            Err(e) => Err(format!("cannot read {}: {e}", gateway::PROC_NET_ROUTE)),
-        });
-    }
-    Ok(config)
+    parse(path, &src)
 }
 
 /// Validates `src` as the config at `path`.
@@ -364,7 +353,6 @@ impl Validator<'_> {
             state_dir,
             mqtt,
             targets,
-            gateway_now: None,
         })
     }
 
@@ -667,19 +655,11 @@ impl fmt::Display for Config {
             f,
             "outbox   {} reports (about {hours} h of windows while offline), on disk in {}",
             self.outbox_capacity,
-            self.state_dir.join(crate::net::spool::DIR).display()
+            self.state_dir.join(OUTBOX_DIR).display()
         )?;
         writeln!(f, "targets  {}", self.targets.len())?;
         for t in &self.targets {
             writeln!(f, "  {t}")?;
-        }
-        match &self.gateway_now {
-            None => {}
-            Some(Ok(ip)) => writeln!(f, "gateway  {ip} now (looked up again every window)")?,
-            Some(Err(why)) => writeln!(
-                f,
-                "gateway  none now: {why}; targets on host \"gateway\" report \"no default route\" until there is one"
-            )?,
         }
         Ok(())
     }
@@ -830,15 +810,9 @@ mod tests {
         // `parse` reads nothing but the text: valid on any machine.
         let c = check(&src).unwrap();
         assert!(c.targets.iter().all(Target::uses_gateway));
-        assert_eq!(c.gateway_now, None);
         let plan = c.to_string();
+        assert!(plan.contains("kind=icmp host=gateway count=1/s"), "{plan}");
         assert!(plan.contains("kind=sip host=gateway:5060"), "{plan}");
-        assert!(!plan.contains("gateway  "), "{plan}");
-        let mut c = c;
-        c.gateway_now = Some(Err("/proc/net/route has no default route".into()));
-        assert!(c.to_string().contains("gateway  none now: /proc/net/route has no default route; targets on host \"gateway\" report \"no default route\""));
-        c.gateway_now = Some(Ok([192, 168, 1, 1].into()));
-        assert!(c.to_string().contains("gateway  192.168.1.1 now"));
     }
 
     #[test]

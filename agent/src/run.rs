@@ -15,11 +15,14 @@ use faultline_shared::{ProbeResult, Report};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::config::target::Target;
 use crate::config::{self, Config, Format};
 use crate::host::HostSampler;
 use crate::net::delivery::Delivery;
+use crate::net::gateway;
 use crate::net::spool::{Record, Spool};
 use crate::probe::Prober;
+use crate::probe::peer::NO_DEFAULT_ROUTE;
 use crate::window::{Assembler, following_start, guard_ms, next_boundary};
 
 /// How long a clean stop waits for the broker to acknowledge what is queued.
@@ -62,17 +65,35 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// `faultline-agent check`: print the resolved plan, or the error and exit 2.
+/// `faultline-agent check`: print the resolved plan (with where the default gateway is
+/// now, when a target probes it), or the error and exit 2.
 pub fn check(args: CheckArgs) -> ExitCode {
     match config::load(&args.config) {
         Ok(c) => {
             print!("{c}");
+            if c.targets.iter().any(Target::uses_gateway) {
+                println!("{}", gateway_note(gateway::default_gateway()));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// What `check` says about the default gateway when a target probes it: where it is
+/// now, or why there is none. Not an error in the file: the probes look the gateway up
+/// again every window.
+fn gateway_note(table: std::io::Result<Option<std::net::Ipv4Addr>>) -> String {
+    let route = gateway::PROC_NET_ROUTE;
+    match table {
+        Ok(Some(ip)) => format!("gateway  {ip} now (looked up again every window)"),
+        Ok(None) => format!(
+            "gateway  none now: {route} has no default route; targets on host \"gateway\" report \"{NO_DEFAULT_ROUTE}\" until there is one"
+        ),
+        Err(e) => format!("gateway  unknown now: cannot read {route}: {e}"),
     }
 }
 
@@ -301,5 +322,27 @@ impl Signals {
             _ = self.term.recv() => info!("SIGTERM received"),
             _ = self.int.recv() => info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_note_says_where_it_is_or_why_not() {
+        assert_eq!(
+            gateway_note(Ok(Some([192, 168, 1, 1].into()))),
+            "gateway  192.168.1.1 now (looked up again every window)"
+        );
+        assert_eq!(
+            gateway_note(Ok(None)),
+            "gateway  none now: /proc/net/route has no default route; targets on host \"gateway\" report \"no default route\" until there is one"
+        );
+        let e = gateway_note(Err(std::io::ErrorKind::PermissionDenied.into()));
+        assert!(
+            e.starts_with("gateway  unknown now: cannot read /proc/net/route: "),
+            "{e}"
+        );
     }
 }

@@ -51,7 +51,7 @@ const RECORD_HEAD: usize = 4 + 4;
 /// The record checksum: CRC-32 (IEEE 802.3, as zlib's), with a 256-entry table.
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 /// The outbox's folder under `state_dir`.
-pub const DIR: &str = "outbox";
+pub const DIR: &str = crate::config::OUTBOX_DIR;
 const WATERMARK: &str = "acked";
 const LOCK: &str = "lock";
 
