@@ -820,4 +820,122 @@ mod tests {
             "{out:?}"
         );
     }
+
+    /// Site `a`'s report for `(boot, seq)` with its own clock reading `start_ms`.
+    fn report_of(boot: u32, seq: u64, start_ms: u64) -> Report {
+        Report {
+            boot,
+            start_ms,
+            ..report("a", seq, false)
+        }
+    }
+
+    #[test]
+    fn an_rtc_less_reboot_with_a_spooled_backlog_keeps_the_site_live() {
+        let mut e = Engine::new(cfg());
+        let now0 = 1_764_201_600_000;
+        let offline = |out: &[Output]| {
+            out.iter().any(|o| {
+                matches!(o, Output::Verdict(v) if v.id.as_str() == "a" && v.state == State::Offline)
+            })
+        };
+        let mut out = Vec::new();
+        for w in 0..30u64 {
+            let at = now0 + w * 1000;
+            for (s, isp) in [("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    e.on_status(at, &id(s), Status::online(1, "t", id(isp), None));
+                }
+                e.on_report(at + 500, &id(s), report(s, w, false)).unwrap();
+            }
+            match w {
+                0 => {
+                    e.on_status(at, &id("a"), Status::online(1, "t", id("A"), None));
+                }
+                // Windows 5 and 6 of boot 1 are measured but not sent (the uplink is
+                // down), then the gateway reboots without an RTC: boot 2's clock reads 1970.
+                7 => {
+                    e.on_status(at, &id("a"), Status::online(2, "t", id("A"), None));
+                }
+                _ => {}
+            }
+            if w < 5 {
+                e.on_report(at + 500, &id("a"), report_of(1, w, at))
+                    .unwrap();
+            } else if w >= 7 {
+                let r = e.on_report(at + 500, &id("a"), report_of(2, w - 7, (w - 7) * 1000));
+                assert!(
+                    matches!(r, Ok(Accepted::Report { live: true, .. })),
+                    "{r:?}"
+                );
+                // The spool sends boot 1's windows after the new boot's, one a window,
+                // and some of them twice.
+                if (7..9).contains(&w) {
+                    let old = report_of(1, w - 2, now0 + (w - 2) * 1000);
+                    let r = e.on_report(at + 600, &id("a"), old.clone());
+                    assert!(
+                        matches!(r, Ok(Accepted::Report { live: false, .. })),
+                        "{r:?}"
+                    );
+                    let again = e.on_report(at + 700, &id("a"), old);
+                    assert_eq!(again, Err(Reject::Duplicate));
+                }
+            }
+            out.extend(e.tick(at + 1000 + e.evaluation_delay_ms()));
+        }
+        assert!(!offline(&out), "{out:?}");
+        let a = &e.sites()[&id("a")];
+        assert_eq!(a.last_window.map(|w| w.0), Some(2));
+        assert_eq!(a.boots.live().map(|b| b.meta.boot), Some(2));
+        assert_eq!(e.missing_windows(), 0, "the backlog filled boot 1's gap");
+    }
+
+    #[test]
+    fn de_dup_and_the_live_boot_survive_a_restart() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..4, false);
+        // Site a rebooted as boot 9; its window 2 is missing so far.
+        e.on_status(4_000, &id("a"), Status::online(9, "t", id("a"), None));
+        for seq in [0, 1, 3] {
+            e.on_report(4_100, &id("a"), report_of(9, seq, 0)).unwrap();
+        }
+        assert_eq!(e.missing_windows(), 1);
+        let restored = Restored {
+            boots: e
+                .sites()
+                .iter()
+                .flat_map(|(s, t)| t.boots.iter().map(|b| (s.clone(), b.clone())))
+                .collect(),
+            ..Restored::default()
+        };
+        let mut e2 = Engine::new(cfg());
+        e2.restore(5_000, restored);
+        assert_eq!(e2.missing_windows(), 1);
+        // Delivered again after the restart: counted once, before and after.
+        assert_eq!(
+            e2.on_report(5_100, &id("a"), report_of(9, 3, 0)),
+            Err(Reject::Duplicate)
+        );
+        assert_eq!(
+            e2.on_report(5_100, &id("b"), report("b", 3, false)),
+            Err(Reject::Duplicate)
+        );
+        // Boot 1's last window, late: stored, not live; boot 9's next one is.
+        let late = e2.on_report(5_200, &id("a"), report_of(1, 4, 0));
+        assert!(
+            matches!(late, Ok(Accepted::Report { live: false, .. })),
+            "{late:?}"
+        );
+        let next = e2.on_report(5_300, &id("a"), report_of(9, 4, 0));
+        assert!(
+            matches!(next, Ok(Accepted::Report { live: true, .. })),
+            "{next:?}"
+        );
+        let fill = e2.on_report(5_400, &id("a"), report_of(9, 2, 0));
+        assert!(
+            matches!(fill, Ok(Accepted::Report { live: false, .. })),
+            "{fill:?}"
+        );
+        assert_eq!(e2.missing_windows(), 0);
+    }
 }
