@@ -652,7 +652,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
 
     // Ingest. Once `draining` is set (a clean stop) new deliveries are left
-    // unacknowledged for the next start; the task ends when its DISCONNECT is sent.
+    // unacknowledged for the next start; the task ends when the broker closes the
+    // connection after its DISCONNECT.
     let draining = Arc::new(AtomicBool::new(false));
     let ingest = {
         let shared = shared.clone();
@@ -689,8 +690,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                         };
                         ingest.on_publish(&mut pacer, p, conn);
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    // Sent after every acknowledgement queued before it. The task
+                    // reads on until the broker closes the connection: closing it
+                    // ourselves with deliveries unread would reset it (RST), and the
+                    // broker would drop the acknowledgements it had not read yet.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {}
                     Ok(_) => {}
+                    Err(_) if draining.load(Ordering::Relaxed) => return,
                     Err(e) => {
                         // Deliveries of the lost connection come again on the next
                         // one: their acknowledgements must not be sent on it.
@@ -707,9 +713,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                             .lock()
                             .expect("engine lock")
                             .link_lost(now_ms());
-                        if draining.load(Ordering::Relaxed) {
-                            return;
-                        }
                         let d = backoff.next_delay();
                         tracing::warn!("mqtt: {e}; retrying in {d:?}");
                         tokio::time::sleep(d).await;
@@ -749,6 +752,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    tracing::info!(
+        stored = history_stats.stored.load(Ordering::Relaxed),
+        acknowledged = history_stats.acked.load(Ordering::Relaxed),
+        stale = history_stats.stale_acks.load(Ordering::Relaxed),
+        "stopped"
+    );
     Ok(())
 }
 
