@@ -587,13 +587,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     // The writing connection: reconnects with backoff, announces the collector,
-    // ends once its goodbye (a clean DISCONNECT) is sent.
+    // ends once the broker closes the connection after its goodbye (a clean
+    // DISCONNECT; read until then, like the reading connection).
     let writer = {
         let shared = shared.clone();
         let client = client.clone();
         let status = cfg.topics.collector_status();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(200, 30_000);
+            let mut bye = false;
             loop {
                 match out_loop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -605,8 +607,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                             collector_status("online"),
                         );
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => bye = true,
                     Ok(_) => {}
+                    Err(_) if bye => return,
                     Err(e) => {
                         shared.stats.lock().expect("stats lock").mqtt_errors += 1;
                         let d = backoff.next_delay();
