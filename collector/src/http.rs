@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State as AxState;
@@ -63,6 +64,8 @@ pub fn state_json(shared: &Shared) -> Value {
                 "offline_since_ms": offline_since,
                 "last_report_ms": s.last_report_ms, "clock_skew_ms": s.clock_skew_ms,
                 "window": s.last_window.map(|(b, q, st)| json!({"boot": b, "seq": q, "start_ms": st})),
+                "boot": s.boots.live().map(|b| b.meta.boot),
+                "missing_windows": s.boots.missing(),
                 "verdict": verdict,
                 "providers": s.layers.providers.iter().map(|(p, h)| (p.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
                 "layers": {"lan": s.layers.lan, "net": s.layers.net, "host_busy": s.layers.host_busy},
@@ -112,10 +115,14 @@ async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
     let e = shared.engine.lock().expect("engine lock");
     let c = e.counters();
     let rejected: u64 = c.rejected.values().sum();
+    let h = &shared.history_stats;
     Json(json!({
         "reports": c.reports, "statuses": c.statuses, "rejected": rejected,
         "rejected_by_reason": c.rejected, "late": c.late, "clock_skew": c.skewed,
         "evaluations": c.evaluations, "sites": e.sites().len(),
+        "stored": h.stored.load(Ordering::Relaxed),
+        "acked": h.acked.load(Ordering::Relaxed),
+        "missing_windows": e.missing_windows(),
     }))
 }
 
@@ -172,7 +179,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         "invalid_id",
         "site_mismatch",
         "duplicate",
-        "too_old",
+        "dedup_full",
         "window",
     ] {
         let n = c.rejected.get(reason).copied().unwrap_or(0);
@@ -192,13 +199,58 @@ pub fn metrics_text(shared: &Shared) -> String {
                 | "invalid_id"
                 | "site_mismatch"
                 | "duplicate"
-                | "too_old"
+                | "dedup_full"
                 | "window"
         ) {
             let _ = writeln!(
                 o,
                 "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}"
             );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_missing_windows_total Windows provably missing: gaps in a boot's seq, less those a backlog has filled since (so it can fall)."
+    );
+    let _ = writeln!(o, "# TYPE faultline_collector_missing_windows_total gauge");
+    let _ = writeln!(
+        o,
+        "faultline_collector_missing_windows_total {}",
+        e.missing_windows()
+    );
+    {
+        let h = &shared.history_stats;
+        let rows: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "faultline_collector_stored_windows_total",
+                "Window rows committed to history.",
+                &h.stored,
+            ),
+            (
+                "faultline_collector_history_duplicates_total",
+                "Windows history refused because it already held them.",
+                &h.refused_duplicates,
+            ),
+            (
+                "faultline_collector_history_errors_total",
+                "Failed history commits (retried; nothing is acknowledged meanwhile).",
+                &h.errors,
+            ),
+            (
+                "faultline_collector_acked_total",
+                "Deliveries acknowledged to the broker after their commit.",
+                &h.acked,
+            ),
+            (
+                "faultline_collector_stale_acks_total",
+                "Acknowledgements dropped because their connection had gone (delivered again).",
+                &h.stale_acks,
+            ),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
         }
     }
     let _ = writeln!(o, "# TYPE faultline_collector_late_reports_total counter");
@@ -250,6 +302,11 @@ pub fn metrics_text(shared: &Shared) -> String {
             o,
             "faultline_collector_published_total{{kind=\"metrics_dropped\"}} {}",
             st.metrics_dropped
+        );
+        let _ = writeln!(
+            o,
+            "faultline_collector_published_total{{kind=\"metrics_skipped\"}} {}",
+            st.metrics_skipped
         );
     }
     let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");

@@ -2,21 +2,34 @@
 //! engine (and rings the evaluator when a window is complete), one evaluates each
 //! window (when complete, or just after its boundary) and publishes, a writer thread keeps
 //! history, and axum serves the dashboard, API and metrics.
+//!
+//! Nothing is acknowledged before it is stored (DESIGN.md "Nothing lost"): the
+//! reading connection uses manual acks. Every QoS 1 message goes to the history
+//! writer behind whatever it carried (a window row, a boot, a site), in arrival
+//! order; the writer commits a batch durably and only then hands that batch's
+//! acknowledgements to the acker task, which sends the PUBACKs. A crash at any point
+//! leaves the unacknowledged messages with the broker, which delivers them again;
+//! de-dup, restored from history at start, drops what was already committed. A
+//! clean stop stops taking new messages, commits and acknowledges what it took, and
+//! disconnects keeping its session.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use faultline_shared::{Id, Report, Topics, Verdict};
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::engine::{Accepted, Engine, Output};
+use crate::engine::{Accepted, BootMeta, Engine, Output};
 use crate::store::{Store, WindowRow};
 
 /// Outgoing messages queued for the broker before metrics are dropped.
@@ -26,6 +39,19 @@ const METRICS_QUEUE: usize = 2_000;
 /// How long the broker keeps the reading connection's session (and queues reports
 /// for it) while the collector is away: as long as an agent's default buffer.
 const INGEST_SESSION_EXPIRY_S: u32 = 24 * 3600;
+/// Reports the broker may deliver before the collector acknowledges one (MQTT 5
+/// Receive Maximum): the depth of the ingest → history → ack pipeline. It bounds
+/// the batch a commit can take, so it sets ingest throughput.
+const INGEST_RECEIVE_MAXIMUM: u16 = 4096;
+/// Messages the history writer commits in one transaction at most.
+const HISTORY_BATCH: usize = 10_000;
+/// Per-probe metrics: each site may publish this many reports' worth in a burst,
+/// refilled at one per its window (see [`MetricsPacer`]).
+const METRICS_BURST: f64 = 3.0;
+/// How long a clean stop waits for history to commit and the broker to take the
+/// acknowledgements before it exits anyway (what is not acknowledged is delivered
+/// again on the next start).
+const STOP_DRAIN: Duration = Duration::from_secs(20);
 /// After the broker link returns (and at start), silence is not counted for this
 /// long: agents reconnect with backoff (up to their `reconnect_max_seconds`, 60 s by
 /// default) and must not look like sites going dark together.
@@ -38,16 +64,56 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// One delivery on the reading connection, to acknowledge once what it carried is
+/// committed. `conn` numbers the connection it came on: after a reconnect the broker
+/// delivers it again, so an acknowledgement for an earlier connection is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub conn: u64,
+    pub pkid: u16,
+    pub qos: QoS,
+}
+
+impl AckToken {
+    /// The token for a delivery that needs an acknowledgement (QoS 1 or 2).
+    pub fn of(p: &Publish, conn: u64) -> Option<Self> {
+        (p.qos != QoS::AtMostOnce).then_some(Self {
+            conn,
+            pkid: p.pkid,
+            qos: p.qos,
+        })
+    }
+
+    /// What rumqttc's `ack` reads: the packet id and QoS.
+    fn publish(&self) -> Publish {
+        let mut p = Publish::new("", self.qos, Vec::<u8>::new(), None);
+        p.pkid = self.pkid;
+        p
+    }
+}
+
 /// What the writer thread is asked to record.
 #[derive(Debug)]
 pub enum StoreMsg {
     Window(WindowRow),
+    Boot(Id, BootMeta),
     Verdict(Verdict),
     Incident(faultline_shared::IncidentEvent),
     Site(Id, Option<Id>, Option<String>),
     Maintain(u64),
-    /// Answered once everything sent before it is committed.
-    Flush(std_mpsc::Sender<()>),
+    /// Acknowledge this delivery once everything sent before it is committed.
+    Ack(AckToken),
+    /// Answered once everything sent before it is committed and its
+    /// acknowledgements are with the MQTT client.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What the acker task gets from the writer, in commit order.
+#[derive(Debug)]
+enum AckMsg {
+    Acks(Vec<AckToken>),
+    /// Answered once every acknowledgement before it is with the MQTT client.
+    Done(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Counts the shell keeps beside the engine's.
@@ -57,7 +123,58 @@ pub struct ShellStats {
     pub published_verdicts: u64,
     pub published_events: u64,
     pub metrics_dropped: u64,
+    /// Per-probe metrics not published: the site's burst was spent (a backlog).
+    pub metrics_skipped: u64,
     pub mqtt_errors: u64,
+}
+
+/// What the history writer and the acker have done (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct HistoryStats {
+    /// Window rows committed.
+    pub stored: AtomicU64,
+    /// Windows history refused because it already held them.
+    pub refused_duplicates: AtomicU64,
+    /// Failed commits (each retried until it succeeds; nothing is acknowledged meanwhile).
+    pub errors: AtomicU64,
+    /// Acknowledgements handed to the MQTT client.
+    pub acked: AtomicU64,
+    /// Acknowledgements dropped because their connection had gone (delivered again).
+    pub stale_acks: AtomicU64,
+}
+
+/// Paces the per-probe metrics feed per site: a burst of [`METRICS_BURST`] reports,
+/// then one per the site's window. A backlog being drained (after an outage, an
+/// earlier boot's spool, a collector catching up) is in history; re-broadcasting it
+/// at ten QoS 0 messages a report would only slow the catch-up.
+#[derive(Debug, Default)]
+pub struct MetricsPacer {
+    sites: HashMap<Id, (f64, u64)>,
+}
+
+impl MetricsPacer {
+    /// Whether a report of `site` with windows of `window_ms`, at `now_ms`, may go out.
+    pub fn allow(&mut self, site: &Id, window_ms: u32, now_ms: u64) -> bool {
+        let refill = |tokens: f64, last: u64| {
+            let per = f64::from(window_ms.max(1));
+            (tokens + now_ms.saturating_sub(last) as f64 / per).min(METRICS_BURST)
+        };
+        let (tokens, last) = match self.sites.get_mut(site) {
+            Some(e) => e,
+            None => self
+                .sites
+                .entry(site.clone())
+                .or_insert((METRICS_BURST, now_ms)),
+        };
+        *tokens = refill(*tokens, *last);
+        *last = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// State shared by the MQTT tasks and the HTTP handlers.
@@ -68,6 +185,7 @@ pub struct Shared {
     pub stats: Mutex<ShellStats>,
     /// A read connection for the API (SQLite WAL lets it read beside the writer).
     pub history: Mutex<Store>,
+    pub history_stats: Arc<HistoryStats>,
     pub started_ms: u64,
     /// Rung by ingest when the window being built is complete: evaluate now.
     pub window_complete: tokio::sync::Notify,
@@ -205,50 +323,140 @@ fn collector_status(state: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The writer thread: batches whatever is queued into one transaction.
-fn spawn_writer(mut store: Store, rx: std_mpsc::Receiver<StoreMsg>, cfg: crate::config::Storage) {
+/// The writer thread: commits whatever is queued (up to [`HISTORY_BATCH`]) in one
+/// transaction, retrying a failed one until it succeeds, then hands that batch's
+/// acknowledgements to the acker, in order.
+fn spawn_writer(
+    mut store: Store,
+    rx: std_mpsc::Receiver<StoreMsg>,
+    cfg: crate::config::Storage,
+    stats: Arc<HistoryStats>,
+    acks: tokio::sync::mpsc::UnboundedSender<AckMsg>,
+) {
     std::thread::Builder::new()
         .name("history".into())
         .spawn(move || {
+            let mut batch = Vec::new();
             while let Ok(first) = rx.recv() {
-                let mut acks = Vec::new();
-                let res = (|| -> anyhow::Result<()> {
-                    store.begin()?;
-                    let mut next = Some(first);
-                    let mut n = 0;
-                    let mut maintain = None;
-                    while let Some(m) = next.take() {
-                        match m {
-                            StoreMsg::Window(w) => store.window(&w)?,
-                            StoreMsg::Verdict(v) => store.verdict(&v)?,
-                            StoreMsg::Incident(e) => store.incident(&e)?,
-                            StoreMsg::Site(s, isp, c) => {
-                                store.site(&s, isp.as_ref(), c.as_deref())?
-                            }
-                            StoreMsg::Maintain(now) => maintain = Some(now),
-                            StoreMsg::Flush(tx) => acks.push(tx),
-                        }
-                        n += 1;
-                        if n < 10_000 {
-                            next = rx.try_recv().ok();
-                        }
+                batch.push(first);
+                while batch.len() < HISTORY_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
                     }
-                    store.commit()?;
-                    if let Some(now) = maintain {
-                        store.maintain(now, cfg.raw_days, cfg.hourly_days, cfg.incident_days)?;
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = res {
-                    tracing::error!("history write failed: {e:#}");
-                    let _ = store.commit();
                 }
-                for a in acks {
-                    let _ = a.send(());
+                let mut backoff = Backoff::new(100, 10_000);
+                let (stored, refused) = loop {
+                    match write_batch(&mut store, &batch) {
+                        Ok(n) => break n,
+                        Err(e) => {
+                            store.rollback();
+                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            let d = backoff.next_delay();
+                            tracing::error!("history write failed: {e:#}; retrying in {d:?}");
+                            std::thread::sleep(d);
+                        }
+                    }
+                };
+                stats.stored.fetch_add(stored, Ordering::Relaxed);
+                stats
+                    .refused_duplicates
+                    .fetch_add(refused, Ordering::Relaxed);
+                let mut tokens = Vec::new();
+                let mut maintain = None;
+                for m in batch.drain(..) {
+                    match m {
+                        StoreMsg::Ack(t) => tokens.push(t),
+                        StoreMsg::Maintain(now) => maintain = Some(now),
+                        StoreMsg::Flush(done) => {
+                            let _ = acks.send(AckMsg::Acks(std::mem::take(&mut tokens)));
+                            let _ = acks.send(AckMsg::Done(done));
+                        }
+                        _ => {}
+                    }
+                }
+                if !tokens.is_empty() {
+                    let _ = acks.send(AckMsg::Acks(tokens));
+                }
+                if let Some(now) = maintain
+                    && let Err(e) =
+                        store.maintain(now, cfg.raw_days, cfg.hourly_days, cfg.incident_days)
+                {
+                    tracing::error!("history maintenance failed: {e:#}");
                 }
             }
         })
         .expect("spawn the history thread");
+}
+
+/// Writes one batch in one transaction; returns (windows stored, windows refused as
+/// already stored).
+fn write_batch(store: &mut Store, batch: &[StoreMsg]) -> anyhow::Result<(u64, u64)> {
+    let (mut stored, mut refused) = (0, 0);
+    store.begin()?;
+    for m in batch {
+        match m {
+            StoreMsg::Window(w) => {
+                if store.window(w)? {
+                    stored += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            StoreMsg::Boot(site, meta) => store.boot(site, meta)?,
+            StoreMsg::Verdict(v) => store.verdict(v)?,
+            StoreMsg::Incident(e) => store.incident(e)?,
+            StoreMsg::Site(s, isp, c) => store.site(s, isp.as_ref(), c.as_deref())?,
+            StoreMsg::Maintain(_) | StoreMsg::Ack(_) | StoreMsg::Flush(_) => {}
+        }
+    }
+    store.commit()?;
+    Ok((stored, refused))
+}
+
+/// The acker: sends each committed delivery's PUBACK through the reading client,
+/// unless the connection it came on is gone (`conn_gate` holds the current one; the
+/// ingest task advances it when the connection drops, then clears rumqttc's queue).
+async fn ack_committed(
+    client: AsyncClient,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<AckMsg>,
+    conn_gate: Arc<Mutex<u64>>,
+    stats: Arc<HistoryStats>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let tokens = match msg {
+            AckMsg::Acks(t) => t,
+            AckMsg::Done(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        for t in tokens {
+            loop {
+                // Checked and queued under the gate, so no acknowledgement of a gone
+                // connection is queued after the ingest task cleared the queue.
+                let sent = {
+                    let conn = conn_gate.lock().expect("conn gate lock");
+                    if t.conn != *conn {
+                        stats.stale_acks.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    client.try_ack(&t.publish())
+                };
+                match sent {
+                    Ok(()) => {
+                        stats.acked.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    // The request queue is full: the event loop is draining it.
+                    Err(ClientError::TryRequest(_)) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    }
 }
 
 /// Runs the collector until SIGINT/SIGTERM.
@@ -266,22 +474,32 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some(m) => (m.host.clone(), m.port),
         None => start_embedded(&cfg)?,
     };
-    let writer = Store::open(&cfg.storage.path)?;
-    let restored = writer.restore().context("restore history")?;
-    let history = Store::open(&cfg.storage.path)?;
-    let (store_tx, store_rx) = std_mpsc::channel();
-    spawn_writer(writer, store_rx, cfg.storage.clone());
-
     let start = now_ms();
+    let writer = Store::open(&cfg.storage.path)?;
+    let restored = writer.restore(start).context("restore history")?;
+    let history = Store::open(&cfg.storage.path)?;
+    let history_stats = Arc::new(HistoryStats::default());
+    let (store_tx, store_rx) = std_mpsc::channel();
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    spawn_writer(
+        writer,
+        store_rx,
+        cfg.storage.clone(),
+        history_stats.clone(),
+        ack_tx,
+    );
+
     let mut engine = Engine::new(crate::engine_config(&cfg));
     let n_inc = restored.open_incidents.len();
+    let n_boots = restored.boots.len();
     engine.restore(start, restored);
-    tracing::info!(open_incidents = n_inc, "history restored");
+    tracing::info!(open_incidents = n_inc, boots = n_boots, "history restored");
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
         topics: cfg.topics.clone(),
         stats: Mutex::new(ShellStats::default()),
         history: Mutex::new(history),
+        history_stats: history_stats.clone(),
         started_ms: start,
         window_complete: tokio::sync::Notify::new(),
     });
@@ -304,8 +522,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         opts
     };
     // Two connections: one only reads (reports, statuses), one only writes (verdicts,
-    // events, metrics, status), so ten metrics publishes per report never slow the
-    // reading side. The writer carries the collector's last will.
+    // events, metrics, status), so metrics publishes never slow the reading side.
+    // The writer carries the collector's last will.
     let status_topic = cfg.topics.collector_status();
     let mut out_opts = options(client_id.clone());
     out_opts.set_last_will(LastWill::new(
@@ -319,14 +537,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // dropped and counted rather than queued without limit.
     let (client, mut out_loop) = AsyncClient::new(out_opts, OUT_QUEUE);
     // The reading connection keeps its session: reports published while the
-    // collector is away (a broker restart, its own reconnect backoff, a restart of
-    // the collector) are queued by the broker and delivered when it is back, so
-    // every window an agent measured reaches the engine (de-dup drops repeats).
+    // collector is away (a broker restart, its own reconnect backoff, a restart or a
+    // crash of the collector) are queued by the broker and delivered when it is
+    // back. It acknowledges only what history has committed (see the module docs).
     let mut in_opts = options(format!("{client_id}-in"));
     in_opts
         .set_clean_start(false)
-        .set_session_expiry_interval(Some(INGEST_SESSION_EXPIRY_S));
-    let (in_client, mut eventloop) = AsyncClient::new(in_opts, 64);
+        .set_session_expiry_interval(Some(INGEST_SESSION_EXPIRY_S))
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(INGEST_RECEIVE_MAXIMUM));
+    let (in_client, mut eventloop) =
+        AsyncClient::new(in_opts, usize::from(INGEST_RECEIVE_MAXIMUM) + 64);
 
     let http = crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone()).await?;
     tracing::info!("dashboard on http://{}", http);
@@ -365,13 +586,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
-    // The writing connection: reconnects with backoff, announces the collector.
+    // The writing connection: reconnects with backoff, announces the collector,
+    // ends once the broker closes the connection after its goodbye (a clean
+    // DISCONNECT; read until then, like the reading connection).
     let writer = {
         let shared = shared.clone();
         let client = client.clone();
         let status = cfg.topics.collector_status();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(200, 30_000);
+            let mut bye = false;
             loop {
                 match out_loop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -383,7 +607,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                             collector_status("online"),
                         );
                     }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => bye = true,
                     Ok(_) => {}
+                    Err(_) if bye => return,
                     Err(e) => {
                         shared.stats.lock().expect("stats lock").mqtt_errors += 1;
                         let d = backoff.next_delay();
@@ -419,13 +645,28 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
-    // Ingest.
+    // Acknowledgements of committed deliveries.
+    let conn_gate = Arc::new(Mutex::new(0u64));
+    let acker = tokio::spawn(ack_committed(
+        in_client.clone(),
+        ack_rx,
+        conn_gate.clone(),
+        history_stats.clone(),
+    ));
+
+    // Ingest. Once `draining` is set (a clean stop) new deliveries are left
+    // unacknowledged for the next start; the task ends when the broker closes the
+    // connection after its DISCONNECT.
+    let draining = Arc::new(AtomicBool::new(false));
     let ingest = {
         let shared = shared.clone();
         let store_tx = store_tx.clone();
         let cfg = cfg.clone();
+        let draining = draining.clone();
+        let in_client = in_client.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(200, 30_000);
+            let mut pacer = MetricsPacer::default();
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -440,10 +681,30 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                         subscribe(&in_client, &cfg);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        on_publish(&shared, &metrics_tx, &store_tx, &cfg, p);
+                        if draining.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let conn = *conn_gate.lock().expect("conn gate lock");
+                        let ingest = Ingest {
+                            shared: &shared,
+                            metrics_tx: &metrics_tx,
+                            store_tx: &store_tx,
+                            cfg: &cfg,
+                        };
+                        ingest.on_publish(&mut pacer, p, conn);
                     }
+                    // Sent after every acknowledgement queued before it. The task
+                    // reads on until the broker closes the connection: closing it
+                    // ourselves with deliveries unread would reset it (RST), and the
+                    // broker would drop the acknowledgements it had not read yet.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {}
                     Ok(_) => {}
+                    Err(_) if draining.load(Ordering::Relaxed) => return,
                     Err(e) => {
+                        // Deliveries of the lost connection come again on the next
+                        // one: their acknowledgements must not be sent on it.
+                        *conn_gate.lock().expect("conn gate lock") += 1;
+                        eventloop.clean();
                         {
                             let mut st = shared.stats.lock().expect("stats lock");
                             st.connected = false;
@@ -465,8 +726,25 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     shutdown_signal().await;
-    tracing::info!("stopping");
+    tracing::info!("stopping: committing and acknowledging what was received");
+    // Stop taking deliveries and evaluating; commit what was taken, acknowledge it,
+    // then leave the session (kept by the broker) with a clean DISCONNECT.
+    draining.store(true, Ordering::Relaxed);
     tick.abort();
+    metrics.abort();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let drained = store_tx.send(StoreMsg::Flush(done_tx)).is_ok()
+        && tokio::time::timeout(STOP_DRAIN, done_rx).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            "history did not commit in {STOP_DRAIN:?}: unacknowledged reports come again on the next start"
+        );
+    }
+    let _ = in_client.disconnect().await;
+    if tokio::time::timeout(STOP_DRAIN, ingest).await.is_err() {
+        tracing::warn!("the broker did not take the acknowledgements in time");
+    }
+    acker.abort();
     let _ = client
         .publish(
             status_topic,
@@ -476,15 +754,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await;
     let _ = client.disconnect().await;
-    // Give the event loop a moment to send the goodbye, then flush history.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ingest.abort();
-    metrics.abort();
-    writer.abort();
-    let (tx, rx) = std_mpsc::channel();
-    if store_tx.send(StoreMsg::Flush(tx)).is_ok() {
-        let _ = rx.recv_timeout(Duration::from_secs(10));
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    tracing::info!(
+        stored = history_stats.stored.load(Ordering::Relaxed),
+        acknowledged = history_stats.acked.load(Ordering::Relaxed),
+        stale = history_stats.stale_acks.load(Ordering::Relaxed),
+        "stopped"
+    );
     Ok(())
 }
 
@@ -532,52 +808,66 @@ fn subscribe(client: &AsyncClient, cfg: &Config) {
     }
 }
 
-fn on_publish(
-    shared: &Shared,
-    metrics_tx: &tokio::sync::mpsc::Sender<Report>,
-    store_tx: &std_mpsc::Sender<StoreMsg>,
-    cfg: &Config,
-    p: Publish,
-) {
-    let Ok(topic) = std::str::from_utf8(&p.topic) else {
-        let mut e = shared.engine.lock().expect("engine lock");
-        // Counted like any other bad topic.
-        let _ = e.ingest(&shared.topics, now_ms(), "\u{0}", &[], false);
-        return;
-    };
-    let now = now_ms();
-    let (res, complete) = {
-        let mut e = shared.engine.lock().expect("engine lock");
-        let res = e.ingest(&shared.topics, now, topic, &p.payload, p.retain);
-        (res, e.window_complete())
-    };
-    if complete && matches!(res, Ok(Accepted::Report { live: true, .. })) {
-        shared.window_complete.notify_one();
-    }
-    match res {
-        Ok(Accepted::Report { report, .. }) => {
-            let _ = store_tx.send(StoreMsg::Window(window_row(
-                &report,
-                now,
-                cfg.thresholds.loss_degraded,
-            )));
-            let n = report.probes.len() as u64;
-            if metrics_tx.try_send(report).is_err() {
-                shared.stats.lock().expect("stats lock").metrics_dropped += n;
-            }
+/// What the ingest task hands each delivery to.
+struct Ingest<'a> {
+    shared: &'a Shared,
+    metrics_tx: &'a tokio::sync::mpsc::Sender<Report>,
+    store_tx: &'a std_mpsc::Sender<StoreMsg>,
+    cfg: &'a Config,
+}
+
+impl Ingest<'_> {
+    /// Feeds one delivery to the engine and sends history what it carried, then its
+    /// acknowledgement (any outcome: a rejected message is not delivered again).
+    fn on_publish(&self, pacer: &mut MetricsPacer, p: Publish, conn: u64) {
+        let shared = self.shared;
+        let ack = AckToken::of(&p, conn);
+        let now = now_ms();
+        let (res, complete) = {
+            let mut e = shared.engine.lock().expect("engine lock");
+            // A topic that is not UTF-8 is counted like any other bad topic.
+            let topic = std::str::from_utf8(&p.topic).unwrap_or("\u{0}");
+            let res = e.ingest(&shared.topics, now, topic, &p.payload, p.retain);
+            (res, e.window_complete())
+        };
+        if complete && matches!(res, Ok(Accepted::Report { live: true, .. })) {
+            shared.window_complete.notify_one();
         }
-        Ok(Accepted::Status(site)) => {
-            let e = shared.engine.lock().expect("engine lock");
-            if let Some(s) = e.sites().get(&site) {
-                let _ = store_tx.send(StoreMsg::Site(
-                    site.clone(),
-                    s.isp.clone(),
-                    s.customer.clone(),
-                ));
+        match res {
+            Ok(Accepted::Report { report, boot, .. }) => {
+                if let Some(meta) = boot {
+                    let _ = self
+                        .store_tx
+                        .send(StoreMsg::Boot(report.site.clone(), meta));
+                }
+                let row = window_row(&report, now, self.cfg.thresholds.loss_degraded);
+                let _ = self.store_tx.send(StoreMsg::Window(row));
+                let n = report.probes.len() as u64;
+                if !pacer.allow(&report.site, report.window_ms, now) {
+                    shared.stats.lock().expect("stats lock").metrics_skipped += n;
+                } else if self.metrics_tx.try_send(report).is_err() {
+                    shared.stats.lock().expect("stats lock").metrics_dropped += n;
+                }
             }
+            Ok(Accepted::Status { site, boot }) => {
+                if let Some(meta) = boot {
+                    let _ = self.store_tx.send(StoreMsg::Boot(site.clone(), meta));
+                }
+                let e = shared.engine.lock().expect("engine lock");
+                if let Some(s) = e.sites().get(&site) {
+                    let _ = self.store_tx.send(StoreMsg::Site(
+                        site.clone(),
+                        s.isp.clone(),
+                        s.customer.clone(),
+                    ));
+                }
+            }
+            Ok(Accepted::Ignored) => {}
+            Err(e) => tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), "dropped: {e}"),
         }
-        Ok(Accepted::Ignored) => {}
-        Err(e) => tracing::debug!(topic, "dropped: {e}"),
+        if let Some(t) = ack {
+            let _ = self.store_tx.send(StoreMsg::Ack(t));
+        }
     }
 }
 

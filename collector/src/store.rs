@@ -1,16 +1,32 @@
 //! History in SQLite: incidents, verdict changes, the verdicts in force (restored
-//! after a restart), per-window summaries with retention and hourly downsampling.
+//! after a restart), per-window summaries with retention and hourly downsampling,
+//! and every boot's counted windows (`boots`), so de-dup survives a restart.
+//!
+//! A window is stored at most once: `windows` is unique on (site, boot, seq), and
+//! the writer also checks each boot's record of stored seqs, which outlives the raw
+//! rows (they are downsampled after `raw_days`). That record is written in the same
+//! transaction as the rows, so after a crash it says exactly what was committed.
 //!
 //! [`Store`] is plain synchronous rusqlite; `run` owns it on a writer thread fed by a
-//! channel, so a slow disk never stalls ingest.
+//! channel, so a slow disk never stalls ingest. Commits are durable (`synchronous =
+//! FULL`): `run` acknowledges a report to the broker only after its commit.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
 use faultline_shared::{Id, Incident, IncidentEvent, Verdict};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::engine::Restored;
+use crate::engine::boots::{BootMeta, BootSeen, FORGET_AFTER_MS, SeqSet};
+
+/// The schema this build writes (`PRAGMA user_version`); older files are migrated
+/// when opened.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Boots whose stored seqs the writer keeps in memory before it starts over (each
+/// is read back from `boots` when next needed).
+const BOOT_CACHE: usize = 50_000;
 
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -37,7 +53,19 @@ pub struct Store {
     db: Connection,
     /// (site, provider) → when `site_providers` was last advanced: written at most
     /// once a minute per pair.
-    seen_providers: std::collections::HashMap<(Id, Id), u64>,
+    seen_providers: HashMap<(Id, Id), u64>,
+    /// Site → boot → the seqs stored (committed, or in the open transaction).
+    boots: HashMap<Id, HashMap<u32, StoredBoot>>,
+    /// Boots whose seqs changed in the open transaction.
+    dirty: Vec<(Id, u32)>,
+}
+
+/// One boot's stored seqs as the writer knows them.
+#[derive(Debug, Default)]
+struct StoredBoot {
+    seqs: SeqSet,
+    last_ms: u64,
+    dirty: bool,
 }
 
 fn i(v: u64) -> i64 {
@@ -46,10 +74,11 @@ fn i(v: u64) -> i64 {
 
 impl Store {
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let db = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
+        let mut db = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
+        db.busy_timeout(std::time::Duration::from_secs(30))?;
         db.execute_batch(
             "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
+             PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS incidents(
                id TEXT PRIMARY KEY, scope TEXT NOT NULL, target_id TEXT NOT NULL,
@@ -79,9 +108,12 @@ impl Store {
                bad_windows INTEGER NOT NULL, avg_loss REAL NOT NULL, max_rtt_ms REAL,
                min_mos REAL, PRIMARY KEY(site, hour_ms));",
         )?;
+        migrate(&mut db).with_context(|| format!("migrate {}", path.display()))?;
         Ok(Store {
             db,
-            seen_providers: std::collections::HashMap::new(),
+            seen_providers: HashMap::new(),
+            boots: HashMap::new(),
+            dirty: Vec::new(),
         })
     }
 
@@ -90,9 +122,95 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the boots whose seqs changed, then commits.
     pub fn commit(&mut self) -> anyhow::Result<()> {
+        for (site, boot) in &self.dirty {
+            let Some(b) = self.boots.get(site).and_then(|m| m.get(boot)) else {
+                continue;
+            };
+            self.db
+                .prepare_cached(
+                    "INSERT INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
+                     VALUES(?1, ?2, 0, 0, NULL, ?3, ?4)
+                     ON CONFLICT(site, boot) DO UPDATE SET seqs = excluded.seqs,
+                       last_ms = max(last_ms, excluded.last_ms)",
+                )?
+                .execute(params![
+                    site.as_str(),
+                    boot,
+                    b.seqs.to_string(),
+                    i(b.last_ms)
+                ])?;
+        }
         self.db.execute_batch("COMMIT")?;
+        for (site, boot) in self.dirty.drain(..) {
+            if let Some(b) = self.boots.get_mut(&site).and_then(|m| m.get_mut(&boot)) {
+                b.dirty = false;
+            }
+        }
+        if self.boots.values().map(HashMap::len).sum::<usize>() > BOOT_CACHE {
+            self.boots.clear();
+        }
         Ok(())
+    }
+
+    /// Abandons the open transaction (after a failed write), and with it what the
+    /// writer believed stored in it.
+    pub fn rollback(&mut self) {
+        let _ = self.db.execute_batch("ROLLBACK");
+        self.boots.clear();
+        self.dirty.clear();
+        self.seen_providers.clear();
+    }
+
+    /// What history keeps of a boot beside its seqs (from the engine).
+    pub fn boot(&mut self, site: &Id, m: &BootMeta) -> anyhow::Result<()> {
+        self.db
+            .prepare_cached(
+                "INSERT INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
+                 VALUES(?1, ?2, ?3, ?4, ?5, '', ?6)
+                 ON CONFLICT(site, boot) DO UPDATE SET ordinal = excluded.ordinal,
+                   announced = excluded.announced, floor = excluded.floor,
+                   last_ms = max(last_ms, excluded.last_ms)",
+            )?
+            .execute(params![
+                site.as_str(),
+                m.boot,
+                i(m.ordinal),
+                m.announced,
+                m.floor.map(i),
+                i(m.last_ms)
+            ])?;
+        Ok(())
+    }
+
+    /// The writer's record of a boot's stored seqs, read from `boots` when not cached.
+    fn stored_boot(&mut self, site: &Id, boot: u32) -> anyhow::Result<&mut StoredBoot> {
+        if !self.boots.get(site).is_some_and(|m| m.contains_key(&boot)) {
+            let row: Option<(String, i64)> = self
+                .db
+                .prepare_cached("SELECT seqs, last_ms FROM boots WHERE site = ?1 AND boot = ?2")?
+                .query_row(params![site.as_str(), boot], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let b = match row {
+                Some((text, last_ms)) => StoredBoot {
+                    seqs: SeqSet::parse(&text).unwrap_or_else(|e| {
+                        tracing::error!(site = %site, boot, "history: {e}; starting it over");
+                        SeqSet::new()
+                    }),
+                    last_ms: last_ms.max(0) as u64,
+                    dirty: false,
+                },
+                None => StoredBoot::default(),
+            };
+            self.boots.entry(site.clone()).or_default().insert(boot, b);
+        }
+        // Present: inserted just above when it was missing.
+        Ok(self
+            .boots
+            .get_mut(site)
+            .and_then(|m| m.get_mut(&boot))
+            .unwrap())
     }
 
     pub fn verdict(&mut self, v: &Verdict) -> anyhow::Result<()> {
@@ -163,10 +281,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn window(&mut self, w: &WindowRow) -> anyhow::Result<()> {
-        self.db
+    /// Stores one window unless (site, boot, seq) already is: returns whether it was
+    /// new.
+    pub fn window(&mut self, w: &WindowRow) -> anyhow::Result<bool> {
+        if self.stored_boot(&w.site, w.boot)?.seqs.contains(w.seq) {
+            return Ok(false);
+        }
+        let inserted = self
+            .db
             .prepare_cached(
-                "INSERT INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos)
+                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos)
                  VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
@@ -179,7 +303,20 @@ impl Store {
                 w.max_loss,
                 w.max_rtt_ms,
                 w.min_mos
-            ])?;
+            ])?
+            == 1;
+        let b = self.stored_boot(&w.site, w.boot)?;
+        // No run limit here: history records whatever the engine let through.
+        let _ = b.seqs.insert(w.seq, usize::MAX);
+        b.last_ms = b.last_ms.max(w.recv_ms);
+        let newly_dirty = !b.dirty;
+        b.dirty = true;
+        if newly_dirty {
+            self.dirty.push((w.site.clone(), w.boot));
+        }
+        if !inserted {
+            return Ok(false);
+        }
         for p in &w.providers {
             let key = (w.site.clone(), p.clone());
             match self.seen_providers.get_mut(&key) {
@@ -196,7 +333,7 @@ impl Store {
                 )?
                 .execute(params![w.site.as_str(), p.as_str(), i(w.recv_ms)])?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Downsamples windows older than `raw_days` into hourly rows, then drops what
@@ -237,13 +374,52 @@ impl Store {
             "DELETE FROM verdict_changes WHERE at_ms < ?1",
             params![icut],
         )?;
+        // A boot's record of stored seqs outlives its raw rows (so a late copy of a
+        // downsampled window is still known) as long as hourly rows are kept; each
+        // site's live boot is always kept.
+        tx.execute(
+            "DELETE FROM boots WHERE last_ms < ?1
+             AND ordinal < (SELECT max(ordinal) FROM boots b WHERE b.site = boots.site)",
+            params![hcut],
+        )?;
         tx.commit()?;
+        self.boots.clear();
         Ok(())
     }
 
-    /// What the engine needs to carry on after a restart.
-    pub fn restore(&self) -> anyhow::Result<Restored> {
+    /// What the engine needs to carry on after a restart at `now_ms`: verdicts,
+    /// incidents, sites, and the boots the engine remembers (heard from within
+    /// [`FORGET_AFTER_MS`], and each site's live one) with their stored seqs.
+    pub fn restore(&self, now_ms: u64) -> anyhow::Result<Restored> {
         let mut r = Restored::default();
+        let mut st = self.db.prepare(
+            "SELECT site, boot, ordinal, announced, floor, seqs, last_ms FROM boots b
+             WHERE last_ms >= ?1 OR ordinal = (SELECT max(ordinal) FROM boots WHERE site = b.site)",
+        )?;
+        let rows = st.query_map(params![i(now_ms.saturating_sub(FORGET_AFTER_MS))], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, i64>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (site, boot, ordinal, announced, floor, seqs, last_ms) = row?;
+            let Ok(site) = Id::new(site) else { continue };
+            let seqs = SeqSet::parse(&seqs).with_context(|| format!("boots: {site} {boot}"))?;
+            let meta = BootMeta {
+                boot,
+                ordinal: ordinal.max(0) as u64,
+                announced,
+                floor: floor.map(|f| f.max(0) as u64),
+                last_ms: last_ms.max(0) as u64,
+            };
+            r.boots.push((site, BootSeen { meta, seqs }));
+        }
         let mut st = self
             .db
             .prepare("SELECT json FROM verdicts_current ORDER BY scope, id")?;
@@ -355,6 +531,72 @@ impl Store {
     }
 }
 
+/// Brings a history file of any earlier schema up to [`SCHEMA_VERSION`], in one
+/// transaction (a second process opening it meanwhile waits, then finds it done).
+fn migrate(db: &mut Connection) -> anyhow::Result<()> {
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        // Version 1: a window is stored once. Older collectors stored a repeated
+        // window again; keep the first copy.
+        let dropped = tx.execute(
+            "DELETE FROM windows WHERE rowid NOT IN
+             (SELECT min(rowid) FROM windows GROUP BY site, boot, seq)",
+            [],
+        )?;
+        tx.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS windows_key ON windows(site, boot, seq);
+             CREATE TABLE IF NOT EXISTS boots(
+               site TEXT NOT NULL, boot INTEGER NOT NULL, ordinal INTEGER NOT NULL,
+               announced INTEGER NOT NULL, floor INTEGER, seqs TEXT NOT NULL,
+               last_ms INTEGER NOT NULL, PRIMARY KEY(site, boot)) WITHOUT ROWID;",
+        )?;
+        // Each boot's seqs from the rows kept; boots ordered by their first arrival.
+        let mut boots: Vec<(String, u32, SeqSet, i64, i64)> = Vec::new();
+        {
+            let mut st = tx
+                .prepare("SELECT site, boot, seq, recv_ms FROM windows ORDER BY site, boot, seq")?;
+            let mut rows = st.query([])?;
+            while let Some(row) = rows.next()? {
+                let (site, boot, seq, recv): (String, u32, i64, i64) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+                match boots.last_mut() {
+                    Some(b) if b.0 == site && b.1 == boot => {
+                        let _ = b.2.insert(seq.max(0) as u64, usize::MAX);
+                        b.3 = b.3.min(recv);
+                        b.4 = b.4.max(recv);
+                    }
+                    _ => {
+                        let mut seqs = SeqSet::new();
+                        let _ = seqs.insert(seq.max(0) as u64, usize::MAX);
+                        boots.push((site, boot, seqs, recv, recv));
+                    }
+                }
+            }
+        }
+        boots.sort_by(|a, b| (&a.0, a.3).cmp(&(&b.0, b.3)));
+        let mut ordinal = 0;
+        for (n, (site, boot, seqs, _, last)) in boots.iter().enumerate() {
+            ordinal = if n > 0 && boots[n - 1].0 == *site {
+                ordinal + 1
+            } else {
+                1
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
+                 VALUES(?1, ?2, ?3, 0, NULL, ?4, ?5)",
+                params![site, boot, ordinal, seqs.to_string(), last],
+            )?;
+        }
+        tx.pragma_update(None, "user_version", 1)?;
+        if dropped > 0 {
+            tracing::warn!("history: dropped {dropped} repeated window rows (schema 1)");
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,7 +660,7 @@ mod tests {
             s.maintain(10 * DAY_MS, 2, 90, 400).unwrap();
         }
         let s = Store::open(&path).unwrap();
-        let r = s.restore().unwrap();
+        let r = s.restore(10 * DAY_MS).unwrap();
         assert_eq!(r.next_incident, 7);
         assert_eq!(r.open_incidents.len(), 1);
         assert_eq!(r.verdicts.len(), 1);
@@ -427,6 +669,138 @@ mod tests {
             s.db.query_row("SELECT count(*) FROM windows_hourly", [], |r| r.get(0))
                 .unwrap();
         assert_eq!(n, 1, "old windows downsampled to hourly rows");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn row(site: &str, boot: u32, seq: u64, recv_ms: u64) -> WindowRow {
+        WindowRow {
+            site: id(site),
+            recv_ms,
+            start_ms: 0,
+            boot,
+            seq,
+            bad: 0,
+            max_loss: 0.0,
+            max_rtt_ms: None,
+            min_mos: None,
+            providers: vec![],
+        }
+    }
+
+    fn temp_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("fl-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        (dir, path)
+    }
+
+    fn count(s: &Store, sql: &str) -> i64 {
+        s.db.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_window_is_stored_once_across_restarts_and_downsampling() {
+        let (dir, path) = temp_db("once");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.begin().unwrap();
+            s.boot(
+                &id("a"),
+                &BootMeta {
+                    boot: 7,
+                    ordinal: 1,
+                    announced: true,
+                    floor: Some(0),
+                    last_ms: 1000,
+                },
+            )
+            .unwrap();
+            for seq in [0, 1, 2, 5] {
+                assert!(s.window(&row("a", 7, seq, 1000)).unwrap());
+            }
+            assert!(
+                !s.window(&row("a", 7, 1, 1000)).unwrap(),
+                "same transaction"
+            );
+            s.commit().unwrap();
+            // A failed transaction is forgotten, seqs included.
+            s.begin().unwrap();
+            assert!(s.window(&row("a", 7, 9, 1000)).unwrap());
+            s.rollback();
+            s.begin().unwrap();
+            assert!(s.window(&row("a", 7, 9, 1000)).unwrap(), "rolled back");
+            s.commit().unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let r = s.restore(2000).unwrap();
+        assert_eq!(r.boots.len(), 1);
+        let (site, b) = &r.boots[0];
+        assert_eq!(site.as_str(), "a");
+        assert_eq!(b.seqs.to_string(), "0-2,5,9");
+        assert_eq!(b.meta.ordinal, 1);
+        assert!(b.meta.announced);
+        assert_eq!(b.meta.floor, Some(0));
+        assert_eq!(b.missing(), 5);
+        // Raw rows downsampled: the boot's record still knows every window.
+        s.maintain(10 * DAY_MS, 2, 90, 400).unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM windows"), 0);
+        s.begin().unwrap();
+        assert!(!s.window(&row("a", 7, 5, 11 * DAY_MS)).unwrap());
+        assert!(s.window(&row("a", 7, 3, 11 * DAY_MS)).unwrap());
+        s.commit().unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM windows"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_older_history_file_is_migrated_and_its_repeats_dropped() {
+        let (dir, path) = temp_db("migrate");
+        {
+            // The schema before version 1: no unique key, no boots.
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE windows(
+                   site TEXT NOT NULL, recv_ms INTEGER NOT NULL, start_ms INTEGER NOT NULL,
+                   boot INTEGER NOT NULL, seq INTEGER NOT NULL, bad INTEGER NOT NULL,
+                   max_loss REAL NOT NULL, max_rtt_ms REAL, min_mos REAL);",
+            )
+            .unwrap();
+            for (boot, seq, recv) in [
+                (1, 0, 10),
+                (1, 1, 20),
+                (1, 1, 21),
+                (1, 3, 30),
+                (2, 0, 40),
+                (2, 0, 41),
+            ] {
+                db.execute(
+                    "INSERT INTO windows VALUES('a', ?1, 0, ?2, ?3, 0, 0.0, NULL, NULL)",
+                    params![recv, boot, seq],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM windows"), 4);
+        assert_eq!(count(&s, "PRAGMA user_version"), SCHEMA_VERSION);
+        let r = s.restore(50).unwrap();
+        let mut boots: Vec<_> = r
+            .boots
+            .iter()
+            .map(|(_, b)| (b.meta.boot, b.meta.ordinal, b.seqs.to_string()))
+            .collect();
+        boots.sort();
+        assert_eq!(boots, [(1, 1, "0-1,3".to_owned()), (2, 2, "0".to_owned())]);
+        let dup = s.db.execute(
+            "INSERT INTO windows VALUES('a', 50, 0, 1, 3, 0, 0.0, NULL, NULL)",
+            [],
+        );
+        assert!(dup.is_err(), "unique on (site, boot, seq)");
+        drop(s);
+        // Opening again changes nothing.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM boots"), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -31,12 +31,15 @@ BUDGET_JITTER="jitter against injected jitter (no budget)"
 BUDGET_REPORT="10-target report ≤ 400 bytes postcard (JSON several times larger)"
 BUDGET_MONTH="a site sends ≤ 150 MB a month, TLS and MQTT included"
 BUDGET_METERED="metered-link profile ≤ 500 MB a month, probes and reports"
-BUDGET_INGEST="collector keeps up: ≥ 0.8 × a bare subscriber on the same broker"
+BUDGET_INGEST="collector keeps up: ≥ 0.9 × a bare subscriber on the same broker, acknowledging after storage"
 BUDGET_SITES="collector: 10,000 sites × 10 targets ≤ 150 MB RSS"
 BUDGET_EVAL="time per evaluation, 10,000 sites × 10 targets (no budget)"
 BUDGET_DETECT="a verdict within 3 windows of onset"
 BUDGET_CLEAR="cleared within 4 windows of the end"
 BUDGET_LOSSLESS="nothing lost across a broker restart and an agent SIGKILL"
+BUDGET_NOLOSS_KILL="nothing lost: collector SIGKILLed while ≥ 20 sites flush ≥ 1,000-window backlogs, every window in history once"
+BUDGET_NOLOSS_AWAY="nothing lost: collector away for the shipped broker config's stated backlog"
+BUDGET_NOLOSS_RTC="nothing lost: RTC-less reboots with a spooled backlog stay live, every window once"
 
 # True when QUICK is set (and not 0): shorter durations while developing.
 quick() { [[ -n ${QUICK:-} && ${QUICK:-} != 0 ]]; }

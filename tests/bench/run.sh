@@ -4,7 +4,7 @@
 # file, regenerated): a header saying where and when, a summary table with each
 # figure beside its budget from DESIGN.md, then one section per benchmark.
 #
-#   bash tests/bench/run.sh             # the real run (about 25 minutes on 2 cores)
+#   bash tests/bench/run.sh             # the real run (about 30 minutes on 2 cores)
 #   QUICK=1 bash tests/bench/run.sh     # shorter durations while developing; the file says QUICK
 #
 # Each benchmark prints its own Markdown section on stdout and appends its summary
@@ -33,9 +33,10 @@ BENCHES=(
     "engine|bash tests/bench/engine.sh|SITES EVAL"
     "ingest|bash collector/bench/ingest.sh|INGEST SITES"
     "detection|bash tests/bench/detection.sh|DETECT CLEAR LOSSLESS"
+    "reliability|bash collector/bench/reliability.sh|NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC"
 )
 # Summary order: DESIGN.md's budgets, top to bottom.
-ORDER=(SIZE RSS CPU RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES EVAL DETECT CLEAR LOSSLESS)
+ORDER=(SIZE RSS CPU RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES EVAL DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC)
 
 # A table cell from free text.
 cell() { tr '\n|' ' /' <<<"$1" | sed -E 's/ +/ /g; s/^ //; s/ $//' | cut -c1-200; }

@@ -9,7 +9,9 @@
 //! Time: the engine judges on *collector receive time* only. A report's `start_ms`
 //! comes from a gateway clock that may be wrong (no RTC, no NTP yet); it is stored
 //! in history and compared with the collector's clock only to count skew. Which
-//! window is newest is decided by `(boot, seq)`, never by `start_ms`.
+//! window is newest is decided by `(boot, seq)` and the order boots appeared in
+//! ([`boots`]), never by `start_ms`: a previous boot's backlog is counted and stored
+//! but never evaluated as "now".
 //!
 //! Evaluation: once per window. Agents publish a window just before its end (a
 //! wall-clock multiple of `window_ms`), so the engine evaluates as soon as every
@@ -21,6 +23,7 @@
 //! new keeps its previous window until `silence_windows` evaluations pass, then it
 //! is offline.
 
+pub mod boots;
 pub mod fleet;
 pub mod health;
 pub mod site;
@@ -31,9 +34,10 @@ use faultline_shared::{
     Id, Incident, Report, Scope, State, Status, StatusState, Topic, Topics, Verdict, decode,
 };
 
+pub use boots::{BootMeta, BootSeen, Boots, Seen, SeqSet};
 pub use fleet::{Fleet, Output, Track};
 pub use health::Thresholds;
-pub use site::{OfflineWhy, Presence, Seen, SiteTrack};
+pub use site::{OfflineWhy, Presence, SiteTrack};
 
 use fleet::Shown;
 
@@ -78,8 +82,8 @@ pub enum Reject {
     SiteMismatch { topic: Id, payload: Id },
     #[error("duplicate window (site, boot, seq)")]
     Duplicate,
-    #[error("window too far behind the newest to de-duplicate")]
-    TooOld,
+    #[error("the boot's record of counted windows is full (too many gaps)")]
+    DedupFull,
     #[error("window_ms {0} out of range")]
     Window(u32),
 }
@@ -94,7 +98,7 @@ impl Reject {
             Reject::Version(_) => "version",
             Reject::SiteMismatch { .. } => "site_mismatch",
             Reject::Duplicate => "duplicate",
-            Reject::TooOld => "too_old",
+            Reject::DedupFull => "dedup_full",
             Reject::Window(_) => "window",
         }
     }
@@ -104,13 +108,16 @@ impl Reject {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
     /// A new window; `live` when it is now the site's newest and will be evaluated,
-    /// otherwise it arrived late (history only).
+    /// otherwise it arrived late or belongs to an earlier boot (history only).
+    /// `boot`: a boot seen for the first time, for history.
     Report {
         report: Report,
         live: bool,
         skewed: bool,
+        boot: Option<BootMeta>,
     },
-    Status(Id),
+    /// `boot`: the boot the status announced, when that changed what is kept of it.
+    Status { site: Id, boot: Option<BootMeta> },
     /// A message on a topic the collector does not ingest (its own outputs).
     Ignored,
 }
@@ -253,7 +260,7 @@ impl Engine {
                 self.counters.late += u64::from(!live);
                 self.counters.skewed += u64::from(*skewed);
             }
-            Ok(Accepted::Status(_)) => self.counters.statuses += 1,
+            Ok(Accepted::Status { .. }) => self.counters.statuses += 1,
             Ok(Accepted::Ignored) => {}
         }
         r
@@ -300,8 +307,8 @@ impl Engine {
                 }
                 // A retained offline status tells of an old departure, not a new one.
                 let since = if retained { 0 } else { now_ms };
-                self.on_status(since, &site, status);
-                Ok(Accepted::Status(site))
+                let boot = self.on_status(since, &site, status);
+                Ok(Accepted::Status { site, boot })
             }
             Ok(_) => Ok(Accepted::Ignored),
             Err(e) => Err(Reject::Topic(e.to_string())),
@@ -335,24 +342,15 @@ impl Engine {
             .sites
             .entry(report.site.clone())
             .or_insert_with(|| SiteTrack::new(now_ms));
-        let seen = site.dedup.check(report.boot, report.seq);
+        let (seen, boot) = site.boots.window(now_ms, report.boot, report.seq);
         let end = report.start_ms.saturating_add(u64::from(report.window_ms));
         let skew = end as i128 - now_ms as i128;
         let skewed = skew.unsigned_abs() > u128::from(th.max_skew_ms);
         site.clock_skew_ms = skew.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         let live = match seen {
             Seen::Duplicate => return Err(Reject::Duplicate),
-            Seen::TooOld => return Err(Reject::TooOld),
-            // A boot never seen before is the agent's newest start.
-            Seen::Fresh { new_boot: true, .. } => true,
-            // Another known boot: live only if its clock says it is newer.
-            Seen::Fresh { newest, .. } => {
-                newest
-                    && (site.boot == Some(report.boot)
-                        || site
-                            .last_window
-                            .is_none_or(|(_, _, start)| report.start_ms > start))
-            }
+            Seen::Full => return Err(Reject::DedupFull),
+            Seen::Fresh { live } => live,
         };
         if live {
             if site.awaited() {
@@ -366,11 +364,13 @@ impl Engine {
             report,
             live,
             skewed,
+            boot,
         })
     }
 
-    /// An agent's retained status (or last will).
-    pub fn on_status(&mut self, now_ms: u64, site: &Id, status: Status) {
+    /// An agent's retained status (or last will). Returns what changed about the boot
+    /// an online status names (see [`boots`]).
+    pub fn on_status(&mut self, now_ms: u64, site: &Id, status: Status) -> Option<BootMeta> {
         let s = self
             .sites
             .entry(site.clone())
@@ -383,9 +383,7 @@ impl Engine {
                 if status.customer.is_some() {
                     s.customer = status.customer;
                 }
-                if let Some(b) = status.boot {
-                    s.boot = Some(b);
-                }
+                s.boots.announce(now_ms, status.boot)
             }
             StatusState::Offline => {
                 let why = status.reason.map_or(OfflineWhy::Lost, OfflineWhy::from);
@@ -394,7 +392,7 @@ impl Engine {
                 // `link_lost` takes it back. (`now_ms` 0 is a retained, old departure.)
                 if why == OfflineWhy::Lost && now_ms != 0 && !s.is_offline() {
                     self.pending_wills.entry(site.clone()).or_insert(now_ms);
-                    return;
+                    return None;
                 }
                 if !s.is_offline() {
                     if s.awaited() {
@@ -405,8 +403,15 @@ impl Engine {
                         why,
                     };
                 }
+                None
             }
         }
+    }
+
+    /// Windows provably missing across every site (gaps in a boot's seqs; see
+    /// [`boots`]), less those a backlog has filled since.
+    pub fn missing_windows(&self) -> u64 {
+        self.sites.values().map(|s| s.boots.missing()).sum()
     }
 
     /// How long after a window boundary the evaluation waits for reports still on
@@ -530,6 +535,16 @@ impl Engine {
     /// re-opens nor forgets an incident: open verdicts come back open.
     pub fn restore(&mut self, now_ms: u64, restored: Restored) {
         self.fleet.incidents.next = self.fleet.incidents.next.max(restored.next_incident);
+        let mut boots: BTreeMap<Id, Vec<BootSeen>> = BTreeMap::new();
+        for (site, b) in restored.boots {
+            boots.entry(site).or_default().push(b);
+        }
+        for (site, b) in boots {
+            self.sites
+                .entry(site)
+                .or_insert_with(|| SiteTrack::new(now_ms))
+                .boots = Boots::restore(b);
+        }
         for inc in restored.open_incidents {
             self.fleet.incidents.open.insert(inc.id.clone(), inc);
         }
@@ -593,6 +608,8 @@ pub struct Restored {
     pub open_incidents: Vec<Incident>,
     pub next_incident: u64,
     pub sites: Vec<(Id, Option<Id>, Option<String>)>,
+    /// Every site's boots and the windows counted of each: de-dup survives a restart.
+    pub boots: Vec<(Id, BootSeen)>,
 }
 
 #[cfg(test)]
@@ -674,6 +691,7 @@ mod tests {
                 .iter()
                 .map(|(s, t)| (s.clone(), t.isp.clone(), None))
                 .collect(),
+            boots: Vec::new(),
         };
         let mut e2 = Engine::new(cfg());
         e2.restore(5000, restored);
@@ -801,5 +819,123 @@ mod tests {
                 .any(|o| matches!(o, Output::Verdict(v) if v.state == State::Offline)),
             "{out:?}"
         );
+    }
+
+    /// Site `a`'s report for `(boot, seq)` with its own clock reading `start_ms`.
+    fn report_of(boot: u32, seq: u64, start_ms: u64) -> Report {
+        Report {
+            boot,
+            start_ms,
+            ..report("a", seq, false)
+        }
+    }
+
+    #[test]
+    fn an_rtc_less_reboot_with_a_spooled_backlog_keeps_the_site_live() {
+        let mut e = Engine::new(cfg());
+        let now0 = 1_764_201_600_000;
+        let offline = |out: &[Output]| {
+            out.iter().any(|o| {
+                matches!(o, Output::Verdict(v) if v.id.as_str() == "a" && v.state == State::Offline)
+            })
+        };
+        let mut out = Vec::new();
+        for w in 0..30u64 {
+            let at = now0 + w * 1000;
+            for (s, isp) in [("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    e.on_status(at, &id(s), Status::online(1, "t", id(isp), None));
+                }
+                e.on_report(at + 500, &id(s), report(s, w, false)).unwrap();
+            }
+            match w {
+                0 => {
+                    e.on_status(at, &id("a"), Status::online(1, "t", id("A"), None));
+                }
+                // Windows 5 and 6 of boot 1 are measured but not sent (the uplink is
+                // down), then the gateway reboots without an RTC: boot 2's clock reads 1970.
+                7 => {
+                    e.on_status(at, &id("a"), Status::online(2, "t", id("A"), None));
+                }
+                _ => {}
+            }
+            if w < 5 {
+                e.on_report(at + 500, &id("a"), report_of(1, w, at))
+                    .unwrap();
+            } else if w >= 7 {
+                let r = e.on_report(at + 500, &id("a"), report_of(2, w - 7, (w - 7) * 1000));
+                assert!(
+                    matches!(r, Ok(Accepted::Report { live: true, .. })),
+                    "{r:?}"
+                );
+                // The spool sends boot 1's windows after the new boot's, one a window,
+                // and some of them twice.
+                if (7..9).contains(&w) {
+                    let old = report_of(1, w - 2, now0 + (w - 2) * 1000);
+                    let r = e.on_report(at + 600, &id("a"), old.clone());
+                    assert!(
+                        matches!(r, Ok(Accepted::Report { live: false, .. })),
+                        "{r:?}"
+                    );
+                    let again = e.on_report(at + 700, &id("a"), old);
+                    assert_eq!(again, Err(Reject::Duplicate));
+                }
+            }
+            out.extend(e.tick(at + 1000 + e.evaluation_delay_ms()));
+        }
+        assert!(!offline(&out), "{out:?}");
+        let a = &e.sites()[&id("a")];
+        assert_eq!(a.last_window.map(|w| w.0), Some(2));
+        assert_eq!(a.boots.live().map(|b| b.meta.boot), Some(2));
+        assert_eq!(e.missing_windows(), 0, "the backlog filled boot 1's gap");
+    }
+
+    #[test]
+    fn de_dup_and_the_live_boot_survive_a_restart() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..4, false);
+        // Site a rebooted as boot 9; its window 2 is missing so far.
+        e.on_status(4_000, &id("a"), Status::online(9, "t", id("a"), None));
+        for seq in [0, 1, 3] {
+            e.on_report(4_100, &id("a"), report_of(9, seq, 0)).unwrap();
+        }
+        assert_eq!(e.missing_windows(), 1);
+        let restored = Restored {
+            boots: e
+                .sites()
+                .iter()
+                .flat_map(|(s, t)| t.boots.iter().map(|b| (s.clone(), b.clone())))
+                .collect(),
+            ..Restored::default()
+        };
+        let mut e2 = Engine::new(cfg());
+        e2.restore(5_000, restored);
+        assert_eq!(e2.missing_windows(), 1);
+        // Delivered again after the restart: counted once, before and after.
+        assert_eq!(
+            e2.on_report(5_100, &id("a"), report_of(9, 3, 0)),
+            Err(Reject::Duplicate)
+        );
+        assert_eq!(
+            e2.on_report(5_100, &id("b"), report("b", 3, false)),
+            Err(Reject::Duplicate)
+        );
+        // Boot 1's last window, late: stored, not live; boot 9's next one is.
+        let late = e2.on_report(5_200, &id("a"), report_of(1, 4, 0));
+        assert!(
+            matches!(late, Ok(Accepted::Report { live: false, .. })),
+            "{late:?}"
+        );
+        let next = e2.on_report(5_300, &id("a"), report_of(9, 4, 0));
+        assert!(
+            matches!(next, Ok(Accepted::Report { live: true, .. })),
+            "{next:?}"
+        );
+        let fill = e2.on_report(5_400, &id("a"), report_of(9, 2, 0));
+        assert!(
+            matches!(fill, Ok(Accepted::Report { live: false, .. })),
+            "{fill:?}"
+        );
+        assert_eq!(e2.missing_windows(), 0);
     }
 }

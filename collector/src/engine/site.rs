@@ -1,5 +1,5 @@
-//! The per-site step: everything that needs only one site's own messages — de-dup,
-//! which window is live, presence (online / silent / offline), baselines and the
+//! The per-site step: everything that needs only one site's own messages — de-dup
+//! and which window is live (`boots.rs`), presence (online / silent / offline), baselines and the
 //! site's health by layer. Its output, [`SiteWindow`], is all the cross-site step
 //! reads, so several collectors sharing the report stream (`$share/` groups) could
 //! each run this step for their share of sites and feed one correlator.
@@ -7,112 +7,8 @@
 use faultline_shared::{Id, Kind, Layer, OfflineReason, Report};
 use serde::Serialize;
 
+use super::boots::Boots;
 use super::health::{Baseline, Health, Thresholds, probe_health};
-
-/// How many recent boots per site the de-dup remembers.
-const DEDUP_BOOTS: usize = 2;
-/// How many seqs behind the newest one the de-dup can still tell apart.
-pub const DEDUP_SPAN: u64 = 1024;
-
-/// Remembers which (boot, seq) windows of one site were counted, in bounded memory:
-/// per boot the highest seq and a bitmap of the [`DEDUP_SPAN`] seqs below it.
-#[derive(Debug, Clone, Default)]
-pub struct Dedup {
-    boots: Vec<BootSeen>,
-}
-
-#[derive(Debug, Clone)]
-struct BootSeen {
-    boot: u32,
-    high: u64,
-    bits: Box<[u64; (DEDUP_SPAN / 64) as usize]>,
-}
-
-/// What the de-dup says about a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// First time seen; `newest` when it is the highest seq of its boot so far and
-    /// `new_boot` when the boot was never seen before.
-    Fresh {
-        newest: bool,
-        new_boot: bool,
-    },
-    Duplicate,
-    /// So far behind the newest seq that it cannot be told apart: dropped.
-    TooOld,
-}
-
-impl Dedup {
-    pub fn check(&mut self, boot: u32, seq: u64) -> Seen {
-        let Some(i) = self.boots.iter().position(|b| b.boot == boot) else {
-            if self.boots.len() == DEDUP_BOOTS {
-                self.boots.remove(0);
-            }
-            let mut b = BootSeen {
-                boot,
-                high: seq,
-                bits: Box::new([0; (DEDUP_SPAN / 64) as usize]),
-            };
-            b.set(0);
-            self.boots.push(b);
-            return Seen::Fresh {
-                newest: true,
-                new_boot: true,
-            };
-        };
-        // Most recently used boot last.
-        let mut b = self.boots.remove(i);
-        let seen = if seq > b.high {
-            let shift = seq - b.high;
-            b.shift(shift);
-            b.high = seq;
-            b.set(0);
-            Seen::Fresh {
-                newest: true,
-                new_boot: false,
-            }
-        } else if b.high - seq >= DEDUP_SPAN {
-            Seen::TooOld
-        } else if b.get(b.high - seq) {
-            Seen::Duplicate
-        } else {
-            b.set(b.high - seq);
-            Seen::Fresh {
-                newest: false,
-                new_boot: false,
-            }
-        };
-        self.boots.push(b);
-        seen
-    }
-}
-
-impl BootSeen {
-    fn get(&self, back: u64) -> bool {
-        self.bits[(back / 64) as usize] & (1 << (back % 64)) != 0
-    }
-    fn set(&mut self, back: u64) {
-        self.bits[(back / 64) as usize] |= 1 << (back % 64);
-    }
-    /// Moves every remembered seq `n` further back.
-    fn shift(&mut self, n: u64) {
-        let words = self.bits.len();
-        if n >= DEDUP_SPAN {
-            self.bits.fill(0);
-            return;
-        }
-        let (w, r) = ((n / 64) as usize, (n % 64) as u32);
-        for i in (0..words).rev() {
-            let lo = if i >= w { self.bits[i - w] } else { 0 };
-            let lower = if r > 0 && i > w {
-                self.bits[i - w - 1] >> (64 - r)
-            } else {
-                0
-            };
-            self.bits[i] = if r == 0 { lo } else { (lo << r) | lower };
-        }
-    }
-}
 
 /// Whether a site is heard from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -190,8 +86,8 @@ impl Layers {
 pub struct SiteTrack {
     pub isp: Option<Id>,
     pub customer: Option<String>,
-    pub dedup: Dedup,
-    pub boot: Option<u32>,
+    /// Its boots: de-dup, the live boot, missing windows.
+    pub boots: Boots,
     pub presence: Presence,
     /// Collector time of the last accepted report.
     pub last_report_ms: u64,
@@ -213,8 +109,7 @@ impl SiteTrack {
         Self {
             isp: None,
             customer: None,
-            dedup: Dedup::default(),
-            boot: None,
+            boots: Boots::new(),
             presence: Presence::Online,
             last_report_ms: now_ms,
             silent_ticks: 0,
@@ -235,7 +130,6 @@ impl SiteTrack {
 
     /// Folds a de-duplicated live report into the site's layers and baselines.
     pub fn apply_live(&mut self, r: &Report, now_ms: u64, th: &Thresholds) {
-        self.boot = Some(r.boot);
         self.last_report_ms = now_ms;
         self.fresh = true;
         self.has_window = true;
@@ -364,56 +258,5 @@ impl SiteTrack {
             return SiteRaw::Net(l.net);
         }
         SiteRaw::Clear
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dedup_counts_each_window_once_in_bounded_memory() {
-        let mut d = Dedup::default();
-        assert!(matches!(d.check(7, 0), Seen::Fresh { newest: true, .. }));
-        assert_eq!(d.check(7, 0), Seen::Duplicate);
-        assert!(matches!(d.check(7, 5), Seen::Fresh { newest: true, .. }));
-        assert!(matches!(d.check(7, 3), Seen::Fresh { newest: false, .. }));
-        assert_eq!(d.check(7, 3), Seen::Duplicate);
-        assert_eq!(d.check(7, 5), Seen::Duplicate);
-        assert!(matches!(d.check(7, 200), Seen::Fresh { .. }));
-        assert_eq!(d.check(7, 5), Seen::Duplicate, "kept across a shift of 195");
-        assert!(matches!(d.check(7, 6), Seen::Fresh { .. }));
-        assert!(matches!(d.check(7, 5000), Seen::Fresh { .. }));
-        assert_eq!(d.check(7, 200), Seen::TooOld);
-        // A new boot, then a third: the oldest is forgotten.
-        assert!(matches!(d.check(8, 0), Seen::Fresh { new_boot: true, .. }));
-        assert_eq!(d.check(7, 5000), Seen::Duplicate);
-        // Boot 7 was used last, so boot 8 is the one forgotten.
-        assert!(matches!(d.check(9, 0), Seen::Fresh { new_boot: true, .. }));
-        assert_eq!(d.check(7, 5000), Seen::Duplicate);
-        assert!(matches!(d.check(8, 0), Seen::Fresh { new_boot: true, .. }));
-    }
-
-    #[test]
-    fn dedup_shift_matches_a_naive_set() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        let mut d = Dedup::default();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut high = 0u64;
-        for _ in 0..20_000 {
-            let seq = (high + rng.u64(0..70)).saturating_sub(rng.u64(0..200));
-            let got = d.check(1, seq);
-            if high >= seq + DEDUP_SPAN && !seen.is_empty() {
-                assert_eq!(got, Seen::TooOld);
-                continue;
-            }
-            let fresh = seen.insert(seq);
-            assert_eq!(
-                matches!(got, Seen::Fresh { .. }),
-                fresh,
-                "seq {seq} high {high}"
-            );
-            high = high.max(seq);
-        }
     }
 }
