@@ -35,6 +35,32 @@ pub const MQTT_PORT: u16 = 1883;
 pub const MQTTS_PORT: u16 = 8883;
 /// Shortest `[http] token_file` token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Largest password or token file read.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+/// Largest certificate or key file read.
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// The contents of `path`, which must be a regular file of at most `max` bytes (not a
+/// device or pipe that never ends); the error names the file.
+pub(crate) fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut out = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if out.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(out)
+}
 
 // ---------------------------------------------------------------- raw (stage 1)
 
@@ -278,11 +304,13 @@ impl Validator<'_> {
     /// The trimmed first line of a secret file; empty is an error.
     fn secret_file(&self, v: &Spanned<String>, field: &str) -> Result<Secret, ConfigError> {
         let path = self.path(v);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let bytes =
+            read_file(&path, MAX_SECRET_FILE).map_err(|m| self.err(Some(v.span()), field, m))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
             self.err(
                 Some(v.span()),
                 field,
-                format!("cannot read {}: {e}", path.display()),
+                format!("{} is not UTF-8 text", path.display()),
             )
         })?;
         let s = text.trim_end_matches(['\r', '\n']);
@@ -625,8 +653,10 @@ impl Validator<'_> {
     fn tls(&self, m: &RawMqtt) -> Result<MqttTls, ConfigError> {
         let certs = |v: &Spanned<String>, field: &str| {
             let path = self.path(v);
-            let certs = CertificateDer::pem_file_iter(&path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            let bytes =
+                read_file(&path, MAX_PEM_FILE).map_err(|m| self.err(Some(v.span()), field, m))?;
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
                     self.err(
                         Some(v.span()),
@@ -696,7 +726,9 @@ impl Validator<'_> {
             (Some(c), Some(k)) => {
                 let (cert_path, chain) = certs(c, "mqtt.client_cert")?;
                 let key_path = self.path(k);
-                let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+                let key_pem = read_file(&key_path, MAX_PEM_FILE)
+                    .map_err(|m| self.err(Some(k.span()), "mqtt.client_key", m))?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
                     self.err(
                         Some(k.span()),
                         "mqtt.client_key",
@@ -984,6 +1016,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.msg.contains("username"), "{e}");
+    }
+
+    #[test]
+    fn named_files_must_be_small_regular_files() {
+        for (text, field) in [
+            (
+                "[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"/dev/zero\"\n",
+                "mqtt.password_file",
+            ),
+            ("[http]\ntoken_file = \"/dev/zero\"\n", "http.token_file"),
+            (
+                "[broker]\npassword_file = \"/dev/zero\"\n",
+                "broker.password_file",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtts://b\"\nca_file = \"/dev/zero\"\n",
+                "mqtt.ca_file",
+            ),
+            ("[http]\ntoken_file = \"/\"\n", "http.token_file"),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(e.msg.contains("not a regular file"), "{e}");
+        }
+        let d = dir_with(&[("big", &"x".repeat(70_000))]);
+        let file = d.0.join("c.toml").display().to_string();
+        let e = Config::parse("[http]\ntoken_file = \"big\"\n", &file).unwrap_err();
+        assert!(e.msg.contains("larger than"), "{e}");
     }
 
     #[test]

@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};
 
-use crate::config::{Config, DEFAULT_CLIENT_ID, INGEST_SUFFIX, Secret};
+use crate::config::{Config, INGEST_SUFFIX, Secret};
 
 /// MQTT keepalive of both connections.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -72,6 +71,7 @@ impl Link {
     fn embedded(cfg: &Config, max_packet: u32) -> anyhow::Result<Link> {
         // With logins configured, the collector logs in too: with a password made
         // for this run, known to nobody else.
+        use crate::config::DEFAULT_CLIENT_ID;
         let own = cfg.broker_logins.as_ref().map(|_| Logins {
             publish: DEFAULT_CLIENT_ID.to_owned(),
             ingest: format!("{DEFAULT_CLIENT_ID}{INGEST_SUFFIX}"),
@@ -134,6 +134,7 @@ impl Link {
 /// 24 random bytes from the system's generator, base64.
 #[cfg(feature = "embedded-broker")]
 fn random_password() -> Secret {
+    use base64::Engine as _;
     use ring::rand::SecureRandom;
     let mut b = [0u8; 24];
     ring::rand::SystemRandom::new()

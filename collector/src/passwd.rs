@@ -17,6 +17,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 /// The most PBKDF2 iterations accepted: verifying must stay cheap enough that a
 /// flood of bad logins cannot pin a core for long per attempt.
 const MAX_ITERATIONS: u32 = 100_000;
+/// Largest password file read (about 300,000 logins).
+const MAX_FILE: u64 = 64 * 1024 * 1024;
 
 /// One stored password hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,8 +52,9 @@ impl fmt::Debug for PasswordFile {
 impl PasswordFile {
     /// Reads and parses `path`; the error names the file and line.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = crate::config::read_file(path, MAX_FILE)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
