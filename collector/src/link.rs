@@ -78,8 +78,14 @@ impl Link {
             password: random_password(),
         });
         crate::broker::start(cfg, own.clone())?;
+        // A broker on every address is reached on loopback.
+        let ip = match cfg.broker_listen_v5.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
         Ok(Link {
-            host: cfg.broker_listen_v5.ip().to_string(),
+            host: ip.to_string(),
             port: cfg.broker_listen_v5.port(),
             tls: None,
             client_id: DEFAULT_CLIENT_ID.to_owned(),
