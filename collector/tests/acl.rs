@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use faultline_tests::certs::TestPki;
 use faultline_tests::{
-    Child, Mosquitto, TempDir, free_tcp_port, require, wait_for_tcp, wait_until,
+    Child, Mosquitto, TempDir, free_tcp_port, require, wait_for_tcp, wait_until, workspace_bin,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -727,6 +727,88 @@ fn the_collector_runs_behind_the_shipped_config() {
     assert_eq!(counter(http, "\"reports\":"), before + 1);
     let counters = http_get(http, "/api/counters");
     assert_eq!(counter(http, "\"rejected\":"), 0, "{counters}");
+}
+
+/// A real agent behind the shipped config: over TLS on the agents' listener, with the
+/// default client id (which the broker replaces by its login), its reports reach the
+/// collector and its status (and last will) topic is its own.
+#[test]
+fn a_real_agent_and_the_collector_work_behind_the_shipped_config() {
+    let Some(b) = Shipped::start() else { return };
+    let agent_bin = workspace_bin("faultline-agent");
+    let dir = TempDir::new("acl-agent");
+    let d = dir.path();
+    std::fs::write(d.join("mqtt.password"), format!("{}\n", COLLECTOR.1)).unwrap();
+    std::fs::write(d.join("agent.password"), format!("{}\n", ACME.1)).unwrap();
+    let http = free_tcp_port();
+    std::fs::write(
+        d.join("collector.toml"),
+        format!(
+            "window_seconds = 1\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+             username = \"faultline-collector\"\npassword_file = \"mqtt.password\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[storage]\npath = \"history.db\"\n",
+            port = b.broker.port,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "site = \"acme-hq\"\nisp = \"LoopNet\"\nwindow_seconds = 1\nformat = \"json\"\n\
+             state_dir = \"state\"\n[mqtt]\nurl = \"mqtts://localhost:{port}\"\n\
+             username = \"acme-hq\"\npassword_file = \"agent.password\"\nca_file = \"{ca}\"\n\
+             reconnect_max_seconds = 2\n\
+             [[target]]\nname = \"broker\"\nlayer = \"isp\"\nkind = \"tcp\"\nhost = \"127.0.0.1:{port}\"\n",
+            port = b.agents_port,
+            ca = b.pki.ca.display(),
+        ),
+    )
+    .unwrap();
+    let _collector = Child::spawn(
+        "faultline-collector",
+        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+            .args(["run", "--config", "collector.toml"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
+    .unwrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], http));
+    assert!(wait_for_tcp(http, LONG));
+    let all = b.subscribe(
+        "watch",
+        On::Internal,
+        READER,
+        &[],
+        &["faultline/v1/sites/#"],
+    );
+    let mut agent = Child::spawn(
+        "faultline-agent",
+        Command::new(&agent_bin)
+            .args(["run", "--config", "agent.toml"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
+    .unwrap();
+    all.wait_for("faultline/v1/sites/acme-hq/status {\"state\":\"online\"");
+    assert!(
+        wait_until(LONG, || counter(http, "\"reports\":") >= 3),
+        "the agent's reports did not reach the collector"
+    );
+    assert_eq!(counter(http, "\"rejected\":"), 0);
+    assert!(
+        http_get(http, "/api/state").contains("\"acme-hq\"") || {
+            // Sites show in /api/state as of the latest evaluation.
+            wait_until(LONG, || {
+                http_get(http, "/api/state").contains("\"acme-hq\"")
+            })
+        }
+    );
+    // A clean stop publishes its own offline status.
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).is_some_and(|s| s.success()));
+    all.wait_for("\"shutdown\"");
 }
 
 /// A number after `key` in `/api/counters`.
