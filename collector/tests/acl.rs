@@ -797,14 +797,9 @@ fn a_real_agent_and_the_collector_work_behind_the_shipped_config() {
         "the agent's reports did not reach the collector"
     );
     assert_eq!(counter(http, "\"rejected\":"), 0);
-    assert!(
-        http_get(http, "/api/state").contains("\"acme-hq\"") || {
-            // Sites show in /api/state as of the latest evaluation.
-            wait_until(LONG, || {
-                http_get(http, "/api/state").contains("\"acme-hq\"")
-            })
-        }
-    );
+    // Sites show in /api/state as of the latest evaluation.
+    assert!(wait_until(LONG, || http_get(http, "/api/state")
+        .contains("\"acme-hq\"")));
     // A clean stop publishes its own offline status.
     agent.signal("TERM");
     assert!(agent.wait_timeout(LONG).is_some_and(|s| s.success()));
