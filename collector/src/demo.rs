@@ -219,6 +219,11 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
         cfg.providers.insert(id("voipco"), Some(id("voipco2")));
         cfg.providers.insert(id("voipco2"), None);
     }
+    if cfg.broker_logins.is_some() {
+        anyhow::bail!(
+            "the demo's agents use the embedded broker without logins: remove [broker] password_file"
+        );
+    }
     if cfg.mqtt.is_none() {
         for (what, addr) in [
             ("[broker] listen", cfg.broker_listen),

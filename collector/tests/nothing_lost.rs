@@ -29,13 +29,15 @@ fn is_root() -> bool {
 }
 
 /// The shipped broker config without what binds it to a production host (listeners,
-/// TLS files, password and ACL files, where it keeps its state): its queue, session
+/// logins: TLS, password and ACL files, client ids tied to logins; where it keeps its
+/// state): its queue, session
 /// and persistence settings, as shipped.
 fn shipped_broker_config() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mosquitto.conf");
     let text = std::fs::read_to_string(&path).unwrap();
     let host_bound = [
         "per_listener_settings",
+        "use_username_as_clientid",
         "allow_anonymous",
         "password_file",
         "acl_file",

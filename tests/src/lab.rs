@@ -779,7 +779,8 @@ impl Lab {
         let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
         let _ = write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
         );
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
