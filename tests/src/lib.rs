@@ -8,12 +8,14 @@
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
+//! - [`outbox`]: writes and counts an agent's durable outbox in its on-disk format.
 
 pub mod coturn;
 pub mod dns;
 pub mod fleet;
 pub mod kamailio;
 pub mod lab;
+pub mod outbox;
 pub mod relay;
 
 use std::io::Write;
