@@ -6,6 +6,7 @@
 //! faultline-outbox fill --state-dir DIR --count 8640 --reports reports.hex [--boot N] [--window-ms 10000]
 //! faultline-outbox count --state-dir DIR
 //! faultline-outbox tally --reports received.hex
+//! faultline-outbox sizes --reports received.hex [--shift TARGET=MS]...
 //! ```
 //! Report files hold one postcard envelope per line in hex, as `mosquitto_sub -F %x`
 //! prints them (anything before the last space on a line, e.g. `%U`'s timestamp, is
@@ -15,7 +16,9 @@
 //! `count` prints `records= segments= bytes=` of a spool. `tally` checks what a
 //! subscriber received: `reports= distinct= duplicates=`, then per boot (in order of
 //! first arrival) `boot=B count= first= last= missing=` (seqs absent between first and
-//! last).
+//! last). `sizes` prints the reports' postcard sizes `count= min= median= max=`, after
+//! adding MS milliseconds to every RTT figure of each `--shift` target (what a loopback
+//! target's record would weigh at a WAN distance; its spread stays as measured).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -29,6 +32,7 @@ const USAGE: &str = "usage: faultline-outbox fill --state-dir DIR --count N --re
 [--boot N] [--window-ms MS]
        faultline-outbox count --state-dir DIR
        faultline-outbox tally --reports FILE
+       faultline-outbox sizes --reports FILE [--shift TARGET=MS]...
   FILE: postcard reports, one per line in hex (mosquitto_sub -F %x or -F '%U %x')";
 
 #[derive(Debug)]
@@ -46,12 +50,17 @@ enum Cmd {
     Tally {
         reports: PathBuf,
     },
+    Sizes {
+        reports: PathBuf,
+        shifts: Vec<(String, f64)>,
+    },
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Cmd, String> {
     let cmd = it.next().ok_or("a command is required")?;
     let (mut state_dir, mut n, mut reports) = (None, None, None);
     let (mut boot, mut window_ms) = (0x00B0_0700, 10_000);
+    let mut shifts = Vec::new();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
@@ -64,12 +73,24 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Cmd, String> {
             "--reports" => reports = Some(PathBuf::from(&value)),
             "--boot" => boot = value.parse().map_err(|e| bad(&e))?,
             "--window-ms" => window_ms = value.parse().map_err(|e| bad(&e))?,
+            "--shift" => {
+                let (target, ms) = value.split_once('=').ok_or_else(|| bad(&"not TARGET=MS"))?;
+                let ms: f64 = ms.parse().map_err(|e| bad(&e))?;
+                shifts.push((target.to_owned(), ms));
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
-    if cmd == "tally" {
-        let reports = reports.ok_or("--reports is required")?;
-        return Ok(Cmd::Tally { reports });
+    match cmd.as_str() {
+        "tally" => {
+            let reports = reports.ok_or("--reports is required")?;
+            return Ok(Cmd::Tally { reports });
+        }
+        "sizes" => {
+            let reports = reports.ok_or("--reports is required")?;
+            return Ok(Cmd::Sizes { reports, shifts });
+        }
+        _ => {}
     }
     let state_dir = state_dir.ok_or("--state-dir is required")?;
     match cmd.as_str() {
@@ -197,6 +218,41 @@ fn tally(reports: &[Report]) {
     }
 }
 
+/// `count= min= median= max=` of the reports' postcard sizes after the shifts.
+fn sizes(reports: &[Report], shifts: &[(String, f64)]) -> Result<(), String> {
+    let mut sizes = reports
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            for p in &mut r.probes {
+                let shift = shifts.iter().find(|(t, _)| *t == p.target.as_str());
+                if let (Some((_, ms)), Some(rtt)) = (shift, p.rtt_ms.as_mut()) {
+                    for v in [
+                        &mut rtt.min,
+                        &mut rtt.p50,
+                        &mut rtt.avg,
+                        &mut rtt.p95,
+                        &mut rtt.max,
+                    ] {
+                        *v += ms;
+                    }
+                }
+            }
+            encode(&r).map(|b| b.len()).map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    sizes.sort_unstable();
+    match (sizes.first(), sizes.last()) {
+        (Some(min), Some(max)) => println!(
+            "count={} min={min} median={} max={max}",
+            sizes.len(),
+            sizes[(sizes.len() - 1) / 2]
+        ),
+        _ => println!("count=0 min= median= max="),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cmd = match parse_args(std::env::args().skip(1)) {
         Ok(c) => c,
@@ -217,6 +273,7 @@ fn main() -> ExitCode {
             window_ms,
         } => read_reports(&reports).and_then(|r| fill(&state_dir, n, &r, boot, window_ms)),
         Cmd::Tally { reports } => read_reports(&reports).map(|r| tally(&r)),
+        Cmd::Sizes { reports, shifts } => read_reports(&reports).and_then(|r| sizes(&r, &shifts)),
         Cmd::Count { state_dir } => {
             let dir = state_dir.join("outbox");
             count(&dir)
