@@ -24,6 +24,8 @@ exec 3>&1 1>&2
 BUDGET_SIZE="agent for armv7, stripped, with TLS ≤ 2.0 MB"
 BUDGET_RSS="agent RSS ≤ 6 MB, 10 targets incl. one 50 packet/s voice stream"
 BUDGET_CPU="agent CPU ≤ 1 % of one core at defaults"
+BUDGET_RSS_SPOOL="agent RSS ≤ 6 MB also with a full 24 h outbox queued (8,640 reports)"
+BUDGET_FLASH="outbox writes to flash per day at defaults (no budget; README states them)"
 BUDGET_RTT="RTT error against a known injected delay ≤ 0.3 ms median"
 BUDGET_LOSS="loss counted exactly (STAMP, the relay's drops)"
 BUDGET_LOSS_ICMP="loss counted exactly (ICMP, nftables drops; beside fping)"
