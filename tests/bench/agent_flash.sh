@@ -12,13 +12,13 @@
 #
 #   bash tests/bench/agent_flash.sh [WINDOWS]
 #
-# WINDOWS (default 128, QUICK=1: 64) of 1 s each per case (a segment file holds 64
-# records, so every case crosses a segment rotation). Needs root (ICMP, mount),
+# WINDOWS (default 64, QUICK=1: 32) of 1 s each per case: a segment file holds 64
+# records, so 64 consecutive reports cross exactly one segment rotation. Needs root (ICMP, mount),
 # strace, losetup/mkfs.ext4 (util-linux, e2fsprogs), mosquitto, kamailio and coturn.
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-WINDOWS=${1:-$(pick 128 64)}
+WINDOWS=${1:-$(pick 64 32)}
 WINDOW_S=1
 PER_DAY=8640 # windows a day at the default window_seconds = 10
 CMD=$(bench_cmd bash tests/bench/agent_flash.sh "$@")
@@ -79,7 +79,7 @@ measure() {
         env RUST_LOG=warn "$AGENT" run --config "$BENCH_WORK/$case.toml" 2>>"$BENCH_WORK/agent.log"
     local tracer=$BENCH_PID pid="" _
     for _ in $(seq 100); do
-        pid=$(cat "/proc/$tracer/task/$tracer/children" 2>/dev/null | awk '{print $1}')
+        pid=$(awk '{print $1}' "/proc/$tracer/task/$tracer/children" 2>/dev/null)
         [[ -n $pid ]] && [[ $(readlink "/proc/$pid/exe") == "$AGENT" ]] && break
         sleep 0.1
     done
@@ -165,8 +165,8 @@ row() { # label, key, [format]
     mdf '| %s | %s | %s | %s | %s |\n' "$1" "$up" "$down" \
         "$(thousands "$(day "${R[up.$2]}" "${R[up.records]}")")" "$(thousands "$(day "${R[down.$2]}" "${R[down.records]}")")"
 }
-syncs_up=$((R[up.fdatasync] + R[up.fsync]))
-syncs_down=$((R[down.fdatasync] + R[down.fsync]))
+syncs_up=$((${R[up.fdatasync]} + ${R[up.fsync]}))
+syncs_down=$((${R[down.fdatasync]} + ${R[down.fsync]}))
 R[up.syncs]=$syncs_up
 R[down.syncs]=$syncs_down
 mb_day() { awk -v a="$1" -v n="$2" -v d="$PER_DAY" 'BEGIN {printf "%.1f", n ? a / n * d / 1e6 : 0}'; }

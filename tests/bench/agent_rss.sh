@@ -91,9 +91,10 @@ awk '{print length($1) / 2}' "$BENCH_WORK/postcard.hex" >"$BENCH_WORK/postcard.s
 read -r pc_n pc_min pc_med pc_max < <(stats "$BENCH_WORK/postcard.sizes")
 # The same reports with the loopback ICMP and TCP targets at a WAN's distance (their
 # RTT figures shifted; gw stays on the LAN): the postcard size a gateway would send.
-WAN_SHIFTS="isp-hop=8 anchor-1=15 anchor-2=15 voipco2-edge=30 voipco2-media=30"
-# shellcheck disable=SC2046 # one --shift per word
-wan_med=$("$OUTBOX" sizes --reports "$BENCH_WORK/postcard.hex" $(printf -- '--shift %s ' $WAN_SHIFTS) |
+WAN_SHIFTS=(isp-hop=8 anchor-1=15 anchor-2=15 voipco2-edge=30 voipco2-media=30)
+shift_args=()
+for s in "${WAN_SHIFTS[@]}"; do shift_args+=(--shift "$s"); done
+wan_med=$("$OUTBOX" sizes --reports "$BENCH_WORK/postcard.hex" "${shift_args[@]}" |
     sed -E 's/.*median=([0-9]+).*/\1/')
 read -r js_n js_min js_med js_max < <(stats "$BENCH_WORK/json.sizes")
 ((pc_n > 0)) || { log "no postcard report arrived"; exit 1; }
@@ -151,7 +152,7 @@ md "" "Budget: a 10-target report ≤ 400 bytes in postcard. JSON is ${ratio}× 
 md "" "ICMP and TCP RTTs here are loopback's (a few 10 µs); each RTT figure is a varint of
 10 µs units, so a WAN path's are a byte or two longer. The same postcard reports re-encoded
 with those targets' RTT figures shifted by a WAN distance (\`faultline-outbox sizes\`:
-$(sed -E 's/([^ ]+)=([0-9]+)/\1 +\2 ms,/g; s/,$//' <<<"$WAN_SHIFTS"); \`gw\` stays on the LAN) weigh
+$(sed -E 's/([^ ]+)=([0-9]+)/`\1` +\2 ms,/g; s/,$//' <<<"${WAN_SHIFTS[*]}"); \`gw\` stays on the LAN) weigh
 **$wan_med bytes** (median), against $pc_med measured."
 if grep -qiE 'error|panick' "$BENCH_WORK/agent.log"; then
     md "" "Agent log (warnings and errors, first lines):" "" '```'

@@ -57,7 +57,7 @@ state_dir = "$1"
 url = "mqtt://127.0.0.1:$AGENT_PORT"
 reconnect_max_seconds = 5
 EOF
-    agent_targets
+    agent_targets default
 }
 
 # 1. Real reports to fill the outbox with: a short run with the broker reachable.

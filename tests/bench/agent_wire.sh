@@ -97,7 +97,7 @@ state_dir = "$BENCH_WORK/state"
 url = "mqtts://localhost:$PORT"
 ca_file = "$BENCH_WORK/ca.pem"
 EOF
-    agent_targets
+    agent_targets default
 } >agent.toml
 "$AGENT" check --config agent.toml >/dev/null
 

@@ -166,14 +166,14 @@ build_kit() {
     OUTBOX=$CARGO_TARGET_DIR/release/faultline-outbox
 }
 
-# `start_peers [faultline-peers ARGS...]`: the servers a gateway's targets answer from
+# `start_peers`: the servers a gateway's targets answer from
 # (Kamailio, coturn, the test kit's DNS server, `$AGENT reflect`), each behind a relay
 # with a WAN-like delay, and a TCP listener; sets SIP STUN DNS DNS_NAME STAMP TCP and
 # SIP_PATH STUN_PATH DNS_PATH STAMP_PATH (each relay's impairment, both directions).
 # Needs build_agent and build_kit.
 start_peers() {
     local env=$BENCH_WORK/peers.env _
-    spawn "$PEERS" --agent "$AGENT" "$@" >"$env" 2>>"$BENCH_WORK/peers.log"
+    spawn "$PEERS" --agent "$AGENT" >"$env" 2>>"$BENCH_WORK/peers.log"
     for _ in $(seq 300); do
         grep -qx 'READY=1' "$env" && break
         kill -0 "$BENCH_PID" 2>/dev/null || break
@@ -188,7 +188,7 @@ start_peers() {
     source "$env"
 }
 
-# `agent_targets [STAMP_SECONDS]`: the agent benchmarks' 10 targets as agent.toml
+# `agent_targets STAMP_SECONDS|default`: the agent benchmarks' 10 targets as agent.toml
 # tables, every one answering (start_peers first): 4 icmp to loopback addresses, 2 tcp
 # to a listener, and dns, stamp (50 packets/s), sip and stun through the relays.
 agent_targets() {
@@ -202,7 +202,7 @@ agent_targets() {
         printf '[[target]]\nname = "%s"\nlayer = "%s"\nkind = "%s"\nhost = "%s"\n' "$name" "$layer" "$kind" "$host"
         [[ $layer == provider ]] && printf 'provider = "%s"\n' "${name%%-*}"
         [[ $kind == dns ]] && printf 'server = "%s"\n' "$DNS"
-        [[ $kind == stamp && -n ${1:-} && $1 != default ]] && printf 'stamp_seconds = %s\n' "$1"
+        [[ $kind == stamp && $1 != default ]] && printf 'stamp_seconds = %s\n' "$1"
     done
     return 0
 }
