@@ -167,4 +167,4 @@ summary_row "$BUDGET_CPU" "${CPU[$first]} % over ${MEASURED} s ($at)" "$(met "${
 summary_row "$BUDGET_REPORT" "postcard $(span "$pc_min" "$pc_max") bytes (median $pc_med; $wan_med with ICMP/TCP at WAN RTTs); JSON median $(thousands "$js_med") (${ratio}×)" \
     "$(met "$(( pc_max > wan_med ? pc_max : wan_med ))" "<=" 400)" "$CMD"
 fact REPORT_POSTCARD "$pc_med"
-fact REPORT_JSON "$js_med"
+fact REPORT_JSON "$(thousands "$js_med")"

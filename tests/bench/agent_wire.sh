@@ -112,22 +112,32 @@ conn_stats() {
         awk -F: '/^bytes_sent:/ {bs=$2} /^bytes_received:/ {br=$2} /^segs_out:/ {so=$2} /^segs_in:/ {si=$2}
                  END {printf "%d %d %d %d\n", bs, br, so, si}'
 }
+# The agent's end of that connection (address:port): the same at both ends of the period.
+conn_id() { ss -tnH state established "( dport = :$PORT )" 2>/dev/null | awk '{print $3}' | paste -sd,; }
 # Skip the connection set-up (TLS handshake, CONNECT, online status): measure from
 # the first report on.
 log "waiting for the first report, then measuring ${RUN} s"
 for _ in $(seq 150); do [[ -s sizes ]] && break; sleep 0.2; done
 [[ -s sizes ]] || { log "no report within 30 s"; cat agent.log >&2; exit 1; }
 read -r bs0 br0 so0 si0 < <(conn_stats)
+c0=$(conn_id)
 n0=$(wc -l <sizes)
 [[ -z $COUNT_KINDS ]] || nft reset counters table inet flwire >/dev/null
 sleep "$RUN"
 read -r bs1 br1 so1 si1 < <(conn_stats)
+c1=$(conn_id)
 n1=$(wc -l <sizes)
 [[ -z $COUNT_KINDS ]] || kind_counters >kinds
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID" || true
 reports=$((n1 - n0))
 ((reports > 0)) || { log "no report during the measured period"; exit 1; }
+# One connection throughout and a report every window, or the figures mean nothing.
+if [[ $c0 != "$c1" ]] || ((reports < RUN / WINDOW - 1)); then
+    log "the agent's connection changed ($c0 -> $c1) or reports went missing ($reports in ${RUN} s); its log:"
+    grep -vE ' (DEBUG|TRACE) ' agent.log | tail -20 >&2
+    exit 1
+fi
 payload=$(sort -n sizes | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
 pings=$((RUN / KEEPALIVE))
 
@@ -221,6 +231,12 @@ month of ${WINDOW} s windows ($(thousands "$month_windows")), both directions:"
 metered-link profile \`agent/agent.metered.toml\` keeps the site under 500 MB a month)."
     fact MONTH_SITE "$(human "$total")"
     fact MONTH_SITE_SENT "$(human "$total_up")"
+fi
+
+if grep -qE ' (WARN|ERROR) ' agent.log; then
+    md "" "Agent log (warnings and errors, first lines):" "" '```'
+    grep -E ' (WARN|ERROR) ' agent.log | head -10 >&3
+    md '```'
 fi
 
 fact WIRE_UP "$up_per"

@@ -40,6 +40,8 @@ BUDGET_DETECT="a verdict within 3 windows of onset"
 BUDGET_CLEAR="cleared within 4 windows of the end"
 BUDGET_LOSSLESS="nothing lost across a broker restart and an agent SIGKILL"
 
+# BENCH_KEEP=1 keeps the work directory (logs, configs) for a look afterwards.
+
 # True when QUICK is set (and not 0): shorter durations while developing.
 quick() { [[ -n ${QUICK:-} && ${QUICK:-} != 0 ]]; }
 
@@ -97,7 +99,7 @@ bench_cleanup() {
     for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${BENCH_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     for c in "${BENCH_ON_EXIT[@]}"; do eval "$c" || true; done
-    rm -rf "$BENCH_WORK"
+    if [[ -n ${BENCH_KEEP:-} ]]; then log "kept $BENCH_WORK (BENCH_KEEP)"; else rm -rf "$BENCH_WORK"; fi
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
