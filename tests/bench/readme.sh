@@ -43,10 +43,11 @@ of it the voice stream.""",
 A 10-target report, measured against answering targets, is {REPORT_POSTCARD} bytes in postcard
 and {REPORT_JSON} in JSON (`bash tests/bench/agent_rss.sh`).""",
     "flash": """\
-At defaults the outbox appends and syncs each report once: **{FLASH_SYNCS_DAY} syncs a day**
-for {FLASH_RECORD_MB_DAY} MB of records. On ext4 that is **{FLASH_DEV_MB_DAY} MB a day written to the device**
-(every sync commits a block and the journal's; {FLASH_DEV_MB_DAY_DOWN} MB a day while the broker is
-down and reports pile up), measured by `bash tests/bench/agent_flash.sh`.""",
+At defaults the outbox appends and syncs each report once, and every 64 reports starts a
+new segment file and rewrites its watermark: **{FLASH_SYNCS_DAY} syncs a day** for {FLASH_RECORD_MB_DAY} MB of
+records. On ext4 that is **{FLASH_DEV_MB_DAY} MB a day written to the device** (every sync commits
+a block and the journal's; {FLASH_DEV_MB_DAY_DOWN} MB a day while the broker is down and reports pile
+up), measured by `bash tests/bench/agent_flash.sh`.""",
 }
 
 text = open(readme_path).read()
