@@ -9,6 +9,7 @@
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
 //! - [`certs::TestPki`]: a throwaway CA, server and client certificates.
+//! - [`outbox`]: writes and counts an agent's durable outbox in its on-disk format.
 
 pub mod certs;
 pub mod coturn;
@@ -16,6 +17,7 @@ pub mod dns;
 pub mod fleet;
 pub mod kamailio;
 pub mod lab;
+pub mod outbox;
 pub mod relay;
 
 use std::io::Write;
