@@ -18,7 +18,11 @@
 #   bash cross-config/names.sh [BINARY]   # default: the armv7 `agent` profile build
 #   TRACE=1 bash cross-config/names.sh    # also: which files and sockets a lookup touches
 #
-# Needs root (or unprivileged user namespaces), python3, qemu-arm-static, iproute2.
+# - `faultline-agent run` there, its broker a DNS name (Mosquitto on loopback) and
+#   its target an /etc/hosts name: a report arrives.
+#
+# Needs root (or unprivileged user namespaces), python3, qemu-arm-static, iproute2,
+# mosquitto and mosquitto_sub.
 # Prints one "ok:" line per case; exits 1 naming the case that failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +34,7 @@ PORT=18661
 if [[ ${1:-} != --inside ]]; then
     bin=$(readlink -f "${1:-${CARGO_TARGET_DIR:-$PWD/target}/armv7-unknown-linux-gnueabihf/${PROFILE:-agent}/faultline-agent}")
     [[ -x $bin ]] || { echo "names.sh: no binary at $bin (build it with cross-config/build.sh)" >&2; exit 1; }
-    for tool in qemu-arm-static python3 ip unshare chroot; do
+    for tool in qemu-arm-static python3 ip unshare chroot mosquitto mosquitto_sub; do
         command -v "$tool" >/dev/null || { echo "names.sh: $tool missing" >&2; exit 1; }
     done
     if [[ $(id -u) == 0 ]]; then ns=(unshare --mount --net); else ns=(unshare --map-root-user --mount --net); fi
@@ -145,6 +149,38 @@ rm -f "$root/etc/nsswitch.conf"
 out=$(probe nosuch.example.test)
 [[ $out == *'"error":"resolve nosuch.example.test: '* ]] || fail "an unknown name: $out"
 echo "ok: an unknown name is a resolve error: $out"
+
+# The broker's name goes the same way (rumqttc's lookup_host): `run` with its broker
+# as a DNS name and a target as an /etc/hosts name publishes a report.
+mport=18883
+# All of loopback: the broker's name resolves to 127.0.0.3.
+printf 'listener %s\nallow_anonymous true\n' "$mport" >"$work/mosquitto.conf"
+[[ $(id -u) == 0 ]] && echo "user root" >>"$work/mosquitto.conf"
+mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null && break; sleep 0.1; done
+mkdir -p "$root/etc/faultline" "$work/state"
+printf '%s\n' 'site = "names"' 'isp = "LoopNet"' 'window_seconds = 1' "state_dir = \"$work/state\"" \
+    '[mqtt]' "url = \"mqtt://$DNS_NAME:$mport\"" \
+    '[[target]]' 'name = "pbx"' 'layer = "lan"' 'kind = "tcp"' "host = \"$HOSTS_NAME:$PORT\"" \
+    >"$root/etc/faultline/agent.toml"
+: >"$work/dns.log"
+timeout 60 mosquitto_sub -p "$mport" -t 'faultline/v1/sites/names/report' -C 1 -W 45 -F '%l' \
+    >"$work/sub.out" 2>&1 &
+sub=$!
+pids+=($sub)
+sleep 0.3
+env -i "$(command -v chroot)" "$root" "$(command -v qemu-arm-static)" "$bin" \
+    run --config /etc/faultline/agent.toml >"$work/run.log" 2>&1 &
+agent=$!
+pids+=($agent)
+wait "$sub" || fail "run: no report through $DNS_NAME:$mport: $(cat "$work/sub.out") / agent: $(tail -5 "$work/run.log")"
+kill -TERM "$agent" 2>/dev/null || true
+wait "$agent" 2>/dev/null || true
+grep -q "^$DNS_NAME 1$" "$work/dns.log" || fail "run: the broker's name was not asked of DNS"
+grep -q "connected to mqtt://$DNS_NAME:$mport" "$work/run.log" || fail "run: no connect line: $(cat "$work/run.log")"
+echo "ok: run: broker $DNS_NAME from DNS, target $HOSTS_NAME from /etc/hosts: a $(cat "$work/sub.out")-byte report arrived"
+
 if [[ -n ${TRACE:-} ]]; then
     # The guest's system calls (qemu -strace): files opened, sockets connected.
     echo "trace: probe tcp $DNS_NAME:$PORT, no nsswitch.conf"
