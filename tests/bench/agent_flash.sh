@@ -14,9 +14,9 @@
 #
 # WINDOWS (default 64, QUICK=1: 32) of 1 s each per case: a segment file holds 64
 # records, so 64 consecutive reports cross exactly one segment rotation. Needs root
-# (ICMP, mount), strace (Debian's strace, installed by hand: no test needs it, so
-# .ci/install-deps does not; without it the section says so), losetup and mkfs.ext4
-# (util-linux, e2fsprogs), mosquitto, kamailio and coturn.
+# (ICMP, mount), strace (without it the section says it was skipped), losetup and
+# mkfs.ext4 (util-linux, e2fsprogs), mosquitto, kamailio and coturn; .ci/install-deps
+# installs them.
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -33,8 +33,8 @@ if [[ $(id -u) != 0 ]]; then
     exit 0
 fi
 if ! command -v strace >/dev/null; then
-    log "skipped: strace not found (Debian's strace; not in .ci/install-deps, which the tests need)"
-    md "$TITLE" "" '```sh' "$CMD" '```' "" "Skipped: needs \`strace\` (\`apt install strace\`) to count the outbox's calls."
+    log "skipped: strace not found (Debian's strace: bash .ci/install-deps)"
+    md "$TITLE" "" '```sh' "$CMD" '```' "" "Skipped: needs \`strace\` (\`bash .ci/install-deps\`) to count the outbox's calls."
     summary_row "$BUDGET_FLASH" "skipped: strace not installed" "not measured" "$CMD"
     exit 0
 fi
