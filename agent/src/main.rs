@@ -11,7 +11,6 @@ mod probe;
 mod reflect;
 mod run;
 mod window;
-mod wire;
 
 use std::process::ExitCode;
 

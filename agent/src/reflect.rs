@@ -17,7 +17,7 @@ use socket2::SockAddr;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::wire::stamp::{self, NtpTime};
+use faultline_agent::wire::stamp::{self, NtpTime};
 
 #[derive(Debug, clap::Args)]
 pub struct ReflectArgs {

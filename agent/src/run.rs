@@ -25,6 +25,9 @@ use crate::probe::Prober;
 use crate::probe::peer::NO_DEFAULT_ROUTE;
 use crate::window::{Assembler, following_start, guard_ms, next_boundary};
 
+/// How long the exit waits for blocking work (a name lookup) still running.
+const SHUTDOWN_LOOKUP_WAIT: Duration = Duration::from_millis(500);
+
 /// How long a clean stop waits for the broker to acknowledge what is queued.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
@@ -56,13 +59,18 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(agent(cfg)) {
+    let code = match rt.block_on(agent(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Everything worth keeping is on disk by now (the delivery task awaited its last
+    // spool write); a name lookup still blocked in the C library (resolv.conf's
+    // timeouts, up to 10 s) must not hold the exit.
+    rt.shutdown_timeout(SHUTDOWN_LOOKUP_WAIT);
+    code
 }
 
 /// `faultline-agent check`: print the resolved plan (with where the default gateway is

@@ -144,7 +144,8 @@ impl Collector {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
         )
         .unwrap();
         let mut out = String::new();

@@ -29,7 +29,7 @@ use faultline_shared::measure::Codec;
 use faultline_shared::{Id, Kind, Layer, ProbeResult};
 use serde::Deserialize;
 
-use crate::wire::{dns, sip, stamp, stun};
+use faultline_agent::wire::{dns, sip, stamp, stun};
 
 /// Default voice cadence of a STAMP stream, packets per second (20 ms frames).
 pub const DEFAULT_PPS: u32 = 50;

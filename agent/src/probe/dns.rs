@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::tally::single_rtt;
 use super::{Notes, Probe, connected_udp, io_error_word};
 use crate::config::target::DnsSpec;
-use crate::wire::dns::{self, Answer, Query};
+use faultline_agent::wire::dns::{self, Answer, Query};
 
 /// Where the system's resolver configuration lives.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";

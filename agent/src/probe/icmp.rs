@@ -21,7 +21,7 @@ use super::peer::Peer;
 use super::tally::EchoTally;
 use super::{MAX_GRACE, Notes, Probe, io_error_word};
 use crate::config::target::{HostPort, IcmpSpec};
-use crate::wire::icmp::{self, EchoRepr, Family, Message, Packet};
+use faultline_agent::wire::icmp::{self, EchoRepr, Family, Message, Packet};
 
 /// What to grant when no ICMP socket may be opened.
 pub const PERMISSION_HINT: &str = "icmp needs a ping socket or a raw socket: grant CAP_NET_RAW \

@@ -175,7 +175,7 @@ mod tests {
     async fn reflector(
         stop: tokio::sync::oneshot::Receiver<()>,
     ) -> (SocketAddr, tokio::task::JoinHandle<u32>) {
-        use crate::wire::stamp::{NtpTime, reflect};
+        use faultline_agent::wire::stamp::{NtpTime, reflect};
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
         let task = tokio::spawn(async move {

@@ -23,7 +23,7 @@ use super::peer::Peer;
 use super::tally::single_rtt;
 use super::{Notes, Probe, any_local, connected_udp, io_error_word};
 use crate::config::target::{Host, SipSpec};
-use crate::wire::sip::{Error, MAX_MESSAGE, Request, Response, Transport};
+use faultline_agent::wire::sip::{Error, MAX_MESSAGE, Request, Response, Transport};
 
 /// RFC 3261 T1: round-trip estimate.
 pub const T1: Duration = Duration::from_millis(500);

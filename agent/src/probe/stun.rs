@@ -15,7 +15,7 @@ use super::peer::Peer;
 use super::tally::single_rtt;
 use super::{Notes, Probe, connected_udp, io_error_word};
 use crate::config::target::HostPort;
-use crate::wire::stun::{BindingRequest, Packet, Response, TransactionId};
+use faultline_agent::wire::stun::{BindingRequest, Packet, Response, TransactionId};
 
 /// RFC 8489 initial retransmission timeout.
 pub const RTO: Duration = Duration::from_millis(500);
