@@ -179,7 +179,7 @@ async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
         "evaluations": c.evaluations, "sites": e.sites().len(),
         "stored": h.stored.load(Ordering::Relaxed),
         "acked": h.acked.load(Ordering::Relaxed),
-        "missing_windows": e.missing_windows(),
+        "missing_windows": c.missing_windows,
     }))
 }
 
@@ -273,7 +273,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     let _ = writeln!(
         o,
         "faultline_collector_missing_windows_total {}",
-        e.missing_windows()
+        c.missing_windows
     );
     {
         let h = &shared.history_stats;

@@ -57,11 +57,6 @@ impl Snapshot {
         &self.sites
     }
 
-    /// Windows provably missing across every site (as [`Engine::missing_windows`]).
-    pub fn missing_windows(&self) -> u64 {
-        self.sites.values().map(|s| s.boots.missing()).sum()
-    }
-
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
         self.open_incidents.iter()
     }
@@ -90,7 +85,9 @@ impl SnapshotCell {
         // each taking their own.
         let mut latest = self.latest.lock().expect("snapshot lock");
         let e = engine.lock().expect("engine lock");
-        let counters = e.counters().clone();
+        let mut counters = e.counters().clone();
+        // A gauge that falls when a backlog fills a hole: read fresh, like the counters.
+        counters.missing_windows = e.missing_windows();
         match latest.as_ref() {
             Some(s) if s.evaluations == counters.evaluations => (s.clone(), counters),
             _ => {

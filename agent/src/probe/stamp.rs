@@ -24,7 +24,9 @@ use super::peer::Peer;
 use super::tally::{EchoTally, round3};
 use super::{MAX_GRACE, Notes, Probe, connected_udp, io_error_word};
 use crate::config::target::StampSpec;
-use faultline_agent::wire::stamp::{self, ERROR_ESTIMATE, NtpTime, Packet, ReflectorRepr, SenderRepr};
+use faultline_agent::wire::stamp::{
+    self, ERROR_ESTIMATE, NtpTime, Packet, ReflectorRepr, SenderRepr,
+};
 
 /// Most packets in one window: what `SeqTracker` tracks (its `SEQ_CAPACITY`, which
 /// the shared crate does not export), 5 minutes at 50 packets/s, so loss is never
