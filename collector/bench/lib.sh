@@ -35,7 +35,7 @@ CONF
 }
 
 # `api_counter HTTP_PORT NAME`: one number from /api/counters (empty when down).
-api_counter() { curl -sf "127.0.0.1:$1/api/counters" | sed -nE "s/.*\"$2\":([0-9]+).*/\1/p"; }
+api_counter() { { curl -sf "127.0.0.1:$1/api/counters" || true; } | sed -nE "s/.*\"$2\":([0-9]+).*/\1/p"; }
 
 # `history_rows DB`: "rows distinct" of (site, boot, seq) in the windows table.
 history_rows() {

@@ -150,7 +150,6 @@ PY
     # Everything again, and one window more.
     "$FLEET" --url "mqtt://127.0.0.1:$MQTT_PORT" --sites "$SITES" --windows $((WINDOWS + 1)) --seed $((100 + run)) >/dev/null
     wait_rows "$db" $((total + SITES)) 900
-    after=$ROWS
     missing=$(api_counter "$hp" missing_windows)
     elapsed=$(secs $(($(now_ns) - t0)))
     kill -TERM "$cpid"

@@ -47,8 +47,11 @@ const INGEST_RECEIVE_MAXIMUM: u16 = 4096;
 /// Messages the history writer commits in one transaction at most.
 const HISTORY_BATCH: usize = 10_000;
 /// Per-probe metrics: each site may publish this many reports' worth in a burst,
-/// refilled at one per its window (see [`MetricsPacer`]).
+/// refilled at [`METRICS_PER_WINDOW`] per its window (see [`MetricsPacer`]).
 const METRICS_BURST: f64 = 3.0;
+/// Twice a site's own rate: a live report up to half a window late still finds a
+/// token, while a backlog drains into history without being re-broadcast.
+const METRICS_PER_WINDOW: f64 = 2.0;
 /// How long a clean stop waits for history to commit and the broker to take the
 /// acknowledgements before it exits anyway (what is not acknowledged is delivered
 /// again on the next start).
@@ -145,9 +148,9 @@ pub struct HistoryStats {
 }
 
 /// Paces the per-probe metrics feed per site: a burst of [`METRICS_BURST`] reports,
-/// then one per the site's window. A backlog being drained (after an outage, an
-/// earlier boot's spool, a collector catching up) is in history; re-broadcasting it
-/// at ten QoS 0 messages a report would only slow the catch-up.
+/// refilled at [`METRICS_PER_WINDOW`] per the site's window. A backlog being drained
+/// (after an outage, an earlier boot's spool, a collector catching up) is in history;
+/// re-broadcasting it at ten QoS 0 messages a report would only slow the catch-up.
 #[derive(Debug, Default)]
 pub struct MetricsPacer {
     sites: HashMap<Id, (f64, u64)>,
@@ -158,7 +161,8 @@ impl MetricsPacer {
     pub fn allow(&mut self, site: &Id, window_ms: u32, now_ms: u64) -> bool {
         let refill = |tokens: f64, last: u64| {
             let per = f64::from(window_ms.max(1));
-            (tokens + now_ms.saturating_sub(last) as f64 / per).min(METRICS_BURST)
+            let earned = now_ms.saturating_sub(last) as f64 / per * METRICS_PER_WINDOW;
+            (tokens + earned).min(METRICS_BURST)
         };
         let (tokens, last) = match self.sites.get_mut(site) {
             Some(e) => e,
@@ -723,21 +727,25 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             "history did not commit in {STOP_DRAIN:?}: unacknowledged reports come again on the next start"
         );
     }
-    let _ = in_client.disconnect().await;
-    if tokio::time::timeout(STOP_DRAIN, ingest).await.is_err() {
-        tracing::warn!("the broker did not take the acknowledgements in time");
+    // Without a broker there is no one to acknowledge to (nor to say goodbye to).
+    let connected = shared.stats.lock().expect("stats lock").connected;
+    if connected {
+        let _ = in_client.disconnect().await;
+        if tokio::time::timeout(STOP_DRAIN, ingest).await.is_err() {
+            tracing::warn!("the broker did not take the acknowledgements in time");
+        }
+        let _ = client
+            .publish(
+                status_topic,
+                QoS::AtLeastOnce,
+                true,
+                collector_status("offline"),
+            )
+            .await;
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
     acker.abort();
-    let _ = client
-        .publish(
-            status_topic,
-            QoS::AtLeastOnce,
-            true,
-            collector_status("offline"),
-        )
-        .await;
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     tracing::info!(
         stored = history_stats.stored.load(Ordering::Relaxed),
         acknowledged = history_stats.acked.load(Ordering::Relaxed),
@@ -889,6 +897,30 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_are_paced_per_site_a_burst_then_one_a_window() {
+        let mut p = MetricsPacer::default();
+        let a = Id::new("a").unwrap();
+        let b = Id::new("b").unwrap();
+        // A backlog of 100 windows drained at once: the burst goes out, the rest not.
+        let sent = (0..100).filter(|_| p.allow(&a, 10_000, 1_000)).count();
+        assert_eq!(sent, METRICS_BURST as usize);
+        // Another site has its own burst.
+        assert!(p.allow(&b, 10_000, 1_000));
+        // Live reports, one a window each up to half a window late: every one goes
+        // out, right after the backlog too.
+        let mut rng = fastrand::Rng::with_seed(3);
+        for k in 1..200u64 {
+            let at = 1_000 + k * 10_000 + rng.u64(0..5_000);
+            assert!(p.allow(&a, 10_000, at), "window {k} at {at}");
+        }
+        // A second backlog right after: its burst, then nothing until time passes.
+        let later = 2_010_000;
+        let sent = (0..50).filter(|_| p.allow(&a, 10_000, later)).count();
+        assert_eq!(sent, METRICS_BURST as usize);
+        assert!(p.allow(&a, 10_000, later + 5_000));
+    }
 
     #[test]
     fn backoff_stays_in_bounds_and_grows() {
