@@ -14,7 +14,7 @@
 //! disconnects keeping its session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -643,8 +643,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // Ingest. Once `draining` is set (a clean stop) new deliveries are left
     // unacknowledged for the next start; the task ends when the broker closes the
-    // connection after its DISCONNECT.
-    let draining = Arc::new(AtomicBool::new(false));
+    // connection after its DISCONNECT. A delivery is handled under the `draining`
+    // lock, so all it sends history is ahead of the stop's flush, or none of it is.
+    let draining = Arc::new(Mutex::new(false));
     let ingest = {
         let shared = shared.clone();
         let store_tx = store_tx.clone();
@@ -668,7 +669,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                         subscribe(&in_client, &cfg);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if draining.load(Ordering::Relaxed) {
+                        let stopping = draining.lock().expect("draining lock");
+                        if *stopping {
                             continue;
                         }
                         let conn = *conn_gate.lock().expect("conn gate lock");
@@ -679,6 +681,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                             cfg: &cfg,
                         };
                         ingest.on_publish(&mut pacer, p, conn);
+                        drop(stopping);
                     }
                     // Sent after every acknowledgement queued before it. The task
                     // reads on until the broker closes the connection: closing it
@@ -686,7 +689,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                     // broker would drop the acknowledgements it had not read yet.
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => {}
                     Ok(_) => {}
-                    Err(_) if draining.load(Ordering::Relaxed) => return,
+                    Err(_) if *draining.lock().expect("draining lock") => return,
                     Err(e) => {
                         // Deliveries of the lost connection come again on the next
                         // one: their acknowledgements must not be sent on it.
@@ -716,12 +719,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("stopping: committing and acknowledging what was received");
     // Stop taking deliveries and evaluating; commit what was taken, acknowledge it,
     // then leave the session (kept by the broker) with a clean DISCONNECT.
-    draining.store(true, Ordering::Relaxed);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let flushing = {
+        let mut stopping = draining.lock().expect("draining lock");
+        *stopping = true;
+        store_tx.send(StoreMsg::Flush(done_tx)).is_ok()
+    };
     tick.abort();
     metrics.abort();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let drained = store_tx.send(StoreMsg::Flush(done_tx)).is_ok()
-        && tokio::time::timeout(STOP_DRAIN, done_rx).await.is_ok();
+    let drained = flushing && tokio::time::timeout(STOP_DRAIN, done_rx).await.is_ok();
     if !drained {
         tracing::warn!(
             "history did not commit in {STOP_DRAIN:?}: unacknowledged reports come again on the next start"
