@@ -5,11 +5,11 @@
 SHIPPED_BROKER_CONF=$BENCH_ROOT/collector/deploy/mosquitto.conf
 
 # The shipped broker config's lines without what binds it to a production host
-# (listeners, TLS, passwords, ACL) or writes state into the working directory
+# (listeners, TLS, passwords, ACL, client ids tied to logins) or writes state into the working directory
 # (persistence: these runs measure delivery, not broker restarts).
 shipped_broker_lines() {
     grep -vE '^[[:space:]]*(#|$)' "$SHIPPED_BROKER_CONF" |
-        grep -vE '^[[:space:]]*(per_listener_settings|allow_anonymous|password_file|acl_file|listener|protocol|certfile|keyfile|cafile|tls_version|persistence_location|persistence|autosave_interval)[[:space:]]'
+        grep -vE '^[[:space:]]*(per_listener_settings|use_username_as_clientid|allow_anonymous|password_file|acl_file|listener|protocol|certfile|keyfile|cafile|tls_version|persistence_location|persistence|autosave_interval)[[:space:]]'
 }
 
 # `start_shipped_broker`: Mosquitto with those lines on a free port: MQTT_PORT, MOSQ_PID.

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Re-runs one benchmark of tests/bench/run.sh and puts its fresh section and summary
+# rows in place of the ones BENCHMARKS.md has, saying so in the file's header (which
+# benchmark, at which commit, when). For a benchmark that failed in a full run for a
+# reason since fixed, without another 40-minute run; the other figures stay those of
+# the full run, whose commit the header keeps.
+#
+#   bash tests/bench/rerun.sh ingest        # a name from run.sh's BENCHES
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+name=${1:?usage: rerun.sh NAME (a benchmark of tests/bench/run.sh)}
+OUT=${BENCH_OUT:-$BENCH_ROOT/BENCHMARKS.md}
+cd "$BENCH_ROOT" || exit 1
+entry=$(grep -oE "\"$name\|[^\"]+\"" tests/bench/run.sh | head -1 | tr -d '"')
+[[ -n $entry ]] || { log "no benchmark named $name in tests/bench/run.sh"; exit 2; }
+IFS='|' read -r _ cmd _ <<<"$entry"
+[[ -f $OUT ]] || { log "$OUT missing: run tests/bench/run.sh first"; exit 2; }
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
+
+log "=== $cmd"
+rows=$BENCH_WORK/rows
+section=$BENCH_WORK/section.md
+: >"$rows"
+BENCH_SUMMARY=$rows BENCH_FACTS=$BENCH_WORK/facts bash "${cmd#bash }" >"$section"
+
+python3 - "$OUT" "$name" "$cmd" "$section" "$rows" "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" <<'PY'
+import sys
+out, name, cmd, section_file, rows_file, commit, when = sys.argv[1:]
+text = open(out).read()
+section = open(section_file).read().rstrip("\n") + "\n"
+rows = [r for r in open(rows_file).read().splitlines() if r.strip()]
+lines = text.split("\n")
+
+# Summary rows: those whose command cell is this benchmark's, replaced in place.
+tag = "`%s`" % cmd
+idx = [i for i, l in enumerate(lines) if l.startswith("| ") and l.rstrip().endswith(tag + " |")]
+if idx:
+    first = idx[0]
+    lines = [l for i, l in enumerate(lines) if i not in idx]
+    lines[first:first] = rows
+else:
+    sys.exit("no summary rows for %s in %s" % (cmd, out))
+
+# Header: say what was re-run; this benchmark no longer failed.
+hdr_end = next(i for i, l in enumerate(lines) if l.startswith("## "))
+for i in range(hdr_end):
+    if lines[i].startswith("| failed | "):
+        rest = [n for n in lines[i][len("| failed | "):-2].split() if n != name]
+        lines[i] = "| failed | %s |" % " ".join(rest) if rest else None
+lines = [l for l in lines if l is not None]
+hdr_end = next(i for i, l in enumerate(lines) if l.startswith("## "))
+last_row = max(i for i in range(hdr_end) if lines[i].startswith("| "))
+lines.insert(last_row + 1, "| re-run | `%s` alone at %s, %s (`bash tests/bench/rerun.sh %s`): its section and summary rows; every other figure is the full run's |" % (cmd, commit, when, name))
+
+# The section: the one whose text names this benchmark's command.
+text = "\n".join(lines)
+parts = text.split("\n## ")
+for k in range(1, len(parts)):
+    if cmd in parts[k] and not parts[k].startswith("Summary"):
+        parts[k] = section[3:] if section.startswith("## ") else section
+        break
+else:
+    sys.exit("no section for %s in %s" % (cmd, out))
+open(out, "w").write("\n## ".join(parts).rstrip("\n") + "\n")
+PY
+log "rewrote $name's section and summary rows in $OUT"
