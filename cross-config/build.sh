@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds static release binaries of faultline-agent for the ARM gateway targets with
 # the workspace's size-tuned `agent` profile, and prints their sizes against the
-# 1.5 MB budget (DESIGN.md).
+# 2.0 MB budget (DESIGN.md).
 #
 #   bash cross-config/build.sh                 # both targets
 #   bash cross-config/build.sh armv7-unknown-linux-gnueabihf
@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 ALL_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 TARGETS=("${@:-${ALL_TARGETS[@]}}")
 PROFILE=${PROFILE:-agent}
-# 1.5 MB, decimal: the stricter reading of the budget.
-BUDGET=1500000
+# 2.0 MB, decimal: the stricter reading of the budget.
+BUDGET=2000000
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 # Debian package providing each tool the build needs.

@@ -1,18 +1,27 @@
-//! The command line, parsed by hand: four subcommands and a dozen flags do not need
-//! clap's 60 kB on the gateway. Flags take their value as `--flag VALUE` or
-//! `--flag=VALUE`; `--` ends the flags; `help [COMMAND]`, `-h`/`--help` and
-//! `-V`/`--version` work as before. A bad argument is named on stderr, with the
-//! usage line, and the process exits with status 2.
+//! The command line, parsed by clap (derive): `run`, `check`, `probe`, `reflect`,
+//! `help [COMMAND]`, `-h`/`--help` and `-V`/`--version`. Each subcommand's arguments
+//! are declared beside the code that uses them (`run::RunArgs`, `run::CheckArgs`,
+//! `cmd_probe::ProbeArgs`, `reflect::ReflectArgs`); this file only assembles them.
+//!
+//! clap's exit codes are the contract: a usage error is printed on stderr with the
+//! usage line and exits with status 2; help and version go to stdout with status 0.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
 use crate::cmd_probe::ProbeArgs;
 use crate::reflect::ReflectArgs;
 use crate::run::{CheckArgs, RunArgs};
 
+/// The whole command line.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-agent", version, about = "Faultline gateway agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
 /// What the command line asks for.
-#[derive(Debug)]
+#[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Measure every configured target each window and publish reports over MQTT.
     Run(RunArgs),
@@ -24,387 +33,67 @@ pub enum Cmd {
     Reflect(ReflectArgs),
 }
 
-/// The outcome of parsing: a command to run, or text to print and exit with.
-#[derive(Debug)]
-pub enum Parsed {
-    Cmd(Cmd),
-    /// Help or version: print to stdout, exit 0.
-    Print(String),
-}
-
-/// A command-line error: the message, printed to stderr, exit status 2.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Error(pub String);
-
-pub const NAME: &str = "faultline-agent";
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-const TOP_HELP: &str = "Faultline gateway agent
-
-Usage: faultline-agent <COMMAND>
-
-Commands:
-  run      Measure every configured target each window and publish reports over MQTT
-  check    Validate a config file and print the resolved plan (exit 2 when invalid)
-  probe    One measurement now, as a table or `--json` as one ProbeResult
-  reflect  An RFC 8762 STAMP session-reflector
-  help     Print this message or the help of the given subcommand(s)
-
-Options:
-  -h, --help     Print help
-  -V, --version  Print version
-";
-
-const RUN_HELP: &str = "Measure every configured target each window and publish reports over MQTT
-
-Usage: faultline-agent run --config <CONFIG>
-
-Options:
-      --config <CONFIG>  The agent's config file (TOML)
-  -h, --help             Print help
-";
-
-const CHECK_HELP: &str = "Validate a config file and print the resolved plan (exit 2 when invalid)
-
-Usage: faultline-agent check --config <CONFIG>
-
-Options:
-      --config <CONFIG>  The agent's config file (TOML)
-  -h, --help             Print help
-";
-
-const PROBE_HELP: &str = "One measurement now, as a table or `--json` as one ProbeResult
-
-Usage: faultline-agent probe [OPTIONS] <KIND> <HOST>
-
-Arguments:
-  <KIND>  icmp, stamp, sip, stun, dns or tcp
-  <HOST>  Target: host, host:port or IP (for dns: the name to resolve)
-
-Options:
-      --pps <PPS>                  stamp: packets per second (default 50)
-      --seconds <SECONDS>          How long to measure: stamp stream length, or the timeout of sip/stun/dns/tcp (default 5)
-      --codec <CODEC>              stamp: g711, g711-noplc or g729a (default g711)
-      --pad                        stamp: pad test packets to the codec's frame size
-      --count <COUNT>              icmp: number of echoes (default --seconds, one per second)
-      --interval-ms <INTERVAL_MS>  icmp: milliseconds between echoes (default 1000)
-      --transport <TRANSPORT>      sip: udp or tcp (default udp)
-      --record <RECORD>            dns: a, aaaa or srv (default a; srv for names starting with _)
-      --server <SERVER>            dns: server IP or IP:port (default: first nameserver of /etc/resolv.conf)
-      --json                       Print one ProbeResult as JSON instead of a table
-  -h, --help                       Print help
-";
-
-const REFLECT_HELP: &str = "An RFC 8762 STAMP session-reflector
-
-Usage: faultline-agent reflect [OPTIONS]
-
-Options:
-      --listen <LISTEN>  Address to listen on (default port 862) [default: 0.0.0.0:862]
-      --stateful         Keep a sequence counter per sender (RFC 8762 stateful mode)
-  -h, --help             Print help
-";
-
-fn help_of(cmd: &str) -> Option<&'static str> {
-    Some(match cmd {
-        "run" => RUN_HELP,
-        "check" => CHECK_HELP,
-        "probe" => PROBE_HELP,
-        "reflect" => REFLECT_HELP,
-        _ => return None,
-    })
-}
-
-fn usage_of(cmd: &str) -> &'static str {
-    match cmd {
-        "run" => "faultline-agent run --config <CONFIG>",
-        "check" => "faultline-agent check --config <CONFIG>",
-        "probe" => "faultline-agent probe [OPTIONS] <KIND> <HOST>",
-        "reflect" => "faultline-agent reflect [OPTIONS]",
-        _ => "faultline-agent <COMMAND>",
-    }
-}
-
-fn error(cmd: &str, msg: String) -> Error {
-    Error(format!(
-        "error: {msg}\n\nUsage: {}\n\nFor more information, try '--help'.",
-        usage_of(cmd)
-    ))
-}
-
-/// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error> {
-    let mut args = args.into_iter();
-    let Some(first) = args.next() else {
-        // No command: the help, but as an error (clap's behaviour, exit 2).
-        return Err(Error(TOP_HELP.trim_end().to_owned()));
-    };
-    let first = utf8("", first)?;
-    let cmd = match first.as_str() {
-        "-h" | "--help" => return Ok(Parsed::Print(TOP_HELP.to_owned())),
-        "-V" | "--version" => return Ok(Parsed::Print(format!("{NAME} {VERSION}\n"))),
-        "help" => {
-            let Some(sub) = args.next() else {
-                return Ok(Parsed::Print(TOP_HELP.to_owned()));
-            };
-            let sub = utf8("", sub)?;
-            return match help_of(&sub) {
-                Some(h) => Ok(Parsed::Print(h.to_owned())),
-                None => Err(error("", format!("unrecognized subcommand '{sub}'"))),
-            };
-        }
-        c if help_of(c).is_some() => c.to_owned(),
-        other => return Err(error("", format!("unrecognized subcommand '{other}'"))),
-    };
-    let mut p = Args {
-        cmd: cmd.clone(),
-        rest: args,
-        only_positional: false,
-    };
-    let parsed = match cmd.as_str() {
-        "run" | "check" => {
-            let mut config: Option<PathBuf> = None;
-            while let Some(a) = p.next()? {
-                match a {
-                    Arg::Help => return Ok(Parsed::Print(help_of(&cmd).unwrap().to_owned())),
-                    Arg::Flag(f, inline) if f == "config" => {
-                        config = Some(PathBuf::from(p.value_os("--config <CONFIG>", inline)?));
-                    }
-                    other => return Err(p.unexpected(other)),
-                }
-            }
-            let Some(config) = config else {
-                return Err(error(
-                    &cmd,
-                    "the following required arguments were not provided:\n  --config <CONFIG>"
-                        .to_owned(),
-                ));
-            };
-            if cmd == "run" {
-                Cmd::Run(RunArgs { config })
-            } else {
-                Cmd::Check(CheckArgs { config })
-            }
-        }
-        "probe" => {
-            let mut pos = Vec::new();
-            let mut a = ProbeArgs::default();
-            while let Some(arg) = p.next()? {
-                match arg {
-                    Arg::Help => return Ok(Parsed::Print(PROBE_HELP.to_owned())),
-                    Arg::Positional(v) => pos.push(v),
-                    Arg::Flag(f, inline) => match f.as_str() {
-                        "pps" => a.pps = Some(p.number("--pps <PPS>", inline)?),
-                        "seconds" => a.seconds = Some(p.number("--seconds <SECONDS>", inline)?),
-                        "codec" => a.codec = Some(p.value("--codec <CODEC>", inline)?),
-                        "count" => a.count = Some(p.number("--count <COUNT>", inline)?),
-                        "interval-ms" => {
-                            a.interval_ms = Some(p.number("--interval-ms <INTERVAL_MS>", inline)?)
-                        }
-                        "transport" => {
-                            a.transport = Some(p.value("--transport <TRANSPORT>", inline)?)
-                        }
-                        "record" => a.record = Some(p.value("--record <RECORD>", inline)?),
-                        "server" => a.server = Some(p.value("--server <SERVER>", inline)?),
-                        "pad" => a.pad = p.switch("--pad", inline)?,
-                        "json" => a.json = p.switch("--json", inline)?,
-                        _ => return Err(p.unexpected(Arg::Flag(f, inline))),
-                    },
-                }
-            }
-            let mut pos = pos.into_iter();
-            match (pos.next(), pos.next(), pos.next()) {
-                (Some(kind), Some(host), None) => {
-                    a.kind = kind;
-                    a.host = host;
-                }
-                (_, _, Some(extra)) => {
-                    return Err(error(&cmd, format!("unexpected argument '{extra}' found")));
-                }
-                (kind, _, _) => {
-                    let missing = if kind.is_none() {
-                        "\n  <KIND>\n  <HOST>"
-                    } else {
-                        "\n  <HOST>"
-                    };
-                    return Err(error(
-                        &cmd,
-                        format!("the following required arguments were not provided:{missing}"),
-                    ));
-                }
-            }
-            Cmd::Probe(a)
-        }
-        _ => {
-            let mut a = ReflectArgs {
-                listen: "0.0.0.0:862".to_owned(),
-                stateful: false,
-            };
-            while let Some(arg) = p.next()? {
-                match arg {
-                    Arg::Help => return Ok(Parsed::Print(REFLECT_HELP.to_owned())),
-                    Arg::Flag(f, inline) if f == "listen" => {
-                        a.listen = p.value("--listen <LISTEN>", inline)?;
-                    }
-                    Arg::Flag(f, inline) if f == "stateful" => {
-                        a.stateful = p.switch("--stateful", inline)?;
-                    }
-                    other => return Err(p.unexpected(other)),
-                }
-            }
-            Cmd::Reflect(a)
-        }
-    };
-    Ok(Parsed::Cmd(parsed))
-}
-
-fn utf8(cmd: &str, a: OsString) -> Result<String, Error> {
-    a.into_string()
-        .map_err(|a| error(cmd, format!("invalid UTF-8 in argument {a:?}")))
-}
-
-/// One argument of a subcommand.
-#[derive(Debug)]
-enum Arg {
-    Help,
-    /// `--name` (without the dashes) and the value after `=`, if any.
-    Flag(String, Option<OsString>),
-    Positional(String),
-}
-
-struct Args<I> {
-    cmd: String,
-    rest: I,
-    only_positional: bool,
-}
-
-impl<I: Iterator<Item = OsString>> Args<I> {
-    fn next(&mut self) -> Result<Option<Arg>, Error> {
-        let Some(a) = self.rest.next() else {
-            return Ok(None);
-        };
-        if self.only_positional {
-            return utf8(&self.cmd, a).map(|a| Some(Arg::Positional(a)));
-        }
-        // Flags are ASCII; split `--name=value` on the bytes so a non-UTF-8 value
-        // (a config path) survives.
-        let bytes = a.as_encoded_bytes();
-        if bytes == b"--" {
-            self.only_positional = true;
-            return self.next();
-        }
-        if bytes == b"-h" || bytes == b"--help" {
-            return Ok(Some(Arg::Help));
-        }
-        if let Some(flag) = bytes.strip_prefix(b"--") {
-            let (name, value) = match flag.iter().position(|&b| b == b'=') {
-                Some(i) => (&flag[..i], Some(&flag[i + 1..])),
-                None => (flag, None),
-            };
-            let name = String::from_utf8_lossy(name).into_owned();
-            // SAFETY: `value` is a suffix of an OsString's encoded bytes that starts
-            // right after an ASCII '=', which is a valid split point.
-            let value =
-                value.map(|v| unsafe { OsString::from_encoded_bytes_unchecked(v.to_vec()) });
-            return Ok(Some(Arg::Flag(name, value)));
-        }
-        if bytes.len() > 1 && bytes[0] == b'-' && !bytes[1].is_ascii_digit() {
-            let a = a.to_string_lossy().into_owned();
-            return Err(error(&self.cmd, format!("unexpected argument '{a}' found")));
-        }
-        utf8(&self.cmd, a).map(|a| Some(Arg::Positional(a)))
-    }
-
-    fn unexpected(&self, a: Arg) -> Error {
-        let shown = match a {
-            Arg::Help => "--help".to_owned(),
-            Arg::Flag(f, _) => format!("--{f}"),
-            Arg::Positional(p) => p,
-        };
-        error(&self.cmd, format!("unexpected argument '{shown}' found"))
-    }
-
-    fn value_os(&mut self, flag: &str, inline: Option<OsString>) -> Result<OsString, Error> {
-        match inline.or_else(|| self.rest.next()) {
-            Some(v) => Ok(v),
-            None => Err(error(
-                &self.cmd,
-                format!("a value is required for '{flag}' but none was supplied"),
-            )),
-        }
-    }
-
-    fn value(&mut self, flag: &str, inline: Option<OsString>) -> Result<String, Error> {
-        let v = self.value_os(flag, inline)?;
-        utf8(&self.cmd, v)
-    }
-
-    fn number<T: std::str::FromStr>(
-        &mut self,
-        flag: &str,
-        inline: Option<OsString>,
-    ) -> Result<T, Error>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = self.value(flag, inline)?;
-        v.parse()
-            .map_err(|e| error(&self.cmd, format!("invalid value '{v}' for '{flag}': {e}")))
-    }
-
-    fn switch(&mut self, flag: &str, inline: Option<OsString>) -> Result<bool, Error> {
-        match inline {
-            None => Ok(true),
-            Some(v) => Err(error(
-                &self.cmd,
-                format!(
-                    "unexpected value '{}' for '{flag}' found; no more were expected",
-                    v.to_string_lossy()
-                ),
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
     use super::*;
 
-    fn parse_line(line: &[&str]) -> Result<Parsed, Error> {
-        parse(line.iter().map(OsString::from))
+    fn parse(line: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("faultline-agent").chain(line.iter().copied()))
+            .map(|c| c.cmd)
     }
 
     fn cmd(line: &[&str]) -> Cmd {
-        match parse_line(line) {
-            Ok(Parsed::Cmd(c)) => c,
-            other => panic!("{line:?}: {other:?}"),
-        }
+        parse(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     }
 
+    /// A usage error's text, after checking it exits with status 2.
     fn err(line: &[&str]) -> String {
-        match parse_line(line) {
-            Err(Error(e)) => e,
-            other => panic!("{line:?}: {other:?}"),
+        match parse(line) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{line:?}: {e}");
+                e.to_string()
+            }
+            Ok(c) => panic!("{line:?} parsed: {c:?}"),
         }
     }
 
+    /// What help or version prints on stdout, after checking it exits with status 0.
     fn printed(line: &[&str]) -> String {
-        match parse_line(line) {
-            Ok(Parsed::Print(s)) => s,
+        match parse(line) {
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+                assert_eq!(e.exit_code(), 0, "{line:?}");
+                assert!(!e.use_stderr(), "{line:?} prints on stdout");
+                e.to_string()
+            }
             other => panic!("{line:?}: {other:?}"),
         }
     }
 
     #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn version_and_help() {
-        assert_eq!(printed(&["--version"]), "faultline-agent 0.1.0\n");
-        assert_eq!(printed(&["-V"]), "faultline-agent 0.1.0\n");
+        assert_eq!(
+            printed(&["--version"]),
+            concat!("faultline-agent ", env!("CARGO_PKG_VERSION"), "\n")
+        );
+        assert_eq!(printed(&["-V"]), printed(&["--version"]));
         for h in [&["--help"][..], &["-h"], &["help"]] {
             let s = printed(h);
             assert!(s.contains("Usage: faultline-agent <COMMAND>"), "{s}");
-            for c in ["run", "check", "probe", "reflect"] {
-                assert!(s.contains(&format!("\n  {c} ")), "{s}");
+            for c in ["run", "check", "probe", "reflect", "help"] {
+                assert!(s.contains(&format!("\n  {c} ")), "{c} missing: {s}");
             }
+            // The summaries are the variants' docs, without their full stops.
+            assert!(s.contains("publish reports over MQTT\n"), "{s}");
         }
         for c in ["run", "check", "probe", "reflect"] {
             let s = printed(&[c, "--help"]);
@@ -412,24 +101,47 @@ mod tests {
             assert_eq!(printed(&[c, "-h"]), s);
             assert_eq!(printed(&["help", c]), s);
         }
+        for c in ["run", "check"] {
+            let s = printed(&[c, "--help"]);
+            assert!(
+                s.contains(&format!("faultline-agent {c} --config <CONFIG>")),
+                "{s}"
+            );
+            assert!(s.contains("The agent's config file (TOML)"), "{s}");
+        }
         let s = printed(&["probe", "--help"]);
+        assert!(
+            s.contains("faultline-agent probe [OPTIONS] <KIND> <HOST>"),
+            "{s}"
+        );
         for f in [
-            "--pps",
-            "--seconds",
-            "--codec",
+            "<KIND>  icmp, stamp, sip, stun, dns or tcp",
+            "--pps <PPS>",
+            "--seconds <SECONDS>",
+            "--codec <CODEC>",
             "--pad",
-            "--count",
-            "--interval-ms",
-            "--transport",
-            "--record",
-            "--server",
+            "--count <COUNT>",
+            "--interval-ms <INTERVAL_MS>",
+            "--transport <TRANSPORT>",
+            "--record <RECORD>",
+            "--server <SERVER>",
             "--json",
         ] {
             assert!(s.contains(f), "{f} missing: {s}");
         }
-        assert!(printed(&["reflect", "-h"]).contains("--stateful"));
-        // No command at all: the help, as an error.
-        assert!(err(&[]).contains("Usage: faultline-agent <COMMAND>"));
+        let s = printed(&["reflect", "-h"]);
+        assert!(
+            s.contains("--stateful") && s.contains("[default: 0.0.0.0:862]"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn no_command_prints_the_help_as_a_usage_error() {
+        let e = parse(&[]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.use_stderr());
+        assert!(e.to_string().contains("Usage: faultline-agent <COMMAND>"));
     }
 
     #[test]
@@ -487,6 +199,13 @@ mod tests {
         assert_eq!(a.record.as_deref(), Some("aaaa"));
         assert_eq!(a.server.as_deref(), Some("9.9.9.9"));
         assert!(a.pad && a.json);
+        let Cmd::Probe(a) = cmd(&["probe", "icmp", "gateway"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.pps, a.seconds, a.codec, a.pad, a.json),
+            (None, None, None, false, false)
+        );
         let Cmd::Probe(a) = cmd(&["probe", "dns", "--", "-weird"]) else {
             panic!()
         };
@@ -497,18 +216,23 @@ mod tests {
     fn bad_arguments_are_named() {
         assert!(err(&["bogus"]).contains("unrecognized subcommand 'bogus'"));
         assert!(err(&["run"]).contains("--config <CONFIG>"));
+        assert!(err(&["check"]).contains("--config <CONFIG>"));
         assert!(err(&["run", "--config"]).contains("'--config <CONFIG>'"));
         assert!(err(&["check", "--bogus"]).contains("'--bogus'"));
         assert!(err(&["probe"]).contains("<KIND>"));
         assert!(err(&["probe", "icmp"]).contains("<HOST>"));
         assert!(err(&["probe", "icmp", "x", "y"]).contains("'y'"));
         assert!(err(&["probe", "icmp", "x", "--pps", "abc"]).contains("'--pps <PPS>'"));
+        assert!(err(&["probe", "icmp", "x", "--pps", "-1"]).contains("'-1'"));
+        assert!(
+            err(&["probe", "icmp", "x", "--seconds", "soon"]).contains("'--seconds <SECONDS>'")
+        );
         assert!(err(&["probe", "icmp", "x", "-q"]).contains("'-q'"));
         assert!(err(&["probe", "icmp", "x", "--json=yes"]).contains("'--json'"));
         assert!(err(&["reflect", "--stateful=yes"]).contains("'--stateful'"));
         assert!(err(&["reflect", "x"]).contains("'x'"));
         assert!(err(&["help", "nope"]).contains("'nope'"));
-        // Every error carries the usage line.
+        // Every error carries the usage line of its subcommand.
         assert!(err(&["probe", "icmp"]).contains("Usage: faultline-agent probe"));
     }
 }

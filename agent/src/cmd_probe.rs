@@ -1,41 +1,51 @@
 //! `faultline-agent probe KIND HOST`: one measurement now, for a technician on site.
 //!
-//! The arguments become a `[[target]]` table and go through the same validation as the
-//! config file, so the command measures exactly what `run` would.
+//! The arguments become a target's key/value data and go through the same builder as
+//! the config file (`config::target`), so the command measures exactly what `run` would.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use faultline_shared::ProbeResult;
 
-use crate::probe::{Prober, RawTarget, Target};
+use crate::config::target::{self, Fields, Target, Value};
+use crate::probe::{MAX_GRACE, Prober};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ProbeArgs {
     /// icmp, stamp, sip, stun, dns or tcp
     pub kind: String,
     /// Target: host, host:port or IP (for dns: the name to resolve)
     pub host: String,
     /// stamp: packets per second (default 50)
+    #[arg(long)]
     pub pps: Option<u32>,
     /// How long to measure: stamp stream length, or the timeout of sip/stun/dns/tcp (default 5)
+    #[arg(long)]
     pub seconds: Option<f64>,
     /// stamp: g711, g711-noplc or g729a (default g711)
+    #[arg(long)]
     pub codec: Option<String>,
     /// stamp: pad test packets to the codec's frame size
+    #[arg(long)]
     pub pad: bool,
     /// icmp: number of echoes (default --seconds, one per second)
+    #[arg(long)]
     pub count: Option<u32>,
     /// icmp: milliseconds between echoes (default 1000)
+    #[arg(long)]
     pub interval_ms: Option<u32>,
     /// sip: udp or tcp (default udp)
+    #[arg(long)]
     pub transport: Option<String>,
     /// dns: a, aaaa or srv (default a; srv for names starting with _)
+    #[arg(long)]
     pub record: Option<String>,
     /// dns: server IP or IP:port (default: first nameserver of /etc/resolv.conf)
+    #[arg(long)]
     pub server: Option<String>,
     /// Print one ProbeResult as JSON instead of a table
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -50,20 +60,24 @@ pub fn plan(args: &ProbeArgs) -> Result<(Target, Duration), String> {
             "--seconds {seconds}: expected more than 0, at most 3600"
         ));
     }
-    let mut options = toml::Table::new();
-    let mut set = |k: &str, v: Option<toml::Value>| {
+    let mut fields = Fields::new();
+    let mut set = |k: &str, v: Option<Value>| {
         if let Some(v) = v {
-            options.insert(k.to_owned(), v);
+            fields.insert(k, v);
         }
     };
-    let int = |v: Option<u32>| v.map(|n| toml::Value::Integer(i64::from(n)));
-    let text = |v: &Option<String>| v.clone().map(toml::Value::String);
+    let int = |v: Option<u32>| v.map(|n| Value::Integer(i64::from(n)));
+    let text = |v: &Option<String>| v.clone().map(Value::String);
     let kind = args.kind.to_ascii_lowercase();
+    set("name", Some(Value::String("probe".into())));
+    set("layer", Some(Value::String("internet".into())));
+    set("kind", Some(Value::String(kind.clone())));
+    set("host", Some(Value::String(args.host.clone())));
     // Every flag given becomes an option, so one that does not apply to KIND is
     // rejected by the same check as a typo in the config file.
     set("pps", int(args.pps));
     set("codec", text(&args.codec));
-    set("pad", args.pad.then_some(toml::Value::Boolean(true)));
+    set("pad", args.pad.then_some(Value::Boolean(true)));
     set("transport", text(&args.transport));
     set("record", text(&args.record));
     set("server", text(&args.server));
@@ -71,51 +85,27 @@ pub fn plan(args: &ProbeArgs) -> Result<(Target, Duration), String> {
     set("interval_ms", int(args.interval_ms));
     let window = match kind.as_str() {
         "stamp" => {
-            set("stamp_seconds", Some(toml::Value::Float(seconds)));
-            Duration::from_secs_f64(seconds) + crate::probe::stamp::MAX_GRACE
+            set("stamp_seconds", Some(Value::Float(seconds)));
+            Duration::from_secs_f64(seconds) + MAX_GRACE
         }
         "icmp" => {
             let count = args.count.unwrap_or((seconds.ceil() as u32).max(1));
             let interval = args.interval_ms.unwrap_or(1000);
             set("count", int(Some(count)));
             set("interval_ms", int(Some(interval)));
-            Duration::from_millis(u64::from(interval) * u64::from(count))
-                + crate::probe::stamp::MAX_GRACE
+            Duration::from_millis(u64::from(interval) * u64::from(count)) + MAX_GRACE
         }
         _ => Duration::from_secs_f64(seconds),
     };
-    let spanned = |s: &str| toml::Spanned::new(0..0, s.to_owned());
-    let raw = RawTarget {
-        name: spanned("probe"),
-        layer: spanned("internet"),
-        provider: None,
-        kind: spanned(&kind),
-        host: spanned(&args.host),
-        options,
-    };
-    let gateway = if args.host.starts_with("gateway") {
-        default_gateway()
-    } else {
-        None
-    };
-    let target = Target::from_raw(&raw, 0, Path::new("probe"), "", gateway).map_err(|e| {
-        let field = e.field.trim_start_matches("target[0].");
-        let flag = match field {
-            "kind" | "host" => field.to_uppercase(),
+    let target = target::build(&fields).map_err(|e| {
+        let flag = match e.field.as_str() {
+            "kind" | "host" => e.field.to_uppercase(),
             "stamp_seconds" => "--seconds".into(),
             f => format!("--{}", f.replace('_', "-")),
         };
         format!("{flag}: {}", e.message)
     })?;
     Ok((target, window))
-}
-
-/// The IPv4 default gateway from the routing table, for `probe icmp gateway`.
-fn default_gateway() -> Option<std::net::IpAddr> {
-    crate::gateway::default_gateway()
-        .ok()
-        .flatten()
-        .map(Into::into)
 }
 
 pub fn main(args: ProbeArgs) -> ExitCode {
@@ -142,6 +132,9 @@ pub fn main(args: ProbeArgs) -> ExitCode {
         let r = prober.measure(window).await;
         (r, prober.notes().to_vec())
     });
+    // A name lookup the window gave up on may still wait in the C library (a silent
+    // DNS server: resolv.conf's 5 s × 2 attempts); it must not hold the exit.
+    rt.shutdown_background();
     if args.json {
         match serde_json::to_string(&result) {
             Ok(s) => println!("{s}"),
@@ -211,13 +204,14 @@ pub fn table(target: &Target, r: &ProbeResult, notes: &[(&'static str, String)])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cmd, Parsed, parse};
+    use crate::cli::{Cli, Cmd};
+    use clap::Parser;
 
     fn args(line: &[&str]) -> ProbeArgs {
-        let mut v = vec!["probe"];
+        let mut v = vec!["faultline-agent", "probe"];
         v.extend_from_slice(line);
-        match parse(v.into_iter().map(Into::into)) {
-            Ok(Parsed::Cmd(Cmd::Probe(a))) => a,
+        match Cli::try_parse_from(v).map(|c| c.cmd) {
+            Ok(Cmd::Probe(a)) => a,
             other => panic!("{line:?}: {other:?}"),
         }
     }

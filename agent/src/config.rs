@@ -1,7 +1,16 @@
 //! The agent's TOML config, two-stage: [`RawConfig`] is what serde reads (every value
 //! with its span), [`Config`] is the validated result that cannot hold a bad state.
 //! Every error is a [`ConfigError`] naming the field and its line.
+//!
+//! Targets go through [`target`]'s builder, the one the `probe` command (and central
+//! config) use too; this file adds where each key is (its line). Reading the files it
+//! names (password, certificates) is done here; the network and the routing table are
+//! not touched (`host = "gateway"` is valid whatever the routes are now).
 
+pub mod error;
+pub mod target;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -13,9 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config_error::ConfigError;
-use crate::gateway;
-use crate::probe::{RawTarget, Target};
+pub use self::error::ConfigError;
+use self::target::{Fields, Target};
 
 /// Window length when `window_seconds` is absent.
 pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
@@ -23,7 +31,11 @@ pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
 pub const MAX_WINDOW_SECONDS: u64 = 3600;
 /// Outbox capacity when `outbox_capacity` is absent: 24 h of default windows.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
-/// Largest outbox accepted (memory bound on a small gateway).
+/// Where the durable outbox lives when `state_dir` is absent (systemd's StateDirectory).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
+/// The durable outbox's folder inside `state_dir` (`net::spool` keeps it).
+pub const OUTBOX_DIR: &str = "outbox";
+/// Largest outbox accepted (its index is 12 bytes a report in memory).
 pub const MAX_OUTBOX_CAPACITY: usize = 1_000_000;
 /// MQTT keepalive when `mqtt.keepalive_seconds` is absent.
 pub const DEFAULT_KEEPALIVE_SECONDS: u64 = 60;
@@ -45,10 +57,14 @@ pub struct RawConfig {
     window_seconds: Option<Spanned<i64>>,
     format: Option<Spanned<String>>,
     outbox_capacity: Option<Spanned<i64>>,
+    state_dir: Option<Spanned<String>>,
     mqtt: Option<Spanned<RawMqtt>>,
     #[serde(default)]
-    target: Vec<RawTarget>,
+    target: Vec<Spanned<RawTarget>>,
 }
+
+/// One `[[target]]` table, raw: every key with its value's span (for error lines).
+type RawTarget = BTreeMap<String, Spanned<target::Value>>;
 
 /// The `[mqtt]` table, raw.
 #[derive(Debug, Deserialize)]
@@ -78,6 +94,8 @@ pub struct Config {
     pub window: Duration,
     pub format: Format,
     pub outbox_capacity: usize,
+    /// The durable outbox (and, next, the last central config) live here.
+    pub state_dir: PathBuf,
     pub mqtt: MqttConfig,
     pub targets: Vec<Target>,
 }
@@ -175,18 +193,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         field: "(file)".into(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(path, &src, gateway::default_gateway)
+    parse(path, &src)
 }
 
-/// Validates `src` as the config at `path`; `gateway` finds the default gateway when a
-/// target asks for it.
-pub fn parse(
-    path: &Path,
-    src: &str,
-    gateway: impl FnOnce() -> std::io::Result<Option<std::net::Ipv4Addr>>,
-) -> Result<Config, ConfigError> {
+/// Validates `src` as the config at `path`.
+pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
-    Validator { path, src }.config(raw, gateway)
+    Validator { path, src }.config(raw)
 }
 
 /// Turns a toml/serde error into a `ConfigError` naming the key when toml knows it.
@@ -277,11 +290,7 @@ impl Validator<'_> {
         }
     }
 
-    fn config(
-        &self,
-        raw: RawConfig,
-        gateway: impl FnOnce() -> std::io::Result<Option<std::net::Ipv4Addr>>,
-    ) -> Result<Config, ConfigError> {
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let site = raw
             .site
             .as_ref()
@@ -320,12 +329,19 @@ impl Validator<'_> {
             Some(c) => self.int_in(c, "outbox_capacity", 1, MAX_OUTBOX_CAPACITY as u64)? as usize,
             None => DEFAULT_OUTBOX_CAPACITY,
         };
+        let state_dir = match &raw.state_dir {
+            Some(d) if d.get_ref().trim().is_empty() => {
+                return Err(self.err(Some(d.span()), "state_dir", "must not be empty"));
+            }
+            Some(d) => self.file(d),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
         let mqtt = raw
             .mqtt
             .as_ref()
             .ok_or_else(|| self.missing(None, "mqtt", "an [mqtt] table with the broker's url"))?;
         let mqtt = self.mqtt(mqtt, &site)?;
-        let targets = self.targets(&raw.target, gateway)?;
+        let targets = self.targets(&raw.target)?;
         Ok(Config {
             path: self.path.to_owned(),
             site,
@@ -334,6 +350,7 @@ impl Validator<'_> {
             window: Duration::from_secs(window_s),
             format,
             outbox_capacity,
+            state_dir,
             mqtt,
             targets,
         })
@@ -497,58 +514,26 @@ impl Validator<'_> {
         Ok(Some(TlsFiles { ca, client }))
     }
 
-    fn targets(
-        &self,
-        raw: &[RawTarget],
-        gateway: impl FnOnce() -> std::io::Result<Option<std::net::Ipv4Addr>>,
-    ) -> Result<Vec<Target>, ConfigError> {
-        let wants_gateway = raw.iter().position(|t| t.host.get_ref() == "gateway");
-        let gw = match wants_gateway {
-            None => None,
-            Some(i) => {
-                let host = &raw[i].host;
-                let field = format!("target[{i}].host");
-                match gateway() {
-                    Ok(Some(gw)) => Some(std::net::IpAddr::V4(gw)),
-                    Ok(None) => {
-                        return Err(self.err(
-                            Some(host.span()),
-                            &field,
-                            format!(
-                                "\"gateway\" but {} has no default route; give the gateway's address",
-                                gateway::PROC_NET_ROUTE
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(self.err(
-                            Some(host.span()),
-                            &field,
-                            format!(
-                                "\"gateway\" but cannot read {}: {e}",
-                                gateway::PROC_NET_ROUTE
-                            ),
-                        ));
-                    }
-                }
-            }
-        };
-        let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
-        for (i, t) in raw.iter().enumerate() {
-            let target = Target::from_raw(t, i, self.path, self.src, gw)?;
-            if let Some(j) = targets.iter().position(|o| o.name == target.name) {
-                return Err(self.err(
-                    Some(t.name.span()),
-                    &format!("target[{i}].name"),
-                    format!(
-                        "duplicate target name {:?} (also target[{j}])",
-                        target.name.as_str()
-                    ),
-                ));
-            }
-            targets.push(target);
-        }
-        Ok(targets)
+    /// Every `[[target]]` through the target builder; its errors get the table's
+    /// index and the line of the offending value (of the table when the key is missing).
+    fn targets(&self, raw: &[Spanned<RawTarget>]) -> Result<Vec<Target>, ConfigError> {
+        let fields: Vec<Fields> = raw
+            .iter()
+            .map(|t| {
+                t.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                    .collect()
+            })
+            .collect();
+        target::build_all(&fields).map_err(|(i, e)| {
+            let table = &raw[i];
+            let span = match table.get_ref().get(&e.field) {
+                Some(v) => v.span(),
+                None => table.span(),
+            };
+            self.err(Some(span), &format!("target[{i}].{}", e.field), e.message)
+        })
     }
 }
 
@@ -668,8 +653,9 @@ impl fmt::Display for Config {
         let hours = self.outbox_capacity as u64 * window_s / 3600;
         writeln!(
             f,
-            "outbox   {} reports (about {hours} h of windows while offline)",
-            self.outbox_capacity
+            "outbox   {} reports (about {hours} h of windows while offline), on disk in {}",
+            self.outbox_capacity,
+            self.state_dir.join(OUTBOX_DIR).display()
         )?;
         writeln!(f, "targets  {}", self.targets.len())?;
         for t in &self.targets {
@@ -728,12 +714,8 @@ mod tests {
         assert_eq!(target_index_at(src, src.find("\"b\"").unwrap()), 1);
     }
 
-    fn no_gateway() -> std::io::Result<Option<std::net::Ipv4Addr>> {
-        Ok(None)
-    }
-
     fn check(src: &str) -> Result<Config, ConfigError> {
-        parse(Path::new("/etc/faultline/agent.toml"), src, no_gateway)
+        parse(Path::new("/etc/faultline/agent.toml"), src)
     }
 
     const MINIMAL: &str =
@@ -798,21 +780,52 @@ mod tests {
     }
 
     #[test]
+    fn target_errors_name_the_table_the_key_and_its_line() {
+        let head = "site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://b\"\n";
+        let tcp =
+            "[[target]]\nname = \"x\"\nlayer = \"lan\"\nkind = \"tcp\"\nhost = \"10.0.0.1:80\"\n";
+        let e = err(&format!(
+            "{head}{tcp}[[target]]\nname = \"y\"\nlayer = \"lan\"\nkind = \"stamp\"\nhost = \"h\"\npps = 0\n"
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("target[1].pps", Some(15)),
+            "{e}"
+        );
+        // A missing key: the line of its table.
+        let e = err(&format!(
+            "{head}{tcp}\n[[target]]\nname = \"y\"\nlayer = \"lan\"\nkind = \"tcp\"\n"
+        ));
+        assert_eq!(e.field, "target[1].host", "{e}");
+        assert!(e.message.starts_with("missing"), "{e}");
+        assert_eq!(e.line, Some(11), "{e}");
+    }
+
+    #[test]
+    fn gateway_targets_do_not_depend_on_the_routing_table() {
+        let src = format!(
+            "{MINIMAL}[[target]]\nname = \"gw\"\nlayer = \"lan\"\nkind = \"icmp\"\nhost = \"gateway\"\n\
+             [[target]]\nname = \"pbx\"\nlayer = \"lan\"\nkind = \"sip\"\nhost = \"gateway:5060\"\n"
+        );
+        // `parse` reads nothing but the text: valid on any machine.
+        let c = check(&src).unwrap();
+        assert!(c.targets.iter().all(Target::uses_gateway));
+        let plan = c.to_string();
+        assert!(plan.contains("kind=icmp host=gateway count=1/s"), "{plan}");
+        assert!(plan.contains("kind=sip host=gateway:5060"), "{plan}");
+    }
+
+    #[test]
     fn password_file_is_read_and_kept_secret() {
         let dir = std::env::temp_dir().join(format!("faultline-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
         let src = "site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"pw\"\n";
-        let c = parse(&dir.join("agent.toml"), src, no_gateway).unwrap();
+        let c = parse(&dir.join("agent.toml"), src).unwrap();
         assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!c.to_string().contains("s3cret"));
-        let e = parse(
-            &dir.join("agent.toml"),
-            &src.replace("\"pw\"", "\"nope\""),
-            no_gateway,
-        )
-        .unwrap_err();
+        let e = parse(&dir.join("agent.toml"), &src.replace("\"pw\"", "\"nope\"")).unwrap_err();
         assert_eq!((e.field.as_str(), e.line), ("mqtt.password_file", Some(6)));
         std::fs::remove_dir_all(&dir).unwrap();
     }

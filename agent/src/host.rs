@@ -1,54 +1,43 @@
 //! The measuring box's own health (CPU, memory, load) for each report, so the collector
 //! can tell "the gateway is overloaded" from "the network is bad".
 //!
-//! Read straight from `/proc` (Linux, the only gateway OS): `/proc/stat` for CPU,
-//! `/proc/meminfo` for RAM, `/proc/loadavg` for load, once a window. CPU usage is the
-//! share busy since the previous sample. The parsers are pure and tested on fixtures.
+//! Read through sysinfo, refreshing only what a report carries (CPU times and RAM; no
+//! processes, disks or networks), once a window. CPU usage is the busy share between
+//! two refreshes: `new` takes the first, so each `sample` covers the time since the one
+//! before (a window, as the run loop calls it).
+
+use std::fmt;
 
 use faultline_shared::HostHealth;
+use sysinfo::{MemoryRefreshKind, System};
 
 /// Samples host health; the first sample's CPU figure covers the time since `new`.
-#[derive(Debug)]
 pub struct HostSampler {
-    last_cpu: Option<CpuTimes>,
-}
-
-/// The aggregate `cpu` line of `/proc/stat`, in clock ticks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuTimes {
-    /// user + nice + system + irq + softirq + steal (guest time is inside user).
-    pub busy: u64,
-    /// idle + iowait.
-    pub idle: u64,
+    sys: System,
 }
 
 impl HostSampler {
     pub fn new() -> Self {
-        Self {
-            last_cpu: read("/proc/stat").and_then(|s| parse_stat(&s)),
-        }
+        let mut sys = System::new();
+        sys.refresh_cpu_usage();
+        Self { sys }
     }
 
-    /// CPU % busy since the last sample, RAM % used, 1-minute load average.
+    /// CPU % busy since the last sample, RAM % used (not available), 1-minute load
+    /// average.
     pub fn sample(&mut self) -> HostHealth {
-        let cpu = read("/proc/stat").and_then(|s| parse_stat(&s));
-        let cpu_pct = match (self.last_cpu, cpu) {
-            (Some(a), Some(b)) => cpu_pct(a, b),
-            _ => 0.0,
+        self.sys.refresh_cpu_usage();
+        self.sys
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        let total = self.sys.total_memory();
+        let mem_pct = if total == 0 {
+            0.0
+        } else {
+            self.sys.used_memory() as f64 * 100.0 / total as f64
         };
-        if cpu.is_some() {
-            self.last_cpu = cpu;
-        }
-        let mem_pct = read("/proc/meminfo")
-            .and_then(|s| parse_meminfo(&s))
-            .map_or(0.0, |(total, avail)| {
-                (total - avail.min(total)) as f64 * 100.0 / total as f64
-            });
-        let load1 = read("/proc/loadavg")
-            .and_then(|s| parse_loadavg(&s))
-            .unwrap_or(0.0);
+        let load1 = System::load_average().one;
         HostHealth {
-            cpu_pct: finite_pct(cpu_pct),
+            cpu_pct: finite_pct(f64::from(self.sys.global_cpu_usage())),
             mem_pct: finite_pct(mem_pct),
             load1: if load1.is_finite() {
                 load1.max(0.0)
@@ -59,76 +48,11 @@ impl HostSampler {
     }
 }
 
-fn read(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok()
-}
-
-/// The aggregate CPU times from `/proc/stat` text.
-pub fn parse_stat(text: &str) -> Option<CpuTimes> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let mut f = line
-        .split_ascii_whitespace()
-        .skip(1)
-        .map(|v| v.parse::<u64>());
-    let mut next = || f.next().and_then(Result::ok).unwrap_or(0);
-    let (user, nice, system, idle, iowait, irq, softirq, steal) = (
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-    );
-    Some(CpuTimes {
-        busy: user + nice + system + irq + softirq + steal,
-        idle: idle + iowait,
-    })
-}
-
-/// % of CPU time busy between two readings (0 when no time passed).
-pub fn cpu_pct(a: CpuTimes, b: CpuTimes) -> f64 {
-    let busy = b.busy.saturating_sub(a.busy);
-    let total = busy + b.idle.saturating_sub(a.idle);
-    if total == 0 {
-        0.0
-    } else {
-        busy as f64 * 100.0 / total as f64
+impl fmt::Debug for HostSampler {
+    // Not sysinfo's `Debug` for `System`, which reads everything it knows.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostSampler").finish_non_exhaustive()
     }
-}
-
-/// (MemTotal, MemAvailable) in kB from `/proc/meminfo` text; without MemAvailable
-/// (kernels before 3.14), MemFree + Buffers + Cached.
-pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
-    let (mut total, mut avail, mut free, mut buffers, mut cached) = (None, None, 0, 0, 0);
-    for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let Some(kb) = rest
-            .split_ascii_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        match key {
-            "MemTotal" => total = Some(kb),
-            "MemAvailable" => avail = Some(kb),
-            "MemFree" => free = kb,
-            "Buffers" => buffers = kb,
-            "Cached" => cached = kb,
-            _ => {}
-        }
-    }
-    let total = total.filter(|&t| t > 0)?;
-    Some((total, avail.unwrap_or(free + buffers + cached)))
-}
-
-/// The 1-minute load average from `/proc/loadavg` text.
-pub fn parse_loadavg(text: &str) -> Option<f64> {
-    text.split_ascii_whitespace().next()?.parse().ok()
 }
 
 fn finite_pct(x: f64) -> f64 {
@@ -141,99 +65,106 @@ fn finite_pct(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
-    const STAT: &str = "cpu  4705 356 584 3699 23 0 23 5 0 0
-cpu0 1393280 32966 572056 13343292 6130 0 17875 0 0 0
-intr 114930548 113199788 3 0 5 263 0 4 [... lots more numbers ...]
-ctxt 1990473
-btime 1062191376
-";
+    // The oracle: the kernel's own counters, read before and after each sample, so the
+    // sampled figure must lie between (or very near) what they give.
 
-    const MEMINFO: &str = "MemTotal:        2048000 kB
-MemFree:          512000 kB
-MemAvailable:    1536000 kB
-Buffers:           10000 kB
-Cached:           200000 kB
-HugePages_Total:       0
-";
+    /// The numbers after `key` on its line of a `/proc` file.
+    fn proc_line(path: &str, key: &str) -> Vec<f64> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in {path}"));
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    }
 
-    #[test]
-    fn parses_proc_stat() {
-        let t = parse_stat(STAT).unwrap();
-        assert_eq!(
-            t,
-            CpuTimes {
-                busy: 4705 + 356 + 584 + 23 + 5,
-                idle: 3699 + 23
-            }
-        );
-        assert_eq!(parse_stat("intr 1 2\n"), None);
-        // Old kernels print fewer columns.
-        assert_eq!(
-            parse_stat("cpu 1 2 3 4\n"),
-            Some(CpuTimes { busy: 6, idle: 4 })
-        );
+    /// (busy, total) clock ticks of all CPUs; idle and iowait are the idle part.
+    fn cpu_ticks() -> (f64, f64) {
+        let t = proc_line("/proc/stat", "cpu");
+        // user, nice, system, idle, iowait, irq, softirq, steal (guest is inside user).
+        let total: f64 = t.iter().take(8).sum();
+        (total - t[3] - t[4], total)
+    }
+
+    /// The first number of a one-line `/proc` file.
+    fn first_field(path: &str) -> f64 {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn mem_used_pct() -> f64 {
+        let total = proc_line("/proc/meminfo", "MemTotal:")[0];
+        let avail = proc_line("/proc/meminfo", "MemAvailable:")[0];
+        100.0 * (total - avail) / total
+    }
+
+    fn between(x: f64, a: f64, b: f64, slack: f64) -> bool {
+        a.min(b) - slack <= x && x <= a.max(b) + slack
     }
 
     #[test]
-    fn cpu_share_between_two_readings() {
-        let a = CpuTimes {
-            busy: 100,
-            idle: 900,
-        };
-        assert_eq!(
-            cpu_pct(
-                a,
-                CpuTimes {
-                    busy: 130,
-                    idle: 970
-                }
-            ),
-            30.0
-        );
-        assert_eq!(cpu_pct(a, a), 0.0);
-        // A counter going backwards (never on Linux) does not go negative.
-        assert_eq!(
-            cpu_pct(
-                a,
-                CpuTimes {
-                    busy: 50,
-                    idle: 1000
-                }
-            ),
-            0.0
-        );
-    }
-
-    #[test]
-    fn parses_meminfo() {
-        assert_eq!(parse_meminfo(MEMINFO), Some((2_048_000, 1_536_000)));
-        let old = "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 250 kB\n";
-        assert_eq!(parse_meminfo(old), Some((1000, 400)));
-        assert_eq!(parse_meminfo("MemFree: 1 kB\n"), None);
-        assert_eq!(parse_meminfo("MemTotal: 0 kB\n"), None);
-    }
-
-    #[test]
-    fn parses_loadavg() {
-        assert_eq!(parse_loadavg("0.20 0.18 0.12 1/80 11206\n"), Some(0.2));
-        assert_eq!(parse_loadavg(""), None);
-    }
-
-    #[test]
-    fn samples_are_within_range() {
+    fn cpu_is_the_busy_share_since_the_last_sample() {
+        let before = cpu_ticks();
         let mut h = HostSampler::new();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Some work to see, for longer than sysinfo's minimum interval between CPU
+        // refreshes (it keeps the old figure within that interval).
+        let until = Instant::now() + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL * 2;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
         let s = h.sample();
-        assert!((0.0..=100.0).contains(&s.cpu_pct), "{s:?}");
+        let after = cpu_ticks();
+        let want = 100.0 * (after.0 - before.0) / (after.1 - before.1);
+        // The oracle's readings are microseconds outside the sampler's; a clock tick
+        // or two of difference is a few percent over this short window.
+        assert!(
+            (s.cpu_pct - want).abs() < 10.0,
+            "sampled {:.1} %, the kernel counted {want:.1} % busy",
+            s.cpu_pct
+        );
+        assert!(s.cpu_pct > 0.0, "a core was busy: {s:?}");
+    }
+
+    #[test]
+    fn memory_is_the_share_not_available() {
+        let mut h = HostSampler::new();
+        let before = mem_used_pct();
+        let s = h.sample();
+        let after = mem_used_pct();
+        assert!(
+            between(s.mem_pct, before, after, 1.0),
+            "{s:?}, {before:.2}..{after:.2}"
+        );
         assert!(s.mem_pct > 0.0 && s.mem_pct <= 100.0, "{s:?}");
-        assert!(s.load1 >= 0.0, "{s:?}");
+    }
+
+    #[test]
+    fn load_is_the_one_minute_average() {
+        let mut h = HostSampler::new();
+        let before = first_field("/proc/loadavg");
+        let s = h.sample();
+        let after = first_field("/proc/loadavg");
+        // /proc/loadavg has two decimals and changes every 5 s: the sample is one of
+        // the two readings.
+        assert!(
+            between(s.load1, before, after, 0.005),
+            "{s:?}, {before}..{after}"
+        );
     }
 
     #[test]
     fn non_finite_figures_become_zero() {
         assert_eq!(finite_pct(f64::NAN), 0.0);
+        assert_eq!(finite_pct(f64::INFINITY), 0.0);
         assert_eq!(finite_pct(120.0), 100.0);
+        assert_eq!(finite_pct(-1.0), 0.0);
+        assert_eq!(finite_pct(42.5), 42.5);
     }
 }

@@ -1,292 +1,218 @@
-//! Logging to stderr, one line per event, without tracing-subscriber (about 20 kB on
-//! the gateway): `2026-11-27T02:39:14.123456Z  INFO message key=value`, the format the
-//! agent printed with tracing-subscriber's `fmt` layer (no target, no colours).
-//! Filtered by `RUST_LOG` in the `target=level,level` form (default `info`; the
-//! longest matching target prefix wins). Nothing in the agent logs through `log`.
+//! Logging to stderr through tracing-subscriber's `fmt`, one line per event, without
+//! target or colours: `2026-11-27T02:39:14.123456Z  INFO message key=value`.
+//!
+//! Filtered by `RUST_LOG` in `EnvFilter` syntax (`level,target=level,...`; a bare
+//! level sets the default, a bare target enables everything for it, the most specific
+//! directive wins); unset or empty means [`DEFAULT_FILTER`]. Crates that log through
+//! `log` (rumqttc) are bridged in by tracing-subscriber's `tracing-log` feature
+//! (`tracing_log::LogTracer`), so their records are filtered and printed the same way.
 
-use std::fmt::{self, Write as _};
-use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::Subscriber;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::ParseError;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 
-use tracing::field::{Field, Visit};
-use tracing::level_filters::LevelFilter;
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Level, Metadata, Subscriber};
+/// The filter when `RUST_LOG` is unset or empty: the agent at `info`, the MQTT
+/// client's chatter left out (it says what matters at `warn`).
+pub const DEFAULT_FILTER: &str = "info,rumqttc=warn";
 
-/// `RUST_LOG` directives: (target prefix, level); `None` target is the default.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Filter {
-    default: LevelFilter,
-    /// Longest target first.
-    targets: Vec<(String, LevelFilter)>,
-}
-
-impl Filter {
-    pub fn new(default: LevelFilter) -> Self {
-        Self {
-            default,
-            targets: Vec::new(),
-        }
-    }
-
-    /// Parses `target=level,level,...` (a bare level sets the default; a bare target
-    /// enables everything for it).
-    pub fn parse(spec: &str) -> Result<Self, String> {
-        let mut f = Self::new(LevelFilter::OFF);
-        let mut default = None;
-        for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            match d.split_once('=') {
-                Some((target, level)) => {
-                    let level = level_of(level)?;
-                    if target.is_empty() {
-                        return Err(format!("directive {d:?}: empty target"));
-                    }
-                    f.targets.push((target.to_owned(), level));
-                }
-                None => match level_of(d) {
-                    Ok(l) => default = Some(l),
-                    Err(_) if valid_target(d) => f.targets.push((d.to_owned(), LevelFilter::TRACE)),
-                    Err(e) => return Err(e),
-                },
-            }
-        }
-        // As tracing-subscriber's `Targets`: without a bare level, other targets are off.
-        f.default = default.unwrap_or(LevelFilter::OFF);
-        f.targets.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
-        Ok(f)
-    }
-
-    pub fn enabled(&self, target: &str, level: &Level) -> bool {
-        let max = self
-            .targets
-            .iter()
-            .find(|(t, _)| target.starts_with(t.as_str()))
-            .map_or(self.default, |(_, l)| *l);
-        *level <= max
-    }
-
-    fn max_level(&self) -> LevelFilter {
-        self.targets
-            .iter()
-            .map(|(_, l)| *l)
-            .fold(self.default, LevelFilter::max)
-    }
-}
-
-fn valid_target(s: &str) -> bool {
-    s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
-}
-
-fn level_of(s: &str) -> Result<LevelFilter, String> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "off" | "0" => LevelFilter::OFF,
-        "error" | "1" => LevelFilter::ERROR,
-        "warn" | "2" => LevelFilter::WARN,
-        "info" | "3" => LevelFilter::INFO,
-        "debug" | "4" => LevelFilter::DEBUG,
-        "trace" | "5" => LevelFilter::TRACE,
-        _ => {
-            return Err(format!(
-                "invalid level {s:?} (off, error, warn, info, debug, trace)"
-            ));
-        }
-    })
-}
-
-/// The subscriber: filters, formats and writes each event in one `write` to stderr.
-#[derive(Debug)]
-struct Stderr {
-    filter: Filter,
-}
-
-impl Subscriber for Stderr {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        // Decided per event: `log` records share callsites across targets.
-        Interest::sometimes()
-    }
-
-    fn enabled(&self, m: &Metadata<'_>) -> bool {
-        self.filter.enabled(m.target(), m.level())
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.filter.max_level())
-    }
-
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        // The agent opens no spans; events are printed without span context.
-        Id::from_u64(1)
-    }
-
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let meta = event.metadata();
-        if !self.filter.enabled(meta.target(), meta.level()) {
-            return;
-        }
-        let line = format_line(SystemTime::now(), meta.level(), |v| event.record(v));
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn enter(&self, _: &Id) {}
-
-    fn exit(&self, _: &Id) {}
-}
-
-/// One log line, newline included.
-fn format_line(now: SystemTime, level: &Level, record: impl FnOnce(&mut dyn Visit)) -> String {
-    let mut line = String::with_capacity(128);
-    timestamp(&mut line, now);
-    let _ = write!(line, " {level:>5} ");
-    let mut v = Fields {
-        out: &mut line,
-        first: true,
-    };
-    record(&mut v);
-    line.push('\n');
-    line
-}
-
-/// `message` first without its name, then ` key=value` (Debug), skipping the `log.*`
-/// fields of bridged records.
-struct Fields<'a> {
-    out: &'a mut String,
-    first: bool,
-}
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let name = field.name();
-        if name.starts_with("log.") {
-            return;
-        }
-        if !self.first {
-            self.out.push(' ');
-        }
-        self.first = false;
-        let _ = if name == "message" {
-            write!(self.out, "{value:?}")
-        } else {
-            write!(self.out, "{name}={value:?}")
-        };
-    }
-}
-
-/// RFC 3339 UTC with microseconds, as tracing-subscriber printed it.
-fn timestamp(out: &mut String, now: SystemTime) {
-    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_micros()
-    );
-}
-
-/// Installs the subscriber.
+/// Installs the subscriber and the `log` bridge. A bad `RUST_LOG` is named on stderr
+/// and the default used instead.
 pub fn init() {
-    let default = Filter::new(LevelFilter::INFO);
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) => Filter::parse(&spec).unwrap_or_else(|e| {
-            eprintln!("ignoring RUST_LOG={spec:?}: {e}");
-            default
-        }),
-        Err(_) => default,
-    };
-    let _ = tracing::subscriber::set_global_default(Stderr { filter });
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = filter(&spec).unwrap_or_else(|e| {
+        eprintln!("ignoring RUST_LOG={spec:?}: {e}");
+        default_filter()
+    });
+    // Fails only when a subscriber or a `log` logger is already set, which nothing
+    // else in the agent does.
+    let _ = install(filter, std::io::stderr);
+}
+
+/// The filter `RUST_LOG` (`spec`, empty when unset) asks for.
+fn filter(spec: &str) -> Result<EnvFilter, ParseError> {
+    match spec.trim() {
+        "" => Ok(default_filter()),
+        spec => EnvFilter::builder().parse(spec),
+    }
+}
+
+fn default_filter() -> EnvFilter {
+    // Lossy parsing never fails; the test `the_default_filter_parses` shows nothing
+    // of the constant is lost.
+    EnvFilter::builder().parse_lossy(DEFAULT_FILTER)
+}
+
+/// The agent's subscriber: `filter` over the line format, written to `writer` (one
+/// `write_all` per line).
+fn subscriber<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .finish()
+}
+
+/// Sets the global subscriber and, with it, `log`'s logger (`LogTracer`, its max level
+/// the filter's most verbose one).
+fn install<W>(filter: EnvFilter, writer: W) -> Result<(), TryInitError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    subscriber(filter, writer).try_init()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_log::log;
+
     use super::*;
-    use std::time::Duration;
 
-    #[test]
-    fn filter_directives() {
-        let f = Filter::parse("warn,faultline_agent::mqtt=debug,faultline_agent::mqtt::codec=off")
-            .unwrap();
-        assert!(f.enabled("faultline_agent::run", &Level::WARN));
-        assert!(!f.enabled("faultline_agent::run", &Level::INFO));
-        assert!(f.enabled("faultline_agent::mqtt", &Level::DEBUG));
-        assert!(!f.enabled("faultline_agent::mqtt", &Level::TRACE));
-        assert!(!f.enabled("faultline_agent::mqtt::codec", &Level::ERROR));
-        assert_eq!(f.max_level(), LevelFilter::DEBUG);
-        let f = Filter::parse("debug").unwrap();
-        assert!(f.enabled("x", &Level::DEBUG) && !f.enabled("x", &Level::TRACE));
-        let f = Filter::parse("faultline_agent").unwrap();
-        assert!(f.enabled("faultline_agent::mqtt", &Level::TRACE));
-        assert!(!f.enabled("tokio", &Level::ERROR));
-        assert!(Filter::parse("x=loud").is_err());
-        assert!(Filter::parse("a b").is_err());
-        let d = Filter::new(LevelFilter::INFO);
-        assert!(d.enabled("any", &Level::INFO) && !d.enabled("any", &Level::DEBUG));
+    /// A writer into a shared buffer, for the lines a subscriber prints.
+    #[derive(Debug, Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn lines(&self) -> Vec<String> {
+            let bytes = self.0.lock().unwrap().clone();
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    /// The lines `emit` prints under the agent's subscriber with `RUST_LOG=spec`.
+    fn printed(spec: &str, emit: impl FnOnce()) -> Vec<String> {
+        let cap = Capture::default();
+        let w = cap.clone();
+        let sub = subscriber(filter(spec).unwrap(), move || w.clone());
+        tracing::subscriber::with_default(sub, emit);
+        cap.lines()
+    }
+
+    /// The line without its timestamp, after checking the timestamp's shape:
+    /// RFC 3339 UTC with microseconds, then one space.
+    fn untimed(line: &str) -> &str {
+        let (ts, rest) = line.split_at(28);
+        let shape: String = ts
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect();
+        assert_eq!(shape, "9999-99-99T99:99:99.999999Z ", "{line}");
+        rest
     }
 
     #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let mut s = String::new();
-        timestamp(
-            &mut s,
-            UNIX_EPOCH + Duration::from_micros(1_764_201_600_123_456),
-        );
-        assert_eq!(s, "2025-11-27T00:00:00.123456Z");
-        let mut s = String::new();
-        timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(951_827_696));
-        assert_eq!(s, "2000-02-29T12:34:56.000000Z");
-    }
-
-    /// Formats events like `Stderr`, into a buffer.
-    struct Capture(std::sync::Mutex<Vec<String>>);
-
-    impl Subscriber for &'static Capture {
-        fn enabled(&self, _: &Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &Attributes<'_>) -> Id {
-            Id::from_u64(1)
-        }
-        fn record(&self, _: &Id, _: &Record<'_>) {}
-        fn record_follows_from(&self, _: &Id, _: &Id) {}
-        fn event(&self, event: &Event<'_>) {
-            let line = format_line(UNIX_EPOCH, event.metadata().level(), |v| event.record(v));
-            self.0.lock().unwrap().push(line);
-        }
-        fn enter(&self, _: &Id) {}
-        fn exit(&self, _: &Id) {}
-    }
-
-    #[test]
-    fn lines_look_like_tracing_subscribers() {
-        let cap: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
-        tracing::subscriber::with_default(cap, || {
-            tracing::info!(peer = "10.0.0.1", "reconnected to {}", "broker:8883");
+    fn lines_are_timestamp_level_message_fields() {
+        let lines = printed("", || {
+            tracing::info!(peer = "10.0.0.1", n = 3, "reconnected to {}", "broker:8883");
+            tracing::warn!("retrying in 2 s");
             tracing::error!("x");
         });
-        let lines = cap.0.lock().unwrap().clone();
+        let untimed: Vec<&str> = lines.iter().map(|l| untimed(l)).collect();
         assert_eq!(
-            lines,
+            untimed,
             [
-                "1970-01-01T00:00:00.000000Z  INFO reconnected to broker:8883 peer=\"10.0.0.1\"\n",
-                "1970-01-01T00:00:00.000000Z ERROR x\n",
+                " INFO reconnected to broker:8883 peer=\"10.0.0.1\" n=3",
+                " WARN retrying in 2 s",
+                "ERROR x",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_filter_parses() {
+        let strict = EnvFilter::builder().parse(DEFAULT_FILTER).unwrap();
+        assert_eq!(strict.to_string(), default_filter().to_string());
+        assert_eq!(filter("").unwrap().to_string(), strict.to_string());
+        assert_eq!(filter(" ").unwrap().to_string(), strict.to_string());
+    }
+
+    #[test]
+    fn default_is_info_and_rumqttc_warn() {
+        let lines = printed("", || {
+            tracing::info!(target: "faultline_agent::run", "shown");
+            tracing::debug!(target: "faultline_agent::run", "hidden");
+            tracing::info!(target: "rumqttc::state", "hidden");
+            tracing::warn!(target: "rumqttc::state", "shown too");
+        });
+        let msgs: Vec<&str> = lines.iter().map(|l| untimed(l)).collect();
+        assert_eq!(msgs, [" INFO shown", " WARN shown too"]);
+    }
+
+    #[test]
+    fn rust_log_directives() {
+        let spec = "warn,faultline_agent::mqtt=debug,faultline_agent::mqtt::codec=off";
+        let lines = printed(spec, || {
+            tracing::warn!(target: "faultline_agent::run", "1");
+            tracing::info!(target: "faultline_agent::run", "-");
+            tracing::debug!(target: "faultline_agent::mqtt", "2");
+            tracing::trace!(target: "faultline_agent::mqtt", "-");
+            tracing::error!(target: "faultline_agent::mqtt::codec", "-");
+            tracing::info!(target: "rumqttc", "-");
+        });
+        let msgs: Vec<&str> = lines.iter().map(|l| &untimed(l)[6..]).collect();
+        assert_eq!(msgs, ["1", "2"]);
+        // A bare target: everything of it, nothing else.
+        let lines = printed("faultline_agent", || {
+            tracing::trace!(target: "faultline_agent::mqtt", "1");
+            tracing::error!(target: "tokio", "-");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        // Levels by number, as before.
+        let lines = printed("2", || {
+            tracing::warn!("1");
+            tracing::info!("-");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(filter("x=loud").is_err());
+        assert!(filter("info,=").is_err());
+    }
+
+    /// The only test that sets the global subscriber (once per process): what `init`
+    /// installs, with `log` records (rumqttc's) bridged in and filtered.
+    #[test]
+    fn install_bridges_log_records() {
+        let cap = Capture::default();
+        let w = cap.clone();
+        install(default_filter(), move || w.clone()).expect("no global subscriber yet");
+        log::warn!(target: "rumqttc::state", "bridged: unsolicited puback 7");
+        log::info!(target: "rumqttc::state", "bridged: collision on packet id 3");
+        log::info!(target: "faultline_agent::run", "bridged: agent info");
+        log::debug!(target: "faultline_agent::run", "bridged: agent debug");
+        // Other tests may log to the global subscriber meanwhile: only ours count.
+        let lines: Vec<String> = cap
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("bridged: "))
+            .collect();
+        let msgs: Vec<&str> = lines.iter().map(|l| untimed(l)).collect();
+        // No `log.target=...` fields: the formatter knows bridged records.
+        assert_eq!(
+            msgs,
+            [
+                " WARN bridged: unsolicited puback 7",
+                " INFO bridged: agent info"
             ]
         );
     }

@@ -1,41 +1,28 @@
 //! `faultline-agent`: the gateway agent. This file only parses the command line and
 //! dispatches; each subcommand lives in its own module.
 
-mod backoff;
 mod cli;
 mod cmd_probe;
 mod config;
-mod config_error;
-mod gateway;
 mod host;
 mod logging;
-mod mqtt;
-mod outbox;
+mod net;
 mod probe;
 mod reflect;
-mod resolve;
 mod run;
 mod window;
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use cli::{Cmd, Parsed};
+use clap::Parser;
+
+use cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
-    let cmd = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(Parsed::Cmd(c)) => c,
-        Ok(Parsed::Print(text)) => {
-            let _ = std::io::stdout().write_all(text.as_bytes());
-            return ExitCode::SUCCESS;
-        }
-        Err(cli::Error(msg)) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
-    };
+    // On a usage error clap prints it and exits 2; help and version exit 0.
+    let cli = Cli::parse();
     logging::init();
-    match cmd {
+    match cli.cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Check(args) => run::check(args),
         Cmd::Probe(args) => cmd_probe::main(args),

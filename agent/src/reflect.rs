@@ -2,13 +2,14 @@
 //! stateless (echoes the sender's sequence number) or stateful (`--stateful`: its own
 //! per-session counter, so a sender can tell forward from backward loss).
 //!
-//! The packet rule lives in `probe::stamp::reflect`; this file owns the socket, the
+//! The packet rule lives in `wire::stamp::reflect`; this file owns the socket, the
 //! session table and the shutdown signals.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -16,13 +17,15 @@ use socket2::SockAddr;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::probe::stamp::{self, MAX_LEN, NtpTime};
+use faultline_agent::wire::stamp::{self, NtpTime};
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct ReflectArgs {
-    /// Address to listen on (default port 862; `cli` fills in 0.0.0.0:862)
+    /// Address to listen on (default port 862)
+    #[arg(long, default_value = "0.0.0.0:862")]
     pub listen: String,
     /// Keep a sequence counter per sender (RFC 8762 stateful mode)
+    #[arg(long)]
     pub stateful: bool,
 }
 
@@ -31,38 +34,84 @@ pub const MAX_SESSIONS: usize = 4096;
 /// A stateful session idle this long starts again at sequence 0.
 pub const SESSION_IDLE: Duration = Duration::from_secs(60);
 
-/// The reflector's per-sender counters (stateful mode), bounded in memory.
-#[derive(Debug, Default)]
+/// SipHash keyed once per process (std's `RandomState`): the session table is filled
+/// by strangers, who must not be able to pick addresses that collide.
+#[derive(Debug, Clone)]
+pub struct KeyedHasher(std::hash::DefaultHasher);
+
+impl Default for KeyedHasher {
+    fn default() -> Self {
+        static KEYS: OnceLock<RandomState> = OnceLock::new();
+        Self(KEYS.get_or_init(RandomState::new).build_hasher())
+    }
+}
+
+impl Hasher for KeyedHasher {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+}
+
+/// One sender's counter.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    next: u32,
+    seen: Instant,
+}
+
+type SessionMap =
+    heapless::IndexMap<SocketAddr, Session, hash32::BuildHasherDefault<KeyedHasher>, MAX_SESSIONS>;
+
+/// The reflector's per-sender counters (stateful mode), in a table of fixed capacity:
+/// however many senders there are, it holds [`MAX_SESSIONS`] and never grows.
+#[derive(Debug)]
 pub struct Sessions {
-    map: HashMap<SocketAddr, (u32, Instant)>,
+    map: Box<SessionMap>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            map: Box::new(SessionMap::new()),
+        }
+    }
 }
 
 impl Sessions {
     /// The reflector sequence number for the next packet from `peer` at `now`.
     pub fn next(&mut self, peer: SocketAddr, now: Instant) -> u32 {
-        if self.map.len() >= MAX_SESSIONS && !self.map.contains_key(&peer) {
-            self.map
-                .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < SESSION_IDLE);
-            if self.map.len() >= MAX_SESSIONS {
-                // All busy: drop the stalest to make room.
-                if let Some(oldest) = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, (_, t))| *t)
-                    .map(|(k, _)| *k)
-                {
-                    self.map.remove(&oldest);
-                }
+        if let Some(s) = self.map.get_mut(&peer) {
+            if now.saturating_duration_since(s.seen) >= SESSION_IDLE {
+                s.next = 0;
+            }
+            let seq = s.next;
+            s.next = s.next.wrapping_add(1);
+            s.seen = now;
+            return seq;
+        }
+        if self.map.is_full() {
+            self.make_room(now);
+        }
+        // `make_room` left at least one slot free.
+        let inserted = self.map.insert(peer, Session { next: 1, seen: now });
+        debug_assert!(inserted.is_ok());
+        0
+    }
+
+    /// Forgets idle sessions, or the stalest when all are busy.
+    fn make_room(&mut self, now: Instant) {
+        self.map
+            .retain(|_, s| now.saturating_duration_since(s.seen) < SESSION_IDLE);
+        if self.map.is_full() {
+            let oldest = self.map.iter().min_by_key(|(_, s)| s.seen).map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                self.map.swap_remove(&oldest);
             }
         }
-        let e = self.map.entry(peer).or_insert((0, now));
-        if now.saturating_duration_since(e.1) >= SESSION_IDLE {
-            e.0 = 0;
-        }
-        let seq = e.0;
-        e.0 = e.0.wrapping_add(1);
-        e.1 = now;
-        seq
     }
 
     #[cfg(test)]
@@ -78,9 +127,9 @@ pub async fn serve(
     stateful: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> (u64, u64) {
-    let mut sessions = Sessions::default();
+    // Only a stateful reflector keeps sessions (a fixed table of MAX_SESSIONS).
+    let mut sessions = stateful.then(Sessions::default);
     let mut buf = vec![0u8; 65_536];
-    let mut out = vec![0u8; MAX_LEN];
     let (mut reflected, mut dropped) = (0u64, 0u64);
     enable_ttl(&socket);
     let fd = socket.as_raw_fd();
@@ -97,19 +146,13 @@ pub async fn serve(
                 }
             },
         };
-        let t2 = NtpTime::now();
-        let seq = stateful.then(|| sessions.next(peer, Instant::now()));
+        let t2 = NtpTime::from_system(SystemTime::now());
+        let seq = sessions.as_mut().map(|s| s.next(peer, Instant::now()));
+        let t3 = NtpTime::from_system(SystemTime::now());
         // 0 when the kernel did not say (it always does on Linux once asked).
-        match stamp::reflect(
-            &buf[..n],
-            seq,
-            t2,
-            NtpTime::now(),
-            ttl.unwrap_or(0),
-            &mut out,
-        ) {
-            Some(len) => {
-                if let Err(e) = socket.send_to(&out[..len], peer).await {
+        match stamp::reflect(&buf[..n], seq, t2, t3, ttl.unwrap_or(0)) {
+            Some(answer) => {
+                if let Err(e) = socket.send_to(&answer, peer).await {
                     tracing::debug!("reflect: send to {peer}: {e}");
                 }
                 reflected += 1;
@@ -213,7 +256,7 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, crate::probe::STAMP_PORT));
+        return Ok(SocketAddr::new(ip, stamp::PORT));
     }
     Err(format!(
         "--listen {s:?}: expected IP:PORT (e.g. 0.0.0.0:862) or an IP"
@@ -272,16 +315,46 @@ mod tests {
         assert_eq!(s.next(a, t + SESSION_IDLE), 0);
     }
 
+    fn peer(i: u32) -> SocketAddr {
+        SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5000))
+    }
+
     #[test]
-    fn session_table_is_bounded() {
+    fn a_full_table_drops_the_stalest_busy_session() {
         let mut s = Sessions::default();
         let t = Instant::now();
-        for i in 0..(MAX_SESSIONS as u32 + 10) {
-            let peer =
-                SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1000 + (i >> 16) as u16));
-            s.next(peer, t);
+        let ms = Duration::from_millis;
+        for i in 0..MAX_SESSIONS as u32 {
+            assert_eq!(s.next(peer(i), t + ms(u64::from(i % 1000))), 0);
         }
         assert_eq!(s.len(), MAX_SESSIONS);
+        // Peer 1000 was last seen at t + 0, as early as peer 0, which came first.
+        assert_eq!(s.next(peer(1000), t + ms(1000)), 1);
+        // Full, nobody idle: a newcomer takes the stalest slot.
+        let late = t + ms(2000);
+        assert_eq!(s.next(peer(9_999_999), late), 0);
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert_eq!(s.next(peer(9_999_999), late), 1, "the newcomer is kept");
+        assert_eq!(s.next(peer(1000), late), 2, "a busy session is kept");
+        assert_eq!(
+            s.next(peer(0), late),
+            0,
+            "the stalest was dropped: it starts again"
+        );
+    }
+
+    #[test]
+    fn a_full_table_forgets_idle_sessions_first() {
+        let mut s = Sessions::default();
+        let t = Instant::now();
+        for i in 0..MAX_SESSIONS as u32 {
+            s.next(peer(i), t);
+        }
+        let later = t + SESSION_IDLE;
+        s.next(peer(1), later - Duration::from_secs(1));
+        assert_eq!(s.next(peer(9_999_999), later), 0);
+        assert_eq!(s.len(), 2, "every idle session went, the busy one stayed");
+        assert_eq!(s.next(peer(1), later), 2);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! `run` wires the parts on one small current-thread runtime: one task per target
 //! measures each wall-clock-aligned window, the loop here assembles each window into a
-//! `Report` with the host's health, encodes it and hands it to [`Delivery`], which never
-//! makes it wait. SIGTERM or SIGINT stops it cleanly.
+//! `Report` with the host's health, encodes it and hands it to [`Delivery`], which
+//! stores it durably and sends it, and never makes it wait. Reports an earlier run
+//! left undelivered in the spool are sent too. SIGTERM or SIGINT stops it cleanly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,22 +15,33 @@ use faultline_shared::{ProbeResult, Report};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::config::target::Target;
 use crate::config::{self, Config, Format};
 use crate::host::HostSampler;
-use crate::mqtt::Delivery;
+use crate::net::delivery::Delivery;
+use crate::net::gateway;
+use crate::net::spool::{Record, Spool};
 use crate::probe::Prober;
+use crate::probe::peer::NO_DEFAULT_ROUTE;
 use crate::window::{Assembler, following_start, guard_ms, next_boundary};
+
+/// How long the exit waits for blocking work (a name lookup) still running.
+const SHUTDOWN_LOOKUP_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a clean stop waits for the broker to acknowledge what is queued.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// The agent's config file (TOML)
+    #[arg(long)]
     pub config: PathBuf,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// The agent's config file (TOML)
+    #[arg(long)]
     pub config: PathBuf,
 }
 
@@ -47,26 +59,49 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(agent(cfg)) {
+    let code = match rt.block_on(agent(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Everything worth keeping is on disk by now (the delivery task awaited its last
+    // spool write); a name lookup still blocked in the C library (resolv.conf's
+    // timeouts, up to 10 s) must not hold the exit.
+    rt.shutdown_timeout(SHUTDOWN_LOOKUP_WAIT);
+    code
 }
 
-/// `faultline-agent check`: print the resolved plan, or the error and exit 2.
+/// `faultline-agent check`: print the resolved plan (with where the default gateway is
+/// now, when a target probes it), or the error and exit 2.
 pub fn check(args: CheckArgs) -> ExitCode {
     match config::load(&args.config) {
         Ok(c) => {
             print!("{c}");
+            if c.targets.iter().any(Target::uses_gateway) {
+                println!("{}", gateway_note(gateway::default_gateway()));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// What `check` says about the default gateway when a target probes it: where it is
+/// now, or why there is none. Not an error in the file: the probes look the gateway up
+/// again every window.
+fn gateway_note(table: std::io::Result<Option<std::net::Ipv4Addr>>) -> String {
+    let route = gateway::PROC_NET_ROUTE;
+    match table {
+        Ok(Some(ip)) => format!("gateway  {ip} now (looked up again every window)"),
+        Ok(None) => format!(
+            "gateway  none now: {route} has no default route; targets on host \"gateway\" report \"{NO_DEFAULT_ROUTE}\" until there is one"
+        ),
+        Err(e) => format!("gateway  unknown now: cannot read {route}: {e}"),
     }
 }
 
@@ -101,7 +136,8 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
         warn!("no targets configured: reports carry host health only");
     }
     let mut signals = Signals::new().context("installing signal handlers")?;
-    let delivery = Delivery::start(&cfg, boot)?;
+    let spool = open_spool(&cfg)?;
+    let delivery = Delivery::start(&cfg, boot, spool)?;
 
     let mut probers = Vec::with_capacity(cfg.targets.len());
     for t in cfg.targets {
@@ -160,7 +196,7 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
             }
         }
         let report = asm.finish(current, Some(host.sample()));
-        publish(&delivery, &report, cfg.format);
+        publish(&delivery, report, cfg.format);
 
         current += window_ms;
         let now = now_ms();
@@ -175,7 +211,6 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
         asm.discard_before(current);
     }
 
-    info!("stopping: {} reports queued", delivery.backlog());
     for t in &tasks {
         t.abort();
     }
@@ -183,11 +218,46 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Encodes `report` per `format` and queues it.
-fn publish(delivery: &Delivery, report: &Report, format: Format) {
+/// Opens the durable outbox and says what earlier runs left in it.
+fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
+    let (spool, found) = Spool::open(&cfg.state_dir, cfg.outbox_capacity).with_context(|| {
+        format!(
+            "opening the outbox (state_dir {}: a writable folder on persistent storage)",
+            cfg.state_dir.display()
+        )
+    })?;
+    if found.records > 0 {
+        info!(
+            "outbox {}: {} undelivered reports from earlier runs (boots {:?}) will be sent first",
+            spool.dir().display(),
+            found.records,
+            found.boots
+        );
+    }
+    if found.corrupt > 0 || found.torn > 0 {
+        warn!(
+            "outbox {}: skipped {} damaged records and {} cut-short writes",
+            spool.dir().display(),
+            found.corrupt,
+            found.torn
+        );
+    }
+    if found.dropped > 0 {
+        warn!(
+            "outbox {}: {} oldest reports dropped to fit outbox_capacity {}",
+            spool.dir().display(),
+            found.dropped,
+            cfg.outbox_capacity
+        );
+    }
+    Ok(spool)
+}
+
+/// Encodes `report` per `format` and hands it to delivery.
+fn publish(delivery: &Delivery, report: Report, format: Format) {
     let payload = match format {
-        Format::Postcard => faultline_shared::encode(report).map_err(anyhow::Error::from),
-        Format::Json => serde_json::to_vec(report).map_err(anyhow::Error::from),
+        Format::Postcard => faultline_shared::encode(&report).map_err(anyhow::Error::from),
+        Format::Json => serde_json::to_vec(&report).map_err(anyhow::Error::from),
     };
     match payload {
         Ok(bytes) => {
@@ -197,7 +267,12 @@ fn publish(delivery: &Delivery, report: &Report, format: Format) {
                 probes = report.probes.len(),
                 "report queued"
             );
-            delivery.enqueue(report.seq, bytes);
+            delivery.enqueue(Record {
+                format,
+                boot: report.boot,
+                seq: report.seq,
+                payload: bytes,
+            });
         }
         Err(e) => error!("report seq {} cannot be encoded: {e:#}", report.seq),
     }
@@ -255,5 +330,27 @@ impl Signals {
             _ = self.term.recv() => info!("SIGTERM received"),
             _ = self.int.recv() => info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_note_says_where_it_is_or_why_not() {
+        assert_eq!(
+            gateway_note(Ok(Some([192, 168, 1, 1].into()))),
+            "gateway  192.168.1.1 now (looked up again every window)"
+        );
+        assert_eq!(
+            gateway_note(Ok(None)),
+            "gateway  none now: /proc/net/route has no default route; targets on host \"gateway\" report \"no default route\" until there is one"
+        );
+        let e = gateway_note(Err(std::io::ErrorKind::PermissionDenied.into()));
+        assert!(
+            e.starts_with("gateway  unknown now: cannot read /proc/net/route: "),
+            "{e}"
+        );
     }
 }

@@ -265,7 +265,7 @@ fn config_with_targets(dir: &Path, port: u16, extra_top: &str, targets: &str) ->
     std::fs::write(
         &path,
         format!(
-            "site = \"{SITE}\"\ncustomer = \"Lab\"\nisp = \"LoopNet\"\nwindow_seconds = 1\n{extra_top}\n\
+            "site = \"{SITE}\"\ncustomer = \"Lab\"\nisp = \"LoopNet\"\nwindow_seconds = 1\nstate_dir = \"state\"\n{extra_top}\n\
              [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max_seconds = 2\n{targets}"
         ),
     )
@@ -657,7 +657,7 @@ fn mutual_tls_with_username_and_password() {
         std::fs::write(
             &path,
             format!(
-                "site = \"{SITE}\"\nisp = \"LoopNet\"\nwindow_seconds = 1\n[mqtt]\n\
+                "site = \"{SITE}\"\nisp = \"LoopNet\"\nwindow_seconds = 1\nstate_dir = \"state\"\n[mqtt]\n\
                  url = \"mqtts://localhost:{tls_port}\"\nusername = \"{SITE}\"\n\
                  password_file = \"{password}\"\nca_file = \"ca.pem\"\n\
                  client_cert = \"client.pem\"\nclient_key = \"client.key\"\nreconnect_max_seconds = 2\n"
@@ -729,4 +729,231 @@ fn stops_cleanly_while_the_broker_is_unreachable() {
     let status = agent.wait_timeout(LONG).expect("stops on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     assert!(agent_log(dir.path()).contains("were not delivered"));
+}
+
+// ------------------------------------------------------------ the durable outbox
+
+/// The seqs the agent logged as durably stored ("report stored seq=N").
+fn stored_seqs(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("report stored"))
+        .filter_map(|l| {
+            let rest = &l[l.find("seq=")? + 4..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The boot id from the agent's start line ("…, boot N, …").
+fn boot_of(log: &str) -> u32 {
+    log.lines()
+        .find_map(|l| {
+            let rest = &l[l.find(", boot ")? + 7..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no boot in the agent's log:\n{log}"))
+}
+
+/// The outbox's segment files, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("state/outbox"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+    v.sort();
+    v
+}
+
+/// Runs the agent with the broker unreachable until it has stored at least `n`
+/// windows, then SIGKILLs it (a crash or power cut: no clean stop). Returns its boot
+/// and the seqs it had stored; its log is kept as `agent-1.log`.
+fn crash_while_offline(dir: &Path, cfg: &Path, n: usize) -> (u32, Vec<u64>) {
+    let mut agent = spawn_agent(dir, cfg);
+    assert!(
+        wait_until(LONG, || stored_seqs(&agent_log(dir)).len() >= n),
+        "the agent stored nothing; log:\n{}",
+        agent_log(dir)
+    );
+    agent.kill();
+    let log = agent_log(dir);
+    std::fs::rename(dir.join("agent.log"), dir.join("agent-1.log")).unwrap();
+    (boot_of(&log), stored_seqs(&log))
+}
+
+/// The agent is SIGKILLed while the broker is unreachable and started again: once the
+/// broker is reachable, every window either boot stored arrives, the first boot's with
+/// its own boot and seq.
+#[test]
+fn every_window_of_both_boots_arrives_after_a_sigkill_while_offline() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("agent-sigkill");
+    let d = dir.path();
+    let gate = Gate::new(broker.port);
+    let sub = Subscriber::start(broker.port, "test-sigkill", true, &[REPORT]);
+    let cfg = config(d, gate.port, "");
+    let (boot1, stored1) = crash_while_offline(d, &cfg, 4);
+
+    let mut agent = spawn_agent(d, &cfg);
+    assert!(
+        wait_until(LONG, || stored_seqs(&agent_log(d)).len() >= 2),
+        "{}",
+        agent_log(d)
+    );
+    let log2 = agent_log(d);
+    assert!(
+        log2.contains(&format!(
+            "undelivered reports from earlier runs (boots [{boot1}])"
+        )),
+        "the restarted agent must say what it found:\n{log2}"
+    );
+    let boot2 = boot_of(&log2);
+    assert_ne!(boot1, boot2);
+    assert!(wait_until(LONG, || sub.subacks() > 0));
+    gate.open();
+    let reopened = now_ms();
+    assert!(
+        wait_until(LONG, || {
+            let s = seen(&sub);
+            let late = sub
+                .reports()
+                .iter()
+                .any(|r| r.boot == boot2 && r.start_ms >= reopened + 2_000);
+            late && contiguous(&s, boot2) && stored1.iter().all(|q| s.contains_key(&(boot1, *q)))
+        }),
+        "windows missing: boot {boot1} stored {stored1:?}, seen {:?}\nagent log:\n{}",
+        seen(&sub).keys().collect::<Vec<_>>(),
+        agent_log(d)
+    );
+    let s = seen(&sub);
+    assert!(contiguous(&s, boot1), "boot {boot1}: {:?}", s.keys());
+    eprintln!(
+        "boot {boot1}: {} windows stored before SIGKILL, all arrived; boot {boot2}: seqs 0..={} arrived",
+        stored1.len(),
+        s.keys()
+            .filter(|k| k.0 == boot2)
+            .map(|k| k.1)
+            .max()
+            .unwrap()
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
+    assert!(
+        agent_log(d).contains("every report delivered"),
+        "{}",
+        agent_log(d)
+    );
+}
+
+/// A power cut mid-write leaves half a record at the end of a segment, and a record
+/// damaged on flash fails its checksum: the agent starts anyway, says what it skipped,
+/// and sends every intact window.
+#[test]
+fn a_torn_tail_and_a_corrupt_record_are_skipped_and_the_rest_delivered() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("agent-torn");
+    let d = dir.path();
+    let gate = Gate::new(broker.port);
+    let sub = Subscriber::start(broker.port, "test-torn", true, &[REPORT]);
+    let cfg = config(d, gate.port, "");
+    let (boot1, stored1) = crash_while_offline(d, &cfg, 4);
+
+    let seg = segments(d).pop().expect("a segment file");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Record 1 (seq 1): flip its last payload byte. Records are length-prefixed after
+    // an 8-byte magic: [len u32][crc u32][body: format, boot, seq, payload].
+    let len0 = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let start1 = 8 + 8 + len0;
+    let len1 = u32::from_le_bytes(bytes[start1..start1 + 4].try_into().unwrap()) as usize;
+    bytes[start1 + 8 + len1 - 1] ^= 0x55;
+    // And half a record at the end, as a cut-short append leaves it.
+    bytes.extend_from_slice(&200u32.to_le_bytes());
+    bytes.extend_from_slice(&[0xAB; 40]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    assert!(wait_until(LONG, || sub.subacks() > 0));
+    gate.open();
+    let mut agent = spawn_agent(d, &cfg);
+    assert!(
+        wait_until(LONG, || {
+            let s = seen(&sub);
+            stored1
+                .iter()
+                .filter(|&&q| q != 1)
+                .all(|q| s.contains_key(&(boot1, *q)))
+        }),
+        "intact windows of boot {boot1} missing: stored {stored1:?}, seen {:?}\n{}",
+        seen(&sub).keys().collect::<Vec<_>>(),
+        agent_log(d)
+    );
+    assert!(
+        agent_log(d).contains("skipped 1 damaged records and 1 cut-short writes"),
+        "{}",
+        agent_log(d)
+    );
+    assert!(
+        !seen(&sub).contains_key(&(boot1, 1)),
+        "a damaged record must not be sent"
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
+}
+
+/// With the broker unreachable longer than the outbox holds, the oldest windows are
+/// dropped (and said so); the newest are kept and delivered without a gap.
+#[test]
+fn a_full_outbox_drops_the_oldest_and_delivers_the_rest() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("agent-full");
+    let d = dir.path();
+    let gate = Gate::new(broker.port);
+    let sub = Subscriber::start(broker.port, "test-full", true, &[REPORT]);
+    let cfg = config(d, gate.port, "outbox_capacity = 3");
+    let mut agent = spawn_agent(d, &cfg);
+    assert!(
+        wait_until(LONG, || stored_seqs(&agent_log(d)).len() >= 6),
+        "{}",
+        agent_log(d)
+    );
+    assert!(
+        agent_log(d).contains("outbox full (3 reports): dropped the oldest"),
+        "{}",
+        agent_log(d)
+    );
+    let boot = boot_of(&agent_log(d));
+    assert!(wait_until(LONG, || sub.subacks() > 0));
+    gate.open();
+    let reopened = now_ms();
+    assert!(
+        wait_until(LONG, || sub
+            .reports()
+            .iter()
+            .any(|r| r.start_ms >= reopened + 2_000)),
+        "{}",
+        agent_log(d)
+    );
+    let s = seen(&sub);
+    let got: Vec<u64> = s.keys().filter(|k| k.0 == boot).map(|k| k.1).collect();
+    assert!(
+        !got.contains(&0) && !got.contains(&1) && !got.contains(&2),
+        "the oldest were dropped: {got:?}"
+    );
+    let first = got[0];
+    assert!(
+        got.iter().enumerate().all(|(i, &q)| q == first + i as u64),
+        "what was kept arrives without a gap: {got:?}"
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_timeout(LONG).expect("stops").success());
 }

@@ -1,14 +1,24 @@
-//! `collector.toml`: raw TOML values first, then a validated [`Config`] that cannot
-//! hold a bad state. Errors name the field and the line it is on.
+//! `collector.toml`: raw TOML values with their spans first, then a validated
+//! [`Config`] that cannot hold a bad state. Errors name the dotted field and the line
+//! of the offending value. Files the config names (password and token files, TLS
+//! certificates, the embedded broker's logins) are read and checked here, so `check`
+//! finds them missing or bad before `run` does.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use faultline_shared::{Id, Topics};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::engine::Thresholds;
+use crate::passwd::PasswordFile;
 
 /// Default evaluation window, matching the agents' default.
 pub const DEFAULT_WINDOW_MS: u64 = 10_000;
@@ -16,38 +26,82 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STORAGE_PATH: &str = "faultline.db";
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:1883";
 pub const DEFAULT_BROKER_LISTEN_V5: &str = "127.0.0.1:1884";
+pub const DEFAULT_CLIENT_ID: &str = "faultline-collector";
+/// Appended to `username` (and `client_id`) for the reading connection's login.
+pub const INGEST_SUFFIX: &str = "-in";
 /// Largest payload accepted on any ingest topic.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+pub const MQTT_PORT: u16 = 1883;
+pub const MQTTS_PORT: u16 = 8883;
+/// Shortest `[http] token_file` token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Largest password or token file read.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+/// Largest certificate or key file read.
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// The contents of `path`, which must be a regular file of at most `max` bytes (not a
+/// device or pipe that never ends); the error names the file.
+pub(crate) fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut out = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if out.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- raw (stage 1)
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    window_seconds: Option<f64>,
-    topic_prefix: Option<String>,
-    mqtt: Option<RawMqtt>,
+    window_seconds: Option<Spanned<f64>>,
+    topic_prefix: Option<Spanned<String>>,
+    mqtt: Option<Spanned<RawMqtt>>,
     http: Option<RawHttp>,
     storage: Option<RawStorage>,
     broker: Option<RawBroker>,
+    /// The engine's own type; its errors are located with [`value_span`].
     thresholds: Option<Thresholds>,
     #[serde(default)]
-    providers: BTreeMap<String, RawProvider>,
+    providers: BTreeMap<String, Spanned<RawProvider>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
-    url: Option<String>,
-    client_id: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    share_group: Option<String>,
-    max_payload_bytes: Option<usize>,
+    url: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    ingest_username: Option<Spanned<String>>,
+    /// Deprecated: the password inline. `password_file` keeps it out of the config.
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
+    share_group: Option<Spanned<String>>,
+    max_payload_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
-    listen: Option<String>,
+    listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,15 +116,18 @@ struct RawStorage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBroker {
-    listen: Option<String>,
-    listen_v5: Option<String>,
+    listen: Option<Spanned<String>>,
+    listen_v5: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    alternate: Option<String>,
+    alternate: Option<Spanned<String>>,
 }
+
+// ---------------------------------------------------------- validated (stage 2)
 
 /// A validated collector configuration.
 #[derive(Debug, Clone)]
@@ -83,21 +140,55 @@ pub struct Config {
     pub max_payload_bytes: usize,
     pub share_group: Option<Id>,
     pub http_listen: SocketAddr,
+    /// `[http] token_file`: every path but `/metrics` needs it.
+    pub http_token: Option<Secret>,
+    /// `[http] hosts`: Host names served besides loopback names and the listen address.
+    pub http_hosts: Vec<String>,
     pub storage: Storage,
     pub broker_listen: SocketAddr,
     pub broker_listen_v5: SocketAddr,
+    /// `[broker] password_file`: the embedded broker's logins (none: loopback only).
+    pub broker_logins: Option<BrokerLogins>,
     pub thresholds: Thresholds,
     /// Provider → its configured alternate (if any).
     pub providers: BTreeMap<Id, Option<Id>>,
+    /// Things that work but should be fixed (each names file, line and field).
+    pub warnings: Vec<String>,
 }
 
+/// How to reach an external broker.
 #[derive(Debug, Clone)]
 pub struct Mqtt {
     pub host: String,
     pub port: u16,
+    /// Present exactly when the URL is `mqtts://`.
+    pub tls: Option<MqttTls>,
+    /// The publishing connection's client id; the reading one adds [`INGEST_SUFFIX`].
     pub client_id: String,
+    /// The publishing connection's login.
     pub username: Option<String>,
-    pub password: Option<String>,
+    /// The reading connection's login (`{username}-in` unless set): a broker that
+    /// ties client ids to logins (Mosquitto's `use_username_as_clientid`) needs one
+    /// login per connection.
+    pub ingest_username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// TLS to the broker, loaded and checked with the config.
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// `None`: the system's CA certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+}
+
+/// The embedded broker's logins.
+#[derive(Debug, Clone)]
+pub struct BrokerLogins {
+    pub path: PathBuf,
+    pub file: Arc<PasswordFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,12 +200,32 @@ pub struct Storage {
     pub incident_days: u32,
 }
 
+/// A password or token that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// A config error naming the field and, when known, its line.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {field}: {msg}", line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ConfigError {
     pub file: String,
     pub line: Option<usize>,
+    /// Dotted field path, e.g. `broker.listen` or `providers.voipco.alternate`.
     pub field: String,
     pub msg: String,
 }
@@ -127,7 +238,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads and validates `path`.
+    /// Reads and validates `path`; files it names are relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
@@ -138,73 +249,234 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
-    /// Validates `text` (the contents of `file`).
+    /// Validates `text` (the contents of `file`; files it names are relative to
+    /// `file`'s folder).
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let err = |field: &str, msg: String| ConfigError {
+        let v = Validator {
+            text,
+            file,
+            dir: Path::new(file).parent().unwrap_or(Path::new("")),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
-            line: line_of(text, field),
-            field: field.to_owned(),
-            msg,
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            ConfigError {
-                file: file.to_owned(),
-                line,
-                field: "toml".into(),
-                msg: e.message().to_owned(),
-            }
+            line: e.span().map(|s| v.line(s.start)),
+            field: "toml".into(),
+            msg: e.message().to_owned(),
         })?;
-        let window_ms = match raw.window_seconds {
+        v.config(raw)
+    }
+}
+
+/// Stage 2: the raw values, checked against the text they came from.
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn line(&self, at: usize) -> usize {
+        self.text.as_bytes()[..at.min(self.text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&self, span: Option<Range<usize>>, field: &str, msg: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: span.map(|s| self.line(s.start)),
+            field: field.to_owned(),
+            msg: msg.to_string(),
+        }
+    }
+
+    fn warn(&self, span: Range<usize>, field: &str, msg: impl fmt::Display) -> String {
+        self.err(Some(span), field, msg).to_string()
+    }
+
+    /// A path from the config, relative to the config file's folder.
+    fn path(&self, v: &Spanned<String>) -> PathBuf {
+        self.dir.join(v.get_ref())
+    }
+
+    /// The trimmed first line of a secret file; empty is an error.
+    fn secret_file(&self, v: &Spanned<String>, field: &str) -> Result<Secret, ConfigError> {
+        let path = self.path(v);
+        let bytes =
+            read_file(&path, MAX_SECRET_FILE).map_err(|m| self.err(Some(v.span()), field, m))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            self.err(
+                Some(v.span()),
+                field,
+                format!("{} is not UTF-8 text", path.display()),
+            )
+        })?;
+        let s = text.trim_end_matches(['\r', '\n']);
+        if s.is_empty() {
+            return Err(self.err(
+                Some(v.span()),
+                field,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Secret(s.to_owned()))
+    }
+
+    fn addr(
+        &self,
+        v: Option<&Spanned<String>>,
+        field: &str,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        match v {
+            None => Ok(default.parse().expect("default addresses parse")),
+            Some(v) => v.get_ref().parse().map_err(|e| {
+                self.err(
+                    Some(v.span()),
+                    field,
+                    format!("{:?}: {e} (expected IP:PORT)", v.get_ref()),
+                )
+            }),
+        }
+    }
+
+    fn id(&self, v: &Spanned<String>, field: &str) -> Result<Id, ConfigError> {
+        Id::new(v.get_ref().as_str()).map_err(|e| self.err(Some(v.span()), field, e))
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let window_ms = match &raw.window_seconds {
             None => DEFAULT_WINDOW_MS,
-            Some(s) if (1.0..=3600.0).contains(&s) => (s * 1000.0) as u64,
-            Some(s) => return Err(err("window_seconds", format!("{s} is not in 1..=3600"))),
+            Some(s) if (1.0..=3600.0).contains(s.get_ref()) => (s.get_ref() * 1000.0) as u64,
+            Some(s) => {
+                return Err(self.err(
+                    Some(s.span()),
+                    "window_seconds",
+                    format!("{} is not in 1..=3600", s.get_ref()),
+                ));
+            }
         };
-        let prefix = raw.topic_prefix.unwrap_or_else(|| "faultline".into());
-        let topics = Topics::new(&prefix).map_err(|e| err("topic_prefix", e.to_string()))?;
-        let rm = raw.mqtt.unwrap_or_default();
-        let mqtt = match rm.url {
-            None => None,
-            Some(url) => {
-                let (host, port) = parse_mqtt_url(&url).map_err(|m| err("url", m))?;
-                Some(Mqtt {
-                    host,
-                    port,
-                    client_id: rm
-                        .client_id
-                        .unwrap_or_else(|| "faultline-collector".to_owned()),
-                    username: rm.username,
-                    password: rm.password,
-                })
+        let (prefix, topics) = match &raw.topic_prefix {
+            None => (
+                "faultline".to_owned(),
+                Topics::new("faultline").expect("default prefix"),
+            ),
+            Some(p) => (
+                p.get_ref().clone(),
+                Topics::new(p.get_ref())
+                    .map_err(|e| self.err(Some(p.span()), "topic_prefix", e))?,
+            ),
+        };
+
+        let rm = raw.mqtt.as_ref().map(Spanned::get_ref);
+        let mqtt = match rm {
+            Some(m) if m.url.is_some() => Some(self.mqtt(m, &mut warnings)?),
+            _ => {
+                if let Some(m) = rm {
+                    self.no_url(m)?;
+                }
+                None
             }
         };
         let share_group = rm
-            .share_group
-            .map(Id::new)
-            .transpose()
-            .map_err(|e| err("share_group", e.to_string()))?;
-        let max_payload_bytes = rm.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD);
-        if !(256..=1 << 20).contains(&max_payload_bytes) {
-            return Err(err(
-                "max_payload_bytes",
-                format!("{max_payload_bytes} is not in 256..=1048576"),
+            .and_then(|m| m.share_group.as_ref())
+            .map(|g| self.id(g, "mqtt.share_group"))
+            .transpose()?;
+        let max_payload_bytes = match rm.and_then(|m| m.max_payload_bytes.as_ref()) {
+            None => DEFAULT_MAX_PAYLOAD,
+            Some(n) => usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (256..=1 << 20).contains(n))
+                .ok_or_else(|| {
+                    self.err(
+                        Some(n.span()),
+                        "mqtt.max_payload_bytes",
+                        format!("{} is not in 256..=1048576", n.get_ref()),
+                    )
+                })?,
+        };
+
+        let rh = raw.http.unwrap_or_default();
+        let http_listen = self.addr(rh.listen.as_ref(), "http.listen", DEFAULT_HTTP_LISTEN)?;
+        let http_token = match &rh.token_file {
+            None => None,
+            Some(f) => Some(self.token(f)?),
+        };
+        let mut http_hosts = Vec::new();
+        for h in rh.hosts.iter().flatten() {
+            http_hosts.push(
+                crate::http::guard::host_name(h.get_ref())
+                    .map_err(|m| self.err(Some(h.span()), "http.hosts", m))?,
+            );
+        }
+        if http_token.is_none() && !http_listen.ip().is_loopback() {
+            let span = rh.listen.as_ref().map(Spanned::span).unwrap_or_default();
+            warnings.push(self.warn(
+                span,
+                "http.listen",
+                format!(
+                    "{http_listen} is not loopback and no [http] token_file is set: anyone who \
+                     reaches it reads every site's state"
+                ),
             ));
         }
-        let addr = |field: &str, v: Option<String>, default: &str| {
-            let v = v.unwrap_or_else(|| default.to_owned());
-            v.parse::<SocketAddr>()
-                .map_err(|e| err(field, format!("{v:?}: {e} (expected IP:PORT)")))
-        };
-        let http_listen = addr(
-            "listen",
-            raw.http.unwrap_or_default().listen,
-            DEFAULT_HTTP_LISTEN,
-        )?;
+
         let rb = raw.broker.unwrap_or_default();
-        let broker_listen = addr("listen", rb.listen, DEFAULT_BROKER_LISTEN)?;
-        let broker_listen_v5 = addr("listen_v5", rb.listen_v5, DEFAULT_BROKER_LISTEN_V5)?;
+        let broker_listen =
+            self.addr(rb.listen.as_ref(), "broker.listen", DEFAULT_BROKER_LISTEN)?;
+        let broker_listen_v5 = self.addr(
+            rb.listen_v5.as_ref(),
+            "broker.listen_v5",
+            DEFAULT_BROKER_LISTEN_V5,
+        )?;
+        let broker_logins = match &rb.password_file {
+            None => None,
+            Some(f) => {
+                let path = self.path(f);
+                let file = PasswordFile::load(&path)
+                    .map_err(|m| self.err(Some(f.span()), "broker.password_file", m))?;
+                Some(BrokerLogins {
+                    path,
+                    file: Arc::new(file),
+                })
+            }
+        };
+        if mqtt.is_none() {
+            for (field, addr, v) in [
+                ("broker.listen", broker_listen, &rb.listen),
+                ("broker.listen_v5", broker_listen_v5, &rb.listen_v5),
+            ] {
+                if addr.ip().is_loopback() {
+                    continue;
+                }
+                let span = v.as_ref().map(Spanned::span);
+                if broker_logins.is_none() {
+                    return Err(self.err(
+                        span,
+                        field,
+                        format!(
+                            "{addr} is not loopback and [broker] password_file is not set: \
+                             anyone who reaches the embedded broker could publish reports and \
+                             verdicts. Set [broker] password_file (logins made with \
+                             mosquitto_passwd) or listen on 127.0.0.1"
+                        ),
+                    ));
+                }
+                warnings.push(self.warn(
+                    span.unwrap_or_default(),
+                    field,
+                    format!(
+                        "the embedded broker has no TLS: logins cross the network unencrypted \
+                         on {addr}, and any login may publish on any topic; use Mosquitto with \
+                         the shipped config in production"
+                    ),
+                ));
+            }
+        }
+
         let rs = raw.storage.unwrap_or_default();
         let storage = Storage {
             path: PathBuf::from(rs.path.unwrap_or_else(|| DEFAULT_STORAGE_PATH.into())),
@@ -213,27 +485,39 @@ impl Config {
             incident_days: rs.incident_days.unwrap_or(400),
         };
         let thresholds = raw.thresholds.unwrap_or_default();
-        thresholds.validate().map_err(|(f, m)| err(f, m))?;
+        thresholds.validate().map_err(|(f, m)| {
+            self.err(
+                value_span(self.text, &["thresholds", f]),
+                &format!("thresholds.{f}"),
+                m,
+            )
+        })?;
         let mut providers = BTreeMap::new();
         for (name, p) in &raw.providers {
-            let id = Id::new(name.as_str()).map_err(|e| err(name, e.to_string()))?;
-            let alt = p
-                .alternate
-                .as_deref()
-                .map(Id::new)
-                .transpose()
-                .map_err(|e| err("alternate", e.to_string()))?;
-            if let Some(a) = &alt {
-                if a == &id {
-                    return Err(err("alternate", format!("provider {name} names itself")));
+            let id = Id::new(name.as_str())
+                .map_err(|e| self.err(Some(p.span()), &format!("providers.{name}"), e))?;
+            let field = format!("providers.{name}.alternate");
+            let alt = match &p.get_ref().alternate {
+                None => None,
+                Some(a) => {
+                    let alt = self.id(a, &field)?;
+                    if alt == id {
+                        return Err(self.err(
+                            Some(a.span()),
+                            &field,
+                            format!("provider {name} names itself"),
+                        ));
+                    }
+                    if !raw.providers.contains_key(alt.as_str()) {
+                        return Err(self.err(
+                            Some(a.span()),
+                            &field,
+                            format!("{alt:?} is not a configured [providers.{alt}]"),
+                        ));
+                    }
+                    Some(alt)
                 }
-                if !raw.providers.contains_key(a.as_str()) {
-                    return Err(err(
-                        "alternate",
-                        format!("{a:?} is not a configured [providers.{a}]"),
-                    ));
-                }
-            }
+            };
             providers.insert(id, alt);
         }
         Ok(Config {
@@ -244,48 +528,315 @@ impl Config {
             max_payload_bytes,
             share_group,
             http_listen,
+            http_token,
+            http_hosts,
             storage,
             broker_listen,
             broker_listen_v5,
+            broker_logins,
             thresholds,
             providers,
+            warnings,
         })
+    }
+
+    /// Without a url the embedded broker runs: the external broker's keys make no sense.
+    fn no_url(&self, m: &RawMqtt) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("mqtt.username", &m.username),
+            ("mqtt.ingest_username", &m.ingest_username),
+            ("mqtt.password", &m.password),
+            ("mqtt.password_file", &m.password_file),
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.client_cert", &m.client_cert),
+            ("mqtt.client_key", &m.client_key),
+        ] {
+            if let Some(v) = v {
+                return Err(self.err(
+                    Some(v.span()),
+                    field,
+                    "needs [mqtt] url (without it the embedded broker runs)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn mqtt(&self, m: &RawMqtt, warnings: &mut Vec<String>) -> Result<Mqtt, ConfigError> {
+        let url = m.url.as_ref().expect("called with a url");
+        let (host, port, tls) =
+            parse_mqtt_url(url.get_ref()).map_err(|e| self.err(Some(url.span()), "mqtt.url", e))?;
+        let client_id = match &m.client_id {
+            Some(c) => {
+                Id::validate(c.get_ref())
+                    .map_err(|e| self.err(Some(c.span()), "mqtt.client_id", e))?;
+                c.get_ref().clone()
+            }
+            None => DEFAULT_CLIENT_ID.to_owned(),
+        };
+        let login = |v: &Option<Spanned<String>>, field: &str| match v {
+            Some(u) if u.get_ref().is_empty() => {
+                Err(self.err(Some(u.span()), field, "must not be empty"))
+            }
+            Some(u) => Ok(Some(u.get_ref().clone())),
+            None => Ok(None),
+        };
+        let username = login(&m.username, "mqtt.username")?;
+        let ingest_username = match (
+            login(&m.ingest_username, "mqtt.ingest_username")?,
+            &username,
+        ) {
+            (Some(i), Some(_)) => Some(i),
+            (Some(_), None) => {
+                let v = m.ingest_username.as_ref().expect("present");
+                return Err(self.err(
+                    Some(v.span()),
+                    "mqtt.ingest_username",
+                    "needs mqtt.username",
+                ));
+            }
+            (None, Some(u)) => Some(format!("{u}{INGEST_SUFFIX}")),
+            (None, None) => None,
+        };
+        let password = match (&m.password, &m.password_file) {
+            (Some(p), Some(_)) => {
+                return Err(self.err(
+                    Some(p.span()),
+                    "mqtt.password",
+                    "give either password_file or password, not both",
+                ));
+            }
+            (Some(p), None) => {
+                warnings.push(self.warn(
+                    p.span(),
+                    "mqtt.password",
+                    "an inline password is deprecated: put it in a file (mode 0600) named by \
+                     mqtt.password_file",
+                ));
+                Some(Secret(p.get_ref().clone()))
+            }
+            (None, Some(f)) => Some(self.secret_file(f, "mqtt.password_file")?),
+            (None, None) => None,
+        };
+        if let (Some(_), None) = (&password, &username) {
+            let span = m
+                .password_file
+                .as_ref()
+                .or(m.password.as_ref())
+                .map(Spanned::span);
+            return Err(self.err(span, "mqtt.password_file", "a password needs mqtt.username"));
+        }
+        let tls = if tls {
+            Some(self.tls(m)?)
+        } else {
+            let given = [
+                ("mqtt.ca_file", &m.ca_file),
+                ("mqtt.client_cert", &m.client_cert),
+                ("mqtt.client_key", &m.client_key),
+            ];
+            if let Some((field, Some(v))) = given.iter().find(|(_, v)| v.is_some()) {
+                return Err(self.err(Some(v.span()), field, "needs an mqtts:// url"));
+            }
+            None
+        };
+        Ok(Mqtt {
+            host,
+            port,
+            tls,
+            client_id,
+            username,
+            ingest_username,
+            password,
+        })
+    }
+
+    fn tls(&self, m: &RawMqtt) -> Result<MqttTls, ConfigError> {
+        let certs = |v: &Spanned<String>, field: &str| {
+            let path = self.path(v);
+            let bytes =
+                read_file(&path, MAX_PEM_FILE).map_err(|m| self.err(Some(v.span()), field, m))?;
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    self.err(
+                        Some(v.span()),
+                        field,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(self.err(
+                    Some(v.span()),
+                    field,
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Ok((path, certs))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_file = match &m.ca_file {
+            Some(v) => {
+                let (path, found) = certs(v, "mqtt.ca_file")?;
+                for c in found {
+                    roots.add(c).map_err(|e| {
+                        self.err(
+                            Some(v.span()),
+                            "mqtt.ca_file",
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                }
+                Some(path)
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    let span = m.url.as_ref().map(Spanned::span);
+                    return Err(self.err(
+                        span,
+                        "mqtt.ca_file",
+                        "no CA certificates found on this system: set mqtt.ca_file",
+                    ));
+                }
+                None
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.err(None, "mqtt.url", format!("TLS: {e}")))?
+            .with_root_certificates(roots);
+        let (config, client_cert) = match (&m.client_cert, &m.client_key) {
+            (None, None) => (builder.with_no_client_auth(), None),
+            (Some(c), None) => {
+                return Err(self.err(
+                    Some(c.span()),
+                    "mqtt.client_key",
+                    "missing: client_cert needs client_key",
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(self.err(
+                    Some(k.span()),
+                    "mqtt.client_cert",
+                    "missing: client_key needs client_cert",
+                ));
+            }
+            (Some(c), Some(k)) => {
+                let (cert_path, chain) = certs(c, "mqtt.client_cert")?;
+                let key_path = self.path(k);
+                let key_pem = read_file(&key_path, MAX_PEM_FILE)
+                    .map_err(|m| self.err(Some(k.span()), "mqtt.client_key", m))?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                    self.err(
+                        Some(k.span()),
+                        "mqtt.client_key",
+                        format!(
+                            "cannot read a PEM private key from {}: {e}",
+                            key_path.display()
+                        ),
+                    )
+                })?;
+                let config = builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    self.err(
+                        Some(k.span()),
+                        "mqtt.client_key",
+                        format!("does not fit client_cert: {e}"),
+                    )
+                })?;
+                (config, Some(cert_path))
+            }
+        };
+        Ok(MqttTls {
+            config: Arc::new(config),
+            ca_file,
+            client_cert,
+        })
+    }
+
+    fn token(&self, f: &Spanned<String>) -> Result<Secret, ConfigError> {
+        let token = self.secret_file(f, "http.token_file")?;
+        let t = token.expose();
+        if t.len() < MIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self.err(
+                Some(f.span()),
+                "http.token_file",
+                format!(
+                    "the token must be at least {MIN_TOKEN_LEN} printable ASCII characters without \
+                     spaces (e.g. head -c 32 /dev/urandom | base64)"
+                ),
+            ));
+        }
+        Ok(token)
     }
 }
 
-/// The first line (1-based) whose key is `field`.
-fn line_of(text: &str, field: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(field)
-                .is_some_and(|r| r.trim_start().starts_with('='))
-                || l.starts_with('[') && l.contains(field)
-        })
-        .map(|i| i + 1)
+/// The span of the value at `path` (table keys) in `text`, if it is there.
+fn value_span(text: &str, path: &[&str]) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let (first, rest) = path.split_first()?;
+    let mut v = doc.get_ref().get(*first)?;
+    for key in rest {
+        v = v.get_ref().get(*key)?;
+    }
+    Some(v.span())
 }
 
-/// `mqtt://host:port` (port defaults to 1883). TLS is left to a local Mosquitto
-/// listener: see README.
-fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).ok_or_else(|| {
-        format!(
-            "{url:?}: only mqtt:// is supported (run the collector beside the broker on a plain loopback listener; agents use TLS)"
-        )
-    })?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-        ),
-        None => (rest, 1883),
+/// `mqtt://host[:port]` (or `tcp://`, port 1883 by default) or `mqtts://host[:port]`
+/// (TLS, port 8883 by default); IPv6 in brackets. Returns host, port and whether TLS.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{url:?} must start with mqtt:// or mqtts:// (e.g. mqtts://broker.example:8883)"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{url:?}: only scheme, host and port are allowed (credentials go in username and password_file)"
+        ));
+    }
+    let default_port = if tls { MQTTS_PORT } else { MQTT_PORT };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed '[' in IPv6 address"))?;
+        match after {
+            "" => (h, None),
+            p => (
+                h,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{url:?}: expected ':port' after ']'"))?,
+                ),
+            ),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{url:?}: bad port {p:?}"))?,
     };
     if host.is_empty() {
         return Err(format!("{url:?}: no host"));
     }
-    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+    Ok((host.to_owned(), port, tls))
 }
 
 #[cfg(test)]
@@ -299,6 +850,8 @@ mod tests {
         assert!(c.mqtt.is_none());
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.broker_listen.to_string(), "127.0.0.1:1883");
+        assert!(c.http_token.is_none() && c.broker_logins.is_none());
+        assert!(c.warnings.is_empty());
     }
 
     #[test]
@@ -311,6 +864,7 @@ mod tests {
         .unwrap();
         let m = c.mqtt.unwrap();
         assert_eq!((m.host.as_str(), m.port), ("127.0.0.1", 1883));
+        assert!(m.tls.is_none() && m.username.is_none() && m.ingest_username.is_none());
         assert_eq!(
             c.providers[&Id::new("voipco").unwrap()],
             Some(Id::new("voipco2").unwrap())
@@ -320,14 +874,275 @@ mod tests {
     #[test]
     fn errors_name_field_and_line() {
         let e = Config::parse("\n[providers.a]\nalternate = \"zz\"\n", "c.toml").unwrap_err();
-        assert_eq!(e.field, "alternate");
+        assert_eq!(e.field, "providers.a.alternate");
         assert_eq!(e.line, Some(3));
-        assert!(e.to_string().starts_with("c.toml:3: alternate:"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:3: providers.a.alternate:"),
+            "{e}"
+        );
         let e = Config::parse("[http]\nlisten = \"nope\"\n", "c.toml").unwrap_err();
-        assert_eq!((e.field.as_str(), e.line), ("listen", Some(2)));
+        assert_eq!((e.field.as_str(), e.line), ("http.listen", Some(2)));
         let e = Config::parse("[mqtt]\nbogus = 1\n", "c.toml").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         let e = Config::parse("[thresholds]\nloss_degraded = 2.0\n", "c.toml").unwrap_err();
-        assert_eq!(e.field, "loss_degraded");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("thresholds.loss_degraded", Some(2))
+        );
+        let e = Config::parse("window_seconds = 0\n", "c.toml").unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("window_seconds", Some(1)));
+        let e = Config::parse("[mqtt]\nurl = \"http://b\"\n", "c.toml").unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.url", Some(2)));
+    }
+
+    #[test]
+    fn a_key_used_in_two_tables_is_reported_where_it_is_wrong() {
+        // `listen` is in [http] (line 2, fine) and in [broker] (line 4, bad): the
+        // error names line 4, not the first line with that key.
+        let text = "[http]\nlisten = \"127.0.0.1:8080\"\n[broker]\nlisten = \"nope\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("broker.listen", Some(4)),
+            "{e}"
+        );
+        // The same name twice in one table kind: the second provider's alternate.
+        let text = "[providers.a]\nalternate = \"b\"\n[providers.b]\nalternate = \"zz\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("providers.b.alternate", Some(4)),
+            "{e}"
+        );
+        // A threshold whose name also appears earlier (as a provider's table).
+        let text = "[providers.mos_degraded]\n[thresholds]\nmos_degraded = 9.0\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("thresholds.mos_degraded", Some(3)),
+            "{e}"
+        );
+        let text =
+            "[mqtt]\nurl = \"mqtt://a\"\nshare_group = \"ok\"\n[broker]\nlisten_v5 = \"1.2.3.4\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("broker.listen_v5", Some(5)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://b").unwrap(),
+            ("b".into(), 1883, false)
+        );
+        assert_eq!(parse_mqtt_url("tcp://b:1").unwrap(), ("b".into(), 1, false));
+        assert_eq!(
+            parse_mqtt_url("mqtts://b").unwrap(),
+            ("b".into(), 8883, true)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtts://[::1]:9/").unwrap(),
+            ("::1".into(), 9, true)
+        );
+        for bad in [
+            "http://b",
+            "mqtt://u:p@b",
+            "mqtt://b:0",
+            "mqtt://b:x",
+            "mqtt://",
+            "mqtts://[::1",
+        ] {
+            assert!(parse_mqtt_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn dir_with(files: &[(&str, &str)]) -> tempdir::Dir {
+        let d = tempdir::Dir::new();
+        for (name, text) in files {
+            std::fs::write(d.0.join(name), text).unwrap();
+        }
+        d
+    }
+
+    mod tempdir {
+        /// A scratch folder for config files, removed on drop.
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "faultline-config-{}-{}",
+                    std::process::id(),
+                    fastrand::u64(..)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn password_file_is_read_relative_to_the_config_and_kept_secret() {
+        let d = dir_with(&[("pw", "s3cret\n")]);
+        let file = d.0.join("c.toml");
+        let c = Config::parse(
+            "[mqtt]\nurl = \"mqtt://b\"\nusername = \"faultline-collector\"\npassword_file = \"pw\"\n",
+            &file.display().to_string(),
+        )
+        .unwrap();
+        let m = c.mqtt.unwrap();
+        assert_eq!(m.password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(m.ingest_username.as_deref(), Some("faultline-collector-in"));
+        assert!(!format!("{m:?}").contains("s3cret"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let e = Config::parse(
+            "[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"missing\"\n",
+            &file.display().to_string(),
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.password_file", Some(4)));
+        let e = Config::parse(
+            "[mqtt]\nurl = \"mqtt://b\"\npassword_file = \"pw\"\n",
+            &file.display().to_string(),
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("username"), "{e}");
+    }
+
+    #[test]
+    fn named_files_must_be_small_regular_files() {
+        for (text, field) in [
+            (
+                "[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"/dev/zero\"\n",
+                "mqtt.password_file",
+            ),
+            ("[http]\ntoken_file = \"/dev/zero\"\n", "http.token_file"),
+            (
+                "[broker]\npassword_file = \"/dev/zero\"\n",
+                "broker.password_file",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtts://b\"\nca_file = \"/dev/zero\"\n",
+                "mqtt.ca_file",
+            ),
+            ("[http]\ntoken_file = \"/\"\n", "http.token_file"),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(e.msg.contains("not a regular file"), "{e}");
+        }
+        let d = dir_with(&[("big", &"x".repeat(70_000))]);
+        let file = d.0.join("c.toml").display().to_string();
+        let e = Config::parse("[http]\ntoken_file = \"big\"\n", &file).unwrap_err();
+        assert!(e.msg.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn an_inline_password_still_works_with_a_warning() {
+        let c = Config::parse(
+            "[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\ningest_username = \"v\"\npassword = \"pw\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        let m = c.mqtt.unwrap();
+        assert_eq!(m.password.unwrap().expose(), "pw");
+        assert_eq!(m.ingest_username.as_deref(), Some("v"));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].starts_with("c.toml:5: mqtt.password:"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn tls_keys_need_mqtts_and_each_other() {
+        let e = Config::parse(
+            "[mqtt]\nurl = \"mqtt://b\"\nca_file = \"ca.pem\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("mqtt.ca_file", Some(3)));
+        let d = dir_with(&[("ca.pem", "not a certificate\n")]);
+        let file = d.0.join("c.toml").display().to_string();
+        let e = Config::parse("[mqtt]\nurl = \"mqtts://b\"\nca_file = \"ca.pem\"\n", &file)
+            .unwrap_err();
+        assert!(e.msg.contains("no PEM certificate"), "{e}");
+        let e = Config::parse(
+            "[mqtt]\nurl = \"mqtts://b\"\nclient_cert = \"c.pem\"\n",
+            &file,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "mqtt.client_key");
+        let e = Config::parse("[mqtt]\nusername = \"u\"\n", &file).unwrap_err();
+        assert!(e.msg.contains("needs [mqtt] url"), "{e}");
+    }
+
+    #[test]
+    fn the_embedded_broker_refuses_a_public_listen_without_logins() {
+        let e = Config::parse("[broker]\nlisten = \"0.0.0.0:1883\"\n", "c.toml").unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("broker.listen", Some(2)));
+        assert!(e.msg.contains("password_file"), "{e}");
+        let e = Config::parse("[broker]\n\nlisten_v5 = \"[::]:1884\"\n", "c.toml").unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("broker.listen_v5", Some(3)));
+        // With an external broker [broker] is not used.
+        Config::parse(
+            "[mqtt]\nurl = \"mqtt://b\"\n[broker]\nlisten = \"0.0.0.0:1883\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        // With logins it starts, and says what it still lacks.
+        let d = dir_with(&[(
+            "logins",
+            "alice:$6$t4/ff30oos9swwvL$vmSBdr3YgHxj0QCTs1q+stuAd4xg2IBuks8VjuDszCp58DhReRcjks5Ejp96B//+MLdr/ZvEfXtyn4O2cAQbqA==\n",
+        )]);
+        let file = d.0.join("c.toml").display().to_string();
+        let c = Config::parse(
+            "[broker]\nlisten = \"0.0.0.0:1883\"\npassword_file = \"logins\"\n",
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.broker_logins.as_ref().unwrap().file.len(), 1);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("no TLS"), "{:?}", c.warnings);
+        let e = Config::parse("[broker]\npassword_file = \"nope\"\n", &file).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("broker.password_file", Some(2))
+        );
+    }
+
+    #[test]
+    fn http_token_and_hosts() {
+        let d = dir_with(&[
+            ("token", "0123456789abcdef-long-enough\n"),
+            ("short", "abc\n"),
+        ]);
+        let file = d.0.join("c.toml").display().to_string();
+        let c = Config::parse(
+            "[http]\ntoken_file = \"token\"\nhosts = [\"Dash.MSP.example\", \"10.0.0.5:8080\", \"[fd00::1]\"]\n",
+            &file,
+        )
+        .unwrap();
+        assert_eq!(
+            c.http_token.unwrap().expose(),
+            "0123456789abcdef-long-enough"
+        );
+        assert_eq!(c.http_hosts, ["dash.msp.example", "10.0.0.5", "fd00::1"]);
+        let e = Config::parse("[http]\ntoken_file = \"short\"\n", &file).unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("http.token_file", Some(2)));
+        let e = Config::parse("[http]\nhosts = [\"ok\",\n  \"http://bad/\"]\n", &file).unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("http.hosts", Some(3)));
+        let c = Config::parse("[http]\nlisten = \"0.0.0.0:8080\"\n", &file).unwrap();
+        assert!(c.warnings[0].contains("token_file"), "{:?}", c.warnings);
     }
 }

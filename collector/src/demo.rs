@@ -219,6 +219,11 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
         cfg.providers.insert(id("voipco"), Some(id("voipco2")));
         cfg.providers.insert(id("voipco2"), None);
     }
+    if cfg.broker_logins.is_some() {
+        anyhow::bail!(
+            "the demo's agents use the embedded broker without logins: remove [broker] password_file"
+        );
+    }
     if cfg.mqtt.is_none() {
         for (what, addr) in [
             ("[broker] listen", cfg.broker_listen),
@@ -618,7 +623,7 @@ impl Fleet {
             };
             let mut toml = format!(
                 "site = \"{site}\"\ncustomer = \"Demo\"\nisp = \"{isp}\"\n\
-                 window_seconds = {window_s}\nformat = \"json\"\n\
+                 window_seconds = {window_s}\nformat = \"json\"\nstate_dir = \"{site}-state\"\n\
                  [mqtt]\nurl = \"{broker_url}\"\nkeepalive_seconds = 5\nreconnect_max_seconds = 2\n\n"
             );
             toml += &stamp_target("gw", "lan", None, relay(gw, 1, imp(300, 200))?);

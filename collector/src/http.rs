@@ -1,43 +1,71 @@
 //! HTTP: the dashboard at `/`, `/api/state`, `/api/incidents`, `/api/history` and
-//! Prometheus text at `/metrics`. Handlers only read shared state.
+//! Prometheus text at `/metrics`. Handlers read a [`Snapshot`] taken after the
+//! latest evaluation (and the ingest counters): nothing renders under the engine's
+//! lock. Access (Host allow-list, token, security headers) is [`guard`]'s job.
+
+pub mod guard;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
 use axum::extract::State as AxState;
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use faultline_shared::{Scope, State};
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::engine::Presence;
 use crate::run::{Shared, now_ms};
+use guard::Guard;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+const LOGIN: &str = include_str!("login.html");
 
 /// Binds `listen` and serves in the background; returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     shared: Arc<Shared>,
-    _cfg: Config,
+    cfg: Config,
 ) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("http listen {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let guard = Arc::new(Guard::new(
+        addr,
+        &cfg.http_hosts,
+        cfg.http_token.clone(),
+        &[DASHBOARD, LOGIN],
+    ));
+    tracing::info!(
+        "dashboard on http://{addr}/ ({}; Host names served: {})",
+        if guard.has_token() {
+            "token_file: every path but /metrics needs the token"
+        } else {
+            "no token_file: open to whoever reaches it"
+        },
+        guard.hosts().join(", ")
+    );
+    let login_post = {
+        let g = guard.clone();
+        move |headers: HeaderMap, Form(f): Form<LoginForm>| async move { login(&g, &headers, &f) }
+    };
     let app = Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/login", get(login_page).post(login_post))
+        .route("/logout", post(logout))
         .route("/api/state", get(api_state))
         .route("/api/incidents", get(api_incidents))
         .route("/api/history", get(api_history))
         .route("/api/counters", get(api_counters))
         .route("/metrics", get(metrics))
-        .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("http listen {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
+        .with_state(shared)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("http server: {e}");
@@ -46,15 +74,55 @@ pub async fn serve(
     Ok(addr)
 }
 
-/// Everything the dashboard shows, as JSON.
+#[derive(Debug, serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// The login form; `error` shows that the last token was wrong.
+fn login_html(error: bool) -> Html<String> {
+    let msg = if error {
+        "<p class=\"err\">That is not the token.</p>"
+    } else {
+        ""
+    };
+    Html(LOGIN.replace("<!--error-->", msg))
+}
+
+async fn login_page() -> Html<String> {
+    login_html(false)
+}
+
+/// Checks the token from the form; sets the session cookie and goes to `/`.
+fn login(g: &Guard, headers: &HeaderMap, f: &LoginForm) -> Response {
+    if !g.has_token() {
+        return Redirect::to("/").into_response();
+    }
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    match g.login(&f.token, now_ms(), https) {
+        Some(cookie) => ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response(),
+        None => (StatusCode::UNAUTHORIZED, login_html(true)).into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    let gone = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        guard::COOKIE
+    );
+    ([(header::SET_COOKIE, gone)], Redirect::to("/login")).into_response()
+}
+
+/// Everything the dashboard shows, as JSON (from the latest snapshot).
 pub fn state_json(shared: &Shared) -> Value {
-    let e = shared.engine.lock().expect("engine lock");
-    let fleet = e.fleet();
+    let (e, _) = shared.snapshot.get(&shared.engine);
     let sites: Vec<Value> = e
         .sites()
         .iter()
         .map(|(id, s)| {
-            let verdict = fleet.sites.get(id).and_then(|t| t.published.clone());
+            let verdict = e.site_verdicts.get(id).cloned();
             let (presence, offline_since) = match s.presence {
                 Presence::Online => ("online", None),
                 Presence::Offline { since_ms, .. } => ("offline", Some(since_ms)),
@@ -73,19 +141,14 @@ pub fn state_json(shared: &Shared) -> Value {
             })
         })
         .collect();
-    let list = |m: &std::collections::BTreeMap<faultline_shared::Id, crate::engine::Track>| {
-        m.values()
-            .filter_map(|t| t.published.clone())
-            .collect::<Vec<_>>()
-    };
     json!({
         "now_ms": now_ms(),
         "started_ms": shared.started_ms,
-        "window_ms": e.config().window_ms,
-        "providers": list(&fleet.providers),
-        "isps": list(&fleet.isps),
+        "window_ms": e.window_ms,
+        "providers": e.providers,
+        "isps": e.isps,
         "sites": sites,
-        "open_incidents": e.open_incidents().collect::<Vec<_>>(),
+        "open_incidents": e.open_incidents,
     })
 }
 
@@ -94,13 +157,8 @@ async fn api_state(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
 }
 
 async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
-    let open: Vec<_> = shared
-        .engine
-        .lock()
-        .expect("engine lock")
-        .open_incidents()
-        .cloned()
-        .collect();
+    let (snapshot, _) = shared.snapshot.get(&shared.engine);
+    let open = &snapshot.open_incidents;
     let recent = shared
         .history
         .lock()
@@ -112,8 +170,7 @@ async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
 
 /// Ingest counters only: cheap to poll.
 async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
-    let e = shared.engine.lock().expect("engine lock");
-    let c = e.counters();
+    let (e, c) = shared.snapshot.get(&shared.engine);
     let rejected: u64 = c.rejected.values().sum();
     let h = &shared.history_stats;
     Json(json!({
@@ -122,7 +179,7 @@ async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
         "evaluations": c.evaluations, "sites": e.sites().len(),
         "stored": h.stored.load(Ordering::Relaxed),
         "acked": h.acked.load(Ordering::Relaxed),
-        "missing_windows": e.missing_windows(),
+        "missing_windows": c.missing_windows,
     }))
 }
 
@@ -144,12 +201,12 @@ fn esc(s: &str) -> String {
 
 /// Prometheus text exposition of ingest counters, verdict states and probe values.
 pub fn metrics_text(shared: &Shared) -> String {
-    let e = shared.engine.lock().expect("engine lock");
+    let (e, counters) = shared.snapshot.get(&shared.engine);
     // Sized up front: at 10,000 sites the probe series are tens of MB, and letting
     // the string double its way there would cost twice that at the peak.
     let probes: usize = e.sites().values().map(|s| s.targets.len()).sum();
     let mut o = String::with_capacity(64 * 1024 + probes * 4 * 110 + e.verdicts().count() * 300);
-    let c = e.counters();
+    let c = &counters;
     let _ = writeln!(
         o,
         "# HELP faultline_collector_messages_total Messages accepted, by kind."
@@ -216,7 +273,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     let _ = writeln!(
         o,
         "faultline_collector_missing_windows_total {}",
-        e.missing_windows()
+        c.missing_windows
     );
     {
         let h = &shared.history_stats;

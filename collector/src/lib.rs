@@ -6,6 +6,9 @@
 //! - [`replay`]: the engine driven by a file's clock.
 //! - [`run`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
 //! - [`report`]: provider availability from history.
+//! - [`link`]: how the collector reaches its broker (TLS, logins, the embedded one).
+//! - [`snapshot`]: the state pages read, copied once per evaluation.
+//! - [`supervise`]: a panic anywhere ends the process (so systemd restarts it).
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
@@ -13,10 +16,14 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod link;
+pub mod passwd;
 pub mod replay;
 pub mod report;
 pub mod run;
+pub mod snapshot;
 pub mod store;
+pub mod supervise;
 
 /// The engine's settings from a validated config.
 pub fn engine_config(c: &config::Config) -> engine::EngineConfig {

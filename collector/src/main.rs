@@ -89,6 +89,83 @@ fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
     }
 }
 
+/// The config's warnings, through tracing (`run`, `demo`).
+fn log_warnings(c: &Config) {
+    for w in &c.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// How the collector reaches its broker, for `check`.
+fn describe_broker(c: &Config) -> String {
+    match &c.mqtt {
+        Some(m) => {
+            let mut s = format!(
+                "{}://{}:{}",
+                if m.tls.is_some() { "mqtts" } else { "mqtt" },
+                m.host,
+                m.port
+            );
+            if let Some(t) = &m.tls {
+                s += &match &t.ca_file {
+                    Some(f) => format!(", CA {}", f.display()),
+                    None => ", the system's CAs".to_owned(),
+                };
+                if let Some(cert) = &t.client_cert {
+                    s += &format!(", client certificate {}", cert.display());
+                }
+            }
+            match (&m.username, &m.ingest_username) {
+                (Some(u), Some(i)) => {
+                    s += &format!(
+                        ", logins {u} (publish) and {i} (ingest){}",
+                        if m.password.is_some() {
+                            " with a password"
+                        } else {
+                            " without a password"
+                        }
+                    )
+                }
+                _ => s += ", no login",
+            }
+            s
+        }
+        None => {
+            let mut s = format!(
+                "embedded, MQTT 3.1.1 on {}, MQTT 5 on {}",
+                c.broker_listen, c.broker_listen_v5
+            );
+            s += &match &c.broker_logins {
+                Some(l) => format!(
+                    ", logins from {} ({}); client id must be the login or faultline-<login>",
+                    l.path.display(),
+                    l.file.len()
+                ),
+                None => ", no logins (loopback only)".to_owned(),
+            };
+            s
+        }
+    }
+}
+
+/// Who may read the dashboard, for `check`.
+fn describe_http(c: &Config) -> String {
+    format!(
+        "{}, {}, extra Host names: {}",
+        c.http_listen,
+        if c.http_token.is_some() {
+            "token_file set (every path but /metrics needs it)"
+        } else {
+            "no token_file"
+        },
+        if c.http_hosts.is_empty() {
+            "none".to_owned()
+        } else {
+            c.http_hosts.join(", ")
+        }
+    )
+}
+
 fn init_tracing() {
     // rumqttc logs through `log`: bridge it.
     let _ = tracing_log::LogTracer::init();
@@ -105,16 +182,18 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
-                    "{}: ok (window {} ms, prefix {}, broker {}, {} providers)",
+                    "{}: ok (window {} ms, prefix {}, {} providers)",
                     config.display(),
                     c.window_ms,
                     c.prefix,
-                    c.mqtt
-                        .as_ref()
-                        .map_or("embedded".to_owned(), |m| format!("{}:{}", m.host, m.port)),
                     c.providers.len()
                 );
+                println!("broker: {}", describe_broker(&c));
+                println!("http:   {}", describe_http(&c));
                 Ok(())
             }
             Err(e) => {
@@ -141,7 +220,9 @@ fn main() -> ExitCode {
             share_group,
         } => (|| {
             init_tracing();
+            faultline_collector::supervise::exit_on_panic();
             let mut c = load(config.as_ref())?;
+            log_warnings(&c);
             if let Some(g) = share_group {
                 c.share_group = Some(
                     faultline_shared::Id::new(g)
@@ -158,7 +239,9 @@ fn main() -> ExitCode {
             agent_bin,
         } => (|| {
             init_tracing();
+            faultline_collector::supervise::exit_on_panic();
             let mut c = load(config.as_ref())?;
+            log_warnings(&c);
             if config.is_none() {
                 c.storage.path = "faultline-demo.db".into();
             }

@@ -24,12 +24,13 @@ use faultline_shared::{Id, Report, Topics, Verdict};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
-use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ClientError, Event};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Config;
 use crate::engine::{Accepted, BootMeta, Engine, Output};
+use crate::link::Role;
 use crate::store::{Store, WindowRow};
 
 /// Outgoing messages queued for the broker before metrics are dropped.
@@ -204,6 +205,8 @@ pub struct Shared {
     pub started_ms: u64,
     /// Rung by ingest when the window being built is complete: evaluate now.
     pub window_complete: tokio::sync::Notify,
+    /// What HTTP reads: the engine's state as of the latest evaluation.
+    pub snapshot: crate::snapshot::SnapshotCell,
 }
 
 /// Exponential backoff with jitter for the MQTT loop (rumqttc reconnects at once).
@@ -491,10 +494,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The service on the current tokio runtime, until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let (host, port) = match &cfg.mqtt {
-        Some(m) => (m.host.clone(), m.port),
-        None => start_embedded(&cfg)?,
-    };
+    let link = crate::link::Link::open(&cfg)?;
     let start = now_ms();
     let writer = Store::open(&cfg.storage.path)?;
     let restored = writer.restore(start).context("restore history")?;
@@ -525,30 +525,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         history_stats: history_stats.clone(),
         started_ms: start,
         window_complete: tokio::sync::Notify::new(),
+        snapshot: Default::default(),
     });
 
-    let client_id = cfg
-        .mqtt
-        .as_ref()
-        .map_or_else(|| "faultline-collector".to_owned(), |m| m.client_id.clone());
-    let options = |id: String| {
-        let mut opts = MqttOptions::new(id, host.clone(), port);
-        opts.set_keep_alive(Duration::from_secs(15));
-        opts.set_clean_start(true);
-        let max_packet = (cfg.max_payload_bytes * 4).max(256 * 1024) as u32;
-        opts.set_max_packet_size(Some(max_packet));
-        if let Some(m) = &cfg.mqtt
-            && let (Some(u), Some(p)) = (&m.username, &m.password)
-        {
-            opts.set_credentials(u.clone(), p.clone());
-        }
-        opts
-    };
     // Two connections: one only reads (reports, statuses), one only writes (verdicts,
     // events, metrics, status), so metrics publishes never slow the reading side.
     // The writer carries the collector's last will.
     let status_topic = cfg.topics.collector_status();
-    let mut out_opts = options(client_id.clone());
+    let mut out_opts = link.options(Role::Publish);
     out_opts.set_last_will(LastWill::new(
         status_topic.clone(),
         collector_status("offline"),
@@ -563,7 +547,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // collector is away (a broker restart, its own reconnect backoff, a restart or a
     // crash of the collector) are queued by the broker and delivered when it is
     // back. It acknowledges only what history has committed (see the module docs).
-    let mut in_opts = options(format!("{client_id}-in"));
+    let mut in_opts = link.options(Role::Ingest);
     in_opts
         .set_clean_start(false)
         .set_session_expiry_interval(Some(INGEST_SESSION_EXPIRY_S))
@@ -573,8 +557,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (in_client, mut eventloop) =
         AsyncClient::new(in_opts, usize::from(INGEST_RECEIVE_MAXIMUM) + 64);
 
-    let http = crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone()).await?;
-    tracing::info!("dashboard on http://{}", http);
+    crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone()).await?;
 
     // Evaluation and publishing.
     let tick = {
@@ -803,31 +786,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
-}
-
-fn start_embedded(cfg: &Config) -> anyhow::Result<(String, u16)> {
-    #[cfg(feature = "embedded-broker")]
-    {
-        crate::broker::start(
-            cfg.broker_listen,
-            cfg.broker_listen_v5,
-            cfg.max_payload_bytes * 4,
-        )?;
-        tracing::info!(
-            "embedded broker: MQTT 3.1.1 on {}, MQTT 5 on {}",
-            cfg.broker_listen,
-            cfg.broker_listen_v5
-        );
-        Ok((
-            cfg.broker_listen_v5.ip().to_string(),
-            cfg.broker_listen_v5.port(),
-        ))
-    }
-    #[cfg(not(feature = "embedded-broker"))]
-    {
-        let _ = cfg;
-        anyhow::bail!("no [mqtt] url configured and this build has no embedded broker")
-    }
 }
 
 fn subscribe(client: &AsyncClient, cfg: &Config) {

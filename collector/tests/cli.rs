@@ -36,7 +36,10 @@ fn check_accepts_the_example_and_names_field_and_line_when_bad() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:5: alternate:"), "{err}");
+    assert!(
+        err.contains("bad.toml:5: providers.voipco.alternate:"),
+        "{err}"
+    );
 
     std::fs::write(&bad, "window_seconds = \"ten\"\n").unwrap();
     let out = bin()

@@ -64,7 +64,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -479,8 +479,13 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
     for k in ["site", "boot", "seq", "start_ms", "target", "loss"] {
         assert!(!m[k].is_null(), "metrics JSON lacks {k}: {m}");
     }
-    let text = http_get(c.http, "/metrics");
-    assert!(text.contains("faultline_probe_rtt_p50_ms{site=\"acme-hq\",target=\"gw\""));
+    // Probe values are as of the latest evaluation (HTTP reads a snapshot).
+    let probe = "faultline_probe_rtt_p50_ms{site=\"acme-hq\",target=\"gw\"";
+    assert!(
+        wait_until(LONG, || http_get(c.http, "/metrics").contains(probe)),
+        "{}",
+        http_get(c.http, "/metrics")
+    );
     let ok = "faultline_verdict_state{scope=\"provider\",id=\"voipco\",state=\"ok\"} 1";
     assert!(
         wait_until(LONG, || http_get(c.http, "/metrics").contains(ok)),

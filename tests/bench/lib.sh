@@ -5,7 +5,7 @@
 # Protocol: a benchmark prints its own Markdown section (a `## ` heading, what it
 # does, the command that reproduces it, its table) on stdout and progress on stderr;
 # when BENCH_SUMMARY names a file it appends its summary row(s) there with
-# `summary_row`. Sourcing this file sends stdout to stderr: the section goes to fd 3
+# `summary_row`, and when BENCH_FACTS does, the figures README.md quotes with `fact`. Sourcing this file sends stdout to stderr: the section goes to fd 3
 # (`md`, `mdf`), so nothing a child process prints can end up in BENCHMARKS.md.
 
 set -euo pipefail
@@ -21,9 +21,11 @@ exec 3>&1 1>&2
 
 # DESIGN.md's budgets, worded once for the summary table (run.sh names the ones a
 # failed benchmark leaves unmeasured with the same words).
-BUDGET_SIZE="agent for armv7, stripped, with TLS ≤ 1.5 MB"
+BUDGET_SIZE="agent for armv7, stripped, with TLS ≤ 2.0 MB"
 BUDGET_RSS="agent RSS ≤ 6 MB, 10 targets incl. one 50 packet/s voice stream"
 BUDGET_CPU="agent CPU ≤ 1 % of one core at defaults"
+BUDGET_RSS_SPOOL="agent RSS ≤ 6 MB also with a full 24 h outbox queued (8,640 reports)"
+BUDGET_FLASH="outbox writes to flash per day at defaults (no budget; README states them)"
 BUDGET_RTT="RTT error against a known injected delay ≤ 0.3 ms median"
 BUDGET_LOSS="loss counted exactly (STAMP, the relay's drops)"
 BUDGET_LOSS_ICMP="loss counted exactly (ICMP, nftables drops; beside fping)"
@@ -36,10 +38,12 @@ BUDGET_SITES="collector: 10,000 sites × 10 targets ≤ 150 MB RSS"
 BUDGET_EVAL="time per evaluation, 10,000 sites × 10 targets (no budget)"
 BUDGET_DETECT="a verdict within 3 windows of onset"
 BUDGET_CLEAR="cleared within 4 windows of the end"
-BUDGET_LOSSLESS="nothing lost across a broker restart"
+BUDGET_LOSSLESS="nothing lost across a broker restart and an agent SIGKILL"
 BUDGET_NOLOSS_KILL="nothing lost: collector SIGKILLed while ≥ 20 sites flush ≥ 1,000-window backlogs, every window in history once"
 BUDGET_NOLOSS_AWAY="nothing lost: collector away for the shipped broker config's stated backlog"
 BUDGET_NOLOSS_RTC="nothing lost: RTC-less reboots with a spooled backlog stay live, every window once"
+
+# BENCH_KEEP=1 keeps the work directory (logs, configs) for a look afterwards.
 
 # True when QUICK is set (and not 0): shorter durations while developing.
 quick() { [[ -n ${QUICK:-} && ${QUICK:-} != 0 ]]; }
@@ -62,6 +66,13 @@ mdf() { # shellcheck disable=SC2059
 summary_row() {
     [[ -n ${BENCH_SUMMARY:-} ]] || return 0
     printf '| %s | %s | %s | `%s` |\n' "$1" "$2" "$3" "$4" >>"$BENCH_SUMMARY"
+}
+
+# `fact KEY VALUE`: a measured figure README.md's generated blocks are written from
+# (tests/bench/readme.sh), appended as KEY=VALUE to $BENCH_FACTS when run.sh sets it.
+fact() {
+    [[ -n ${BENCH_FACTS:-} ]] || return 0
+    printf '%s=%s\n' "$1" "$2" >>"$BENCH_FACTS"
 }
 
 # `met A OP B` → yes/no, comparing numbers (OP: <= or >=).
@@ -91,7 +102,7 @@ bench_cleanup() {
     for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${BENCH_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     for c in "${BENCH_ON_EXIT[@]}"; do eval "$c" || true; done
-    rm -rf "$BENCH_WORK"
+    if [[ -n ${BENCH_KEEP:-} ]]; then log "kept $BENCH_WORK (BENCH_KEEP)"; else rm -rf "$BENCH_WORK"; fi
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -151,4 +162,64 @@ start_mosquitto() {
     spawn "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$conf" >"$conf.log" 2>&1
     MOSQ_PID=$BENCH_PID
     wait_port "$port"
+}
+
+# The test kit's programs the agent benchmarks use (release): $PEERS, $OUTBOX.
+build_kit() {
+    build_release -p faultline-tests --bin faultline-peers --bin faultline-outbox
+    PEERS=$CARGO_TARGET_DIR/release/faultline-peers
+    OUTBOX=$CARGO_TARGET_DIR/release/faultline-outbox
+}
+
+# `start_peers`: the servers a gateway's targets answer from
+# (Kamailio, coturn, the test kit's DNS server, `$AGENT reflect`), each behind a relay
+# with a WAN-like delay, and a TCP listener; sets SIP STUN DNS DNS_NAME STAMP TCP and
+# SIP_PATH STUN_PATH DNS_PATH STAMP_PATH (each relay's impairment, both directions).
+# Needs build_agent and build_kit.
+start_peers() {
+    local env=$BENCH_WORK/peers.env _
+    spawn "$PEERS" --agent "$AGENT" >"$env" 2>>"$BENCH_WORK/peers.log"
+    for _ in $(seq 300); do
+        grep -qx 'READY=1' "$env" && break
+        kill -0 "$BENCH_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -qx 'READY=1' "$env" || {
+        log "faultline-peers did not start:"
+        cat "$BENCH_WORK/peers.log" >&2
+        return 1
+    }
+    # shellcheck source=/dev/null
+    source "$env"
+}
+
+# `agent_targets STAMP_SECONDS|default`: the agent benchmarks' 10 targets as agent.toml
+# tables, every one answering (start_peers first): 4 icmp to loopback addresses, 2 tcp
+# to a listener, and dns, stamp (50 packets/s), sip and stun through the relays.
+agent_targets() {
+    local t name layer kind host
+    for t in "gw lan icmp 127.0.0.1" "isp-hop isp icmp 127.0.0.2" "isp-dns isp dns $DNS_NAME" \
+        "anchor-1 internet icmp 127.0.0.3" "anchor-2 internet tcp $TCP" \
+        "voipco-media provider stamp $STAMP" "voipco-sip provider sip $SIP" \
+        "voipco-stun provider stun $STUN" "voipco2-edge provider tcp $TCP" \
+        "voipco2-media provider icmp 127.0.0.4"; do
+        read -r name layer kind host <<<"$t"
+        printf '[[target]]\nname = "%s"\nlayer = "%s"\nkind = "%s"\nhost = "%s"\n' "$name" "$layer" "$kind" "$host"
+        [[ $layer == provider ]] && printf 'provider = "%s"\n' "${name%%-*}"
+        [[ $kind == dns ]] && printf 'server = "%s"\n' "$DNS"
+        [[ $kind == stamp && $1 != default ]] && printf 'stamp_seconds = %s\n' "$1"
+    done
+    return 0
+}
+
+# The paragraph saying what agent_targets measures, for a section.
+agent_targets_md() {
+    mdf '%s\n' "Every target answers for real, as at a site (\`faultline-peers\`, the test kit's servers):
+\`gw\`, \`isp-hop\`, \`anchor-1\` and \`voipco2-media\` are ICMP echoes to 127.0.0.1–4;
+\`anchor-2\` and \`voipco2-edge\` TCP connects to a listener on loopback; through the
+test kit's UDP impairment relay (each way): \`isp-dns\` asks the test kit's DNS server for
+the A record of \`$DNS_NAME\` ($DNS_PATH), \`voipco-media\` is a 50 packet/s G.711
+STAMP stream to \`faultline-agent reflect\` ($STAMP_PATH), \`voipco-sip\` a SIP OPTIONS over
+UDP to Kamailio ($SIP_PATH), \`voipco-stun\` a STUN Binding to coturn ($STUN_PATH).
+ICMP and TCP keep loopback RTTs: the relay carries UDP only."
 }

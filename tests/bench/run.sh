@@ -8,9 +8,11 @@
 #   QUICK=1 bash tests/bench/run.sh     # shorter durations while developing; the file says QUICK
 #
 # Each benchmark prints its own Markdown section on stdout and appends its summary
-# rows to $BENCH_SUMMARY (protocol: tests/bench/lib.sh). A benchmark that fails
-# leaves its budgets marked "failed" with the reason; the others are still written,
-# and this script exits 1 at the end. BENCH_OUT writes elsewhere than BENCHMARKS.md.
+# rows to $BENCH_SUMMARY (protocol: tests/bench/lib.sh), and the figures README.md
+# quotes to $BENCH_FACTS: a full run then rewrites README's generated blocks from them
+# (tests/bench/readme.sh). A benchmark that fails leaves its budgets marked "failed"
+# with the reason; the others are still written, and this script exits 1 at the end.
+# BENCH_OUT writes elsewhere than BENCHMARKS.md (and leaves README.md alone).
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -28,6 +30,8 @@ BENCHES=(
     "sizes|bash cross-config/size_section.sh|SIZE"
     "agent_rss|bash tests/bench/agent_rss.sh|RSS CPU REPORT"
     "agent_wire|bash tests/bench/agent_wire.sh|MONTH"
+    "agent_spool|bash tests/bench/agent_spool.sh|RSS_SPOOL"
+    "agent_flash|bash tests/bench/agent_flash.sh|FLASH"
     "rtt_accuracy|bash tests/bench/rtt_accuracy.sh|RTT LOSS JITTER"
     "fping|bash tests/bench/fping.sh|LOSS_ICMP"
     "engine|bash tests/bench/engine.sh|SITES EVAL"
@@ -36,7 +40,7 @@ BENCHES=(
     "reliability|bash collector/bench/reliability.sh|NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC"
 )
 # Summary order: DESIGN.md's budgets, top to bottom.
-ORDER=(SIZE RSS CPU RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES EVAL DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC)
+ORDER=(SIZE RSS CPU RSS_SPOOL RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES EVAL DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC FLASH)
 
 # A table cell from free text.
 cell() { tr '\n|' ' /' <<<"$1" | sed -E 's/ +/ /g; s/^ //; s/ $//' | cut -c1-200; }
@@ -52,7 +56,7 @@ for b in "${BENCHES[@]}"; do
     script=${cmd#bash }
     if [[ $name == sizes && ! -f $script ]]; then
         log "sizes: $script missing"
-        printf '## Gateway builds: binary sizes\n\nsizes: %s missing (it will print this section: both ARM targets against the 1.5 MB budget).\n' \
+        printf '## Gateway builds: binary sizes\n\nsizes: %s missing (it will print this section: both ARM targets against the 2.0 MB budget).\n' \
             "$script" >"$section"
         printf '| %s | sizes: `%s` missing | not measured | `%s` |\n' "$BUDGET_SIZE" "$script" "$cmd" >"$rows"
         continue
@@ -61,7 +65,7 @@ for b in "${BENCHES[@]}"; do
     t0=$(date +%s)
     # The section to its file; the log to the terminal and to a file for the reason.
     set +e
-    BENCH_SUMMARY=$rows bash "$script" 2>&1 >"$section" | tee "$err" >&2
+    BENCH_SUMMARY=$rows BENCH_FACTS=$BENCH_WORK/facts bash "$script" 2>&1 >"$section" | tee "$err" >&2
     rc=${PIPESTATUS[0]}
     set -e
     timings+=("$name $(($(date +%s) - t0)) s")
@@ -142,6 +146,15 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 } >"$BENCH_WORK/BENCHMARKS.md"
 mv "$BENCH_WORK/BENCHMARKS.md" "$OUT"
 log "wrote $OUT in $((wall / 60)) min $((wall % 60)) s"
+# README.md quotes the same run (its generated blocks), unless this run is QUICK or
+# written elsewhere.
+if quick || [[ -n ${BENCH_OUT:-} ]]; then
+    log "README.md's generated blocks not rewritten (QUICK or BENCH_OUT)"
+else
+    touch "$BENCH_WORK/facts"
+    bash tests/bench/readme.sh "$BENCH_WORK/facts" "$BENCH_ROOT/README.md"
+    log "rewrote README.md's generated blocks"
+fi
 if ((${#failed[@]})); then
     log "failed: ${failed[*]}"
     exit 1

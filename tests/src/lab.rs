@@ -572,7 +572,7 @@ impl Lab {
             let isp_relay = relay(isp_reflector[isp], 2);
             let mut providers = BTreeMap::new();
             let mut toml = format!(
-                "site = \"{name}\"\ncustomer = \"Lab\"\nisp = \"{isp}\"\nwindow_seconds = {w}\n\
+                "site = \"{name}\"\ncustomer = \"Lab\"\nisp = \"{isp}\"\nwindow_seconds = {w}\nstate_dir = \"{name}-state\"\n\
                  [mqtt]\nurl = \"{url}\"\nkeepalive_seconds = 5\nreconnect_max_seconds = 2\n\n",
                 w = spec.window_s,
                 url = broker.url(),
@@ -779,7 +779,8 @@ impl Lab {
         let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
         let _ = write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
         );
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);

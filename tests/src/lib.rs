@@ -8,12 +8,16 @@
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
+//! - [`certs::TestPki`]: a throwaway CA, server and client certificates.
+//! - [`outbox`]: writes and counts an agent's durable outbox in its on-disk format.
 
+pub mod certs;
 pub mod coturn;
 pub mod dns;
 pub mod fleet;
 pub mod kamailio;
 pub mod lab;
+pub mod outbox;
 pub mod relay;
 
 use std::io::Write;
@@ -238,6 +242,8 @@ pub struct Mosquitto {
     dir: TempDir,
     child: Option<Child>,
     extra_conf: String,
+    /// A complete config of the caller's instead of the default one.
+    full_conf: Option<String>,
 }
 
 impl Mosquitto {
@@ -256,6 +262,24 @@ impl Mosquitto {
             dir: TempDir::new("mosquitto"),
             child: None,
             extra_conf: extra_conf.to_owned(),
+            full_conf: None,
+        };
+        m.launch();
+        Some(m)
+    }
+
+    /// Starts a broker from a complete config `conf` (e.g. a shipped one with its
+    /// paths and ports rewritten). It must listen on 127.0.0.1:`port`, which is
+    /// awaited; other listeners are the caller's to await.
+    pub fn start_conf(port: u16, conf: &str) -> Option<Self> {
+        let bin = require("mosquitto", "mosquitto")?;
+        let mut m = Self {
+            port,
+            bin,
+            dir: TempDir::new("mosquitto"),
+            child: None,
+            extra_conf: String::new(),
+            full_conf: Some(conf.to_owned()),
         };
         m.launch();
         Some(m)
@@ -277,16 +301,20 @@ impl Mosquitto {
     fn launch(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).expect("write mosquitto.conf");
-        write!(
-            f,
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+        if let Some(full) = &self.full_conf {
+            f.write_all(full.as_bytes()).expect("write mosquitto.conf");
+        } else {
+            write!(
+                f,
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
              persistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\n\
              log_dest stderr\nlog_type error\nlog_type warning\n{extra}\n",
-            port = self.port,
-            dir = self.dir.path().display(),
-            extra = self.extra_conf,
-        )
-        .expect("write mosquitto.conf");
+                port = self.port,
+                dir = self.dir.path().display(),
+                extra = self.extra_conf,
+            )
+            .expect("write mosquitto.conf");
+        }
         let child = Child::spawn(
             "mosquitto",
             Command::new(&self.bin)

@@ -45,6 +45,8 @@ const LOSSY: f64 = 0.25;
 /// How long the broker stays down in the restart scenario, in windows: long
 /// enough for every client's reconnect backoff to grow past its first steps.
 const BROKER_DOWN_WINDOWS: f64 = 5.0;
+/// The agent SIGKILLed and restarted while the broker is down.
+const KILLED_AGENT: &str = "site-2";
 /// How far into a window faults start and end, unless `FAULTLINE_LAB_PHASE`
 /// (0..1) says otherwise (the benchmark sweeps it: a fault's phase within the
 /// window moves its latencies by up to one window).
@@ -380,7 +382,11 @@ fn a_broker_restart_loses_no_window() {
     let mark = lab.watch.mark();
     let before = lab.reports.distinct();
     lab.broker.stop();
-    lab.sleep_windows(BROKER_DOWN_WINDOWS);
+    lab.sleep_windows(BROKER_DOWN_WINDOWS / 2.0);
+    // Meanwhile one gateway crashes and comes back (SIGKILL, a new boot): what its
+    // first boot had stored must arrive too.
+    lab.restart_agent(KILLED_AGENT);
+    lab.sleep_windows(BROKER_DOWN_WINDOWS / 2.0);
     lab.broker.restart(true);
     // Every agent's windows flow again, through the restarted broker.
     let after = lab.reports.distinct();
@@ -397,10 +403,11 @@ fn a_broker_restart_loses_no_window() {
     for s in &names {
         lab.signal_agent(s, "TERM");
     }
-    // The persistent-session subscriber saw every window, with no gap.
+    // The persistent-session subscriber saw every window of every boot (the killed
+    // agent's two), with no gap.
     let complete = || {
         let seqs = lab.reports.seqs();
-        seqs.len() == names.len()
+        seqs.len() == names.len() + 1
             && seqs.values().all(|v| {
                 let mut d = v.clone();
                 d.dedup();
@@ -423,7 +430,8 @@ fn a_broker_restart_loses_no_window() {
         .metric("faultline_collector_late_reports_total")
         .unwrap_or(0.0);
     println!(
-        "LAB-BROKER-RESTART windows={total} collector_counted={} duplicates_dropped={dup} late={late}",
+        "LAB-BROKER-RESTART windows={total} boots={} collector_counted={} duplicates_dropped={dup} late={late}",
+        seqs.len(),
         counted()
     );
     // Verdicts published while the broker was away (the collector cannot hear

@@ -6,6 +6,8 @@
 //! saying exactly what to grant. A ping socket's identifier is chosen by the kernel
 //! and replies are demultiplexed by it; a raw socket sees every echo reply on the
 //! host, so replies are matched by our identifier and the target's address.
+//!
+//! The message format is `wire::icmp`'s; this module owns the socket and the timing.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -15,11 +17,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::{EchoTally, io_error_word};
+use super::peer::Peer;
+use super::tally::EchoTally;
+use super::{MAX_GRACE, Notes, Probe, io_error_word};
+use crate::config::target::{HostPort, IcmpSpec};
+use faultline_agent::wire::icmp::{self, EchoRepr, Family, Message, Packet};
 
-/// Echo payload length (as ping(8) sends: 56 bytes, 64 with the header).
-pub const PAYLOAD_LEN: usize = 56;
-const MAGIC: &[u8; 8] = b"faultlin";
 /// What to grant when no ICMP socket may be opened.
 pub const PERMISSION_HINT: &str = "icmp needs a ping socket or a raw socket: grant CAP_NET_RAW \
      (setcap cap_net_raw+ep faultline-agent, or AmbientCapabilities=CAP_NET_RAW in the systemd unit) \
@@ -64,57 +67,15 @@ pub fn choose<T>(
     }
 }
 
-/// Computes the Internet checksum (RFC 1071) of `b`.
-pub fn checksum(b: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in b.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        sum += u32::from(w);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An echo request (type 8, or 128 for IPv6) with identifier `id` and sequence `seq`.
-/// The IPv6 checksum is left zero: the kernel fills it in for ICMPv6 sockets.
-pub fn echo_request(v6: bool, id: u16, seq: u16) -> [u8; 8 + PAYLOAD_LEN] {
-    let mut p = [0u8; 8 + PAYLOAD_LEN];
-    p[0] = if v6 { 128 } else { 8 };
-    p[4..6].copy_from_slice(&id.to_be_bytes());
-    p[6..8].copy_from_slice(&seq.to_be_bytes());
-    p[8..16].copy_from_slice(MAGIC);
-    if !v6 {
-        let c = checksum(&p);
-        p[2..4].copy_from_slice(&c.to_be_bytes());
-    }
-    p
-}
-
-/// An echo reply's identifier and sequence number, or `None` for anything else.
-/// `raw_v4` says the bytes start with an IPv4 header (raw IPv4 sockets).
-pub fn parse_echo_reply(b: &[u8], v6: bool, raw_v4: bool) -> Option<(u16, u16)> {
-    let icmp = if raw_v4 {
-        let ihl = usize::from(*b.first()? & 0x0f) * 4;
-        if *b.first()? >> 4 != 4 || ihl < 20 {
-            return None;
-        }
-        b.get(ihl..)?
-    } else {
-        b
+/// The identifier and sequence number of an echo reply in what a socket of `kind`
+/// delivered, or `None` for anything else.
+fn echo_reply(b: &[u8], family: Family, kind: SocketKind) -> Option<(u16, u16)> {
+    let msg = match (kind, family) {
+        (SocketKind::Raw, Family::V4) => icmp::ipv4_payload(b)?,
+        _ => b,
     };
-    if icmp.len() < 8 || icmp[0] != if v6 { 129 } else { 0 } || icmp[1] != 0 {
-        return None;
-    }
-    Some((
-        u16::from_be_bytes([icmp[4], icmp[5]]),
-        u16::from_be_bytes([icmp[6], icmp[7]]),
-    ))
+    let echo = EchoRepr::parse(family, &Packet::new_checked(msg).ok()?).ok()?;
+    (echo.message == Message::EchoReply).then_some((echo.ident, echo.seq_no))
 }
 
 fn open(ip: IpAddr) -> Result<(UdpSocket, SocketKind), String> {
@@ -136,52 +97,49 @@ fn open(ip: IpAddr) -> Result<(UdpSocket, SocketKind), String> {
 
 /// Pings one host, window after window.
 #[derive(Debug)]
-pub struct IcmpProber {
-    host: String,
-    resolver: super::Resolver,
-    socket: Option<(UdpSocket, SocketKind, bool)>,
+pub struct IcmpProbe {
+    peer: Peer,
+    count: Option<u32>,
+    interval: Option<Duration>,
+    socket: Option<(UdpSocket, SocketKind, Family)>,
     id: u16,
     next_seq: u32,
     warned: bool,
 }
 
-impl IcmpProber {
-    pub fn new(host: String) -> Self {
+impl IcmpProbe {
+    pub fn new(spec: &IcmpSpec) -> Self {
         Self {
-            resolver: super::Resolver::new(super::HostPort {
-                host: host.clone(),
+            peer: Peer::new(HostPort {
+                host: spec.host.clone(),
                 port: 0,
             }),
-            host,
+            count: spec.count,
+            interval: spec.interval,
             socket: None,
             id: fastrand::u16(..),
             next_seq: 0,
             warned: false,
         }
     }
+}
 
+impl Probe for IcmpProbe {
     /// Sends `count` echoes (default one per second of window) spaced `interval`
     /// (default: spread over the window) and waits for replies until the window ends.
-    pub async fn measure(
-        &mut self,
-        window: Duration,
-        count: Option<u32>,
-        interval: Option<Duration>,
-        r: &mut ProbeResult,
-        notes: &mut Vec<(&'static str, String)>,
-    ) {
+    async fn measure(&mut self, window: Duration, r: &mut ProbeResult, notes: &mut Notes) {
         let start = Instant::now();
         let deadline = start + window;
-        let Some(ip) = self.resolver.resolve_for(r).await.map(|a| a.ip()) else {
+        let Some(ip) = self.peer.resolve_for(deadline, r).await.map(|a| a.ip()) else {
             return;
         };
-        let v6 = ip.is_ipv6();
-        if self.socket.as_ref().is_none_or(|s| s.2 != v6) {
+        let family = if ip.is_ipv6() { Family::V6 } else { Family::V4 };
+        if self.socket.as_ref().is_none_or(|s| s.2 != family) {
             match open(ip) {
-                Ok((s, k)) => self.socket = Some((s, k, v6)),
+                Ok((s, k)) => self.socket = Some((s, k, family)),
                 Err(e) => {
                     if !self.warned {
-                        tracing::warn!("{}: {e}", self.host);
+                        tracing::warn!("{}: {e}", self.peer.host_port().host);
                         self.warned = true;
                     }
                     r.error = Some(if e == PERMISSION_HINT {
@@ -202,10 +160,12 @@ impl IcmpProber {
                 SocketKind::Raw => "raw".into(),
             },
         ));
-        let grace = super::stamp::MAX_GRACE.min(window / 4);
+        let grace = MAX_GRACE.min(window / 4);
         let secs = u32::try_from(window.as_secs()).unwrap_or(u32::MAX);
-        let count = count.unwrap_or(secs.max(1));
-        let interval = interval.unwrap_or_else(|| window.saturating_sub(grace) / count.max(1));
+        let count = self.count.unwrap_or(secs.max(1));
+        let interval = self
+            .interval
+            .unwrap_or_else(|| window.saturating_sub(grace) / count.max(1));
         let send_until = deadline - grace;
         let base = self.next_seq;
         // Reserved up front, so a window cut short never shares numbers with the next.
@@ -226,8 +186,13 @@ impl IcmpProber {
                     if !sending {
                         break;
                     }
-                    let seq = tally.next_seq() as u16;
-                    let pkt = echo_request(v6, self.id, seq);
+                    let pkt = EchoRepr {
+                        family,
+                        message: Message::EchoRequest,
+                        ident: self.id,
+                        seq_no: tally.next_seq() as u16,
+                    }
+                    .emit();
                     let now = Instant::now();
                     if let Err(e) = socket.send_to(&pkt, to).await {
                         last_error = Some(io_error_word(&e));
@@ -241,8 +206,7 @@ impl IcmpProber {
                     if from.ip() != ip {
                         continue;
                     }
-                    let raw_v4 = *kind == SocketKind::Raw && !v6;
-                    let Some((id, seq16)) = parse_echo_reply(&buf[..n], v6, raw_v4) else {
+                    let Some((id, seq16)) = echo_reply(&buf[..n], family, *kind) else {
                         continue;
                     };
                     if *kind == SocketKind::Raw && id != self.id {
@@ -280,36 +244,37 @@ mod tests {
     }
 
     #[test]
-    fn echo_request_bytes_and_checksum() {
-        let p = echo_request(false, 0x1234, 0x0001);
-        assert_eq!(&p[..8], &[8, 0, p[2], p[3], 0x12, 0x34, 0, 1]);
-        assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
-        // RFC 1071's example: 0x0001 0xf203 0xf4f5 0xf6f7 sums to 0xddf2 → !0xddf2.
-        assert_eq!(
-            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            !0xddf2
-        );
-        let p6 = echo_request(true, 1, 2);
-        assert_eq!(&p6[..8], &[128, 0, 0, 0, 0, 1, 0, 2]);
-    }
-
-    #[test]
-    fn parses_replies_with_and_without_ip_header() {
-        let mut reply = echo_request(false, 7, 9);
-        reply[0] = 0;
-        assert_eq!(parse_echo_reply(&reply, false, false), Some((7, 9)));
+    fn replies_by_socket_kind() {
+        let reply = |family| {
+            EchoRepr {
+                family,
+                message: Message::EchoReply,
+                ident: 7,
+                seq_no: 9,
+            }
+            .emit()
+        };
+        let v4 = reply(Family::V4);
+        assert_eq!(echo_reply(&v4, Family::V4, SocketKind::Ping), Some((7, 9)));
         let mut with_ip = vec![0x45u8];
         with_ip.extend_from_slice(&[0; 19]);
-        with_ip.extend_from_slice(&reply);
-        assert_eq!(parse_echo_reply(&with_ip, false, true), Some((7, 9)));
-        // Our own request seen on a raw socket is not a reply.
+        with_ip.extend_from_slice(&v4);
         assert_eq!(
-            parse_echo_reply(&echo_request(false, 7, 9), false, false),
-            None
+            echo_reply(&with_ip, Family::V4, SocketKind::Raw),
+            Some((7, 9))
         );
-        assert_eq!(parse_echo_reply(&[0x45, 0, 0], false, true), None);
-        let mut r6 = echo_request(true, 3, 4);
-        r6[0] = 129;
-        assert_eq!(parse_echo_reply(&r6, true, false), Some((3, 4)));
+        // A raw IPv6 socket delivers no IP header.
+        let v6 = reply(Family::V6);
+        assert_eq!(echo_reply(&v6, Family::V6, SocketKind::Raw), Some((7, 9)));
+        // Our own request seen on a raw socket is not a reply.
+        let req = EchoRepr {
+            family: Family::V4,
+            message: Message::EchoRequest,
+            ident: 7,
+            seq_no: 9,
+        }
+        .emit();
+        assert_eq!(echo_reply(&req, Family::V4, SocketKind::Ping), None);
+        assert_eq!(echo_reply(&[0x45, 0, 0], Family::V4, SocketKind::Raw), None);
     }
 }

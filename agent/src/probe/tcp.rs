@@ -1,32 +1,35 @@
 //! TCP connect time: one handshake per window, closed at once.
 
+use std::time::Duration;
+
 use faultline_shared::ProbeResult;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{HostPort, Resolver, io_error_word, single_rtt};
+use super::peer::Peer;
+use super::tally::single_rtt;
+use super::{Notes, Probe, io_error_word};
+use crate::config::target::HostPort;
 
 /// Connects to one host:port, window after window.
 #[derive(Debug)]
-pub struct TcpProber {
-    resolver: Resolver,
+pub struct TcpProbe {
+    peer: Peer,
 }
 
-impl TcpProber {
-    pub fn new(to: HostPort) -> Self {
+impl TcpProbe {
+    pub fn new(to: &HostPort) -> Self {
         Self {
-            resolver: Resolver::new(to),
+            peer: Peer::new(to.clone()),
         }
     }
+}
 
-    /// One connect, bounded by `deadline`: `refused`, `timeout` or the connect time.
-    pub async fn measure(
-        &mut self,
-        deadline: Instant,
-        r: &mut ProbeResult,
-        notes: &mut Vec<(&'static str, String)>,
-    ) {
-        let Some(peer) = self.resolver.resolve_for(r).await else {
+impl Probe for TcpProbe {
+    /// One connect within the window: `refused`, `timeout` or the connect time.
+    async fn measure(&mut self, window: Duration, r: &mut ProbeResult, notes: &mut Notes) {
+        let deadline = Instant::now() + window;
+        let Some(peer) = self.peer.resolve_for(deadline, r).await else {
             return;
         };
         notes.push(("address", peer.to_string()));

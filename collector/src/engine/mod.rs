@@ -133,6 +133,9 @@ pub struct Counters {
     pub evaluations: u64,
     /// Window boundaries skipped because the service fell behind.
     pub skipped_evaluations: u64,
+    /// Windows provably missing now (see [`Engine::missing_windows`]); filled in by
+    /// readers that copy the counters, not kept up to date by the engine.
+    pub missing_windows: u64,
 }
 
 /// Last wills received this long before the collector's own link drops are taken

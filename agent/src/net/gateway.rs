@@ -1,5 +1,6 @@
-//! The default gateway, for targets with `host = "gateway"`: read from the kernel's
-//! IPv4 routing table in `/proc/net/route`.
+//! The default gateway, for targets with `host = "gateway"` (the probes ask every
+//! window) and for `check`'s plan: read from the kernel's IPv4 routing table in
+//! `/proc/net/route`. Parsing is pure; [`default_gateway`] reads the file.
 
 use std::net::Ipv4Addr;
 
