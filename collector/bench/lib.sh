@@ -26,7 +26,7 @@ stop() {
 # (persistence: these runs measure delivery, not broker restarts).
 shipped_broker_lines() {
     grep -vE '^[[:space:]]*(#|$)' "$SHIPPED_BROKER_CONF" |
-        grep -vE '^[[:space:]]*(per_listener_settings|allow_anonymous|password_file|acl_file|listener|protocol|certfile|keyfile|cafile|tls_version|persistence_location|persistence|autosave_interval)[[:space:]]'
+        grep -vE '^[[:space:]]*(per_listener_settings|use_username_as_clientid|allow_anonymous|password_file|acl_file|listener|protocol|certfile|keyfile|cafile|tls_version|persistence_location|persistence|autosave_interval)[[:space:]]'
 }
 
 # `start_shipped_broker`: Mosquitto with those lines on a free port: MQTT_PORT, MOSQ_PID.
