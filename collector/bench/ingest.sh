@@ -94,8 +94,7 @@ drain_collector() {
 }
 
 stop_collector() {
-    kill -TERM "$COL_PID" 2>/dev/null || true
-    wait "$COL_PID" 2>/dev/null || true
+    stop "$COL_PID"
 }
 
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
@@ -204,7 +203,7 @@ md "" "Memory with every site and target tracked (statuses and $(thousands "$rn"
 $(thousands "$RSS_SITES") sites), history and metrics on, and after a Prometheus scrape
 has rendered the per-probe series. RSS is in MiB (2^20 bytes); the budget is read as
 150,000,000 bytes."
-kill "$MOSQ" 2>/dev/null || true
+stop "$MOSQ"
 
 summary_row "$BUDGET_INGEST" "median $median × \`mosquitto_sub\` over $ROUNDS rounds of $(thousands "$N") postcard reports (JSON reports: $jratio ×)" \
     "$(met "$median" ">=" 0.9)" "$CMD"

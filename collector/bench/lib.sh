@@ -4,6 +4,23 @@
 
 SHIPPED_BROKER_CONF=$BENCH_ROOT/collector/deploy/mosquitto.conf
 
+# `reap PID`: waits for a process `spawn` started and drops it from the exit
+# cleanup, so a long run never signals a recycled pid. Returns its status.
+reap() {
+    local i rc=0
+    wait "$1" 2>/dev/null || rc=$?
+    for i in "${!BENCH_PIDS[@]}"; do
+        if [[ ${BENCH_PIDS[$i]} == "$1" ]]; then unset 'BENCH_PIDS[i]'; fi
+    done
+    return "$rc"
+}
+
+# `stop PID [SIGNAL]`: signals a process `spawn` started (TERM by default) and reaps it.
+stop() {
+    kill "-${2:-TERM}" "$1" 2>/dev/null || true
+    reap "$1" || true
+}
+
 # The shipped broker config's lines without what binds it to a production host
 # (listeners, TLS, passwords, ACL, client ids tied to logins) or writes state into the working directory
 # (persistence: these runs measure delivery, not broker restarts).
@@ -63,6 +80,5 @@ register_collector() {
         ((${n:-0} >= 1)) && break
         sleep 0.02
     done
-    kill -TERM "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop "$pid"
 }

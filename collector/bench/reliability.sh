@@ -139,7 +139,7 @@ for p in points:
     print(rows(), flush=True)
 PY
 )
-    wait "$fleet"
+    reap "$fleet"
     spawn env FAULTLINE_LOG=error "$BIN" run --config "$conf"
     cpid=$BENCH_PID
     wait_port "$hp"
@@ -152,9 +152,8 @@ PY
     wait_rows "$db" $((total + SITES)) 900
     missing=$(api_counter "$hp" missing_windows)
     elapsed=$(secs $(($(now_ns) - t0)))
-    kill -TERM "$cpid"
-    wait "$cpid" 2>/dev/null || true
-    kill "$MOSQ_PID" 2>/dev/null || true
+    stop "$cpid"
+    stop "$MOSQ_PID"
     # Settle: anything arriving late would show now.
     read -r ROWS DISTINCT < <(history_rows "$db")
     if ((stored == total && distinct == total && complete == SITES && ROWS == total + SITES &&
@@ -207,9 +206,8 @@ if wait_rows "$db" "$down_total" 3600; then
 else
     drain_s="timeout"
 fi
-kill -TERM "$cpid"
-wait "$cpid" 2>/dev/null || true
-kill "$MOSQ_PID" 2>/dev/null || true
+stop "$cpid"
+stop "$MOSQ_PID"
 md "" "| sites | windows each | reports queued | queued in | broker memory while full | per report | drained in | stored | distinct | missing |"
 md "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 mdf '| %s | %s | %s | %s s | %s MiB | %s B | %s s | %s | %s | %s |\n' "$(thousands "$DOWN_SITES")" \
@@ -311,10 +309,9 @@ PY
 # Two more windows for the collector to evaluate the last reports.
 sleep 2
 state=$(curl -sf "127.0.0.1:$hp/api/state")
-kill "$sub" 2>/dev/null || true
-kill -TERM "$cpid"
-wait "$cpid" 2>/dev/null || true
-kill "$MOSQ_PID" 2>/dev/null || true
+stop "$sub"
+stop "$cpid"
+stop "$MOSQ_PID"
 read -r rtc_rows rtc_distinct < <(history_rows "$db")
 offline=$(grep -c '"state":"offline"' "$BENCH_WORK/states.log" || true)
 expected_rows=$(awk '{ s += $3 + $5 } END { print s }' "$BENCH_WORK/rtc.expected")

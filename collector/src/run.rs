@@ -41,9 +41,19 @@ const METRICS_QUEUE: usize = 2_000;
 /// for it) while the collector is away: as long as an agent's default buffer.
 const INGEST_SESSION_EXPIRY_S: u32 = 24 * 3600;
 /// Reports the broker may deliver before the collector acknowledges one (MQTT 5
-/// Receive Maximum): the depth of the ingest → history → ack pipeline. It bounds
-/// the batch a commit can take, so it sets ingest throughput.
+/// Receive Maximum): the depth of the ingest → history → ack pipeline, so it bounds
+/// the batch a commit can take and sets ingest throughput.
 const INGEST_RECEIVE_MAXIMUM: u16 = 4096;
+/// Deliveries handled and not yet committed, at most: the collector's own bound on
+/// the pipeline. Mosquitto 2.0.11 does not keep to the Receive Maximum while it
+/// drains a queued backlog (each PUBACK can release several queued reports), so
+/// past this bound the ingest task stops reading until history catches up and TCP
+/// holds the broker back.
+const INGEST_PIPELINE: usize = 16_384;
+/// Keepalive of the reading connection. With a backlog the broker's answer to a
+/// ping waits behind the reports it has already released to the connection; a
+/// minute of them must not read as a dead broker.
+const INGEST_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Messages the history writer commits in one transaction at most.
 const HISTORY_BATCH: usize = 10_000;
 /// Per-probe metrics: each site may publish this many reports' worth in a burst,
@@ -105,8 +115,9 @@ pub enum StoreMsg {
     Incident(faultline_shared::IncidentEvent),
     Site(Id, Option<Id>, Option<String>),
     Maintain(u64),
-    /// Acknowledge this delivery once everything sent before it is committed.
-    Ack(AckToken),
+    /// One delivery handled: its pipeline place is free once everything sent
+    /// before it is committed, and its acknowledgement (QoS 1 or 2) is sent then.
+    Delivered(Option<AckToken>),
     /// Answered once everything sent before it is committed and its
     /// acknowledgements are with the MQTT client.
     Flush(tokio::sync::oneshot::Sender<()>),
@@ -339,6 +350,7 @@ fn spawn_writer(
     cfg: crate::config::Storage,
     stats: Arc<HistoryStats>,
     acks: tokio::sync::mpsc::UnboundedSender<AckMsg>,
+    pipeline: Arc<tokio::sync::Semaphore>,
 ) {
     std::thread::Builder::new()
         .name("history".into())
@@ -371,9 +383,13 @@ fn spawn_writer(
                     .fetch_add(refused, Ordering::Relaxed);
                 let mut tokens = Vec::new();
                 let mut maintain = None;
+                let mut delivered = 0;
                 for m in batch.drain(..) {
                     match m {
-                        StoreMsg::Ack(t) => tokens.push(t),
+                        StoreMsg::Delivered(t) => {
+                            delivered += 1;
+                            tokens.extend(t);
+                        }
                         StoreMsg::Maintain(now) => maintain = Some(now),
                         StoreMsg::Flush(done) => {
                             let _ = acks.send(AckMsg::Acks(std::mem::take(&mut tokens)));
@@ -385,6 +401,7 @@ fn spawn_writer(
                 if !tokens.is_empty() {
                     let _ = acks.send(AckMsg::Acks(tokens));
                 }
+                pipeline.add_permits(delivered);
                 if let Some(now) = maintain
                     && let Err(e) =
                         store.maintain(now, cfg.raw_days, cfg.hourly_days, cfg.incident_days)
@@ -414,7 +431,7 @@ fn write_batch(store: &mut Store, batch: &[StoreMsg]) -> anyhow::Result<(u64, u6
             StoreMsg::Verdict(v) => store.verdict(v)?,
             StoreMsg::Incident(e) => store.incident(e)?,
             StoreMsg::Site(s, isp, c) => store.site(s, isp.as_ref(), c.as_deref())?,
-            StoreMsg::Maintain(_) | StoreMsg::Ack(_) | StoreMsg::Flush(_) => {}
+            StoreMsg::Maintain(_) | StoreMsg::Delivered(_) | StoreMsg::Flush(_) => {}
         }
     }
     store.commit()?;
@@ -485,12 +502,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let history_stats = Arc::new(HistoryStats::default());
     let (store_tx, store_rx) = std_mpsc::channel();
     let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pipeline = Arc::new(tokio::sync::Semaphore::new(INGEST_PIPELINE));
     spawn_writer(
         writer,
         store_rx,
         cfg.storage.clone(),
         history_stats.clone(),
         ack_tx,
+        pipeline.clone(),
     );
 
     let mut engine = Engine::new(crate::engine_config(&cfg));
@@ -533,7 +552,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .set_clean_start(false)
         .set_session_expiry_interval(Some(INGEST_SESSION_EXPIRY_S))
         .set_manual_acks(true)
-        .set_receive_maximum(Some(INGEST_RECEIVE_MAXIMUM));
+        .set_receive_maximum(Some(INGEST_RECEIVE_MAXIMUM))
+        .set_keep_alive(INGEST_KEEPALIVE);
     let (in_client, mut eventloop) =
         AsyncClient::new(in_opts, usize::from(INGEST_RECEIVE_MAXIMUM) + 64);
 
@@ -669,8 +689,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                         subscribe(&in_client, &cfg);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        // A place in the pipeline, returned by the writer once this
+                        // delivery is committed; none free: read nothing more.
+                        match pipeline.acquire().await {
+                            Ok(place) => place.forget(),
+                            Err(_) => return,
+                        }
                         let stopping = draining.lock().expect("draining lock");
                         if *stopping {
+                            pipeline.add_permits(1);
                             continue;
                         }
                         let conn = *conn_gate.lock().expect("conn gate lock");
@@ -789,8 +816,9 @@ struct Ingest<'a> {
 }
 
 impl Ingest<'_> {
-    /// Feeds one delivery to the engine and sends history what it carried, then its
-    /// acknowledgement (any outcome: a rejected message is not delivered again).
+    /// Feeds one delivery to the engine and sends history what it carried, then the
+    /// delivery itself (its pipeline place and acknowledgement: any outcome, since a
+    /// rejected message would be rejected again).
     fn on_publish(&self, pacer: &mut MetricsPacer, p: Publish, conn: u64) {
         let shared = self.shared;
         let ack = AckToken::of(&p, conn);
@@ -837,9 +865,7 @@ impl Ingest<'_> {
             Ok(Accepted::Ignored) => {}
             Err(e) => tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), "dropped: {e}"),
         }
-        if let Some(t) = ack {
-            let _ = self.store_tx.send(StoreMsg::Ack(t));
-        }
+        let _ = self.store_tx.send(StoreMsg::Delivered(ack));
     }
 }
 
