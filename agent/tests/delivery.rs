@@ -579,47 +579,6 @@ fn sh(dir: &Path, cmd: &str) {
     );
 }
 
-/// A test CA and a server certificate for `localhost` / 127.0.0.1, made with openssl.
-fn make_certs(dir: &Path) {
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    sh(
-        dir,
-        &format!(
-            "openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj '/CN=Faultline Test CA'"
-        ),
-    );
-    sh(
-        dir,
-        &format!("openssl req {ec} -keyout server.key -out server.csr -subj '/CN=localhost'"),
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    sh(
-        dir,
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-         -out server.pem -days 2 -extfile server.ext",
-    );
-    // A client certificate for mutual TLS.
-    sh(
-        dir,
-        &format!("openssl req {ec} -keyout client.key -out client.csr -subj '/CN=lab-1'"),
-    );
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    sh(
-        dir,
-        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-         -out client.pem -days 2 -extfile client.ext",
-    );
-}
-
 #[test]
 fn mutual_tls_with_username_and_password() {
     if require("openssl", "openssl").is_none() || require("mosquitto_passwd", "mosquitto").is_none()
@@ -628,7 +587,10 @@ fn mutual_tls_with_username_and_password() {
     }
     let dir = TempDir::new("agent-tls");
     let d = dir.path();
-    make_certs(d);
+    // A test CA, a server certificate for localhost and a client certificate for
+    // mutual TLS (client.pem / client.key).
+    let pki = faultline_tests::certs::TestPki::new(d).expect("openssl is there");
+    pki.client("client");
     sh(
         d,
         "mosquitto_passwd -b -c passwd lab-1 'correct horse' && mosquitto_passwd -b passwd watcher w",

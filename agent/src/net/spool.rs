@@ -347,6 +347,25 @@ impl Spool {
         ids
     }
 
+    /// The `n` oldest live ids, without listing every live record (this runs on
+    /// every append while the spool is full).
+    fn oldest_live(&self, n: usize) -> Vec<u64> {
+        let on_disk = self.segments.iter().flat_map(|s| {
+            s.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.live)
+                .map(move |(i, _)| s.first + i as u64)
+        });
+        let mut ids: Vec<u64> = on_disk
+            .take(n)
+            .chain(self.memory.keys().copied().take(n))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(n);
+        ids
+    }
+
     /// Stores `r` durably (written and synced) and returns its id, with the ids of
     /// the oldest records dropped to stay within capacity. A failed write keeps the
     /// record in memory (see [`Spool::write_failures`]).
@@ -525,7 +544,7 @@ impl Spool {
         if excess == 0 {
             return Vec::new();
         }
-        let ids: Vec<u64> = self.live_ids().into_iter().take(excess).collect();
+        let ids = self.oldest_live(excess);
         for &id in &ids {
             self.retire(id);
         }
@@ -536,7 +555,7 @@ impl Spool {
     /// Writes the low watermark (every id below the oldest live record is retired),
     /// atomically. Failure only means more resends after a crash.
     pub fn save_watermark(&self) {
-        let low = self.live_ids().first().copied().unwrap_or(self.next_id);
+        let low = self.oldest_live(1).first().copied().unwrap_or(self.next_id);
         let tmp = self.dir.join("acked.tmp");
         let done = fs::write(&tmp, format!("{low}\n"))
             .and_then(|()| File::open(&tmp)?.sync_all())
