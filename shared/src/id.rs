@@ -57,6 +57,109 @@ impl Id {
     }
 }
 
+/// What a verdict or an incident is about: a site, ISP or provider [`Id`], or a
+/// route `"{isp}~{provider}"` (DESIGN.md "scope `route`"). `~` never appears in an
+/// [`Id`], so the two cannot be confused.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subject {
+    text: String,
+    /// For a route: the ISP's and the provider's ids.
+    route: Option<(Id, Id)>,
+}
+
+impl Subject {
+    /// The route between `isp` and `provider`.
+    pub fn route_of(isp: &Id, provider: &Id) -> Self {
+        Self {
+            text: format!("{isp}~{provider}"),
+            route: Some((isp.clone(), provider.clone())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The ISP and provider of a route.
+    pub fn route(&self) -> Option<(&Id, &Id)> {
+        self.route.as_ref().map(|(i, p)| (i, p))
+    }
+
+    /// The plain id (site, ISP, provider); `None` for a route.
+    pub fn id(&self) -> Option<Id> {
+        self.route.is_none().then(|| Id(self.text.clone()))
+    }
+}
+
+impl From<Id> for Subject {
+    fn from(id: Id) -> Self {
+        Self {
+            text: id.0,
+            route: None,
+        }
+    }
+}
+
+impl From<&Id> for Subject {
+    fn from(id: &Id) -> Self {
+        Self::from(id.clone())
+    }
+}
+
+impl TryFrom<String> for Subject {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        match s.split_once('~') {
+            Some((isp, provider)) => Ok(Self::route_of(&Id::new(isp)?, &Id::new(provider)?)),
+            None => Ok(Self::from(Id::new(s)?)),
+        }
+    }
+}
+
+impl std::str::FromStr for Subject {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<Subject> for String {
+    fn from(s: Subject) -> String {
+        s.text
+    }
+}
+
+impl PartialEq<Id> for Subject {
+    fn eq(&self, other: &Id) -> bool {
+        self.route.is_none() && self.text == other.0
+    }
+}
+
+impl PartialEq<str> for Subject {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for Subject {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
 impl TryFrom<String> for Id {
     type Error = IdError;
     fn try_from(s: String) -> Result<Self, IdError> {

@@ -9,16 +9,20 @@
 //! - [`report`], [`state`]: the payloads of `../shared/DESIGN.md`, in their JSON form.
 //! - [`wire`]: the versioned postcard envelope agents publish, with a size-capped decoder.
 //! - [`topic`]: builders and parsers for every MQTT topic.
+//! - [`summary`]: the site stage's per-site message to the fleet stage (versioned).
+//! - [`reject`]: why the collector drops a message (its metrics labels).
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
 
 pub mod id;
 pub mod measure;
 pub mod report;
+pub mod reject;
 pub mod state;
+pub mod summary;
 pub mod topic;
 pub mod wire;
 
-pub use id::{Id, IdError};
+pub use id::{Id, IdError, Subject};
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
     Cause, Incident, IncidentEvent, IncidentEventKind, OfflineReason, Recommendation, Scope, State,
@@ -26,3 +30,5 @@ pub use state::{
 };
 pub use topic::{Topic, Topics};
 pub use wire::{DecodeError, EncodeError, MAX_ENVELOPE_BYTES, WIRE_VERSION, decode, encode};
+pub use reject::RejectReason;
+pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};

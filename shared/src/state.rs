@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::Id;
+use crate::id::{Id, Subject};
 
 /// An agent's retained presence on `.../sites/{site}/status`; also its last will.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +70,8 @@ pub enum Scope {
     Site,
     Isp,
     Provider,
+    /// The path between one ISP and one provider (a peering or routing fault).
+    Route,
 }
 
 impl Scope {
@@ -78,6 +80,7 @@ impl Scope {
             Scope::Site => "site",
             Scope::Isp => "isp",
             Scope::Provider => "provider",
+            Scope::Route => "route",
         }
     }
 }
@@ -135,16 +138,21 @@ impl Cause {
     }
 }
 
-/// The collector's judgement of one site, ISP or provider, retained on its state topic.
+/// The collector's judgement of one site, ISP, provider or route, retained on its
+/// state topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub at_ms: u64,
     pub scope: Scope,
-    pub id: Id,
+    /// The site, ISP or provider id; for a route `"{isp}~{provider}"`.
+    pub id: Subject,
     pub state: State,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
-    /// The provider a site's `path` or `provider` cause is about.
+    /// A route's ISP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isp: Option<Id>,
+    /// The provider a site's `path` or `provider` cause is about; a route's provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<Id>,
     /// Affected sites (ISP and provider verdicts).
@@ -189,7 +197,7 @@ pub enum IncidentEventKind {
 pub struct Incident {
     pub id: String,
     pub scope: Scope,
-    pub target_id: Id,
+    pub target_id: Subject,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
     pub state: State,

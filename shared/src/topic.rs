@@ -19,6 +19,7 @@ pub enum Topic {
     SiteState { site: Id },
     ProviderState { provider: Id },
     IspState { isp: Id },
+    RouteState { isp: Id, provider: Id },
     Incidents,
     Metrics { site: Id, target: Id },
     CollectorStatus,
@@ -91,6 +92,28 @@ impl Topics {
         format!("{}/state/isps/{isp}", self.root)
     }
 
+    /// A route's verdict: the path between one ISP and one provider.
+    pub fn route_state(&self, isp: &Id, provider: &Id) -> String {
+        format!("{}/state/routes/{isp}/{provider}", self.root)
+    }
+
+    /// The retained state topic of `v`: by its scope, and for a route by its ISP
+    /// and provider.
+    pub fn verdict(&self, v: &crate::Verdict) -> String {
+        use crate::Scope;
+        if let Some((isp, provider)) = v.id.route() {
+            return self.route_state(isp, provider);
+        }
+        let id = v.id.as_str();
+        let kind = match v.scope {
+            Scope::Site => "sites",
+            Scope::Isp => "isps",
+            Scope::Provider => "providers",
+            Scope::Route => "routes",
+        };
+        format!("{}/state/{kind}/{id}", self.root)
+    }
+
     pub fn incidents(&self) -> String {
         format!("{}/events/incidents", self.root)
     }
@@ -148,6 +171,10 @@ impl Topics {
             ["state", "sites", site] => Topic::SiteState { site: id(site)? },
             ["state", "providers", p] => Topic::ProviderState { provider: id(p)? },
             ["state", "isps", isp] => Topic::IspState { isp: id(isp)? },
+            ["state", "routes", isp, p] => Topic::RouteState {
+                isp: id(isp)?,
+                provider: id(p)?,
+            },
             ["events", "incidents"] => Topic::Incidents,
             ["metrics", site, target] => Topic::Metrics {
                 site: id(site)?,
@@ -167,6 +194,7 @@ impl Topics {
             Topic::SiteState { site } => self.site_state(site),
             Topic::ProviderState { provider } => self.provider_state(provider),
             Topic::IspState { isp } => self.isp_state(isp),
+            Topic::RouteState { isp, provider } => self.route_state(isp, provider),
             Topic::Incidents => self.incidents(),
             Topic::Metrics { site, target } => self.metrics(site, target),
             Topic::CollectorStatus => self.collector_status(),

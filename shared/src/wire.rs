@@ -77,13 +77,14 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// A short stable label, for counters and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::RejectReason {
+        use crate::RejectReason as R;
         match self {
-            DecodeError::Empty | DecodeError::Truncated => "truncated",
-            DecodeError::TooLarge { .. } => "oversized",
-            DecodeError::UnsupportedVersion(_) => "version",
-            DecodeError::Malformed(_) | DecodeError::TooManyProbes(_) => "malformed",
-            DecodeError::InvalidId { .. } => "invalid_id",
+            DecodeError::Empty | DecodeError::Truncated => R::Truncated,
+            DecodeError::TooLarge { .. } => R::Oversized,
+            DecodeError::UnsupportedVersion(_) => R::Version,
+            DecodeError::Malformed(_) | DecodeError::TooManyProbes(_) => R::Malformed,
+            DecodeError::InvalidId { .. } => R::InvalidId,
         }
     }
 }
