@@ -32,7 +32,7 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 use crate::config::Config;
-use crate::run::now_ms;
+use crate::service::now_ms;
 
 const SITES: &[(&str, &str)] = &[
     ("acme-hq", "Comcast"),
@@ -264,7 +264,7 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
         return rt.block_on(async move {
             tokio::spawn(watch(host.clone(), port, topics.clone()));
             tokio::spawn(fleet(host, port, window, topics));
-            crate::run::serve(cfg).await
+            crate::service::serve(cfg, crate::service::shutdown_signal()).await
         });
     }
 
@@ -307,7 +307,7 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
     };
     let res = rt.block_on(async move {
         tokio::spawn(watch(host, port, topics));
-        crate::run::serve(cfg).await
+        crate::service::serve(cfg, crate::service::shutdown_signal()).await
     });
     stop.store(true, Ordering::Relaxed);
     let _ = script.join();

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::engine::Presence;
-use crate::run::{Shared, now_ms};
+use crate::service::{Shared, now_ms};
 use guard::Guard;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -31,6 +31,7 @@ pub async fn serve(
     listen: SocketAddr,
     shared: Arc<Shared>,
     cfg: Config,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -67,7 +68,13 @@ pub async fn serve(
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let stopped = async move {
+            let _ = stop.recv().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!("http server: {e}");
         }
     });
@@ -117,7 +124,7 @@ async fn logout() -> Response {
 
 /// Everything the dashboard shows, as JSON (from the latest snapshot).
 pub fn state_json(shared: &Shared) -> Value {
-    let (e, _) = shared.snapshot.get(&shared.engine);
+    let (e, _) = shared.snapshot.get();
     let sites: Vec<Value> = e
         .sites()
         .iter()
@@ -132,11 +139,12 @@ pub fn state_json(shared: &Shared) -> Value {
                 "offline_since_ms": offline_since,
                 "last_report_ms": s.last_report_ms, "clock_skew_ms": s.clock_skew_ms,
                 "window": s.last_window.map(|(b, q, st)| json!({"boot": b, "seq": q, "start_ms": st})),
-                "boot": s.boots.live().map(|b| b.meta.boot),
-                "missing_windows": s.boots.missing(),
+                "boot": s.boot,
+                "missing_windows": s.missing_windows,
+                "window_ms": s.window_ms,
                 "verdict": verdict,
-                "providers": s.layers.providers.iter().map(|(p, h)| (p.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
-                "layers": {"lan": s.layers.lan, "net": s.layers.net, "host_busy": s.layers.host_busy},
+                "providers": s.health.iter().flat_map(|h| &h.providers).map(|p| (p.provider.to_string(), json!(p.health))).collect::<serde_json::Map<_, _>>(),
+                "layers": s.health.as_ref().map(|h| json!({"lan": h.lan, "net": h.net, "host_busy": h.host_busy})),
                 "targets": s.targets,
             })
         })
@@ -157,7 +165,7 @@ async fn api_state(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
 }
 
 async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
-    let (snapshot, _) = shared.snapshot.get(&shared.engine);
+    let (snapshot, _) = shared.snapshot.get();
     let open = &snapshot.open_incidents;
     let recent = shared
         .history
@@ -170,7 +178,7 @@ async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
 
 /// Ingest counters only: cheap to poll.
 async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
-    let (e, c) = shared.snapshot.get(&shared.engine);
+    let (e, c) = shared.snapshot.get();
     let rejected: u64 = c.rejected.values().sum();
     let h = &shared.history_stats;
     Json(json!({
@@ -201,7 +209,7 @@ fn esc(s: &str) -> String {
 
 /// Prometheus text exposition of ingest counters, verdict states and probe values.
 pub fn metrics_text(shared: &Shared) -> String {
-    let (e, counters) = shared.snapshot.get(&shared.engine);
+    let (e, counters) = shared.snapshot.get();
     // Sized up front: at 10,000 sites the probe series are tens of MB, and letting
     // the string double its way there would cost twice that at the peak.
     let probes: usize = e.sites().values().map(|s| s.targets.len()).sum();
@@ -227,43 +235,13 @@ pub fn metrics_text(shared: &Shared) -> String {
         "# HELP faultline_collector_rejected_total Messages dropped, by reason."
     );
     let _ = writeln!(o, "# TYPE faultline_collector_rejected_total counter");
-    for reason in [
-        "topic",
-        "oversized",
-        "malformed",
-        "truncated",
-        "version",
-        "invalid_id",
-        "site_mismatch",
-        "duplicate",
-        "dedup_full",
-        "window",
-    ] {
-        let n = c.rejected.get(reason).copied().unwrap_or(0);
+    for reason in faultline_shared::RejectReason::ALL {
+        let n = c.rejected.get(&reason).copied().unwrap_or(0);
         let _ = writeln!(
             o,
-            "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}"
+            "faultline_collector_rejected_total{{reason=\"{}\"}} {n}",
+            reason.as_str()
         );
-    }
-    for (reason, n) in &c.rejected {
-        if !matches!(
-            *reason,
-            "topic"
-                | "oversized"
-                | "malformed"
-                | "truncated"
-                | "version"
-                | "invalid_id"
-                | "site_mismatch"
-                | "duplicate"
-                | "dedup_full"
-                | "window"
-        ) {
-            let _ = writeln!(
-                o,
-                "faultline_collector_rejected_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
     }
     let _ = writeln!(
         o,
@@ -363,7 +341,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         let _ = writeln!(
             o,
             "faultline_collector_published_total{{kind=\"metrics_skipped\"}} {}",
-            st.metrics_skipped
+            counters.metrics_skipped
         );
     }
     let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");

@@ -1,13 +1,13 @@
 //! faultline-collector as a library: the binary's parts, exposed for its tests,
 //! examples and benchmarks.
 //!
-//! - [`engine`]: the sans-IO diagnosis engine (per-site step, cross-site step).
+//! - [`engine`]: the sans-IO diagnosis engine (site stage, fleet stage), one owner.
 //! - [`config`]: collector.toml, validated.
 //! - [`replay`]: the engine driven by a file's clock.
-//! - [`run`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
+//! - [`service`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
 //! - [`report`]: provider availability from history.
 //! - [`link`]: how the collector reaches its broker (TLS, logins, the embedded one).
-//! - [`snapshot`]: the state pages read, copied once per evaluation.
+//! - [`snapshot`]: the state pages read, published by the engine's owner.
 //! - [`supervise`]: a panic anywhere ends the process (so systemd restarts it).
 
 #[cfg(feature = "embedded-broker")]
@@ -20,7 +20,7 @@ pub mod link;
 pub mod passwd;
 pub mod replay;
 pub mod report;
-pub mod run;
+pub mod service;
 pub mod snapshot;
 pub mod store;
 pub mod supervise;
@@ -32,5 +32,6 @@ pub fn engine_config(c: &config::Config) -> engine::EngineConfig {
         thresholds: c.thresholds,
         providers: c.providers.clone(),
         max_payload_bytes: c.max_payload_bytes,
+        ..engine::EngineConfig::default()
     }
 }

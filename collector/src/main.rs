@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use faultline_collector::config::{self, Config};
 use faultline_collector::engine::Engine;
-use faultline_collector::{demo, engine_config, replay, report, run, store};
+use faultline_collector::{demo, engine_config, replay, report, service, store};
 
 #[derive(Debug, Parser)]
 #[command(name = "faultline-collector", version, about = "Faultline's collector")]
@@ -229,7 +229,7 @@ fn main() -> ExitCode {
                         .map_err(|e| anyhow::anyhow!("--share-group: {e}"))?,
                 );
             }
-            run::run(c)
+            service::run(c)
         })(),
         Cmd::Demo {
             config,
@@ -269,7 +269,7 @@ fn main() -> ExitCode {
                 anyhow::bail!("{}: no such history database", path.display());
             }
             let store = store::Store::open(&path)?;
-            let to = to_ms.unwrap_or_else(run::now_ms);
+            let to = to_ms.unwrap_or_else(service::now_ms);
             let from = match from_ms {
                 Some(f) => f,
                 None => to.saturating_sub(report::parse_span(&since).map_err(anyhow::Error::msg)?),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use faultline_shared::{Report, Topic, Topics, encode};
 use serde::Deserialize;
 
-use crate::engine::{Engine, Output};
+use crate::engine::{Engine, Output, advance};
 
 /// One input line.
 #[derive(Debug, Deserialize)]
@@ -39,7 +39,8 @@ pub fn payload_bytes(topics: &Topics, topic: &str, payload: &serde_json::Value) 
 }
 
 /// Replays `input` through `engine`, writing verdict changes to `out`. Returns the
-/// number of lines read.
+/// number of lines read. The same loop as `run`'s owner: every timeout due before a
+/// message is handled at its own time, then the message.
 pub fn replay(
     engine: &mut Engine,
     topics: &Topics,
@@ -48,8 +49,8 @@ pub fn replay(
 ) -> anyhow::Result<u64> {
     let mut last_at = None;
     let mut n = 0;
-    let emit = |outputs: Vec<Output>, out: &mut dyn Write| -> anyhow::Result<()> {
-        for o in outputs {
+    let emit = |engine: &mut Engine, out: &mut dyn Write| -> anyhow::Result<()> {
+        while let Some(o) = engine.poll_output() {
             if let Output::Verdict(v) = o {
                 serde_json::to_writer(&mut *out, &v)?;
                 out.write_all(b"\n")?;
@@ -66,22 +67,19 @@ pub fn replay(
         if last_at.is_some_and(|t| l.at_ms < t) {
             anyhow::bail!("line {}: at_ms {} goes back in time", i + 1, l.at_ms);
         }
-        if last_at.is_none() {
-            // The first evaluation is one window after the first message.
-            engine.tick(l.at_ms);
-        }
         last_at = Some(l.at_ms);
-        emit(engine.tick(l.at_ms), &mut out)?;
+        advance(engine, l.at_ms);
+        emit(engine, &mut out)?;
         let bytes = payload_bytes(topics, &l.topic, &l.payload);
-        let _ = engine.ingest(topics, l.at_ms, &l.topic, &bytes, l.retained);
-        // As `run` does: a complete window is evaluated at once.
-        emit(engine.tick_if_complete(l.at_ms), &mut out)?;
+        let _ = engine.handle_message(topics, l.at_ms, &l.topic, &bytes, l.retained);
+        emit(engine, &mut out)?;
         n += 1;
     }
     if let Some(t) = last_at {
-        // Evaluate the window the last message fell in.
+        // Evaluate what the last messages said.
         let w = engine.config().window_ms;
-        emit(engine.tick(t.div_ceil(w) * w), &mut out)?;
+        advance(engine, t.div_ceil(w) * w + engine.evaluation_delay_ms());
+        emit(engine, &mut out)?;
     }
     out.flush()?;
     Ok(n)

@@ -31,22 +31,8 @@ const BOOT_CACHE: usize = 50_000;
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 
-/// One site's window as kept in history.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowRow {
-    pub site: Id,
-    pub recv_ms: u64,
-    pub start_ms: u64,
-    pub boot: u32,
-    pub seq: u64,
-    /// Probes judged bad in this window.
-    pub bad: u32,
-    pub max_loss: f64,
-    pub max_rtt_ms: Option<f64>,
-    pub min_mos: Option<f64>,
-    /// Providers this site probed in the window.
-    pub providers: Vec<Id>,
-}
+/// One site's window as kept in history (judged by the engine's own rules).
+pub use crate::engine::WindowRow;
 
 #[derive(Debug)]
 pub struct Store {
@@ -227,6 +213,14 @@ impl Store {
                 "INSERT INTO verdict_changes(at_ms, scope, id, state, json) VALUES(?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![i(v.at_ms), scope, v.id.as_str(), v.state.as_str(), json])?;
+        Ok(())
+    }
+
+    /// Drops a verdict no longer tracked from the current verdicts (its changes stay).
+    pub fn forget_verdict(&mut self, v: &Verdict) -> anyhow::Result<()> {
+        self.db
+            .prepare_cached("DELETE FROM verdicts_current WHERE scope = ?1 AND id = ?2")?
+            .execute(params![v.scope.as_str(), v.id.as_str()])?;
         Ok(())
     }
 

@@ -13,8 +13,10 @@
 //! - [`reject`]: why the collector drops a message (its metrics labels).
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
 
+pub mod backoff;
 pub mod id;
 pub mod measure;
+pub mod metrics;
 pub mod report;
 pub mod reject;
 pub mod state;
@@ -32,3 +34,5 @@ pub use topic::{Topic, Topics};
 pub use wire::{DecodeError, EncodeError, MAX_ENVELOPE_BYTES, WIRE_VERSION, decode, encode};
 pub use reject::RejectReason;
 pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};
+pub use metrics::{CollectorStatus, MetricsJson};
+pub use backoff::{Backoff, BackoffError};

@@ -12,7 +12,7 @@
 //! | `site`, `isp`, `customer` | who; `isp` as the agent's status last gave it |
 //! | `at_ms` | collector time the site stage emitted it |
 //! | `window_ms` | the site's own window length (hysteresis and silence count these) |
-//! | `kind` | `window` (one live window judged: counts as one of the site's windows), `offline` (last will, clean stop or silence) or `announce` (identity only: counts as nothing) |
+//! | `kind` | `window` (one live window judged: counts as one of the site's windows), `offline` (last will, clean stop or silence), `announce` (identity only: counts as nothing) or `online` (heard again without a window: a last will taken back) |
 //!
 //! A `window` carries the site's health by layer: `host_busy` (CPU at or above the
 //! threshold), `lan`, `net` (ISP and internet layers together) and each provider
@@ -122,6 +122,9 @@ pub enum SummaryKind {
     Offline { since_ms: u64, why: OfflineWhy },
     /// The site's identity (ISP, customer) changed or it appeared: no window.
     Announce,
+    /// Heard again without a new window (a last will taken back: it was the broker
+    /// going away, not the site).
+    Online,
 }
 
 /// The site stage's summary of one site (see the module docs).

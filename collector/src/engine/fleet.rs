@@ -1,16 +1,177 @@
-//! The cross-site step: ISP and provider correlation over every site's latest
-//! window, the bottom-up site cause, hysteresis and incidents. Reads only the
-//! per-site step's output; costs O(sites × targets) per evaluation.
+//! The fleet stage: ISP, provider and route correlation, the bottom-up site cause,
+//! hysteresis, incidents and failover advice. It reads only the site stage's
+//! [`SiteSummary`] messages, so it runs beside the site stage or apart from it.
+//!
+//! Hysteresis counts each site's own windows (DESIGN.md rule 7): every window
+//! summary steps that site's [`Latch`]es (one per layer and per provider), which
+//! turn on after `open_after` consecutive bad windows and off after `close_after`
+//! good ones. A verdict is then a plain function of the latches at evaluation time
+//! — a site's verdict is open while any of its latches is, an ISP's, provider's or
+//! route's while enough sites' latches say so — so how often the collector
+//! evaluates (and how window lengths mix) changes when a verdict is published,
+//! never whether. One bad 30 s window is one window, however many evaluations see it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use faultline_shared::{
-    Cause, Id, Incident, IncidentEvent, IncidentEventKind, Recommendation, Scope, State, Verdict,
-    state::Action,
+    Cause, Health, Id, Incident, IncidentEvent, IncidentEventKind, OfflineWhy, Recommendation,
+    Scope, SiteHealth, SiteSummary, State, Subject, SummaryKind, Verdict, state::Action,
 };
 
-use super::health::{Health, Thresholds};
-use super::site::{OfflineWhy, SiteRaw, SiteTrack};
+use super::health::Thresholds;
+
+/// Providers seen in reports but not configured are tracked up to this many (a
+/// site cannot grow the collector's verdicts and retained topics without bound);
+/// one not probed by any site for [`PROVIDER_IDLE_MS`] is forgotten.
+pub const MAX_UNCONFIGURED_PROVIDERS: usize = 64;
+pub const PROVIDER_IDLE_MS: u64 = 3_600_000;
+
+/// Consecutive bad / good windows of one thing at one site, and whether that makes
+/// it bad (on) for correlation and verdicts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latch {
+    pub on: bool,
+    pub bad_run: u32,
+    pub good_run: u32,
+    /// The worst health of the current bad spell.
+    pub worst: Health,
+}
+
+impl Latch {
+    /// One window of the site's own.
+    pub fn observe(&mut self, h: Health, th: &Thresholds) {
+        if h.is_bad() {
+            self.good_run = 0;
+            self.bad_run = self.bad_run.saturating_add(1);
+            self.worst = if self.bad_run == 1 && !self.on {
+                h
+            } else {
+                self.worst.max(h)
+            };
+            if self.bad_run >= th.open_after {
+                self.on = true;
+                // The current window's severity, once the spell is established.
+                self.worst = h;
+            }
+        } else {
+            self.bad_run = 0;
+            self.good_run = self.good_run.saturating_add(1);
+            if self.good_run >= th.close_after {
+                self.on = false;
+                self.worst = Health::Ok;
+            }
+        }
+    }
+
+    /// The first window after the site was offline: judged at once (offline was
+    /// already slow to declare).
+    pub fn force(h: Health) -> Self {
+        Self {
+            on: h.is_bad(),
+            bad_run: u32::from(h.is_bad()),
+            good_run: u32::from(!h.is_bad()),
+            worst: h,
+        }
+    }
+}
+
+/// What the fleet stage knows of one site.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSite {
+    pub isp: Option<Id>,
+    pub window_ms: u32,
+    /// `None`: no window yet (only a status, or restored from history).
+    pub health: Option<SiteHealth>,
+    pub offline: Option<(u64, OfflineWhy)>,
+    pub host: Latch,
+    pub lan: Latch,
+    pub net: Latch,
+    pub providers: BTreeMap<Id, Latch>,
+}
+
+impl FleetSite {
+    fn window(&mut self, h: SiteHealth, th: &Thresholds) {
+        let back = self.offline.take().is_some() || self.health.is_none();
+        let step = |l: &mut Latch, v: Health| {
+            if back {
+                *l = Latch::force(v);
+            } else {
+                l.observe(v, th);
+            }
+        };
+        let host = if h.host_busy && h.any_bad() {
+            h.worst()
+        } else {
+            Health::Ok
+        };
+        step(&mut self.host, host);
+        step(&mut self.lan, h.lan);
+        step(&mut self.net, h.net);
+        for p in &h.providers {
+            step(self.providers.entry(p.provider.clone()).or_default(), p.health);
+        }
+        // A provider no longer probed counts as a good window.
+        for (p, l) in self.providers.iter_mut() {
+            if h.provider(p).is_none() {
+                if back {
+                    *l = Latch::default();
+                } else {
+                    l.observe(Health::Ok, th);
+                }
+            }
+        }
+        self.providers.retain(|p, l| l.on || l.bad_run > 0 || h.provider(p).is_some());
+        self.health = Some(h);
+    }
+
+    /// The site's own layers, bottom-up (DESIGN.md step 2, before providers).
+    fn lower(&self) -> Lower {
+        if let Some((since, why)) = self.offline {
+            return Lower::Offline(why, since);
+        }
+        if self.health.is_none() {
+            return Lower::NoData;
+        }
+        if self.host.on {
+            return Lower::Host(self.host.worst);
+        }
+        if self.lan.on {
+            return Lower::Lan(self.lan.worst);
+        }
+        if self.net.on {
+            return Lower::Net(self.net.worst);
+        }
+        Lower::Clear
+    }
+
+    /// The provider's health here for correlation: latched bad, or (not latched)
+    /// ok only when this window says so.
+    fn provider_bad(&self, p: &Id) -> Option<Health> {
+        self.providers.get(p).filter(|l| l.on).map(|l| l.worst)
+    }
+
+    fn provider_healthy(&self, p: &Id) -> bool {
+        self.health
+            .as_ref()
+            .and_then(|h| h.provider(p))
+            .is_some_and(|h| !h.is_bad())
+            && self.provider_bad(p).is_none()
+    }
+}
+
+/// A site's lower layers in one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lower {
+    Offline(OfflineWhy, u64),
+    /// The measuring box is overloaded and its probes suffer.
+    Host(Health),
+    Lan(Health),
+    Net(Health),
+    /// Healthy below the provider layer (providers judged per provider).
+    Clear,
+    /// No window yet (just restored or only a status seen): holds its verdict.
+    NoData,
+}
 
 /// What a verdict shows apart from its time: compared to decide "changed".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,69 +195,31 @@ impl Shown {
     }
 }
 
-/// Hysteresis and incident bookkeeping for one site, ISP or provider.
+/// A verdict's state and incident bookkeeping for one site, ISP, provider or route.
 #[derive(Debug, Clone)]
 pub struct Track {
     pub open: bool,
-    pub bad_run: u32,
-    pub good_run: u32,
     pub shown: Shown,
     /// The incident this track opened itself.
     pub own_incident: Option<String>,
-    /// The incident shown on the verdict (own, or the ISP's / provider's that explains it).
+    /// The incident shown on the verdict (own, or the ISP's / provider's / route's
+    /// that explains it).
     pub incident: Option<String>,
     /// The last verdict published.
     pub published: Option<Verdict>,
+    /// Collector time it last had evidence (providers: probed by a site).
+    pub seen_ms: u64,
 }
 
 impl Track {
     pub fn new(scope: Scope) -> Self {
         Self {
             open: false,
-            bad_run: 0,
-            good_run: 0,
             shown: Shown::ok(scope),
             own_incident: None,
             incident: None,
             published: None,
-        }
-    }
-
-    /// One window's raw judgement (`None` = good). Returns whether the track opened
-    /// or closed in this step: `Some(true)` opened, `Some(false)` closed.
-    fn step(
-        &mut self,
-        scope: Scope,
-        raw: Option<Shown>,
-        th: &Thresholds,
-        force: bool,
-    ) -> Option<bool> {
-        match raw {
-            Some(bad) => {
-                self.bad_run = self.bad_run.saturating_add(1);
-                self.good_run = 0;
-                if self.open {
-                    self.shown = bad;
-                    None
-                } else if force || self.bad_run >= th.open_after {
-                    self.open = true;
-                    self.shown = bad;
-                    Some(true)
-                } else {
-                    None
-                }
-            }
-            None => {
-                self.good_run = self.good_run.saturating_add(1);
-                self.bad_run = 0;
-                if self.open && (force || self.good_run >= th.close_after) {
-                    self.open = false;
-                    self.shown = Shown::ok(scope);
-                    Some(false)
-                } else {
-                    None
-                }
-            }
+            seen_ms: 0,
         }
     }
 }
@@ -113,7 +236,7 @@ impl Incidents {
         &mut self,
         now_ms: u64,
         scope: Scope,
-        id: &Id,
+        id: &Subject,
         shown: &Shown,
     ) -> (String, IncidentEvent) {
         self.next += 1;
@@ -126,20 +249,17 @@ impl Incidents {
             state: shown.state,
             opened_ms: now_ms,
             closed_ms: None,
-            sites: if scope == Scope::Site {
-                vec![id.clone()]
-            } else {
-                shown.sites.clone()
+            sites: match (scope, id.id()) {
+                (Scope::Site, Some(site)) => vec![site],
+                _ => shown.sites.clone(),
             },
         };
         self.open.insert(iid.clone(), inc.clone());
-        (
-            iid,
-            IncidentEvent {
-                event: IncidentEventKind::Opened,
-                incident: inc,
-            },
-        )
+        let ev = IncidentEvent {
+            event: IncidentEventKind::Opened,
+            incident: inc,
+        };
+        (iid, ev)
     }
 
     /// Updates state, cause and the union of affected sites; an event when changed.
@@ -175,62 +295,90 @@ impl Incidents {
     }
 }
 
-/// One evaluation's output, in a deterministic order.
+/// What one evaluation says, in a deterministic order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Output {
+pub enum Change {
     Verdict(Verdict),
     Incident(IncidentEvent),
+    /// An unconfigured provider (or a route) no longer tracked: its retained verdict
+    /// is withdrawn.
+    Forgotten(Verdict),
 }
 
-/// The cross-site state.
+/// The fleet stage's state.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    pub sites: BTreeMap<Id, Track>,
+    /// Configured providers and their alternates.
+    pub alternates: BTreeMap<Id, Option<Id>>,
+    pub th: Thresholds,
+    pub sites: BTreeMap<Id, FleetSite>,
+    pub site_tracks: BTreeMap<Id, Track>,
     pub isps: BTreeMap<Id, Track>,
     pub providers: BTreeMap<Id, Track>,
+    pub routes: BTreeMap<Subject, Track>,
     pub incidents: Incidents,
+    /// Summaries that named an unconfigured provider beyond the cap.
+    pub providers_over_cap: u64,
 }
 
-type IspTally<'a> = (u32, Vec<(&'a Id, bool)>);
-
 #[derive(Default)]
-struct ProviderTally {
+struct ProviderTally<'a> {
     eligible: u32,
-    bad: Vec<(Id, Health)>,
+    bad: Vec<(&'a Id, Health)>,
 }
 
 impl Fleet {
-    /// Evaluates one window over every site. `alternates` maps configured
-    /// providers to their alternate; providers seen in reports are added.
-    pub fn evaluate(
-        &mut self,
-        now_ms: u64,
-        window_ms: u64,
-        sites: &BTreeMap<Id, SiteTrack>,
-        alternates: &BTreeMap<Id, Option<Id>>,
-        th: &Thresholds,
-        out: &mut Vec<Output>,
-    ) {
-        // Offline sites count for an ISP when they went offline recently ("together").
-        let recent_ms = now_ms.saturating_sub(window_ms * u64::from(th.silence_windows + 3));
-        let raws: Vec<(&Id, &SiteTrack, SiteRaw)> =
-            sites.iter().map(|(id, s)| (id, s, s.raw())).collect();
+    pub fn new(alternates: BTreeMap<Id, Option<Id>>, th: Thresholds) -> Self {
+        Self {
+            alternates,
+            th,
+            ..Self::default()
+        }
+    }
 
-        // Step 3: ISPs.
-        // ISP → (members, bad members with "down or offline").
-        let mut isp_tally: BTreeMap<&Id, IspTally<'_>> = BTreeMap::new();
+    /// Takes one site summary.
+    pub fn handle_summary(&mut self, s: SiteSummary) {
+        let th = self.th;
+        let site = self.sites.entry(s.site.clone()).or_default();
+        if s.isp.is_some() {
+            site.isp = s.isp;
+        }
+        site.window_ms = s.window_ms;
+        match s.kind {
+            SummaryKind::Window { health, .. } => site.window(health, &th),
+            SummaryKind::Offline { since_ms, why } => {
+                site.offline = Some((since_ms, why));
+            }
+            SummaryKind::Announce => {}
+            SummaryKind::Online => site.offline = None,
+        }
+        self.site_tracks
+            .entry(s.site)
+            .or_insert_with(|| Track::new(Scope::Site));
+    }
+
+    /// Evaluates every verdict at `now_ms` from the sites' latches.
+    pub fn evaluate(&mut self, now_ms: u64, out: &mut Vec<Change>) {
+        let lowers: Vec<(&Id, &FleetSite, Lower)> =
+            self.sites.iter().map(|(id, s)| (id, s, s.lower())).collect();
+
+        // Step 3: ISPs. Offline sites count when they went offline recently
+        // ("together", within a few of their own windows).
+        let mut isp_tally: BTreeMap<&Id, (u32, Vec<(&Id, bool)>)> = BTreeMap::new();
         let mut fleet_isps: BTreeSet<&Id> = BTreeSet::new();
-        for (id, s, raw) in &raws {
+        for (id, s, low) in &lowers {
             let Some(isp) = &s.isp else { continue };
+            let recent_ms =
+                now_ms.saturating_sub(u64::from(s.window_ms) * u64::from(self.th.silence_windows + 3));
             let e = isp_tally.entry(isp).or_default();
-            match raw {
-                SiteRaw::Offline(OfflineWhy::Shutdown, _) => {}
-                SiteRaw::Offline(_, since) if *since < recent_ms => {}
-                SiteRaw::Offline(_, _) => {
+            match low {
+                Lower::Offline(OfflineWhy::Shutdown, _) => {}
+                Lower::Offline(_, since) if *since < recent_ms || *since == 0 => {}
+                Lower::Offline(..) => {
                     e.0 += 1;
                     e.1.push((id, true));
                 }
-                SiteRaw::Net(h) => {
+                Lower::Net(h) => {
                     fleet_isps.insert(isp);
                     e.0 += 1;
                     e.1.push((id, *h == Health::Down));
@@ -241,15 +389,9 @@ impl Fleet {
                 }
             }
         }
-        let mut isp_raw: BTreeMap<Id, (Option<Shown>, bool)> = BTreeMap::new();
+        let mut isp_raw: BTreeMap<Id, Option<Shown>> = BTreeMap::new();
         for (isp, (members, bad)) in &isp_tally {
             let n = bad.len() as u32;
-            // Sites that all dropped off together: offline was slow to declare
-            // already, so the ISP verdict needs no second window.
-            let all_offline = n > 0
-                && bad
-                    .iter()
-                    .all(|(s, _)| sites.get(*s).is_some_and(SiteTrack::is_offline));
             let shown = (n >= 2 && n * 2 >= *members).then(|| {
                 let severe = bad.iter().filter(|(_, d)| *d).count() as u32;
                 Shown {
@@ -264,116 +406,158 @@ impl Fleet {
                     recommendation: None,
                 }
             });
-            isp_raw.insert((*isp).clone(), (shown, all_offline));
+            isp_raw.insert((*isp).clone(), shown);
         }
 
-        // Step 4: providers, among sites whose lower layers are healthy.
-        let mut tally: BTreeMap<&Id, ProviderTally> = BTreeMap::new();
-        for p in alternates.keys() {
+        // Step 4: providers and routes, among sites whose lower layers are healthy.
+        let mut tally: BTreeMap<&Id, ProviderTally<'_>> = BTreeMap::new();
+        for p in self.alternates.keys() {
             tally.entry(p).or_default();
         }
-        for (id, s, raw) in &raws {
-            if *raw != SiteRaw::Clear {
-                for (p, _) in &s.layers.providers {
-                    tally.entry(p).or_default();
-                }
+        for (id, s, low) in &lowers {
+            if *low != Lower::Clear {
                 continue;
             }
-            for (p, h) in &s.layers.providers {
-                let t = tally.entry(p).or_default();
+            let Some(h) = &s.health else { continue };
+            for p in &h.providers {
+                let t = tally.entry(&p.provider).or_default();
                 t.eligible += 1;
-                if h.is_bad() {
-                    t.bad.push(((*id).clone(), *h));
+                if let Some(bad) = s.provider_bad(&p.provider) {
+                    t.bad.push((id, bad));
+                }
+            }
+            for (p, l) in &s.providers {
+                if l.on && h.provider(p).is_none() {
+                    let t = tally.entry(p).or_default();
+                    t.eligible += 1;
+                    t.bad.push((id, l.worst));
                 }
             }
         }
+        let isp_of = |s: &Id| self.sites.get(s).and_then(|s| s.isp.as_ref());
         let mut prov_raw: BTreeMap<Id, Option<Shown>> = BTreeMap::new();
+        let mut route_raw: BTreeMap<Subject, Option<Shown>> = BTreeMap::new();
         for (p, t) in &tally {
             let n = t.bad.len() as u32;
-            let isps: BTreeSet<Option<&Id>> = t
-                .bad
-                .iter()
-                .map(|(s, _)| sites.get(s).and_then(|s| s.isp.as_ref()))
-                .filter(Option::is_some)
-                .collect();
+            let isps: BTreeSet<&Id> = t.bad.iter().filter_map(|(s, _)| isp_of(s)).collect();
             let spans = fleet_isps.len() < 2 || isps.len() >= 2;
+            let severity = |bad: &[(&Id, Health)]| {
+                let down = bad.iter().filter(|(_, h)| *h == Health::Down).count();
+                if down * 2 > bad.len() {
+                    State::Outage
+                } else {
+                    State::Degraded
+                }
+            };
             let shown = (n >= 2 && n * 2 >= t.eligible && spans).then(|| {
-                let down = t.bad.iter().filter(|(_, h)| *h == Health::Down).count() as u32;
-                let affected: Vec<Id> = t.bad.iter().map(|(s, _)| s.clone()).collect();
-                let recommendation = alternates.get(*p).cloned().flatten().and_then(|alt| {
+                let affected: Vec<Id> = t.bad.iter().map(|(s, _)| (*s).clone()).collect();
+                let recommendation = self.alternates.get(*p).cloned().flatten().and_then(|alt| {
                     affected
                         .iter()
-                        .all(|s| {
-                            sites
-                                .get(s)
-                                .and_then(|s| s.layers.provider(&alt))
-                                .is_some_and(|h| !h.is_bad())
-                        })
+                        .all(|s| self.sites.get(s).is_some_and(|s| s.provider_healthy(&alt)))
                         .then_some(Recommendation {
                             action: Action::Failover,
                             to: alt,
                         })
                 });
                 Shown {
-                    state: if down * 2 > n {
-                        State::Outage
-                    } else {
-                        State::Degraded
-                    },
+                    state: severity(&t.bad),
                     cause: Some(Cause::Provider),
                     provider: None,
                     sites: affected,
                     recommendation,
                 }
             });
+            let provider_open = shown.is_some();
             prov_raw.insert((*p).clone(), shown);
+            // Routes: the provider bad at enough of one ISP's sites while healthy
+            // at two or more sites on other ISPs.
+            for isp in &isps {
+                let route = Subject::route_of(isp, p);
+                if provider_open {
+                    route_raw.insert(route, None);
+                    continue;
+                }
+                let on_isp: Vec<(&Id, Health)> = t
+                    .bad
+                    .iter()
+                    .filter(|(s, _)| isp_of(s) == Some(*isp))
+                    .map(|(s, h)| (*s, *h))
+                    .collect();
+                let (mut eligible_here, mut healthy_elsewhere) = (0u32, 0u32);
+                for (id, s, low) in &lowers {
+                    if *low != Lower::Clear || !s.health.as_ref().is_some_and(|h| h.provider(p).is_some()) {
+                        continue;
+                    }
+                    if isp_of(id) == Some(*isp) {
+                        eligible_here += 1;
+                    } else if s.provider_healthy(p) {
+                        healthy_elsewhere += 1;
+                    }
+                }
+                let k = on_isp.len() as u32;
+                let shown = (k >= 2 && k * 2 >= eligible_here && healthy_elsewhere >= 2).then(|| Shown {
+                    state: severity(&on_isp),
+                    cause: Some(Cause::Path),
+                    provider: Some((*p).clone()),
+                    sites: on_isp.iter().map(|(s, _)| (*s).clone()).collect(),
+                    recommendation: None,
+                });
+                route_raw.insert(route, shown);
+            }
         }
-
-        // Hysteresis for providers and ISPs, then sites (whose incident may be theirs).
+        // Routes open before and no longer named close.
+        for r in self.routes.keys() {
+            route_raw.entry(r.clone()).or_insert(None);
+        }
+        // Unconfigured providers are tracked up to the cap.
+        let mut unconfigured = self
+            .providers
+            .keys()
+            .filter(|p| !self.alternates.contains_key(*p))
+            .count();
         for (p, raw) in prov_raw {
+            if !self.providers.contains_key(&p) && !self.alternates.contains_key(&p) {
+                if unconfigured >= MAX_UNCONFIGURED_PROVIDERS {
+                    self.providers_over_cap += 1;
+                    continue;
+                }
+                unconfigured += 1;
+            }
             let track = self
                 .providers
                 .entry(p.clone())
                 .or_insert_with(|| Track::new(Scope::Provider));
-            step_track(
-                &mut self.incidents,
-                track,
-                Scope::Provider,
-                &p,
-                raw,
-                th,
-                false,
-                now_ms,
-                out,
-            );
+            track.seen_ms = now_ms;
+            step(&mut self.incidents, track, Scope::Provider, &Subject::from(&p), raw, now_ms, out);
         }
-        for (isp, (raw, force)) in isp_raw {
+        for (isp, raw) in isp_raw {
             let track = self
                 .isps
                 .entry(isp.clone())
                 .or_insert_with(|| Track::new(Scope::Isp));
-            let force = force && raw.is_some();
-            step_track(
-                &mut self.incidents,
-                track,
-                Scope::Isp,
-                &isp,
-                raw,
-                th,
-                force,
-                now_ms,
-                out,
-            );
+            step(&mut self.incidents, track, Scope::Isp, &Subject::from(&isp), raw, now_ms, out);
         }
-        for (id, s, raw) in &raws {
-            if *raw == SiteRaw::NoData {
-                self.sites
-                    .entry((*id).clone())
-                    .or_insert_with(|| Track::new(Scope::Site));
+        for (route, raw) in route_raw {
+            if raw.is_none() && !self.routes.contains_key(&route) {
                 continue;
             }
-            let (shown, force) = self.site_shown(s, *raw);
-            let quiet = matches!(raw, SiteRaw::Offline(OfflineWhy::Shutdown, _));
+            let track = self
+                .routes
+                .entry(route.clone())
+                .or_insert_with(|| Track::new(Scope::Route));
+            step(&mut self.incidents, track, Scope::Route, &route, raw, now_ms, out);
+        }
+
+        // Sites: bottom-up cause; an open ISP, provider or route incident explains it.
+        let ids: Vec<Id> = self.sites.keys().cloned().collect();
+        for id in ids {
+            let s = &self.sites[&id];
+            let low = s.lower();
+            if low == Lower::NoData {
+                continue;
+            }
+            let shown = self.site_shown(&id, s, low);
             let covering = shown.as_ref().and_then(|sh| match sh.cause {
                 Some(Cause::Provider) => sh
                     .provider
@@ -381,62 +565,65 @@ impl Fleet {
                     .and_then(|p| self.providers.get(p))
                     .filter(|t| t.open)
                     .and_then(|t| t.own_incident.clone()),
+                Some(Cause::Path) => {
+                    let (isp, p) = (s.isp.as_ref()?, sh.provider.as_ref()?);
+                    self.routes
+                        .get(&Subject::route_of(isp, p))
+                        .filter(|t| t.open && t.shown.sites.contains(&id))
+                        .and_then(|t| t.own_incident.clone())
+                }
                 Some(Cause::Isp) => s
                     .isp
                     .as_ref()
                     .and_then(|i| self.isps.get(i))
-                    .filter(|t| t.open && t.shown.sites.contains(id))
+                    .filter(|t| t.open && t.shown.sites.contains(&id))
                     .and_then(|t| t.own_incident.clone()),
                 _ => None,
             });
+            let quiet = matches!(low, Lower::Offline(OfflineWhy::Shutdown, _));
             let track = self
-                .sites
-                .entry((*id).clone())
+                .site_tracks
+                .entry(id.clone())
                 .or_insert_with(|| Track::new(Scope::Site));
-            let force = force || track.shown.state == State::Offline;
-            let site = SiteStep {
-                id,
-                covering,
-                quiet,
-                force,
-            };
-            step_site(&mut self.incidents, track, site, shown, th, now_ms, out);
+            step_site(&mut self.incidents, track, &id, covering, quiet, shown, now_ms, out);
         }
 
-        // Publish what changed: providers, ISPs, sites.
-        for (scope, map) in [
-            (Scope::Provider, &mut self.providers),
-            (Scope::Isp, &mut self.isps),
-            (Scope::Site, &mut self.sites),
-        ] {
-            for (id, t) in map.iter_mut() {
-                let v = Verdict {
-                    at_ms: now_ms,
-                    scope,
-                    id: id.clone(),
-                    state: t.shown.state,
-                    cause: t.shown.cause,
-                    provider: t.shown.provider.clone(),
-                    sites: t.shown.sites.clone(),
-                    incident: t.incident.clone(),
-                    recommendation: t.shown.recommendation.clone(),
-                };
-                let changed = t.published.as_ref().is_none_or(|p| {
-                    let mut p = p.clone();
-                    p.at_ms = now_ms;
-                    p != v
-                });
-                if changed {
-                    t.published = Some(v.clone());
-                    out.push(Output::Verdict(v));
-                }
+        // Forget unconfigured providers nobody has probed for a while, and routes
+        // that closed.
+        let idle = now_ms.saturating_sub(PROVIDER_IDLE_MS);
+        let alternates = &self.alternates;
+        let mut forget = |t: &Track| {
+            if let Some(v) = &t.published {
+                out.push(Change::Forgotten(v.clone()));
             }
+        };
+        self.providers.retain(|p, t| {
+            let keep = alternates.contains_key(p) || t.open || t.seen_ms >= idle;
+            if !keep {
+                forget(t);
+            }
+            keep
+        });
+        let mut closed_routes = Vec::new();
+        for (r, t) in &self.routes {
+            if !t.open {
+                closed_routes.push(r.clone());
+            }
+        }
+
+        // Publish what changed: providers, ISPs, routes, sites.
+        publish(Scope::Provider, self.providers.iter_mut().map(|(k, t)| (Subject::from(k), t)), now_ms, out);
+        publish(Scope::Isp, self.isps.iter_mut().map(|(k, t)| (Subject::from(k), t)), now_ms, out);
+        publish(Scope::Route, self.routes.iter_mut().map(|(k, t)| (k.clone(), t)), now_ms, out);
+        publish(Scope::Site, self.site_tracks.iter_mut().map(|(k, t)| (Subject::from(k), t)), now_ms, out);
+        // A closed route has published its `ok`: it is not kept.
+        for r in closed_routes {
+            self.routes.remove(&r);
         }
     }
 
-    /// Step 2 and 5: a site's raw verdict for this window (`None` = good) and
-    /// whether it bypasses hysteresis (offline is already slow to declare).
-    fn site_shown(&self, s: &SiteTrack, raw: SiteRaw) -> (Option<Shown>, bool) {
+    /// DESIGN.md steps 2 and 5: a site's verdict now (`None` = good).
+    fn site_shown(&self, id: &Id, s: &FleetSite, low: Lower) -> Option<Shown> {
         let mk = |state, cause, provider| Shown {
             state,
             cause: Some(cause),
@@ -451,144 +638,193 @@ impl Fleet {
                 State::Degraded
             }
         };
-        match raw {
-            SiteRaw::Offline(why, _) => {
+        match low {
+            Lower::Offline(why, _) => {
                 let isp_out = s
                     .isp
                     .as_ref()
                     .and_then(|i| self.isps.get(i))
-                    .is_some_and(|t| t.open);
+                    .is_some_and(|t| t.open && t.shown.sites.contains(id));
                 let cause = if why != OfflineWhy::Shutdown && isp_out {
                     Cause::Isp
                 } else {
                     Cause::None
                 };
-                (Some(mk(State::Offline, cause, None)), true)
+                Some(mk(State::Offline, cause, None))
             }
-            SiteRaw::NoData => (None, false),
-            SiteRaw::Host(h) => (Some(mk(state_of(h), Cause::Host, None)), false),
-            SiteRaw::Lan(h) => (Some(mk(state_of(h), Cause::Lan, None)), false),
-            SiteRaw::Net(h) => (Some(mk(state_of(h), Cause::Isp, None)), false),
-            SiteRaw::Clear => {
+            Lower::NoData => None,
+            Lower::Host(h) => Some(mk(state_of(h), Cause::Host, None)),
+            Lower::Lan(h) => Some(mk(state_of(h), Cause::Lan, None)),
+            Lower::Net(h) => Some(mk(state_of(h), Cause::Isp, None)),
+            Lower::Clear => {
                 // The worst bad provider; one with a fleet-wide verdict explains it.
                 let mut best: Option<(bool, Health, &Id)> = None;
-                for (p, h) in &s.layers.providers {
-                    if !h.is_bad() {
+                for (p, l) in &s.providers {
+                    if !l.on {
                         continue;
                     }
-                    // Provider tracks step first: a bad run now means correlated now.
-                    let fleet = self
-                        .providers
-                        .get(p)
-                        .is_some_and(|t| t.bad_run > 0 || t.open);
-                    let cand = (fleet, *h, p);
+                    let fleet = self.providers.get(p).is_some_and(|t| t.open);
+                    let cand = (fleet, l.worst, p);
                     if best.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
                         best = Some(cand);
                     }
                 }
-                match best {
-                    None => (None, false),
-                    Some((fleet, h, p)) => {
-                        let cause = if fleet { Cause::Provider } else { Cause::Path };
-                        (Some(mk(state_of(h), cause, Some(p.clone()))), false)
-                    }
-                }
+                let (fleet, h, p) = best?;
+                let cause = if fleet { Cause::Provider } else { Cause::Path };
+                Some(mk(state_of(h), cause, Some(p.clone())))
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn step_track(
+/// Publishes every track whose verdict differs from the one last published.
+fn publish<'a>(
+    scope: Scope,
+    tracks: impl Iterator<Item = (Subject, &'a mut Track)>,
+    now_ms: u64,
+    out: &mut Vec<Change>,
+) {
+    for (id, t) in tracks {
+        let same = t.published.as_ref().is_some_and(|p| {
+            p.state == t.shown.state
+                && p.cause == t.shown.cause
+                && p.provider == route_provider(&id).or(t.shown.provider.clone())
+                && p.sites == t.shown.sites
+                && p.incident == t.incident
+                && p.recommendation == t.shown.recommendation
+        });
+        if same {
+            continue;
+        }
+        let (isp, provider) = match id.route() {
+            Some((i, p)) => (Some(i.clone()), Some(p.clone())),
+            None => (None, t.shown.provider.clone()),
+        };
+        let v = Verdict {
+            at_ms: now_ms,
+            scope,
+            id,
+            state: t.shown.state,
+            cause: t.shown.cause,
+            isp,
+            provider,
+            sites: t.shown.sites.clone(),
+            incident: t.incident.clone(),
+            recommendation: t.shown.recommendation.clone(),
+        };
+        t.published = Some(v.clone());
+        out.push(Change::Verdict(v));
+    }
+}
+
+fn route_provider(id: &Subject) -> Option<Id> {
+    id.route().map(|(_, p)| p.clone())
+}
+
+/// Opens, updates or closes a cross-site track's verdict and incident.
+fn step(
     incidents: &mut Incidents,
     track: &mut Track,
     scope: Scope,
-    id: &Id,
+    id: &Subject,
     raw: Option<Shown>,
-    th: &Thresholds,
-    force: bool,
     now_ms: u64,
-    out: &mut Vec<Output>,
+    out: &mut Vec<Change>,
 ) {
-    let bad_now = raw.is_some();
-    match track.step(scope, raw, th, force) {
-        Some(true) => {
+    match raw {
+        Some(bad) if !track.open => {
+            track.open = true;
+            track.shown = bad;
             let (iid, ev) = incidents.open(now_ms, scope, id, &track.shown);
             track.own_incident = Some(iid.clone());
             track.incident = Some(iid);
-            out.push(Output::Incident(ev));
+            out.push(Change::Incident(ev));
         }
-        Some(false) => {
+        Some(bad) => {
+            track.shown = bad;
+            if let Some(iid) = &track.own_incident
+                && let Some(ev) = incidents.update(iid, &track.shown)
+            {
+                out.push(Change::Incident(ev));
+            }
+        }
+        None if track.open => {
+            track.open = false;
+            track.shown = Shown::ok(scope);
             if let Some(iid) = track.own_incident.take()
                 && let Some(ev) = incidents.close(&iid, now_ms)
             {
-                out.push(Output::Incident(ev));
+                out.push(Change::Incident(ev));
             }
             track.incident = None;
         }
-        None => {
-            if track.open
-                && bad_now
-                && let Some(iid) = &track.own_incident
-                && let Some(ev) = incidents.update(iid, &track.shown)
-            {
-                out.push(Output::Incident(ev));
-            }
-        }
+        None => {}
     }
 }
 
-/// Like [`step_track`] for a site, whose verdict points at the ISP's or provider's
-/// incident when that explains it instead of opening its own.
-struct SiteStep<'a> {
-    id: &'a Id,
-    /// The open ISP or provider incident that explains this site's fault.
-    covering: Option<String>,
-    /// A clean shutdown: shown offline, but no incident of its own.
-    quiet: bool,
-    /// Bypass hysteresis (offline, or back from offline).
-    force: bool,
-}
-
+/// Like [`step`] for a site, whose verdict points at the ISP's, provider's or
+/// route's incident when that explains it instead of opening its own; a clean
+/// shutdown (`quiet`) is shown offline with no incident.
+#[allow(clippy::too_many_arguments)]
 fn step_site(
     incidents: &mut Incidents,
     track: &mut Track,
-    site: SiteStep<'_>,
+    id: &Id,
+    covering: Option<String>,
+    quiet: bool,
     raw: Option<Shown>,
-    th: &Thresholds,
     now_ms: u64,
-    pending: &mut Vec<Output>,
+    out: &mut Vec<Change>,
 ) {
-    let SiteStep {
-        id,
-        covering,
-        quiet,
-        force,
-    } = site;
-    let bad_now = raw.is_some();
-    match track.step(Scope::Site, raw, th, force) {
-        Some(false) => {
+    let Some(bad) = raw else {
+        if track.open {
+            track.open = false;
+            track.shown = Shown::ok(Scope::Site);
             if let Some(iid) = track.own_incident.take()
                 && let Some(ev) = incidents.close(&iid, now_ms)
             {
-                pending.push(Output::Incident(ev));
+                out.push(Change::Incident(ev));
             }
             track.incident = None;
         }
-        _ if track.open => {
-            if let Some(iid) = &track.own_incident {
-                if bad_now && let Some(ev) = incidents.update(iid, &track.shown) {
-                    pending.push(Output::Incident(ev));
-                }
-            } else if covering.is_some() || quiet {
-                track.incident = covering;
-            } else if bad_now || track.incident.is_none() {
-                let (iid, ev) = incidents.open(now_ms, Scope::Site, id, &track.shown);
-                track.own_incident = Some(iid.clone());
-                track.incident = Some(iid);
-                pending.push(Output::Incident(ev));
-            }
+        return;
+    };
+    track.open = true;
+    track.shown = bad;
+    if let Some(iid) = &track.own_incident {
+        if let Some(ev) = incidents.update(iid, &track.shown) {
+            out.push(Change::Incident(ev));
         }
-        _ => {}
+    } else if covering.is_some() || quiet {
+        track.incident = covering;
+    } else {
+        let (iid, ev) = incidents.open(now_ms, Scope::Site, &Subject::from(id), &track.shown);
+        track.own_incident = Some(iid.clone());
+        track.incident = Some(iid);
+        out.push(Change::Incident(ev));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latch_opens_after_two_bad_windows_and_closes_after_three_good() {
+        let th = Thresholds::default();
+        let mut l = Latch::default();
+        l.observe(Health::Down, &th);
+        assert!(!l.on, "one bad window is not a fault");
+        l.observe(Health::Ok, &th);
+        l.observe(Health::Down, &th);
+        assert!(!l.on);
+        l.observe(Health::Degraded, &th);
+        assert!(l.on);
+        assert_eq!(l.worst, Health::Degraded);
+        l.observe(Health::Ok, &th);
+        l.observe(Health::Ok, &th);
+        assert!(l.on);
+        l.observe(Health::Ok, &th);
+        assert!(!l.on);
     }
 }

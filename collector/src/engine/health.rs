@@ -1,24 +1,10 @@
 //! Step 1 of DESIGN.md's rules: one probe's health in one window, judged against
 //! configurable thresholds and that target's own latency baseline.
 
-use faultline_shared::ProbeResult;
+use faultline_shared::{ProbeResult, Report};
 use serde::{Deserialize, Serialize};
 
-/// Health of a probe, a layer or a provider at one site in one window (worst last).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    #[default]
-    Ok,
-    Degraded,
-    Down,
-}
-
-impl Health {
-    pub fn is_bad(self) -> bool {
-        self != Health::Ok
-    }
-}
+pub use faultline_shared::Health;
 
 /// Probe-health thresholds (`[thresholds]` in collector.toml). Defaults follow
 /// DESIGN.md: loss ≥ 2 %, MOS < 3.6, latency far above the target's baseline.
@@ -160,6 +146,56 @@ pub fn probe_health(p: &ProbeResult, base: &Baseline, th: &Thresholds) -> Option
     Some(Health::Ok)
 }
 
+/// The longest RTT or jitter a probe can report: an hour (anything longer is a
+/// broken or hostile agent, and would poison the target's baseline for good).
+pub const MAX_RTT_MS: f64 = 3_600_000.0;
+
+/// Why a report carries values no probe can measure (DESIGN.md "Nothing forged"):
+/// NaN or infinite numbers, received > sent, RTT or jitter negative or ≥ 1 h, MOS
+/// outside 1–5, host CPU or memory outside 0–100 %, a negative load. `None`: plausible.
+pub fn impossible(r: &Report) -> Option<String> {
+    let ms = |v: f64| v.is_finite() && (0.0..MAX_RTT_MS).contains(&v);
+    let pct = |v: f64| v.is_finite() && (0.0..=100.0).contains(&v);
+    if let Some(h) = &r.host {
+        if !pct(h.cpu_pct) {
+            return Some(format!("host cpu_pct {}", h.cpu_pct));
+        }
+        if !pct(h.mem_pct) {
+            return Some(format!("host mem_pct {}", h.mem_pct));
+        }
+        if !(h.load1.is_finite() && h.load1 >= 0.0) {
+            return Some(format!("host load1 {}", h.load1));
+        }
+    }
+    for p in &r.probes {
+        let t = &p.target;
+        if p.received > p.sent {
+            return Some(format!("{t}: received {} > sent {}", p.received, p.sent));
+        }
+        if let Some(s) = p.rtt_ms
+            && ![s.min, s.p50, s.avg, s.p95, s.max].into_iter().all(ms)
+        {
+            return Some(format!("{t}: rtt_ms {s:?}"));
+        }
+        if let Some(j) = p.jitter_ms
+            && !ms(j)
+        {
+            return Some(format!("{t}: jitter_ms {j}"));
+        }
+        if let Some(m) = p.mos
+            && !(m.is_finite() && (1.0..=5.0).contains(&m))
+        {
+            return Some(format!("{t}: mos {m}"));
+        }
+        if let Some(b) = p.max_burst
+            && b > p.sent
+        {
+            return Some(format!("{t}: max_burst {b} > sent {}", p.sent));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +259,48 @@ mod tests {
         assert_eq!(probe_health(&p, &b, &th), Some(Health::Degraded));
         p.rtt_ms = Some(rtt(60.0));
         assert_eq!(probe_health(&p, &b, &th), Some(Health::Ok));
+    }
+
+    #[test]
+    fn impossible_values_are_named() {
+        let ok = |p: ProbeResult| Report {
+            v: 1,
+            site: Id::new("s").unwrap(),
+            boot: 1,
+            seq: 0,
+            start_ms: 0,
+            window_ms: 10_000,
+            host: None,
+            probes: vec![p],
+        };
+        let mut p = probe(Kind::Stamp, 10, 10);
+        p.rtt_ms = Some(RttStats {
+            min: 1.0,
+            p50: 2.0,
+            avg: 2.0,
+            p95: 3.0,
+            max: 4.0,
+        });
+        p.mos = Some(4.3);
+        assert_eq!(impossible(&ok(p.clone())), None);
+        let mut more = p.clone();
+        more.received = 11;
+        assert!(impossible(&ok(more)).unwrap().contains("received 11 > sent 10"));
+        let mut huge = p.clone();
+        huge.rtt_ms.as_mut().unwrap().p50 = 1e308;
+        assert!(impossible(&ok(huge)).is_some());
+        let mut nan = p.clone();
+        nan.jitter_ms = Some(f64::NAN);
+        assert!(impossible(&ok(nan)).is_some());
+        let mut mos = p.clone();
+        mos.mos = Some(-5.0);
+        assert!(impossible(&ok(mos)).unwrap().contains("mos -5"));
+        let mut r = ok(p);
+        r.host = Some(faultline_shared::HostHealth {
+            cpu_pct: 1e308,
+            mem_pct: 10.0,
+            load1: 0.1,
+        });
+        assert!(impossible(&r).unwrap().contains("cpu_pct"));
     }
 }

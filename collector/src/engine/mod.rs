@@ -1,57 +1,84 @@
-//! The diagnosis engine: DESIGN.md's "What a verdict means", sans-IO.
+//! The diagnosis engine: DESIGN.md's "What a verdict means", sans-IO, with one owner.
 //!
-//! Nothing here reads a clock or touches a socket: every call takes the collector's
-//! time `now_ms`, so `run` (driven by the wall clock) and `replay` (driven by a
-//! file's clock) are the same engine. Messages go in through [`Engine::ingest`];
-//! [`Engine::tick`] evaluates every window boundary up to `now_ms` and returns the
-//! verdict changes and incident events.
+//! Driven in the manner of quinn-proto's `Endpoint`: [`Engine::handle_message`]
+//! (an MQTT message, at collector time `now`), [`Engine::handle_link`] (the
+//! collector's own broker link went down or came up), [`Engine::poll_timeout`]
+//! (when it next wants [`Engine::handle_timeout`]) and [`Engine::poll_output`]
+//! (verdict changes, incident events, history rows, per-probe metrics and state
+//! snapshots, in order). Nothing here reads a clock or touches a socket, so `run`
+//! (wall clock) and `replay` (a file's clock) drive the same engine the same way.
+//!
+//! Two stages with one message between them: the site stage ([`site`]: de-dup,
+//! bounds, presence, baselines, health per layer) turns each site's reports into
+//! one [`SiteSummary`] per site window; the fleet stage ([`fleet`]: ISP, provider
+//! and route correlation, hysteresis, incidents, failover) reads only those. Here
+//! they are wired directly; in a cluster the summary travels between processes.
 //!
 //! Time: the engine judges on *collector receive time* only. A report's `start_ms`
 //! comes from a gateway clock that may be wrong (no RTC, no NTP yet); it is stored
 //! in history and compared with the collector's clock only to count skew. Which
 //! window is newest is decided by `(boot, seq)` and the order boots appeared in
-//! ([`boots`]), never by `start_ms`: a previous boot's backlog is counted and stored
-//! but never evaluated as "now".
+//! ([`boots`]), never by `start_ms`.
 //!
-//! Evaluation: once per window. Agents publish a window just before its end (a
-//! wall-clock multiple of `window_ms`), so the engine evaluates as soon as every
-//! site that was on time last window has reported again ([`Engine::tick_if_complete`]),
-//! and at the latest [`Engine::evaluation_delay_ms`] after the boundary
-//! ([`Engine::tick`]): a report that arrives a moment after the boundary is still
-//! judged in its own window instead of a window later. Each site contributes its
-//! newest live window received since the previous evaluation; a site with nothing
-//! new keeps its previous window until `silence_windows` evaluations pass, then it
-//! is offline.
+//! Evaluation: a settle time ([`Engine::evaluation_delay_ms`]) after the first new
+//! summary (agents publish at their window ends, so a fleet's reports come in a
+//! burst), and every collector window regardless (`window_seconds`: silence and
+//! idle expiry). Hysteresis and silence count each site's own windows (rule 7), so
+//! how often the collector evaluates never changes what it concludes.
 
 pub mod boots;
 pub mod fleet;
 pub mod health;
 pub mod site;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use faultline_shared::{
-    Id, Incident, Report, Scope, State, Status, StatusState, Topic, Topics, Verdict, decode,
+    Id, Incident, IncidentEvent, OfflineWhy, RejectReason, Report, Scope, SiteSummary, State,
+    Status, StatusState, SummaryKind, Topic, Topics, Verdict, decode,
 };
 
 pub use boots::{BootMeta, BootSeen, Boots, Seen, SeqSet};
-pub use fleet::{Fleet, Output, Track};
-pub use health::Thresholds;
-pub use site::{OfflineWhy, Presence, SiteTrack};
+pub use fleet::{Change, Fleet, Track};
+pub use health::{Health, Thresholds};
+pub use site::{Presence, SiteTrack, SiteView};
 
+use crate::snapshot::Snapshot;
 use fleet::Shown;
+use site::Bucket;
 
 /// Report format versions this collector understands.
 pub const KNOWN_VERSIONS: &[u8] = &[1];
+/// Window lengths a report may declare: 1 s to 1 h.
+pub const WINDOW_RANGE_MS: std::ops::RangeInclusive<u32> = 1_000..=3_600_000;
+/// Per-probe metrics: each site may publish this many reports' worth in a burst,
+/// refilled at [`METRICS_PER_WINDOW`] per its window. A backlog being drained is in
+/// history; re-broadcasting it at ten QoS 0 messages a report would only slow the
+/// catch-up.
+const METRICS_BURST: f64 = 3.0;
+/// Twice a site's own rate: a live report up to half a window late still finds a
+/// token.
+const METRICS_PER_WINDOW: f64 = 2.0;
+/// Last wills received this long before the collector's own link drops are taken
+/// to be the broker shutting down (see [`Engine::handle_link`]).
+const WILL_BURST_MS: u64 = 2_000;
+/// A live last will counts once this long has passed without the collector's own
+/// link dropping (a shutting-down broker closes it within milliseconds of its wills).
+const WILL_CONFIRM_MS: u64 = 500;
 
 /// The engine's settings (from collector.toml).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// How often the collector evaluates at the latest (`window_seconds`).
     pub window_ms: u64,
     pub thresholds: Thresholds,
     /// Configured providers and their alternates.
     pub providers: BTreeMap<Id, Option<Id>>,
     pub max_payload_bytes: usize,
+    /// After the broker link returns, silence is not counted for this long: agents
+    /// reconnect with backoff and must not look like sites going dark together.
+    pub reconnect_grace_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -61,19 +88,20 @@ impl Default for EngineConfig {
             thresholds: Thresholds::default(),
             providers: BTreeMap::new(),
             max_payload_bytes: crate::config::DEFAULT_MAX_PAYLOAD,
+            reconnect_grace_ms: 60_000,
         }
     }
 }
 
-/// Why a message was dropped; `as_str` is the metrics label.
+/// Why a message was dropped (and counted under [`Reject::reason`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
     #[error("topic: {0}")]
     Topic(String),
     #[error("payload of {0} bytes over the cap")]
     Oversized(usize),
-    #[error("decode: {0}")]
-    Decode(&'static str, String),
+    #[error("decode: {1}")]
+    Decode(RejectReason, String),
     #[error("JSON: {0}")]
     Json(String),
     #[error("unknown report version {0}")]
@@ -86,40 +114,103 @@ pub enum Reject {
     DedupFull,
     #[error("window_ms {0} out of range")]
     Window(u32),
+    #[error("impossible value: {0}")]
+    Impossible(String),
+    #[error("windows faster than the site's clock allows")]
+    Paced,
 }
 
 impl Reject {
-    pub fn as_str(&self) -> &'static str {
+    pub fn reason(&self) -> RejectReason {
         match self {
-            Reject::Topic(_) => "topic",
-            Reject::Oversized(_) => "oversized",
-            Reject::Decode(r, _) => r,
-            Reject::Json(_) => "malformed",
-            Reject::Version(_) => "version",
-            Reject::SiteMismatch { .. } => "site_mismatch",
-            Reject::Duplicate => "duplicate",
-            Reject::DedupFull => "dedup_full",
-            Reject::Window(_) => "window",
+            Reject::Topic(_) => RejectReason::Topic,
+            Reject::Oversized(_) => RejectReason::Oversized,
+            Reject::Decode(r, _) => *r,
+            Reject::Json(_) => RejectReason::Malformed,
+            Reject::Version(_) => RejectReason::Version,
+            Reject::SiteMismatch { .. } => RejectReason::SiteMismatch,
+            Reject::Duplicate => RejectReason::Duplicate,
+            Reject::DedupFull => RejectReason::DedupFull,
+            Reject::Window(_) => RejectReason::Window,
+            Reject::Impossible(_) => RejectReason::Impossible,
+            Reject::Paced => RejectReason::Paced,
         }
     }
 }
 
-/// What an accepted message was.
+/// A report's summary for history, judged by the same rules as the verdicts.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Accepted {
-    /// A new window; `live` when it is now the site's newest and will be evaluated,
-    /// otherwise it arrived late or belongs to an earlier boot (history only).
-    /// `boot`: a boot seen for the first time, for history.
-    Report {
-        report: Report,
-        live: bool,
-        skewed: bool,
-        boot: Option<BootMeta>,
+pub struct WindowRow {
+    pub site: Id,
+    pub recv_ms: u64,
+    pub start_ms: u64,
+    pub boot: u32,
+    pub seq: u64,
+    /// Probes judged bad in this window (DESIGN.md step 1, the engine's own rules).
+    pub bad: u32,
+    pub max_loss: f64,
+    pub max_rtt_ms: Option<f64>,
+    pub min_mos: Option<f64>,
+    /// Providers this site probed in the window.
+    pub providers: Vec<Id>,
+}
+
+impl WindowRow {
+    fn of(r: &Report, recv_ms: u64, judged: &[Option<Health>]) -> Self {
+        let mut row = WindowRow {
+            site: r.site.clone(),
+            recv_ms,
+            start_ms: r.start_ms,
+            boot: r.boot,
+            seq: r.seq,
+            bad: judged.iter().filter(|h| h.is_some_and(Health::is_bad)).count() as u32,
+            max_loss: 0.0,
+            max_rtt_ms: None,
+            min_mos: None,
+            providers: Vec::new(),
+        };
+        for p in &r.probes {
+            row.max_loss = row.max_loss.max(p.loss());
+            if let Some(rtt) = p.rtt_ms {
+                row.max_rtt_ms = Some(row.max_rtt_ms.map_or(rtt.p50, |m: f64| m.max(rtt.p50)));
+            }
+            if let Some(m) = p.mos {
+                row.min_mos = Some(row.min_mos.map_or(m, |x: f64| x.min(m)));
+            }
+            if let Some(prov) = &p.provider
+                && !row.providers.contains(prov)
+            {
+                row.providers.push(prov.clone());
+            }
+        }
+        row
+    }
+}
+
+/// What the engine asks its driver to do, in order.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A verdict changed: publish it retained, record it.
+    Verdict(Verdict),
+    /// An incident opened, changed or closed: publish the event, record it.
+    Incident(IncidentEvent),
+    /// A verdict no longer tracked (an idle unconfigured provider): clear its
+    /// retained topic and its current row.
+    Forget(Verdict),
+    /// An accepted window, for history.
+    Window(WindowRow),
+    /// A boot seen or announced, for history (de-dup survives a restart).
+    Boot(Id, BootMeta),
+    /// A site's identity, for history.
+    Site {
+        site: Id,
+        isp: Option<Id>,
+        customer: Option<String>,
     },
-    /// `boot`: the boot the status announced, when that changed what is kept of it.
-    Status { site: Id, boot: Option<BootMeta> },
-    /// A message on a topic the collector does not ingest (its own outputs).
-    Ignored,
+    /// A report whose per-probe metrics go out (paced per site).
+    Metrics(Arc<Report>),
+    /// The state as of the evaluation just made, for pages and APIs.
+    Snapshot(Arc<Snapshot>),
 }
 
 /// Counters the shell exports as metrics.
@@ -129,98 +220,72 @@ pub struct Counters {
     pub statuses: u64,
     pub late: u64,
     pub skewed: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<RejectReason, u64>,
     pub evaluations: u64,
-    /// Window boundaries skipped because the service fell behind.
+    /// Periodic evaluations skipped because the service fell behind.
     pub skipped_evaluations: u64,
-    /// Windows provably missing now (see [`Engine::missing_windows`]); filled in by
-    /// readers that copy the counters, not kept up to date by the engine.
+    /// Windows provably missing now (see [`Engine::missing_windows`]).
     pub missing_windows: u64,
+    /// Per-probe metrics not published: the site's burst was spent (a backlog).
+    pub metrics_skipped: u64,
+    /// Site summaries handed to the fleet stage.
+    pub summaries: u64,
+    /// Unconfigured providers not tracked (over the cap).
+    pub providers_over_cap: u64,
 }
 
-/// Last wills received this long before the collector's own link drops are taken
-/// to be the broker shutting down (see [`Engine::link_lost`]).
-const WILL_BURST_MS: u64 = 2_000;
-/// A live last will counts once this long has passed without the collector's own
-/// link dropping (a shutting-down broker closes it within milliseconds of its wills).
-const WILL_CONFIRM_MS: u64 = 500;
-
-/// The whole engine: per-site step + cross-site step.
+/// The whole engine: the site stage wired to the fleet stage.
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
+    /// The site stage's state.
     sites: BTreeMap<Id, SiteTrack>,
+    /// The fleet stage.
     fleet: Fleet,
-    next_tick: Option<u64>,
+    out: VecDeque<Output>,
     counters: Counters,
-    /// Until this collector time, silence is not counted: the collector itself could
+    /// The next periodic evaluation (set by the first call).
+    next_periodic: Option<u64>,
+    /// An evaluation a settle time after new summaries.
+    eval_due: Option<u64>,
+    /// Until this collector time silence is not counted: the collector itself could
     /// not hear (its broker link was down, or came back moments ago).
-    hold_presence_until_ms: u64,
+    hold_until_ms: u64,
     /// The broker link has been lost at least once (so retained wills may be stale).
     link_was_lost: bool,
-    /// Live last wills received, by site, not yet confirmed (see `on_status`).
+    /// Live last wills received, by site, not yet confirmed.
     pending_wills: BTreeMap<Id, u64>,
-    /// Sites that were on time at the last evaluation and have not reported since
-    /// (the window is complete at 0), and how many were on time.
-    awaited: usize,
-    on_time: usize,
+    /// Something changed since the last snapshot.
+    dirty: bool,
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
+        let fleet = Fleet::new(cfg.providers.clone(), cfg.thresholds);
         Self {
             cfg,
             sites: BTreeMap::new(),
-            fleet: Fleet::default(),
-            next_tick: None,
+            fleet,
+            out: VecDeque::new(),
             counters: Counters::default(),
-            hold_presence_until_ms: 0,
+            next_periodic: None,
+            eval_due: None,
+            hold_until_ms: 0,
             link_was_lost: false,
             pending_wills: BTreeMap::new(),
-            awaited: 0,
-            on_time: 0,
+            dirty: true,
         }
-    }
-
-    /// The collector's broker link went down at `now_ms`: until [`Engine::link_up`],
-    /// silence says nothing about the sites. A broker that shuts down publishes every
-    /// client's last will just before it closes the collector's connection, so the
-    /// wills received in the moments before are taken back: that was the broker
-    /// going away, not every site at once (which would read as ISP outages).
-    pub fn link_lost(&mut self, now_ms: u64) {
-        if self.hold_presence_until_ms == u64::MAX {
-            return;
-        }
-        self.hold_presence_until_ms = u64::MAX;
-        self.link_was_lost = true;
-        self.pending_wills.clear();
-        for s in self.sites.values_mut() {
-            if let Presence::Offline {
-                since_ms,
-                why: OfflineWhy::Lost,
-            } = s.presence
-                && since_ms.saturating_add(WILL_BURST_MS) >= now_ms
-            {
-                s.presence = Presence::Online;
-            }
-        }
-    }
-
-    /// The broker link is (back) up at `now_ms`. For `grace_ms` silence does not
-    /// count (agents reconnect with backoff after a broker restart), and after a
-    /// lost link the retained wills the broker replays are ignored (it published
-    /// them as it shut down). A live last will always counts; a site that is really
-    /// gone shows as offline by silence once the grace ends.
-    pub fn link_up(&mut self, now_ms: u64, grace_ms: u64) {
-        self.hold_presence_until_ms = now_ms.saturating_add(grace_ms);
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        c.missing_windows = self.missing_windows();
+        c.providers_over_cap = self.fleet.providers_over_cap;
+        c
     }
 
     pub fn sites(&self) -> &BTreeMap<Id, SiteTrack> {
@@ -236,47 +301,142 @@ impl Engine {
         self.fleet.incidents.open.values()
     }
 
-    /// Every verdict as last published.
+    /// Every verdict as last published: providers, ISPs, routes, sites.
     pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
-        self.fleet
-            .providers
+        let f = &self.fleet;
+        f.providers
             .values()
-            .chain(self.fleet.isps.values())
-            .chain(self.fleet.sites.values())
+            .chain(f.isps.values())
+            .chain(f.routes.values())
+            .chain(f.site_tracks.values())
             .filter_map(|t| t.published.as_ref())
     }
 
-    /// Validates and applies one MQTT message; rejected ones are counted by reason.
-    pub fn ingest(
+    /// Windows provably missing across every site (gaps in a boot's seqs; see
+    /// [`boots`]), less those a backlog has filled since.
+    pub fn missing_windows(&self) -> u64 {
+        self.sites.values().map(|s| s.boots.missing()).sum()
+    }
+
+    /// How long after new summaries (and after a window boundary) the evaluation
+    /// waits for reports still on their way: a tenth of the window, at most 1 s.
+    pub fn evaluation_delay_ms(&self) -> u64 {
+        (self.cfg.window_ms / 10).min(1_000)
+    }
+
+    /// The next output, in the order produced.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] is next due (collector time); `None` before
+    /// the first call of any `handle_*`.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let wills = self
+            .pending_wills
+            .values()
+            .map(|&t| t.saturating_add(self.will_confirm_ms()))
+            .min();
+        [self.next_periodic, self.eval_due, wills]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn will_confirm_ms(&self) -> u64 {
+        self.cfg.window_ms.min(WILL_CONFIRM_MS)
+    }
+
+    /// Starts the periodic clock at the first call: the first evaluation is at the
+    /// next collector window boundary (plus the settle time).
+    fn start(&mut self, now_ms: u64) {
+        if self.next_periodic.is_none() {
+            let (w, d) = (self.cfg.window_ms, self.evaluation_delay_ms());
+            self.next_periodic = Some((now_ms.saturating_sub(d) / w + 1) * w + d);
+        }
+    }
+
+    /// Runs whatever is due at `now_ms`: confirmed last wills, then an evaluation
+    /// (periodic, or a settle time after new summaries). A driver that fell behind
+    /// evaluates once for every periodic evaluation it missed.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.start(now_ms);
+        self.confirm_wills(now_ms);
+        let periodic = self.next_periodic.is_some_and(|t| t <= now_ms);
+        if periodic {
+            let (w, d) = (self.cfg.window_ms, self.evaluation_delay_ms());
+            let due = self.next_periodic.unwrap_or(now_ms);
+            let latest = (now_ms.saturating_sub(d) / w) * w + d;
+            self.counters.skipped_evaluations += latest.saturating_sub(due) / w;
+            self.next_periodic = Some(latest.max(due) + w);
+            self.silence(now_ms);
+        }
+        if periodic || self.eval_due.is_some_and(|t| t <= now_ms) {
+            self.evaluate(now_ms);
+        }
+    }
+
+    /// The collector's broker link went down (`up` false) or is back. While down,
+    /// silence says nothing about the sites; a broker that shuts down publishes
+    /// every client's last will just before it closes our connection, so the wills
+    /// received in the moments before are taken back. Once back, silence does not
+    /// count for the reconnect grace (agents reconnect with backoff), and the
+    /// retained wills the broker replays are ignored.
+    pub fn handle_link(&mut self, now_ms: u64, up: bool) {
+        self.start(now_ms);
+        if up {
+            self.hold_until_ms = now_ms.saturating_add(self.cfg.reconnect_grace_ms);
+            return;
+        }
+        if self.hold_until_ms == u64::MAX {
+            return;
+        }
+        self.hold_until_ms = u64::MAX;
+        self.link_was_lost = true;
+        self.pending_wills.clear();
+        let mut back = Vec::new();
+        for (id, s) in self.sites.iter_mut() {
+            if let Presence::Offline {
+                since_ms,
+                why: OfflineWhy::Lost,
+            } = s.presence
+                && since_ms.saturating_add(WILL_BURST_MS) >= now_ms
+            {
+                s.presence = Presence::Online;
+                s.refresh_view();
+                back.push(s.summary(id, now_ms, SummaryKind::Online));
+            }
+        }
+        for summary in back {
+            self.summarize(now_ms, summary);
+        }
+    }
+
+    /// Validates and applies one MQTT message; a rejected one is counted by reason.
+    pub fn handle_message(
         &mut self,
         topics: &Topics,
         now_ms: u64,
         topic: &str,
         payload: &[u8],
         retained: bool,
-    ) -> Result<Accepted, Reject> {
-        let r = self.ingest_inner(topics, now_ms, topic, payload, retained);
-        match &r {
-            Err(e) => *self.counters.rejected.entry(e.as_str()).or_default() += 1,
-            Ok(Accepted::Report { live, skewed, .. }) => {
-                self.counters.reports += 1;
-                self.counters.late += u64::from(!live);
-                self.counters.skewed += u64::from(*skewed);
-            }
-            Ok(Accepted::Status { .. }) => self.counters.statuses += 1,
-            Ok(Accepted::Ignored) => {}
+    ) -> Result<(), Reject> {
+        self.start(now_ms);
+        let r = self.message(topics, now_ms, topic, payload, retained);
+        if let Err(e) = &r {
+            *self.counters.rejected.entry(e.reason()).or_default() += 1;
         }
         r
     }
 
-    fn ingest_inner(
+    fn message(
         &mut self,
         topics: &Topics,
         now_ms: u64,
         topic: &str,
         payload: &[u8],
         retained: bool,
-    ) -> Result<Accepted, Reject> {
+    ) -> Result<(), Reject> {
         if payload.len() > self.cfg.max_payload_bytes {
             return Err(Reject::Oversized(payload.len()));
         }
@@ -294,7 +454,7 @@ impl Engine {
             Ok(Topic::Status { site }) => {
                 if payload.is_empty() {
                     // A cleared retained status: nothing to say.
-                    return Ok(Accepted::Ignored);
+                    return Ok(());
                 }
                 let status: Status =
                     serde_json::from_slice(payload).map_err(|e| Reject::Json(e.to_string()))?;
@@ -302,29 +462,25 @@ impl Engine {
                 // published as it shut down: not news about the sites.
                 if retained
                     && self.link_was_lost
-                    && now_ms < self.hold_presence_until_ms
+                    && now_ms < self.hold_until_ms
                     && status.state == StatusState::Offline
                     && status.reason != Some(faultline_shared::OfflineReason::Shutdown)
                 {
-                    return Ok(Accepted::Ignored);
+                    return Ok(());
                 }
+                self.counters.statuses += 1;
                 // A retained offline status tells of an old departure, not a new one.
                 let since = if retained { 0 } else { now_ms };
-                let boot = self.on_status(since, &site, status);
-                Ok(Accepted::Status { site, boot })
+                self.on_status(now_ms, since, &site, status);
+                Ok(())
             }
-            Ok(_) => Ok(Accepted::Ignored),
+            Ok(_) => Ok(()),
             Err(e) => Err(Reject::Topic(e.to_string())),
         }
     }
 
     /// A decoded report from `topic_site`.
-    pub fn on_report(
-        &mut self,
-        now_ms: u64,
-        topic_site: &Id,
-        report: Report,
-    ) -> Result<Accepted, Reject> {
+    fn on_report(&mut self, now_ms: u64, topic_site: &Id, report: Report) -> Result<(), Reject> {
         if !KNOWN_VERSIONS.contains(&report.v) {
             return Err(Reject::Version(report.v));
         }
@@ -334,210 +490,282 @@ impl Engine {
                 payload: report.site,
             });
         }
-        if report.window_ms == 0 || report.window_ms > 3_600_000 {
+        if !WINDOW_RANGE_MS.contains(&report.window_ms) {
             return Err(Reject::Window(report.window_ms));
         }
         if report.probes.len() > faultline_shared::wire::MAX_PROBES {
-            return Err(Reject::Decode("malformed", "too many probes".into()));
+            return Err(Reject::Decode(
+                RejectReason::Malformed,
+                "too many probes".into(),
+            ));
+        }
+        if let Some(why) = health::impossible(&report) {
+            return Err(Reject::Impossible(why));
         }
         let th = self.cfg.thresholds;
         let site = self
             .sites
             .entry(report.site.clone())
-            .or_insert_with(|| SiteTrack::new(now_ms));
+            .or_insert_with(|| SiteTrack::new(now_ms, report.window_ms));
         let (seen, boot) = site.boots.window(now_ms, report.boot, report.seq);
-        let end = report.start_ms.saturating_add(u64::from(report.window_ms));
-        let skew = end as i128 - now_ms as i128;
-        let skewed = skew.unsigned_abs() > u128::from(th.max_skew_ms);
-        site.clock_skew_ms = skew.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         let live = match seen {
             Seen::Duplicate => return Err(Reject::Duplicate),
             Seen::Full => return Err(Reject::DedupFull),
             Seen::Fresh { live } => live,
         };
+        let (every, cap) = Bucket::window_pace(report.window_ms);
+        if !site
+            .pacer
+            .get_or_insert_with(|| Bucket::full(now_ms, cap))
+            .take(now_ms, every, cap)
+        {
+            return Err(Reject::Paced);
+        }
+        let end = report.start_ms.saturating_add(u64::from(report.window_ms));
+        let skew = end as i128 - now_ms as i128;
+        let skewed = skew.unsigned_abs() > u128::from(th.max_skew_ms);
+        site.clock_skew_ms = skew.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        let judged = site.judge(&report, now_ms, live, &th);
+        if let Some(meta) = boot {
+            self.out.push_back(Output::Boot(report.site.clone(), meta));
+        }
+        self.out
+            .push_back(Output::Window(WindowRow::of(&report, now_ms, &judged)));
+        let every = f64::from(report.window_ms) / METRICS_PER_WINDOW;
+        if site
+            .metrics
+            .get_or_insert_with(|| Bucket::full(now_ms, METRICS_BURST))
+            .take(now_ms, every, METRICS_BURST)
+        {
+            self.out.push_back(Output::Metrics(Arc::new(report.clone())));
+        } else {
+            self.counters.metrics_skipped += report.probes.len() as u64;
+        }
+        self.counters.reports += 1;
+        self.counters.late += u64::from(!live);
+        self.counters.skewed += u64::from(skewed);
         if live {
-            if site.awaited() {
-                self.awaited = self.awaited.saturating_sub(1);
-            }
-            site.apply_live(&report, now_ms, &th);
+            site.apply_live(&report, &judged, now_ms, &th);
             // A live window outranks a will still waiting to be confirmed.
             self.pending_wills.remove(&report.site);
+            // One summary per site window: windows of a backlog arriving together
+            // are summarized as one, the newest (see `flush_backlogs`).
+            let half = u64::from(report.window_ms / 2);
+            let due = site
+                .summarized_ms
+                .is_none_or(|t| now_ms >= t.saturating_add(half));
+            site.unsummarized = !due;
+            let summary = due.then(|| site.window_summary(&report.site, now_ms));
+            if due {
+                site.summarized_ms = Some(now_ms);
+            }
+            site.refresh_view();
+            if let Some(Some(s)) = summary {
+                self.summarize(now_ms, s);
+            }
+        } else {
+            site.refresh_view();
         }
-        Ok(Accepted::Report {
-            report,
-            live,
-            skewed,
-            boot,
-        })
+        self.dirty = true;
+        Ok(())
     }
 
-    /// An agent's retained status (or last will). Returns what changed about the boot
-    /// an online status names (see [`boots`]).
-    pub fn on_status(&mut self, now_ms: u64, site: &Id, status: Status) -> Option<BootMeta> {
+    /// An agent's retained status (or last will). `since_ms` 0 is an old departure.
+    fn on_status(&mut self, now_ms: u64, since_ms: u64, id: &Id, status: Status) {
+        let window_ms = self.cfg.window_ms as u32;
         let s = self
             .sites
-            .entry(site.clone())
-            .or_insert_with(|| SiteTrack::new(now_ms));
-        match status.state {
+            .entry(id.clone())
+            .or_insert_with(|| SiteTrack::new(now_ms, window_ms));
+        let summary = match status.state {
             StatusState::Online => {
+                let changed = (status.isp.is_some() && status.isp != s.isp)
+                    || (status.customer.is_some() && status.customer != s.customer);
                 if status.isp.is_some() {
                     s.isp = status.isp;
                 }
                 if status.customer.is_some() {
                     s.customer = status.customer;
                 }
-                s.boots.announce(now_ms, status.boot)
+                if let Some(meta) = s.boots.announce(now_ms, status.boot) {
+                    self.out.push_back(Output::Boot(id.clone(), meta));
+                }
+                self.out.push_back(Output::Site {
+                    site: id.clone(),
+                    isp: s.isp.clone(),
+                    customer: s.customer.clone(),
+                });
+                changed.then(|| s.summary(id, now_ms, SummaryKind::Announce))
             }
             StatusState::Offline => {
                 let why = status.reason.map_or(OfflineWhy::Lost, OfflineWhy::from);
                 // A live last will waits a moment before it counts: when the broker
                 // itself is shutting down, our link drops right after and
-                // `link_lost` takes it back. (`now_ms` 0 is a retained, old departure.)
-                if why == OfflineWhy::Lost && now_ms != 0 && !s.is_offline() {
-                    self.pending_wills.entry(site.clone()).or_insert(now_ms);
-                    return None;
+                // `handle_link` takes it back.
+                if why == OfflineWhy::Lost && since_ms != 0 && !s.is_offline() {
+                    self.pending_wills.entry(id.clone()).or_insert(now_ms);
+                    return;
                 }
-                if !s.is_offline() {
-                    if s.awaited() {
-                        self.awaited = self.awaited.saturating_sub(1);
-                    }
-                    s.presence = Presence::Offline {
-                        since_ms: now_ms,
-                        why,
-                    };
+                if s.is_offline() {
+                    return;
                 }
-                None
+                s.presence = Presence::Offline { since_ms, why };
+                Some(s.summary(id, now_ms, SummaryKind::Offline { since_ms, why }))
             }
+        };
+        s.refresh_view();
+        self.dirty = true;
+        if let Some(summary) = summary {
+            self.summarize(now_ms, summary);
         }
     }
 
-    /// Windows provably missing across every site (gaps in a boot's seqs; see
-    /// [`boots`]), less those a backlog has filled since.
-    pub fn missing_windows(&self) -> u64 {
-        self.sites.values().map(|s| s.boots.missing()).sum()
-    }
-
-    /// How long after a window boundary the evaluation waits for reports still on
-    /// their way: a tenth of the window, at most 1 s.
-    pub fn evaluation_delay_ms(&self) -> u64 {
-        (self.cfg.window_ms / 10).min(1_000)
-    }
-
-    /// When the next evaluation is due at the latest (collector time): a window
-    /// boundary plus [`Engine::evaluation_delay_ms`], strictly after `now_ms`.
-    pub fn next_tick_ms(&self, now_ms: u64) -> u64 {
-        let (w, delay) = (self.cfg.window_ms, self.evaluation_delay_ms());
-        self.next_tick
-            .unwrap_or_else(|| (now_ms.saturating_sub(delay) / w + 1) * w + delay)
-    }
-
-    /// True when every site that reported in time for the last evaluation has
-    /// reported again (and there is at least one).
-    pub fn window_complete(&self) -> bool {
-        self.on_time > 0 && self.awaited == 0
-    }
-
-    /// Evaluates at `now_ms`, ahead of the scheduled tick, when the window ending at
-    /// the next boundary is complete and `now_ms` is in its last quarter (or in the
-    /// delay after it); the scheduled tick then moves to the following window.
-    pub fn tick_if_complete(&mut self, now_ms: u64) -> Vec<Output> {
-        let w = self.cfg.window_ms;
-        let due = self.next_tick_ms(now_ms);
-        let boundary = due - self.evaluation_delay_ms();
-        let mut out = Vec::new();
-        if self.window_complete() && now_ms + w / 4 >= boundary && now_ms < due {
-            self.evaluate(now_ms, &mut out);
-            self.next_tick = Some(due + w);
+    /// Hands a summary to the fleet stage and schedules an evaluation.
+    fn summarize(&mut self, now_ms: u64, summary: SiteSummary) {
+        self.counters.summaries += 1;
+        self.fleet.handle_summary(summary);
+        if self.eval_due.is_none() {
+            self.eval_due = Some(now_ms + self.evaluation_delay_ms());
         }
-        out
     }
 
-    /// Runs every evaluation due at or before `now_ms`.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        let mut at = self.next_tick_ms(now_ms);
-        while at <= now_ms {
-            self.evaluate(at, &mut out);
-            at += self.cfg.window_ms;
+    /// Last wills that survived a moment without our link dropping: departures.
+    fn confirm_wills(&mut self, now_ms: u64) {
+        let confirm = self.will_confirm_ms();
+        let due: Vec<(Id, u64)> = self
+            .pending_wills
+            .iter()
+            .filter(|(_, t)| now_ms >= t.saturating_add(confirm))
+            .map(|(id, t)| (id.clone(), *t))
+            .collect();
+        for (id, since_ms) in due {
+            self.pending_wills.remove(&id);
+            let Some(s) = self.sites.get_mut(&id) else {
+                continue;
+            };
+            if s.is_offline() {
+                continue;
+            }
+            let why = OfflineWhy::Lost;
+            s.presence = Presence::Offline { since_ms, why };
+            s.refresh_view();
+            let summary = s.summary(&id, now_ms, SummaryKind::Offline { since_ms, why });
+            self.summarize(now_ms, summary);
         }
-        self.next_tick = Some(at);
-        out
     }
 
-    /// Like [`Engine::tick`], but when several window boundaries are due at once
-    /// (the service stalled) only the latest is evaluated: reports still queued in
-    /// the socket must not be mistaken for silence. `run` uses this; `replay`, whose
-    /// clock never stalls, evaluates every boundary.
-    pub fn tick_latest(&mut self, now_ms: u64) -> Vec<Output> {
-        let (w, delay) = (self.cfg.window_ms, self.evaluation_delay_ms());
-        let due = self.next_tick_ms(now_ms);
-        if due <= now_ms {
-            let latest = (now_ms - delay) / w * w + delay;
-            self.counters.skipped_evaluations += (latest - due) / w;
-            self.next_tick = Some(latest);
+    /// Sites silent for `silence_windows` of their own windows (plus half a window:
+    /// a report a few seconds late is not silence) go offline; backlogs that came in
+    /// faster than one window per half window are summarized by their newest.
+    fn silence(&mut self, now_ms: u64) {
+        if now_ms < self.hold_until_ms {
+            return;
         }
-        self.tick(now_ms)
-    }
-
-    /// One evaluation at `at_ms`: presence, then the cross-site step.
-    pub fn evaluate(&mut self, at_ms: u64, out: &mut Vec<Output>) {
-        self.counters.evaluations += 1;
         let th = self.cfg.thresholds;
-        let holding = at_ms < self.hold_presence_until_ms;
-        // Wills that survived a moment without our link dropping are real departures.
-        let confirm_ms = self.cfg.window_ms.min(WILL_CONFIRM_MS);
-        let sites = &mut self.sites;
-        self.pending_wills.retain(|site, &mut since_ms| {
-            if at_ms < since_ms.saturating_add(confirm_ms) {
-                return true;
-            }
-            if let Some(s) = sites.get_mut(site)
-                && !s.is_offline()
-            {
-                s.presence = Presence::Offline {
-                    since_ms,
-                    why: OfflineWhy::Lost,
-                };
-            }
-            false
-        });
-        for s in self.sites.values_mut() {
-            if s.fresh {
-                s.fresh = false;
+        let mut summaries = Vec::new();
+        for (id, s) in self.sites.iter_mut() {
+            if s.is_offline() {
                 continue;
             }
-            if holding {
+            let w = u64::from(s.window_ms);
+            let since = s.last_report_ms.max(self.hold_until_ms);
+            let deadline = since + u64::from(th.silence_windows) * w + w / 2;
+            if now_ms < deadline {
                 continue;
             }
-            s.silent_ticks = s.silent_ticks.saturating_add(1);
-            if s.silent_ticks >= th.silence_windows && !s.is_offline() {
-                // A site never heard from since this collector started (a stale
-                // retained status, a restored site) did not just go dark: its
-                // silence is no evidence against its ISP.
-                let since_ms = if s.has_window { at_ms } else { 0 };
-                s.presence = Presence::Offline {
-                    since_ms,
-                    why: OfflineWhy::Silence,
-                };
-            }
+            // A site never heard from since this collector started (a stale
+            // retained status, a restored site) did not just go dark: its silence
+            // is no evidence against its ISP.
+            let since_ms = if s.has_window() { now_ms } else { 0 };
+            let why = OfflineWhy::Silence;
+            s.presence = Presence::Offline { since_ms, why };
+            s.unsummarized = false;
+            s.refresh_view();
+            summaries.push(s.summary(id, now_ms, SummaryKind::Offline { since_ms, why }));
         }
-        self.on_time = self.sites.values().filter(|s| s.awaited()).count();
-        self.awaited = self.on_time;
-        self.fleet.evaluate(
-            at_ms,
-            self.cfg.window_ms,
-            &self.sites,
-            &self.cfg.providers,
-            &th,
-            out,
-        );
+        for summary in summaries {
+            self.summarize(now_ms, summary);
+        }
+    }
+
+    /// Summarizes the newest window of each backlog that came in too fast to be
+    /// summarized window by window.
+    fn flush_backlogs(&mut self, now_ms: u64) {
+        let mut summaries = Vec::new();
+        for (id, s) in self.sites.iter_mut() {
+            if !s.unsummarized || s.is_offline() {
+                continue;
+            }
+            let half = u64::from(s.window_ms / 2);
+            if s.summarized_ms.is_some_and(|t| now_ms < t.saturating_add(half)) {
+                continue;
+            }
+            s.unsummarized = false;
+            s.summarized_ms = Some(now_ms);
+            summaries.extend(s.window_summary(id, now_ms));
+        }
+        for summary in summaries {
+            self.counters.summaries += 1;
+            self.fleet.handle_summary(summary);
+        }
+    }
+
+    /// One evaluation at `now_ms`: the fleet stage over every site's latest summary.
+    fn evaluate(&mut self, now_ms: u64) {
+        self.flush_backlogs(now_ms);
+        self.eval_due = None;
+        self.counters.evaluations += 1;
+        let mut changes = Vec::new();
+        self.fleet.evaluate(now_ms, &mut changes);
+        self.dirty |= !changes.is_empty();
+        for c in changes {
+            self.out.push_back(match c {
+                Change::Verdict(v) => Output::Verdict(v),
+                Change::Incident(e) => Output::Incident(e),
+                Change::Forgotten(v) => Output::Forget(v),
+            });
+        }
+        if std::mem::take(&mut self.dirty) {
+            self.out.push_back(Output::Snapshot(Arc::new(self.snapshot())));
+        }
+    }
+
+    /// The state pages read, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        let f = &self.fleet;
+        let published = |m: &BTreeMap<Id, Track>| {
+            m.values()
+                .filter_map(|t| t.published.clone())
+                .collect::<Vec<_>>()
+        };
+        Snapshot {
+            evaluations: self.counters.evaluations,
+            window_ms: self.cfg.window_ms,
+            sites: self
+                .sites
+                .iter()
+                .map(|(id, s)| (id.clone(), s.view.clone()))
+                .collect(),
+            site_verdicts: f
+                .site_tracks
+                .iter()
+                .filter_map(|(id, t)| Some((id.clone(), t.published.clone()?)))
+                .collect(),
+            providers: published(&f.providers),
+            isps: published(&f.isps),
+            routes: f.routes.values().filter_map(|t| t.published.clone()).collect(),
+            open_incidents: self.open_incidents().cloned().collect(),
+        }
     }
 
     /// Restores what a previous run persisted: the verdicts last published, open
-    /// incidents, the next incident number and each site's ISP. A restart neither
-    /// re-opens nor forgets an incident: open verdicts come back open.
+    /// incidents, the next incident number, each site's ISP and its boots. A
+    /// restart neither re-opens nor forgets an incident: open verdicts come back
+    /// open, and each site is judged afresh on its first window.
     pub fn restore(&mut self, now_ms: u64, restored: Restored) {
-        self.fleet.incidents.next = self.fleet.incidents.next.max(restored.next_incident);
+        let window_ms = self.cfg.window_ms as u32;
+        let fleet = &mut self.fleet;
+        fleet.incidents.next = fleet.incidents.next.max(restored.next_incident);
         let mut boots: BTreeMap<Id, Vec<BootSeen>> = BTreeMap::new();
         for (site, b) in restored.boots {
             boots.entry(site).or_default().push(b);
@@ -545,62 +773,81 @@ impl Engine {
         for (site, b) in boots {
             self.sites
                 .entry(site)
-                .or_insert_with(|| SiteTrack::new(now_ms))
+                .or_insert_with(|| SiteTrack::new(now_ms, window_ms))
                 .boots = Boots::restore(b);
         }
         for inc in restored.open_incidents {
-            self.fleet.incidents.open.insert(inc.id.clone(), inc);
+            fleet.incidents.open.insert(inc.id.clone(), inc);
         }
         for (site, isp, customer) in restored.sites {
             let s = self
                 .sites
-                .entry(site)
-                .or_insert_with(|| SiteTrack::new(now_ms));
+                .entry(site.clone())
+                .or_insert_with(|| SiteTrack::new(now_ms, window_ms));
             s.isp = isp;
             s.customer = customer;
+            let summary = s.summary(&site, now_ms, SummaryKind::Announce);
+            fleet.handle_summary(summary);
         }
         for v in restored.verdicts {
-            let map = match v.scope {
-                Scope::Site => &mut self.fleet.sites,
-                Scope::Isp => &mut self.fleet.isps,
-                Scope::Provider => &mut self.fleet.providers,
-            };
             let mut t = Track::new(v.scope);
-            let open = v.state != State::Ok;
-            if open {
+            if v.state != State::Ok {
                 t.open = true;
-                t.bad_run = self.cfg.thresholds.open_after;
                 t.shown = Shown {
                     state: v.state,
                     cause: v.cause,
-                    provider: v.provider.clone(),
+                    provider: if v.scope == Scope::Route {
+                        None
+                    } else {
+                        v.provider.clone()
+                    },
                     sites: v.sites.clone(),
                     recommendation: v.recommendation.clone(),
                 };
                 t.incident = v.incident.clone();
                 t.own_incident = v.incident.clone().filter(|iid| {
-                    self.fleet
+                    fleet
                         .incidents
                         .open
                         .get(iid)
                         .is_some_and(|i| i.scope == v.scope && i.target_id == v.id)
                 });
             }
-            if v.scope == Scope::Site {
-                let s = self
-                    .sites
-                    .entry(v.id.clone())
-                    .or_insert_with(|| SiteTrack::new(now_ms));
-                if v.state == State::Offline {
-                    s.presence = Presence::Offline {
-                        since_ms: v.at_ms,
-                        why: OfflineWhy::Lost,
-                    };
+            t.seen_ms = now_ms;
+            t.published = Some(v.clone());
+            match (v.scope, v.id.id()) {
+                (Scope::Route, _) => {
+                    if t.open {
+                        fleet.routes.insert(v.id.clone(), t);
+                    }
+                }
+                (_, None) => {}
+                (Scope::Site, Some(id)) => {
+                    let s = self
+                        .sites
+                        .entry(id.clone())
+                        .or_insert_with(|| SiteTrack::new(now_ms, window_ms));
+                    if v.state == State::Offline {
+                        let (since_ms, why) = (v.at_ms, OfflineWhy::Lost);
+                        s.presence = Presence::Offline { since_ms, why };
+                        let summary = s.summary(&id, now_ms, SummaryKind::Offline { since_ms, why });
+                        fleet.handle_summary(summary);
+                    }
+                    s.refresh_view();
+                    fleet.site_tracks.insert(id, t);
+                }
+                (Scope::Isp, Some(id)) => {
+                    fleet.isps.insert(id, t);
+                }
+                (Scope::Provider, Some(id)) => {
+                    fleet.providers.insert(id, t);
                 }
             }
-            t.published = Some(v.clone());
-            map.insert(v.id.clone(), t);
         }
+        for s in self.sites.values_mut() {
+            s.refresh_view();
+        }
+        self.dirty = true;
     }
 }
 
@@ -615,330 +862,13 @@ pub struct Restored {
     pub boots: Vec<(Id, BootSeen)>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use faultline_shared::{IncidentEventKind, Kind, Layer, ProbeResult};
-
-    fn id(s: &str) -> Id {
-        Id::new(s).unwrap()
-    }
-
-    fn report(site: &str, seq: u64, voipco_down: bool) -> Report {
-        let probe = |t: &str, layer, prov: Option<&str>, down: bool| {
-            let mut p = ProbeResult::new(id(t), layer, prov.map(id), Kind::Icmp);
-            p.sent = 10;
-            p.received = if down { 0 } else { 10 };
-            p
-        };
-        Report {
-            v: 1,
-            site: id(site),
-            boot: 1,
-            seq,
-            start_ms: 0,
-            window_ms: 1000,
-            host: None,
-            probes: vec![
-                probe("gw", Layer::Lan, None, false),
-                probe("voipco", Layer::Provider, Some("voipco"), voipco_down),
-            ],
+/// A driver's step: runs every timeout due up to `now_ms`, in time order. `run`
+/// and `replay` both advance the engine this way before each message.
+pub fn advance(engine: &mut Engine, now_ms: u64) {
+    while let Some(t) = engine.poll_timeout() {
+        if t > now_ms {
+            break;
         }
-    }
-
-    /// Feeds windows 0..n of three sites on three ISPs; returns the outputs.
-    fn feed(e: &mut Engine, seqs: std::ops::Range<u64>, down: bool) -> Vec<Output> {
-        let mut out = Vec::new();
-        for w in seqs {
-            for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
-                if w == 0 {
-                    let st = Status::online(1, "t", id(isp), None);
-                    e.on_status(w * 1000, &id(s), st);
-                }
-                e.on_report(w * 1000 + 500, &id(s), report(s, w, down))
-                    .unwrap();
-            }
-            let due = (w + 1) * 1000 + e.evaluation_delay_ms();
-            out.extend(e.tick(due));
-        }
-        out
-    }
-
-    fn cfg() -> EngineConfig {
-        EngineConfig {
-            window_ms: 1000,
-            ..EngineConfig::default()
-        }
-    }
-
-    fn events(out: &[Output], kind: IncidentEventKind) -> Vec<String> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::Incident(ev) if ev.event == kind => Some(ev.incident.id.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_restart_neither_reopens_nor_forgets_an_incident() {
-        let mut e = Engine::new(cfg());
-        let out = feed(&mut e, 0..5, true);
-        assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000001"]);
-        let restored = Restored {
-            verdicts: e.verdicts().cloned().collect(),
-            open_incidents: e.open_incidents().cloned().collect(),
-            next_incident: 1,
-            sites: e
-                .sites()
-                .iter()
-                .map(|(s, t)| (s.clone(), t.isp.clone(), None))
-                .collect(),
-            boots: Vec::new(),
-        };
-        let mut e2 = Engine::new(cfg());
-        e2.restore(5000, restored);
-        e2.tick(5000);
-        let out = feed(&mut e2, 5..10, true);
-        assert!(
-            events(&out, IncidentEventKind::Opened).is_empty(),
-            "{out:?}"
-        );
-        assert!(events(&out, IncidentEventKind::Closed).is_empty());
-        let out = feed(&mut e2, 10..14, false);
-        assert_eq!(events(&out, IncidentEventKind::Closed), ["inc-000001"]);
-        // The next incident continues the numbering.
-        let out = feed(&mut e2, 14..17, true);
-        assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000002"]);
-    }
-
-    #[test]
-    fn a_complete_window_is_evaluated_when_its_last_report_arrives() {
-        let mut e = Engine::new(cfg());
-        feed(&mut e, 0..3, false); // evaluated at 3_100; next due at 4_100
-        let before = e.counters().evaluations;
-        e.on_report(3_940, &id("a"), report("a", 3, false)).unwrap();
-        e.on_report(3_950, &id("b"), report("b", 3, false)).unwrap();
-        assert!(!e.window_complete());
-        assert!(e.tick_if_complete(3_950).is_empty());
-        // c is 60 ms past the boundary, inside the evaluation delay: still its window.
-        e.on_report(4_060, &id("c"), report("c", 3, false)).unwrap();
-        assert!(e.window_complete());
-        e.tick_if_complete(4_060);
-        assert_eq!(e.counters().evaluations, before + 1);
-        assert!(e.sites().values().all(|s| s.silent_ticks == 0));
-        // The scheduled tick moved on to the next window.
-        assert_eq!(e.next_tick_ms(4_060), 5_100);
-        e.tick(4_100);
-        assert_eq!(e.counters().evaluations, before + 1);
-    }
-
-    #[test]
-    fn an_early_or_a_lagging_report_does_not_trigger_an_early_evaluation() {
-        let mut e = Engine::new(cfg());
-        feed(&mut e, 0..3, false);
-        let before = e.counters().evaluations;
-        // Complete, but in the first three quarters of the window: wait for the tick.
-        for s in ["a", "b", "c"] {
-            e.on_report(3_500, &id(s), report(s, 3, false)).unwrap();
-        }
-        assert!(e.window_complete());
-        assert!(e.tick_if_complete(3_500).is_empty());
-        assert_eq!(e.counters().evaluations, before);
-        e.tick(4_100);
-        // c misses window 4 altogether; a and b alone complete window 5's evaluation
-        // (a site already behind is not waited for).
-        for s in ["a", "b"] {
-            e.on_report(4_950, &id(s), report(s, 4, false)).unwrap();
-        }
-        assert!(!e.window_complete(), "c was on time last window");
-        e.tick(5_100);
-        assert_eq!(e.sites()[&id("c")].silent_ticks, 1);
-        for s in ["a", "b"] {
-            e.on_report(5_950, &id(s), report(s, 5, false)).unwrap();
-        }
-        assert!(e.window_complete());
-        e.tick_if_complete(5_950);
-        assert_eq!(e.counters().evaluations, before + 3);
-    }
-
-    #[test]
-    fn a_stalled_service_evaluates_once_instead_of_declaring_silence() {
-        let mut e = Engine::new(cfg());
-        feed(&mut e, 0..3, false);
-        // Five windows pass with no evaluation; the reports were queued meanwhile.
-        for (s, seq) in [("a", 3), ("b", 3), ("c", 3)] {
-            e.on_report(8_400, &id(s), report(s, seq, false)).unwrap();
-        }
-        let out = e.tick_latest(8_500);
-        assert_eq!(e.counters().skipped_evaluations, 4);
-        assert!(
-            out.iter()
-                .all(|o| !matches!(o, Output::Verdict(v) if v.state == State::Offline)),
-            "{out:?}"
-        );
-        // `tick` (replay) evaluates every boundary: silence shows.
-        let mut r = Engine::new(cfg());
-        feed(&mut r, 0..3, false);
-        let out = r.tick(8_500);
-        assert!(
-            out.iter()
-                .any(|o| matches!(o, Output::Verdict(v) if v.state == State::Offline))
-        );
-    }
-
-    #[test]
-    fn silence_is_not_counted_while_the_collector_cannot_hear() {
-        let mut e = Engine::new(cfg());
-        feed(&mut e, 0..3, false);
-        // The broker shuts down: it publishes site a's last will, then our link drops;
-        // ten windows pass with evaluations but no reports.
-        e.on_status(
-            3_200,
-            &id("a"),
-            faultline_shared::Status::offline(faultline_shared::OfflineReason::Lost),
-        );
-        e.link_lost(3_300);
-        let out = e.tick(13_500);
-        assert!(
-            out.iter()
-                .all(|o| !matches!(o, Output::Verdict(v) if !v.state.is_ok())),
-            "{out:?}"
-        );
-        // Back, with a grace period in which the replayed retained will is ignored:
-        // still nothing; after it, silence counts again.
-        e.link_up(14_000, 1_000);
-        let topics = faultline_shared::Topics::default();
-        let will = serde_json::to_vec(&faultline_shared::Status::offline(
-            faultline_shared::OfflineReason::Lost,
-        ))
-        .unwrap();
-        let replay = e.ingest(&topics, 14_100, "faultline/v1/sites/a/status", &will, true);
-        assert!(matches!(replay, Ok(Accepted::Ignored)), "{replay:?}");
-        assert!(e.tick(14_500).is_empty());
-        let out = e.tick(19_500);
-        assert!(
-            out.iter()
-                .any(|o| matches!(o, Output::Verdict(v) if v.state == State::Offline)),
-            "{out:?}"
-        );
-    }
-
-    /// Site `a`'s report for `(boot, seq)` with its own clock reading `start_ms`.
-    fn report_of(boot: u32, seq: u64, start_ms: u64) -> Report {
-        Report {
-            boot,
-            start_ms,
-            ..report("a", seq, false)
-        }
-    }
-
-    #[test]
-    fn an_rtc_less_reboot_with_a_spooled_backlog_keeps_the_site_live() {
-        let mut e = Engine::new(cfg());
-        let now0 = 1_764_201_600_000;
-        let offline = |out: &[Output]| {
-            out.iter().any(|o| {
-                matches!(o, Output::Verdict(v) if v.id.as_str() == "a" && v.state == State::Offline)
-            })
-        };
-        let mut out = Vec::new();
-        for w in 0..30u64 {
-            let at = now0 + w * 1000;
-            for (s, isp) in [("b", "B"), ("c", "C")] {
-                if w == 0 {
-                    e.on_status(at, &id(s), Status::online(1, "t", id(isp), None));
-                }
-                e.on_report(at + 500, &id(s), report(s, w, false)).unwrap();
-            }
-            match w {
-                0 => {
-                    e.on_status(at, &id("a"), Status::online(1, "t", id("A"), None));
-                }
-                // Windows 5 and 6 of boot 1 are measured but not sent (the uplink is
-                // down), then the gateway reboots without an RTC: boot 2's clock reads 1970.
-                7 => {
-                    e.on_status(at, &id("a"), Status::online(2, "t", id("A"), None));
-                }
-                _ => {}
-            }
-            if w < 5 {
-                e.on_report(at + 500, &id("a"), report_of(1, w, at))
-                    .unwrap();
-            } else if w >= 7 {
-                let r = e.on_report(at + 500, &id("a"), report_of(2, w - 7, (w - 7) * 1000));
-                assert!(
-                    matches!(r, Ok(Accepted::Report { live: true, .. })),
-                    "{r:?}"
-                );
-                // The spool sends boot 1's windows after the new boot's, one a window,
-                // and some of them twice.
-                if (7..9).contains(&w) {
-                    let old = report_of(1, w - 2, now0 + (w - 2) * 1000);
-                    let r = e.on_report(at + 600, &id("a"), old.clone());
-                    assert!(
-                        matches!(r, Ok(Accepted::Report { live: false, .. })),
-                        "{r:?}"
-                    );
-                    let again = e.on_report(at + 700, &id("a"), old);
-                    assert_eq!(again, Err(Reject::Duplicate));
-                }
-            }
-            out.extend(e.tick(at + 1000 + e.evaluation_delay_ms()));
-        }
-        assert!(!offline(&out), "{out:?}");
-        let a = &e.sites()[&id("a")];
-        assert_eq!(a.last_window.map(|w| w.0), Some(2));
-        assert_eq!(a.boots.live().map(|b| b.meta.boot), Some(2));
-        assert_eq!(e.missing_windows(), 0, "the backlog filled boot 1's gap");
-    }
-
-    #[test]
-    fn de_dup_and_the_live_boot_survive_a_restart() {
-        let mut e = Engine::new(cfg());
-        feed(&mut e, 0..4, false);
-        // Site a rebooted as boot 9; its window 2 is missing so far.
-        e.on_status(4_000, &id("a"), Status::online(9, "t", id("a"), None));
-        for seq in [0, 1, 3] {
-            e.on_report(4_100, &id("a"), report_of(9, seq, 0)).unwrap();
-        }
-        assert_eq!(e.missing_windows(), 1);
-        let restored = Restored {
-            boots: e
-                .sites()
-                .iter()
-                .flat_map(|(s, t)| t.boots.iter().map(|b| (s.clone(), b.clone())))
-                .collect(),
-            ..Restored::default()
-        };
-        let mut e2 = Engine::new(cfg());
-        e2.restore(5_000, restored);
-        assert_eq!(e2.missing_windows(), 1);
-        // Delivered again after the restart: counted once, before and after.
-        assert_eq!(
-            e2.on_report(5_100, &id("a"), report_of(9, 3, 0)),
-            Err(Reject::Duplicate)
-        );
-        assert_eq!(
-            e2.on_report(5_100, &id("b"), report("b", 3, false)),
-            Err(Reject::Duplicate)
-        );
-        // Boot 1's last window, late: stored, not live; boot 9's next one is.
-        let late = e2.on_report(5_200, &id("a"), report_of(1, 4, 0));
-        assert!(
-            matches!(late, Ok(Accepted::Report { live: false, .. })),
-            "{late:?}"
-        );
-        let next = e2.on_report(5_300, &id("a"), report_of(9, 4, 0));
-        assert!(
-            matches!(next, Ok(Accepted::Report { live: true, .. })),
-            "{next:?}"
-        );
-        let fill = e2.on_report(5_400, &id("a"), report_of(9, 2, 0));
-        assert!(
-            matches!(fill, Ok(Accepted::Report { live: false, .. })),
-            "{fill:?}"
-        );
-        assert_eq!(e2.missing_windows(), 0);
+        engine.handle_timeout(t);
     }
 }

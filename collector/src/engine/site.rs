@@ -1,14 +1,35 @@
-//! The per-site step: everything that needs only one site's own messages — de-dup
-//! and which window is live (`boots.rs`), presence (online / silent / offline), baselines and the
-//! site's health by layer. Its output, [`SiteWindow`], is all the cross-site step
-//! reads, so several collectors sharing the report stream (`$share/` groups) could
-//! each run this step for their share of sites and feed one correlator.
+//! The site stage: everything that needs only one site's own messages — validation
+//! and bounds, de-dup and which window is live ([`super::boots`]), presence (online,
+//! silent, offline, counted in the site's own windows), latency baselines and the
+//! site's health by layer. It emits one [`SiteSummary`] per site window (and one when
+//! a site goes offline or announces itself): all the fleet stage ever reads.
+//!
+//! Bounds (DESIGN.md "Nothing forged"): a site keeps at most
+//! [`MAX_TARGETS_PER_SITE`] targets (the least recently seen one makes room) and
+//! forgets a target idle for [`TARGET_IDLE_WINDOWS`] of its windows; it may not
+//! send windows faster than its clock allows beyond a day's backlog
+//! ([`Pacer`]); reports with impossible values are refused. What a site costs in
+//! memory is therefore bounded whatever it sends.
 
-use faultline_shared::{Id, Kind, Layer, OfflineReason, Report};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use faultline_shared::{
+    Health, Id, Kind, Layer, OfflineWhy, ProbeResult, Report, SiteHealth, SiteSummary,
+    SummaryKind, summary::ProviderHealth,
+};
 use serde::Serialize;
 
 use super::boots::Boots;
-use super::health::{Baseline, Health, Thresholds, probe_health};
+use super::health::{Baseline, Thresholds, probe_health};
+
+/// Targets one site may keep; a new one beyond this replaces the least recently seen.
+pub const MAX_TARGETS_PER_SITE: usize = 64;
+/// A target not reported for this many of its site's windows is forgotten.
+pub const TARGET_IDLE_WINDOWS: u64 = 360;
+/// How much backlog a site may send at once, in collector time: a day of windows
+/// (what an agent's default outbox holds), on top of one window per window.
+pub const BACKLOG_MS: u64 = 24 * 3600 * 1000;
 
 /// Whether a site is heard from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -16,30 +37,7 @@ use super::health::{Baseline, Health, Thresholds, probe_health};
 pub enum Presence {
     Online,
     /// Offline since `since_ms` (collector time) because of `why`.
-    Offline {
-        since_ms: u64,
-        why: OfflineWhy,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OfflineWhy {
-    /// The last will: the agent vanished.
-    Lost,
-    /// The agent said it was stopping.
-    Shutdown,
-    /// No report for `silence_windows` windows.
-    Silence,
-}
-
-impl From<OfflineReason> for OfflineWhy {
-    fn from(r: OfflineReason) -> Self {
-        match r {
-            OfflineReason::Lost => OfflineWhy::Lost,
-            OfflineReason::Shutdown => OfflineWhy::Shutdown,
-        }
-    }
+    Offline { since_ms: u64, why: OfflineWhy },
 }
 
 /// One target at one site: identity, baseline and its latest window.
@@ -51,6 +49,9 @@ pub struct TargetState {
     pub kind: Kind,
     #[serde(skip)]
     pub baseline: Baseline,
+    /// Collector time of its latest live window.
+    #[serde(skip)]
+    pub seen_ms: u64,
     pub health: Option<Health>,
     pub loss: f64,
     pub rtt_p50_ms: Option<f64>,
@@ -58,27 +59,63 @@ pub struct TargetState {
     pub mos: Option<f64>,
 }
 
-/// A site's health by layer in its latest live window: the per-site step's output.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Layers {
-    /// Host CPU at or above the threshold.
-    pub host_busy: bool,
-    pub lan: Health,
-    /// ISP and internet layers together.
-    pub net: Health,
-    /// Each provider probed, with the worst health among its targets.
-    pub providers: Vec<(Id, Health)>,
-    /// Whether any probe was bad.
-    pub any_bad: bool,
+/// A token bucket over collector time. Pacing windows: a site earns one window per
+/// `window_ms` and may hold a day's worth ([`BACKLOG_MS`]), so a backlog after a
+/// day away flows at once while a site inventing windows is held to its clock.
+/// Pacing per-probe metrics: a few reports' worth, refilled twice a window.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    last_ms: u64,
 }
 
-impl Layers {
-    pub fn provider(&self, p: &Id) -> Option<Health> {
-        self.providers
-            .iter()
-            .find(|(id, _)| id == p)
-            .map(|(_, h)| *h)
+impl Bucket {
+    /// A full bucket of `cap` tokens at `now_ms`.
+    pub fn full(now_ms: u64, cap: f64) -> Self {
+        Self {
+            tokens: cap,
+            last_ms: now_ms,
+        }
     }
+
+    /// Takes a token at `now_ms`, earning one per `every_ms` up to `cap`; `false`
+    /// when none is left.
+    pub fn take(&mut self, now_ms: u64, every_ms: f64, cap: f64) -> bool {
+        let earned = now_ms.saturating_sub(self.last_ms) as f64 / every_ms.max(1.0);
+        self.tokens = (self.tokens + earned).min(cap);
+        self.last_ms = self.last_ms.max(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The pacing of a site's windows: (every, cap).
+    pub fn window_pace(window_ms: u32) -> (f64, f64) {
+        let w = u64::from(window_ms.max(1));
+        (w as f64, (BACKLOG_MS / w) as f64 + 2.0)
+    }
+}
+
+/// What pages show about one site: rebuilt whenever the site changes, shared by
+/// every snapshot until then.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteView {
+    pub isp: Option<Id>,
+    pub customer: Option<String>,
+    #[serde(flatten)]
+    pub presence: Presence,
+    pub last_report_ms: u64,
+    pub window_ms: u32,
+    pub clock_skew_ms: i64,
+    /// The latest live window: (boot, seq, start_ms by the gateway's clock).
+    pub last_window: Option<(u32, u64, u64)>,
+    pub boot: Option<u32>,
+    pub missing_windows: u64,
+    pub health: Option<SiteHealth>,
+    pub targets: Vec<TargetState>,
 }
 
 /// Everything the collector tracks for one site.
@@ -89,174 +126,302 @@ pub struct SiteTrack {
     /// Its boots: de-dup, the live boot, missing windows.
     pub boots: Boots,
     pub presence: Presence,
-    /// Collector time of the last accepted report.
+    /// Collector time of the last live report.
     pub last_report_ms: u64,
-    /// Ticks since the last live report.
-    pub silent_ticks: u32,
-    /// A live report arrived since the last tick.
-    pub fresh: bool,
-    pub layers: Layers,
+    /// The site's own window length (its latest report's).
+    pub window_ms: u32,
+    pub health: Option<SiteHealth>,
     pub targets: Vec<TargetState>,
-    /// The latest window's identity.
+    /// The latest live window's identity.
     pub last_window: Option<(u32, u64, u64)>,
     pub clock_skew_ms: i64,
-    /// A live window has been seen since this track was created (or restored).
-    pub has_window: bool,
+    /// Paces new windows (see [`Bucket`]).
+    pub pacer: Option<Bucket>,
+    /// Paces per-probe metrics.
+    pub metrics: Option<Bucket>,
+    /// Collector time of the last window summary emitted.
+    pub summarized_ms: Option<u64>,
+    /// A live window arrived too soon after the last summary (a backlog flowing):
+    /// summarized once the site's pace allows.
+    pub unsummarized: bool,
+    pub view: Arc<SiteView>,
 }
 
 impl SiteTrack {
-    pub fn new(now_ms: u64) -> Self {
-        Self {
+    pub fn new(now_ms: u64, window_ms: u32) -> Self {
+        let mut s = Self {
             isp: None,
             customer: None,
             boots: Boots::new(),
             presence: Presence::Online,
             last_report_ms: now_ms,
-            silent_ticks: 0,
-            fresh: false,
-            layers: Layers::default(),
+            window_ms,
+            health: None,
             targets: Vec::new(),
             last_window: None,
             clock_skew_ms: 0,
-            has_window: false,
-        }
-    }
-
-    /// Reported in time for the last evaluation, online, and nothing since: the
-    /// window being built is not complete without it.
-    pub fn awaited(&self) -> bool {
-        !self.fresh && self.silent_ticks == 0 && self.has_window && !self.is_offline()
-    }
-
-    /// Folds a de-duplicated live report into the site's layers and baselines.
-    pub fn apply_live(&mut self, r: &Report, now_ms: u64, th: &Thresholds) {
-        self.last_report_ms = now_ms;
-        self.fresh = true;
-        self.has_window = true;
-        self.silent_ticks = 0;
-        self.presence = Presence::Online;
-        self.last_window = Some((r.boot, r.seq, r.start_ms));
-        let mut lan = Health::Ok;
-        let (mut net_bad, mut net_n, mut net_down) = (0u32, 0u32, 0u32);
-        let mut providers: Vec<(Id, Health)> = Vec::new();
-        let mut any_bad = false;
-        for p in &r.probes {
-            let i = match self.targets.iter().position(|t| t.target == p.target) {
-                Some(i) => i,
-                None => {
-                    self.targets.push(TargetState {
-                        target: p.target.clone(),
-                        layer: p.layer,
-                        provider: p.provider.clone(),
-                        kind: p.kind,
-                        baseline: Baseline::default(),
-                        health: None,
-                        loss: 0.0,
-                        rtt_p50_ms: None,
-                        jitter_ms: None,
-                        mos: None,
-                    });
-                    self.targets.len() - 1
-                }
-            };
-            let t = &mut self.targets[i];
-            t.layer = p.layer;
-            t.kind = p.kind;
-            if t.provider != p.provider {
-                t.provider = p.provider.clone();
-            }
-            let h = probe_health(p, &t.baseline, th);
-            t.health = h;
-            t.loss = p.loss();
-            t.rtt_p50_ms = p.rtt_ms.map(|s| s.p50);
-            t.jitter_ms = p.jitter_ms;
-            t.mos = p.mos;
-            let Some(h) = h else { continue };
-            if h == Health::Ok
-                && let Some(rtt) = p.rtt_ms
-            {
-                t.baseline.learn(rtt.p50, th);
-            }
-            any_bad |= h.is_bad();
-            match p.layer {
-                Layer::Lan => lan = lan.max(h),
-                Layer::Isp | Layer::Internet => {
-                    net_n += 1;
-                    net_bad += u32::from(h.is_bad());
-                    net_down += u32::from(h == Health::Down);
-                }
-                Layer::Provider => {
-                    let Some(prov) = &p.provider else { continue };
-                    match providers.iter_mut().find(|(id, _)| id == prov) {
-                        Some((_, ph)) => *ph = (*ph).max(h),
-                        None => providers.push((prov.clone(), h)),
-                    }
-                }
-                Layer::Unknown(_) => {}
-            }
-        }
-        // ISP/internet: bad when at least half of its probes are (one flaky anchor
-        // among several does not blame the ISP); down when all of them are down.
-        let net = if net_n > 0 && net_down == net_n {
-            Health::Down
-        } else if net_bad > 0 && net_bad * 2 >= net_n {
-            Health::Degraded
-        } else {
-            Health::Ok
+            pacer: None,
+            metrics: None,
+            summarized_ms: None,
+            unsummarized: false,
+            view: Arc::new(SiteView {
+                isp: None,
+                customer: None,
+                presence: Presence::Online,
+                last_report_ms: now_ms,
+                window_ms,
+                clock_skew_ms: 0,
+                last_window: None,
+                boot: None,
+                missing_windows: 0,
+                health: None,
+                targets: Vec::new(),
+            }),
         };
-        providers.sort();
-        self.layers = Layers {
-            host_busy: r.host.is_some_and(|h| h.cpu_pct >= th.host_cpu_pct),
-            lan,
-            net,
-            providers,
-            any_bad,
-        };
+        s.refresh_view();
+        s
     }
 
     pub fn is_offline(&self) -> bool {
         matches!(self.presence, Presence::Offline { .. })
     }
+
+    /// A live window has been seen since this track was created (or restored).
+    pub fn has_window(&self) -> bool {
+        self.health.is_some()
+    }
+
+    pub fn refresh_view(&mut self) {
+        self.view = Arc::new(SiteView {
+            isp: self.isp.clone(),
+            customer: self.customer.clone(),
+            presence: self.presence,
+            last_report_ms: self.last_report_ms,
+            window_ms: self.window_ms,
+            clock_skew_ms: self.clock_skew_ms,
+            last_window: self.last_window,
+            boot: self.boots.live().map(|b| b.meta.boot),
+            missing_windows: self.boots.missing(),
+            health: self.health.clone(),
+            targets: self.targets.clone(),
+        });
+    }
+
+    /// The summary of what the site is now, as of `now_ms`.
+    pub fn summary(&self, site: &Id, now_ms: u64, kind: SummaryKind) -> SiteSummary {
+        SiteSummary {
+            site: site.clone(),
+            at_ms: now_ms,
+            window_ms: self.window_ms,
+            isp: self.isp.clone(),
+            customer: self.customer.clone(),
+            kind,
+        }
+    }
+
+    /// The window summary of the latest live window, if any.
+    pub fn window_summary(&self, site: &Id, now_ms: u64) -> Option<SiteSummary> {
+        let (boot, seq, _) = self.last_window?;
+        let health = self.health.clone()?;
+        Some(self.summary(site, now_ms, SummaryKind::Window { boot, seq, health }))
+    }
+
+    /// Judges every probe of a report against its target's baseline: the health per
+    /// probe (`None`: no evidence), learning baselines only when `live`.
+    pub fn judge(
+        &mut self,
+        r: &Report,
+        now_ms: u64,
+        live: bool,
+        th: &Thresholds,
+    ) -> Vec<Option<Health>> {
+        let mut out = Vec::with_capacity(r.probes.len());
+        for p in &r.probes {
+            let Some(t) = self.target(p, now_ms, live) else {
+                out.push(probe_health(p, &Baseline::default(), th));
+                continue;
+            };
+            let h = probe_health(p, &t.baseline, th);
+            if live {
+                t.health = h;
+                t.loss = p.loss();
+                t.rtt_p50_ms = p.rtt_ms.map(|s| s.p50);
+                t.jitter_ms = p.jitter_ms;
+                t.mos = p.mos;
+                if h == Some(Health::Ok)
+                    && let Some(rtt) = p.rtt_ms
+                {
+                    t.baseline.learn(rtt.p50, th);
+                }
+            }
+            out.push(h);
+        }
+        out
+    }
+
+    /// The target a probe is about; on a live window, created (within the cap) and
+    /// marked seen. A late window never creates one.
+    fn target(&mut self, p: &ProbeResult, now_ms: u64, live: bool) -> Option<&mut TargetState> {
+        let i = match self.targets.iter().position(|t| t.target == p.target) {
+            Some(i) => i,
+            None if !live => return None,
+            None => {
+                if self.targets.len() >= MAX_TARGETS_PER_SITE
+                    && let Some((oldest, _)) =
+                        self.targets.iter().enumerate().min_by_key(|(_, t)| t.seen_ms)
+                {
+                    self.targets.swap_remove(oldest);
+                }
+                self.targets.push(TargetState {
+                    target: p.target.clone(),
+                    layer: p.layer,
+                    provider: p.provider.clone(),
+                    kind: p.kind,
+                    baseline: Baseline::default(),
+                    seen_ms: now_ms,
+                    health: None,
+                    loss: 0.0,
+                    rtt_p50_ms: None,
+                    jitter_ms: None,
+                    mos: None,
+                });
+                self.targets.len() - 1
+            }
+        };
+        let t = &mut self.targets[i];
+        if live {
+            t.seen_ms = now_ms;
+            t.layer = p.layer;
+            t.kind = p.kind;
+            if t.provider != p.provider {
+                t.provider.clone_from(&p.provider);
+            }
+        }
+        Some(t)
+    }
+
+    /// Folds a de-duplicated live report (already judged) into the site's layers.
+    pub fn apply_live(&mut self, r: &Report, judged: &[Option<Health>], now_ms: u64, th: &Thresholds) {
+        self.last_report_ms = now_ms;
+        self.window_ms = r.window_ms;
+        self.presence = Presence::Online;
+        self.last_window = Some((r.boot, r.seq, r.start_ms));
+        let idle_ms = TARGET_IDLE_WINDOWS.saturating_mul(u64::from(r.window_ms));
+        self.targets
+            .retain(|t| now_ms.saturating_sub(t.seen_ms) < idle_ms);
+        self.health = Some(layers(r, judged, th));
+    }
 }
 
-/// A site's state in the evaluation of one window, before correlation: what the
-/// cross-site step consumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SiteRaw {
-    Offline(OfflineWhy, u64),
-    /// The measuring box is overloaded and its probes suffer.
-    Host(Health),
-    Lan(Health),
-    Net(Health),
-    /// Healthy below the provider layer (providers judged per provider).
-    Clear,
-    /// No window yet (just restored or only a status seen): holds its verdict.
-    NoData,
+/// A site's health by layer from one window's judged probes. ISP/internet: bad when
+/// at least half of its probes are (one flaky anchor among several does not blame
+/// the ISP); down when all of them are down. A provider: its worst target.
+pub fn layers(r: &Report, judged: &[Option<Health>], th: &Thresholds) -> SiteHealth {
+    let mut lan = Health::Ok;
+    let (mut net_bad, mut net_n, mut net_down) = (0u32, 0u32, 0u32);
+    let mut providers: BTreeMap<&Id, Health> = BTreeMap::new();
+    for (p, h) in r.probes.iter().zip(judged) {
+        let Some(h) = *h else { continue };
+        match p.layer {
+            Layer::Lan => lan = lan.max(h),
+            Layer::Isp | Layer::Internet => {
+                net_n += 1;
+                net_bad += u32::from(h.is_bad());
+                net_down += u32::from(h == Health::Down);
+            }
+            Layer::Provider => {
+                if let Some(prov) = &p.provider {
+                    let e = providers.entry(prov).or_default();
+                    *e = (*e).max(h);
+                }
+            }
+            Layer::Unknown(_) => {}
+        }
+    }
+    let net = if net_n > 0 && net_down == net_n {
+        Health::Down
+    } else if net_bad > 0 && net_bad * 2 >= net_n {
+        Health::Degraded
+    } else {
+        Health::Ok
+    };
+    SiteHealth {
+        host_busy: r.host.is_some_and(|h| h.cpu_pct >= th.host_cpu_pct),
+        lan,
+        net,
+        providers: providers
+            .into_iter()
+            .map(|(p, health)| ProviderHealth {
+                provider: p.clone(),
+                health,
+            })
+            .collect(),
+    }
 }
 
-impl SiteTrack {
-    pub fn raw(&self) -> SiteRaw {
-        if let Presence::Offline { since_ms, why } = self.presence {
-            return SiteRaw::Offline(why, since_ms);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_lets_a_days_backlog_through_then_holds_a_site_to_its_clock() {
+        let (every, cap) = Bucket::window_pace(10_000);
+        let mut p = Bucket::full(0, cap);
+        let day = (BACKLOG_MS / 10_000) as usize;
+        assert!((0..day).all(|_| p.take(0, every, cap)), "a day's backlog at once");
+        // Spent: one more window every window, no faster.
+        let mut taken = 0;
+        for i in 0..100 {
+            taken += usize::from(p.take(i * 1_000, every, cap));
         }
-        if !self.has_window {
-            return SiteRaw::NoData;
+        assert!((9..=13).contains(&taken), "{taken} windows in 100 s");
+    }
+
+    #[test]
+    fn targets_are_capped_and_idle_ones_expire() {
+        let th = Thresholds::default();
+        let mut s = SiteTrack::new(0, 10_000);
+        let probe = |n: usize| {
+            let mut p = ProbeResult::new(
+                Id::new(format!("t{n}")).unwrap(),
+                Layer::Internet,
+                None,
+                Kind::Icmp,
+            );
+            p.sent = 1;
+            p.received = 1;
+            p
+        };
+        // A hostile agent invents 128 new targets a window for 20 windows.
+        for w in 0..20u64 {
+            let r = Report {
+                v: 1,
+                site: Id::new("s").unwrap(),
+                boot: 1,
+                seq: w,
+                start_ms: 0,
+                window_ms: 10_000,
+                host: None,
+                probes: (0..128).map(|i| probe(w as usize * 128 + i)).collect(),
+            };
+            let j = s.judge(&r, w * 10_000, true, &th);
+            s.apply_live(&r, &j, w * 10_000, &th);
+            assert!(s.targets.len() <= MAX_TARGETS_PER_SITE);
         }
-        let l = &self.layers;
-        if l.host_busy && l.any_bad {
-            let worst = l
-                .providers
-                .iter()
-                .map(|(_, h)| *h)
-                .fold(l.lan.max(l.net), Health::max);
-            return SiteRaw::Host(worst);
-        }
-        if l.lan.is_bad() {
-            return SiteRaw::Lan(l.lan);
-        }
-        if l.net.is_bad() {
-            return SiteRaw::Net(l.net);
-        }
-        SiteRaw::Clear
+        // Then an honest window of one target, an hour later: the rest expired.
+        let now = 20 * 10_000 + TARGET_IDLE_WINDOWS * 10_000;
+        let r = Report {
+            v: 1,
+            site: Id::new("s").unwrap(),
+            boot: 1,
+            seq: 99,
+            start_ms: 0,
+            window_ms: 10_000,
+            host: None,
+            probes: vec![probe(0)],
+        };
+        let j = s.judge(&r, now, true, &th);
+        s.apply_live(&r, &j, now, &th);
+        assert_eq!(s.targets.len(), 1);
     }
 }

@@ -1,0 +1,330 @@
+//! `run`: the service around the engine, in the shape of mini-redis — [`serve`]
+//! takes its config, starts its tasks and stops them all through one broadcast
+//! shutdown, each draining what it holds:
+//!
+//! - [`ingest`]: the reading MQTT connection (reports, statuses), manual acks;
+//! - the engine's one owner ([`drive`]): feeds it messages and timeouts, hands its
+//!   outputs on — history rows to the writer, verdicts and metrics to the publisher,
+//!   snapshots to the pages;
+//! - [`history`]: the writer thread (durable commits) and the acker;
+//! - [`publish`]: the writing MQTT connection (verdicts, events, metrics, status);
+//! - [`crate::http`]: the dashboard, API and metrics, reading snapshots.
+//!
+//! A clean stop stops taking deliveries, lets the owner finish what it took,
+//! commits and acknowledges it, publishes what the engine said, then leaves both
+//! connections with a DISCONNECT (the reading session is kept by the broker).
+
+pub mod history;
+pub mod ingest;
+pub mod publish;
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use faultline_shared::Topics;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::Config;
+use crate::engine::{Engine, Output};
+use crate::snapshot::SnapshotCell;
+use crate::store::Store;
+use history::{HistoryStats, StoreMsg};
+use ingest::Input;
+use publish::Publication;
+
+/// How long a clean stop waits for history to commit and the broker to take the
+/// acknowledgements before it exits anyway (what is not acknowledged is delivered
+/// again on the next start).
+const STOP_DRAIN: Duration = Duration::from_secs(20);
+/// Counters are handed to the pages at most this often.
+const COUNTERS_EVERY: Duration = Duration::from_millis(250);
+/// History maintenance (roll-ups, retention) runs this often.
+const MAINTAIN_EVERY_MS: u64 = 3_600_000;
+
+/// Wall-clock milliseconds since the Unix epoch: the only clock the collector reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Exponential backoff with jitter between failed attempts (rumqttc reconnects at once).
+pub fn backoff(min_ms: u64, max_ms: u64) -> faultline_shared::Backoff {
+    // Both bounds are constants of this crate, min below max: cannot fail.
+    faultline_shared::Backoff::try_new(
+        Duration::from_millis(min_ms),
+        Duration::from_millis(max_ms),
+        0.25,
+    )
+    .expect("valid backoff bounds")
+}
+
+/// Counts the shell keeps beside the engine's.
+#[derive(Debug, Default)]
+pub struct ShellStats {
+    pub connected: bool,
+    pub published_verdicts: u64,
+    pub published_events: u64,
+    pub metrics_dropped: u64,
+    pub mqtt_errors: u64,
+}
+
+/// What the HTTP handlers read.
+#[derive(Debug)]
+pub struct Shared {
+    pub topics: Topics,
+    pub stats: Mutex<ShellStats>,
+    /// A read connection for the API (SQLite WAL lets it read beside the writer).
+    pub history: Mutex<Store>,
+    pub history_stats: Arc<HistoryStats>,
+    pub started_ms: u64,
+    /// The engine's state as of its latest evaluation, and its counters.
+    pub snapshot: SnapshotCell,
+}
+
+/// Runs the collector until SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg, shutdown_signal()))
+}
+
+/// The service on the current tokio runtime, until `shutdown` completes.
+pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let link = crate::link::Link::open(&cfg)?;
+    let start = now_ms();
+    let writer = Store::open(&cfg.storage.path)?;
+    let restored = writer.restore(start).context("restore history")?;
+    let history_store = Store::open(&cfg.storage.path)?;
+    let history_stats = Arc::new(HistoryStats::default());
+    let (store_tx, store_rx) = std_mpsc::channel();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let pipeline = Arc::new(tokio::sync::Semaphore::new(ingest::PIPELINE));
+    history::spawn_writer(
+        writer,
+        store_rx,
+        cfg.storage.clone(),
+        history_stats.clone(),
+        ack_tx,
+        pipeline.clone(),
+    );
+
+    let mut engine = Engine::new(crate::engine_config(&cfg));
+    let n_inc = restored.open_incidents.len();
+    let n_boots = restored.boots.len();
+    engine.restore(start, restored);
+    tracing::info!(open_incidents = n_inc, boots = n_boots, "history restored");
+    let shared = Arc::new(Shared {
+        topics: cfg.topics.clone(),
+        stats: Mutex::new(ShellStats::default()),
+        history: Mutex::new(history_store),
+        history_stats: history_stats.clone(),
+        started_ms: start,
+        snapshot: SnapshotCell::default(),
+    });
+    shared.snapshot.set(Arc::new(engine.snapshot()));
+
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone(), stop_tx.subscribe()).await?;
+
+    let (publisher, outlets) = publish::Publisher::start(&link, &cfg, shared.clone());
+    let (reader, inputs) = ingest::Reader::start(
+        &link,
+        &cfg,
+        shared.clone(),
+        pipeline,
+        history_stats.clone(),
+        ack_rx,
+        stop_tx.subscribe(),
+    );
+    let (pubs, metrics) = (outlets.outputs, outlets.metrics);
+    let owner = {
+        let shared = shared.clone();
+        let topics = cfg.topics.clone();
+        tokio::spawn(async move {
+            let mut owner = Owner {
+                engine,
+                topics,
+                shared,
+                store_tx,
+                pubs,
+                metrics,
+                last_maintain_ms: 0,
+            };
+            owner.drive(inputs).await;
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("stopping: committing and acknowledging what was received");
+    let _ = stop_tx.send(());
+    // The reader stops handing deliveries on; the owner finishes those it has,
+    // commits and acknowledges them, and ends.
+    if tokio::time::timeout(STOP_DRAIN, owner).await.is_err() {
+        tracing::warn!(
+            "history did not commit in {STOP_DRAIN:?}: unacknowledged reports come again on the next start"
+        );
+    }
+    reader.finish(STOP_DRAIN).await;
+    publisher.finish().await;
+    tracing::info!(
+        stored = history_stats.stored.load(Ordering::Relaxed),
+        acknowledged = history_stats.acked.load(Ordering::Relaxed),
+        stale = history_stats.stale_acks.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
+
+/// The engine's one owner.
+struct Owner {
+    engine: Engine,
+    topics: Topics,
+    shared: Arc<Shared>,
+    store_tx: std_mpsc::Sender<StoreMsg>,
+    pubs: mpsc::UnboundedSender<Publication>,
+    metrics: mpsc::Sender<Arc<faultline_shared::Report>>,
+    last_maintain_ms: u64,
+}
+
+impl Owner {
+    /// Feeds the engine until the reader closes `inputs` (a clean stop), then
+    /// commits and acknowledges everything it took.
+    async fn drive(&mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut batch = Vec::with_capacity(256);
+        let mut counters_at = tokio::time::Instant::now();
+        self.engine.handle_timeout(now_ms());
+        self.dispatch();
+        loop {
+            let wait = self
+                .engine
+                .poll_timeout()
+                .map_or(Duration::from_secs(3600), |t| {
+                    Duration::from_millis(t.saturating_sub(now_ms()))
+                });
+            tokio::select! {
+                // Messages first: reports queued while the service was busy must
+                // not be mistaken for silence.
+                biased;
+                n = inputs.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for input in batch.drain(..) {
+                        self.handle(input);
+                    }
+                    // A steady stream of messages must not starve evaluations.
+                    if self.engine.poll_timeout().is_some_and(|t| t <= now_ms()) {
+                        self.timeout();
+                    }
+                }
+                () = tokio::time::sleep(wait) => self.timeout(),
+            }
+            if counters_at.elapsed() >= COUNTERS_EVERY {
+                counters_at = tokio::time::Instant::now();
+                self.shared.snapshot.set_counters(self.engine.counters());
+            }
+        }
+        self.shared.snapshot.set_counters(self.engine.counters());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if self.store_tx.send(StoreMsg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+
+    fn timeout(&mut self) {
+        let now = now_ms();
+        self.engine.handle_timeout(now);
+        self.dispatch();
+        if now.saturating_sub(self.last_maintain_ms) >= MAINTAIN_EVERY_MS {
+            self.last_maintain_ms = now;
+            let _ = self.store_tx.send(StoreMsg::Maintain(now));
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Message { publish: p, ack } => {
+                // A topic that is not UTF-8 is counted like any other bad topic.
+                let topic = std::str::from_utf8(&p.topic).unwrap_or("\u{0}");
+                let now = now_ms();
+                if let Err(e) =
+                    self.engine
+                        .handle_message(&self.topics, now, topic, &p.payload, p.retain)
+                {
+                    tracing::debug!(topic, "dropped: {e}");
+                }
+                self.dispatch();
+                // Its acknowledgement follows what it carried into history (any
+                // outcome: a rejected message would be rejected again).
+                let _ = self.store_tx.send(StoreMsg::Delivered(ack));
+            }
+            Input::Link { up } => {
+                self.engine.handle_link(now_ms(), up);
+                self.dispatch();
+            }
+        }
+    }
+
+    /// Hands every output on, in order.
+    fn dispatch(&mut self) {
+        while let Some(o) = self.engine.poll_output() {
+            let store = match o {
+                Output::Window(row) => StoreMsg::Window(row),
+                Output::Boot(site, meta) => StoreMsg::Boot(site, meta),
+                Output::Site {
+                    site,
+                    isp,
+                    customer,
+                } => StoreMsg::Site(site, isp, customer),
+                Output::Verdict(v) => {
+                    let _ = self.pubs.send(Publication::Verdict(v.clone()));
+                    StoreMsg::Verdict(v)
+                }
+                Output::Incident(e) => {
+                    let _ = self.pubs.send(Publication::Incident(e.clone()));
+                    StoreMsg::Incident(e)
+                }
+                Output::Forget(v) => {
+                    let _ = self.pubs.send(Publication::Forget(v.clone()));
+                    StoreMsg::Forget(v)
+                }
+                Output::Metrics(r) => {
+                    if self.metrics.try_send(r.clone()).is_err() {
+                        self.shared.stats.lock().expect("stats lock").metrics_dropped +=
+                            r.probes.len() as u64;
+                    }
+                    continue;
+                }
+                Output::Snapshot(s) => {
+                    self.shared.snapshot.set(s);
+                    continue;
+                }
+            };
+            let _ = self.store_tx.send(store);
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
