@@ -91,7 +91,7 @@ fn main() {
             "{{\"state\":\"online\",\"boot\":1,\"isp\":\"isp{}\"}}",
             i % 20
         );
-        let _ = engine.ingest(&topics, now, &topics.status(s), st.as_bytes(), false);
+        let _ = engine.handle_message(&topics, now, &topics.status(s), st.as_bytes(), false);
     }
     let mut ingest_ns = Vec::new();
     let mut eval_ns = Vec::new();
@@ -105,18 +105,20 @@ fn main() {
             .collect();
         let t = Instant::now();
         for r in reports {
-            let site = r.site.clone();
-            engine.on_report(now + 5_000, &site, r).unwrap();
+            let bytes = faultline_shared::encode(&r).unwrap();
+            engine
+                .handle_message(&topics, now + 5_000, &topics.report(&r.site), &bytes, false)
+                .unwrap();
+            while engine.poll_output().is_some() {}
         }
         ingest_ns.push(t.elapsed().as_nanos() as f64 / sites as f64);
         now += 10_000;
         let t = Instant::now();
-        let out = engine.tick(now);
+        engine.handle_timeout(now + engine.evaluation_delay_ms());
         eval_ns.push(t.elapsed().as_nanos() as f64);
-        changes += out
-            .iter()
-            .filter(|o| matches!(o, Output::Verdict(_)))
-            .count();
+        while let Some(o) = engine.poll_output() {
+            changes += usize::from(matches!(o, Output::Verdict(_)));
+        }
     }
     let rss = rss_kb("VmRSS:");
     let hwm = rss_kb("VmHWM:");

@@ -612,7 +612,7 @@ mod tests {
             let inc = Incident {
                 id: "inc-000007".into(),
                 scope: Scope::Provider,
-                target_id: id("voipco"),
+                target_id: id("voipco").into(),
                 cause: Some(Cause::Provider),
                 state: State::Outage,
                 opened_ms: 1000,
@@ -627,9 +627,10 @@ mod tests {
             s.verdict(&Verdict {
                 at_ms: 1000,
                 scope: Scope::Provider,
-                id: id("voipco"),
+                id: id("voipco").into(),
                 state: State::Outage,
                 cause: Some(Cause::Provider),
+                isp: None,
                 provider: None,
                 sites: vec![id("a"), id("b")],
                 incident: Some("inc-000007".into()),

@@ -17,22 +17,22 @@ pub mod backoff;
 pub mod id;
 pub mod measure;
 pub mod metrics;
-pub mod report;
 pub mod reject;
+pub mod report;
 pub mod state;
 pub mod summary;
 pub mod topic;
 pub mod wire;
 
+pub use backoff::{Backoff, BackoffError};
 pub use id::{Id, IdError, Subject};
+pub use metrics::{CollectorStatus, MetricsJson};
+pub use reject::RejectReason;
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
     Cause, Incident, IncidentEvent, IncidentEventKind, OfflineReason, Recommendation, Scope, State,
     Status, StatusState, Verdict,
 };
+pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};
 pub use topic::{Topic, Topics};
 pub use wire::{DecodeError, EncodeError, MAX_ENVELOPE_BYTES, WIRE_VERSION, decode, encode};
-pub use reject::RejectReason;
-pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};
-pub use metrics::{CollectorStatus, MetricsJson};
-pub use backoff::{Backoff, BackoffError};

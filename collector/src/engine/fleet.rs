@@ -108,7 +108,10 @@ impl FleetSite {
         step(&mut self.lan, h.lan);
         step(&mut self.net, h.net);
         for p in &h.providers {
-            step(self.providers.entry(p.provider.clone()).or_default(), p.health);
+            step(
+                self.providers.entry(p.provider.clone()).or_default(),
+                p.health,
+            );
         }
         // A provider no longer probed counts as a good window.
         for (p, l) in self.providers.iter_mut() {
@@ -120,7 +123,8 @@ impl FleetSite {
                 }
             }
         }
-        self.providers.retain(|p, l| l.on || l.bad_run > 0 || h.provider(p).is_some());
+        self.providers
+            .retain(|p, l| l.on || l.bad_run > 0 || h.provider(p).is_some());
         self.health = Some(h);
     }
 
@@ -359,8 +363,11 @@ impl Fleet {
 
     /// Evaluates every verdict at `now_ms` from the sites' latches.
     pub fn evaluate(&mut self, now_ms: u64, out: &mut Vec<Change>) {
-        let lowers: Vec<(&Id, &FleetSite, Lower)> =
-            self.sites.iter().map(|(id, s)| (id, s, s.lower())).collect();
+        let lowers: Vec<(&Id, &FleetSite, Lower)> = self
+            .sites
+            .iter()
+            .map(|(id, s)| (id, s, s.lower()))
+            .collect();
 
         // Step 3: ISPs. Offline sites count when they went offline recently
         // ("together", within a few of their own windows).
@@ -368,8 +375,8 @@ impl Fleet {
         let mut fleet_isps: BTreeSet<&Id> = BTreeSet::new();
         for (id, s, low) in &lowers {
             let Some(isp) = &s.isp else { continue };
-            let recent_ms =
-                now_ms.saturating_sub(u64::from(s.window_ms) * u64::from(self.th.silence_windows + 3));
+            let recent_ms = now_ms
+                .saturating_sub(u64::from(s.window_ms) * u64::from(self.th.silence_windows + 3));
             let e = isp_tally.entry(isp).or_default();
             match low {
                 Lower::Offline(OfflineWhy::Shutdown, _) => {}
@@ -486,7 +493,9 @@ impl Fleet {
                     .collect();
                 let (mut eligible_here, mut healthy_elsewhere) = (0u32, 0u32);
                 for (id, s, low) in &lowers {
-                    if *low != Lower::Clear || !s.health.as_ref().is_some_and(|h| h.provider(p).is_some()) {
+                    if *low != Lower::Clear
+                        || !s.health.as_ref().is_some_and(|h| h.provider(p).is_some())
+                    {
                         continue;
                     }
                     if isp_of(id) == Some(*isp) {
@@ -496,13 +505,14 @@ impl Fleet {
                     }
                 }
                 let k = on_isp.len() as u32;
-                let shown = (k >= 2 && k * 2 >= eligible_here && healthy_elsewhere >= 2).then(|| Shown {
-                    state: severity(&on_isp),
-                    cause: Some(Cause::Path),
-                    provider: Some((*p).clone()),
-                    sites: on_isp.iter().map(|(s, _)| (*s).clone()).collect(),
-                    recommendation: None,
-                });
+                let shown =
+                    (k >= 2 && k * 2 >= eligible_here && healthy_elsewhere >= 2).then(|| Shown {
+                        state: severity(&on_isp),
+                        cause: Some(Cause::Path),
+                        provider: Some((*p).clone()),
+                        sites: on_isp.iter().map(|(s, _)| (*s).clone()).collect(),
+                        recommendation: None,
+                    });
                 route_raw.insert(route, shown);
             }
         }
@@ -529,14 +539,30 @@ impl Fleet {
                 .entry(p.clone())
                 .or_insert_with(|| Track::new(Scope::Provider));
             track.seen_ms = now_ms;
-            step(&mut self.incidents, track, Scope::Provider, &Subject::from(&p), raw, now_ms, out);
+            step(
+                &mut self.incidents,
+                track,
+                Scope::Provider,
+                &Subject::from(&p),
+                raw,
+                now_ms,
+                out,
+            );
         }
         for (isp, raw) in isp_raw {
             let track = self
                 .isps
                 .entry(isp.clone())
                 .or_insert_with(|| Track::new(Scope::Isp));
-            step(&mut self.incidents, track, Scope::Isp, &Subject::from(&isp), raw, now_ms, out);
+            step(
+                &mut self.incidents,
+                track,
+                Scope::Isp,
+                &Subject::from(&isp),
+                raw,
+                now_ms,
+                out,
+            );
         }
         for (route, raw) in route_raw {
             if raw.is_none() && !self.routes.contains_key(&route) {
@@ -546,7 +572,15 @@ impl Fleet {
                 .routes
                 .entry(route.clone())
                 .or_insert_with(|| Track::new(Scope::Route));
-            step(&mut self.incidents, track, Scope::Route, &route, raw, now_ms, out);
+            step(
+                &mut self.incidents,
+                track,
+                Scope::Route,
+                &route,
+                raw,
+                now_ms,
+                out,
+            );
         }
 
         // Sites: bottom-up cause; an open ISP, provider or route incident explains it.
@@ -585,7 +619,16 @@ impl Fleet {
                 .site_tracks
                 .entry(id.clone())
                 .or_insert_with(|| Track::new(Scope::Site));
-            step_site(&mut self.incidents, track, &id, covering, quiet, shown, now_ms, out);
+            step_site(
+                &mut self.incidents,
+                track,
+                &id,
+                covering,
+                quiet,
+                shown,
+                now_ms,
+                out,
+            );
         }
 
         // Forget unconfigured providers nobody has probed for a while, and routes
@@ -612,10 +655,34 @@ impl Fleet {
         }
 
         // Publish what changed: providers, ISPs, routes, sites.
-        publish(Scope::Provider, self.providers.iter_mut().map(|(k, t)| (Subject::from(k), t)), now_ms, out);
-        publish(Scope::Isp, self.isps.iter_mut().map(|(k, t)| (Subject::from(k), t)), now_ms, out);
-        publish(Scope::Route, self.routes.iter_mut().map(|(k, t)| (k.clone(), t)), now_ms, out);
-        publish(Scope::Site, self.site_tracks.iter_mut().map(|(k, t)| (Subject::from(k), t)), now_ms, out);
+        publish(
+            Scope::Provider,
+            self.providers
+                .iter_mut()
+                .map(|(k, t)| (Subject::from(k), t)),
+            now_ms,
+            out,
+        );
+        publish(
+            Scope::Isp,
+            self.isps.iter_mut().map(|(k, t)| (Subject::from(k), t)),
+            now_ms,
+            out,
+        );
+        publish(
+            Scope::Route,
+            self.routes.iter_mut().map(|(k, t)| (k.clone(), t)),
+            now_ms,
+            out,
+        );
+        publish(
+            Scope::Site,
+            self.site_tracks
+                .iter_mut()
+                .map(|(k, t)| (Subject::from(k), t)),
+            now_ms,
+            out,
+        );
         // A closed route has published its `ok`: it is not kept.
         for r in closed_routes {
             self.routes.remove(&r);

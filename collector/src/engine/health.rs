@@ -285,7 +285,11 @@ mod tests {
         assert_eq!(impossible(&ok(p.clone())), None);
         let mut more = p.clone();
         more.received = 11;
-        assert!(impossible(&ok(more)).unwrap().contains("received 11 > sent 10"));
+        assert!(
+            impossible(&ok(more))
+                .unwrap()
+                .contains("received 11 > sent 10")
+        );
         let mut huge = p.clone();
         huge.rtt_ms.as_mut().unwrap().p50 = 1e308;
         assert!(impossible(&ok(huge)).is_some());

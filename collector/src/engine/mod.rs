@@ -60,6 +60,9 @@ const METRICS_BURST: f64 = 3.0;
 /// Twice a site's own rate: a live report up to half a window late still finds a
 /// token.
 const METRICS_PER_WINDOW: f64 = 2.0;
+/// Before its first report a site's window length is unknown: silence is counted in
+/// windows of at least this (the satellite profile's).
+const FIRST_WINDOW_MS: u64 = 60_000;
 /// Last wills received this long before the collector's own link drops are taken
 /// to be the broker shutting down (see [`Engine::handle_link`]).
 const WILL_BURST_MS: u64 = 2_000;
@@ -163,7 +166,10 @@ impl WindowRow {
             start_ms: r.start_ms,
             boot: r.boot,
             seq: r.seq,
-            bad: judged.iter().filter(|h| h.is_some_and(Health::is_bad)).count() as u32,
+            bad: judged
+                .iter()
+                .filter(|h| h.is_some_and(Health::is_bad))
+                .count() as u32,
             max_loss: 0.0,
             max_rtt_ms: None,
             min_mos: None,
@@ -537,7 +543,8 @@ impl Engine {
             .get_or_insert_with(|| Bucket::full(now_ms, METRICS_BURST))
             .take(now_ms, every, METRICS_BURST)
         {
-            self.out.push_back(Output::Metrics(Arc::new(report.clone())));
+            self.out
+                .push_back(Output::Metrics(Arc::new(report.clone())));
         } else {
             self.counters.metrics_skipped += report.probes.len() as u64;
         }
@@ -667,7 +674,13 @@ impl Engine {
             if s.is_offline() {
                 continue;
             }
-            let w = u64::from(s.window_ms);
+            // A site not heard from yet may be on long windows (its first report
+            // can come a minute after its status): given the longest usual window.
+            let w = if s.has_window() {
+                u64::from(s.window_ms)
+            } else {
+                u64::from(s.window_ms).max(FIRST_WINDOW_MS)
+            };
             let since = s.last_report_ms.max(self.hold_until_ms);
             let deadline = since + u64::from(th.silence_windows) * w + w / 2;
             if now_ms < deadline {
@@ -697,7 +710,9 @@ impl Engine {
                 continue;
             }
             let half = u64::from(s.window_ms / 2);
-            if s.summarized_ms.is_some_and(|t| now_ms < t.saturating_add(half)) {
+            if s.summarized_ms
+                .is_some_and(|t| now_ms < t.saturating_add(half))
+            {
                 continue;
             }
             s.unsummarized = false;
@@ -726,7 +741,8 @@ impl Engine {
             });
         }
         if std::mem::take(&mut self.dirty) {
-            self.out.push_back(Output::Snapshot(Arc::new(self.snapshot())));
+            self.out
+                .push_back(Output::Snapshot(Arc::new(self.snapshot())));
         }
     }
 
@@ -753,7 +769,11 @@ impl Engine {
                 .collect(),
             providers: published(&f.providers),
             isps: published(&f.isps),
-            routes: f.routes.values().filter_map(|t| t.published.clone()).collect(),
+            routes: f
+                .routes
+                .values()
+                .filter_map(|t| t.published.clone())
+                .collect(),
             open_incidents: self.open_incidents().cloned().collect(),
         }
     }
@@ -830,7 +850,8 @@ impl Engine {
                     if v.state == State::Offline {
                         let (since_ms, why) = (v.at_ms, OfflineWhy::Lost);
                         s.presence = Presence::Offline { since_ms, why };
-                        let summary = s.summary(&id, now_ms, SummaryKind::Offline { since_ms, why });
+                        let summary =
+                            s.summary(&id, now_ms, SummaryKind::Offline { since_ms, why });
                         fleet.handle_summary(summary);
                     }
                     s.refresh_view();
@@ -870,5 +891,514 @@ pub fn advance(engine: &mut Engine, now_ms: u64) {
             break;
         }
         engine.handle_timeout(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faultline_shared::{
+        Cause, HostHealth, IncidentEventKind, Kind, Layer, OfflineReason, ProbeResult, RttStats,
+    };
+
+    fn id(s: &str) -> Id {
+        Id::new(s).unwrap()
+    }
+
+    fn probe(t: &str, layer: Layer, prov: Option<&str>, down: bool) -> ProbeResult {
+        let mut p = ProbeResult::new(id(t), layer, prov.map(id), Kind::Icmp);
+        p.sent = 10;
+        p.received = if down { 0 } else { 10 };
+        p
+    }
+
+    fn report_w(site: &str, seq: u64, window_ms: u32, voipco_down: bool) -> Report {
+        Report {
+            v: 1,
+            site: id(site),
+            boot: 1,
+            seq,
+            start_ms: 0,
+            window_ms,
+            host: None,
+            probes: vec![
+                probe("gw", Layer::Lan, None, false),
+                probe("voipco", Layer::Provider, Some("voipco"), voipco_down),
+            ],
+        }
+    }
+
+    fn report(site: &str, seq: u64, voipco_down: bool) -> Report {
+        report_w(site, seq, 1000, voipco_down)
+    }
+
+    fn topics() -> Topics {
+        Topics::default()
+    }
+
+    /// Advances to `now`, then hands `r` in as its site's JSON report.
+    fn send(e: &mut Engine, now: u64, r: &Report) -> Result<(), Reject> {
+        advance(e, now);
+        let t = topics();
+        let body = serde_json::to_vec(r).unwrap();
+        e.handle_message(&t, now, &t.report_json(&r.site), &body, false)
+    }
+
+    fn status(e: &mut Engine, now: u64, site: &str, st: &Status, retained: bool) {
+        advance(e, now);
+        let t = topics();
+        let body = serde_json::to_vec(st).unwrap();
+        e.handle_message(&t, now, &t.status(&id(site)), &body, retained)
+            .unwrap();
+    }
+
+    fn drain(e: &mut Engine) -> Vec<Output> {
+        std::iter::from_fn(|| e.poll_output()).collect()
+    }
+
+    fn verdicts(out: &[Output]) -> Vec<&Verdict> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Verdict(v) => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Feeds windows `seqs` of three sites on three ISPs (reports half-way through
+    /// each window); returns the outputs.
+    fn feed(e: &mut Engine, seqs: std::ops::Range<u64>, down: bool) -> Vec<Output> {
+        let mut out = Vec::new();
+        for w in seqs {
+            for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    status(e, 0, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                send(e, w * 1000 + 500, &report(s, w, down)).unwrap();
+            }
+            advance(e, (w + 1) * 1000 + e.evaluation_delay_ms());
+            out.extend(drain(e));
+        }
+        out
+    }
+
+    fn cfg() -> EngineConfig {
+        EngineConfig {
+            window_ms: 1000,
+            reconnect_grace_ms: 1000,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn events(out: &[Output], kind: IncidentEventKind) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Incident(ev) if ev.event == kind => Some(ev.incident.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn offline(out: &[Output], site: &str) -> bool {
+        verdicts(out)
+            .iter()
+            .any(|v| v.id == site && v.state == State::Offline)
+    }
+
+    #[test]
+    fn a_provider_outage_opens_on_the_second_bad_window_and_closes_on_the_third_good() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        let out = feed(&mut e, 3..4, true);
+        assert!(
+            events(&out, IncidentEventKind::Opened).is_empty(),
+            "{out:?}"
+        );
+        let out = feed(&mut e, 4..5, true);
+        let v = verdicts(&out);
+        assert!(
+            v.iter()
+                .any(|v| v.scope == Scope::Provider && v.state == State::Outage),
+            "{v:?}"
+        );
+        // Evaluated a settle time after the burst, not at the next boundary.
+        assert!(
+            v.iter().all(|v| v.at_ms == 4_500 + e.evaluation_delay_ms()),
+            "{v:?}"
+        );
+        let out = feed(&mut e, 5..7, false);
+        assert!(events(&out, IncidentEventKind::Closed).is_empty());
+        let out = feed(&mut e, 7..8, false);
+        assert_eq!(events(&out, IncidentEventKind::Closed), ["inc-000001"]);
+    }
+
+    #[test]
+    fn a_restart_neither_reopens_nor_forgets_an_incident() {
+        let mut e = Engine::new(cfg());
+        let out = feed(&mut e, 0..5, true);
+        assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000001"]);
+        let restored = Restored {
+            verdicts: e.verdicts().cloned().collect(),
+            open_incidents: e.open_incidents().cloned().collect(),
+            next_incident: 1,
+            sites: e
+                .sites()
+                .iter()
+                .map(|(s, t)| (s.clone(), t.isp.clone(), None))
+                .collect(),
+            boots: Vec::new(),
+        };
+        let mut e2 = Engine::new(cfg());
+        e2.restore(5000, restored);
+        e2.handle_timeout(5000);
+        drain(&mut e2);
+        let out = feed(&mut e2, 5..10, true);
+        assert!(
+            events(&out, IncidentEventKind::Opened).is_empty(),
+            "{out:?}"
+        );
+        assert!(events(&out, IncidentEventKind::Closed).is_empty());
+        let out = feed(&mut e2, 10..14, false);
+        assert_eq!(events(&out, IncidentEventKind::Closed), ["inc-000001"]);
+        // The next incident continues the numbering.
+        let out = feed(&mut e2, 14..17, true);
+        assert_eq!(events(&out, IncidentEventKind::Opened), ["inc-000002"]);
+    }
+
+    #[test]
+    fn one_bad_window_at_a_long_window_site_is_one_window_however_often_we_evaluate() {
+        // Collector every 1 s; sites a, b, c on 3 s windows; one bad window each.
+        let mut e = Engine::new(cfg());
+        let mut out = Vec::new();
+        for w in 0..12u64 {
+            for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    status(&mut e, 0, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                // Reports arrive up to 1.5 s after their window ends: not silence.
+                let late = if w % 2 == 0 { 200 } else { 1_500 };
+                send(&mut e, (w + 1) * 3000 + late, &report_w(s, w, 3000, w == 5)).unwrap();
+            }
+            advance(&mut e, (w + 1) * 3000 + 2_000);
+            out.extend(drain(&mut e));
+        }
+        assert!(
+            verdicts(&out).iter().all(|v| v.state == State::Ok),
+            "{:?}",
+            verdicts(&out)
+        );
+        // Two bad windows in a row do open it.
+        let mut out = Vec::new();
+        for w in 12..16u64 {
+            for s in ["a", "b", "c"] {
+                send(
+                    &mut e,
+                    (w + 1) * 3000 + 300,
+                    &report_w(s, w, 3000, (13..15).contains(&w)),
+                )
+                .unwrap();
+            }
+            advance(&mut e, (w + 1) * 3000 + 2_000);
+            out.extend(drain(&mut e));
+        }
+        assert!(
+            verdicts(&out)
+                .iter()
+                .any(|v| v.scope == Scope::Provider && v.state == State::Outage)
+        );
+    }
+
+    #[test]
+    fn silence_counts_the_sites_own_windows() {
+        let mut e = Engine::new(cfg());
+        status(
+            &mut e,
+            0,
+            "slow",
+            &Status::online(1, "t", id("A"), None),
+            false,
+        );
+        send(&mut e, 60_200, &report_w("slow", 0, 60_000, false)).unwrap();
+        // 3 of its 60 s windows and a half: ~210 s. Not after 30 s, nor 150 s.
+        advance(&mut e, 60_200 + 150_000);
+        assert!(!offline(&drain(&mut e), "slow"));
+        advance(&mut e, 60_200 + 212_000);
+        assert!(offline(&drain(&mut e), "slow"));
+    }
+
+    #[test]
+    fn silence_is_not_counted_while_the_collector_cannot_hear() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        // The broker shuts down: it publishes site a's last will, then our link drops;
+        // ten windows pass with evaluations but no reports.
+        status(
+            &mut e,
+            3_200,
+            "a",
+            &Status::offline(OfflineReason::Lost),
+            false,
+        );
+        e.handle_link(3_300, false);
+        advance(&mut e, 13_500);
+        let out = drain(&mut e);
+        assert!(verdicts(&out).iter().all(|v| v.state.is_ok()), "{out:?}");
+        // Back, with a grace period in which the replayed retained will is ignored:
+        // still nothing; after it, silence counts again.
+        e.handle_link(14_000, true);
+        status(
+            &mut e,
+            14_100,
+            "a",
+            &Status::offline(OfflineReason::Lost),
+            true,
+        );
+        advance(&mut e, 14_500);
+        assert!(verdicts(&drain(&mut e)).is_empty());
+        advance(&mut e, 19_500);
+        assert!(offline(&drain(&mut e), "a"));
+    }
+
+    #[test]
+    fn a_stalled_service_handles_queued_reports_before_judging_silence() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        // Five windows pass with no evaluation; the reports were queued meanwhile and
+        // are handled first (the owner reads messages before timeouts).
+        for s in ["a", "b", "c"] {
+            let body = serde_json::to_vec(&report(s, 3, false)).unwrap();
+            let t = topics();
+            e.handle_message(&t, 8_400, &t.report_json(&id(s)), &body, false)
+                .unwrap();
+        }
+        e.handle_timeout(8_500);
+        let out = drain(&mut e);
+        assert!(e.counters().skipped_evaluations >= 3);
+        assert!(!["a", "b", "c"].iter().any(|s| offline(&out, s)), "{out:?}");
+    }
+
+    /// Site `a`'s report for `(boot, seq)` with its own clock reading `start_ms`.
+    fn report_of(boot: u32, seq: u64, start_ms: u64) -> Report {
+        Report {
+            boot,
+            start_ms,
+            ..report("a", seq, false)
+        }
+    }
+
+    fn live(e: &Engine, site: &str) -> Option<(u32, u64)> {
+        e.sites()[&id(site)].last_window.map(|w| (w.0, w.1))
+    }
+
+    #[test]
+    fn an_rtc_less_reboot_with_a_spooled_backlog_keeps_the_site_live() {
+        let mut e = Engine::new(cfg());
+        let now0 = 1_764_201_600_000;
+        let mut out = Vec::new();
+        for w in 0..30u64 {
+            let at = now0 + w * 1000;
+            for (s, isp) in [("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    status(&mut e, at, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                send(&mut e, at + 500, &report(s, w, false)).unwrap();
+            }
+            match w {
+                0 => status(
+                    &mut e,
+                    at,
+                    "a",
+                    &Status::online(1, "t", id("A"), None),
+                    false,
+                ),
+                // Windows 5 and 6 of boot 1 are measured but not sent (the uplink is
+                // down), then the gateway reboots without an RTC: boot 2's clock reads 1970.
+                7 => status(
+                    &mut e,
+                    at,
+                    "a",
+                    &Status::online(2, "t", id("A"), None),
+                    false,
+                ),
+                _ => {}
+            }
+            if w < 5 {
+                send(&mut e, at + 500, &report_of(1, w, at)).unwrap();
+            } else if w >= 7 {
+                send(&mut e, at + 500, &report_of(2, w - 7, (w - 7) * 1000)).unwrap();
+                assert_eq!(live(&e, "a"), Some((2, w - 7)));
+                // The spool sends boot 1's windows after the new boot's, one a window,
+                // and some of them twice.
+                if (7..9).contains(&w) {
+                    let old = report_of(1, w - 2, now0 + (w - 2) * 1000);
+                    send(&mut e, at + 600, &old).unwrap();
+                    assert_eq!(live(&e, "a"), Some((2, w - 7)), "an old boot is never live");
+                    assert_eq!(send(&mut e, at + 700, &old), Err(Reject::Duplicate));
+                }
+            }
+            advance(&mut e, at + 1100);
+            out.extend(drain(&mut e));
+        }
+        assert!(!offline(&out, "a"), "{out:?}");
+        let a = &e.sites()[&id("a")];
+        assert_eq!(a.boots.live().map(|b| b.meta.boot), Some(2));
+        assert_eq!(e.missing_windows(), 0, "the backlog filled boot 1's gap");
+    }
+
+    #[test]
+    fn de_dup_and_the_live_boot_survive_a_restart() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..4, false);
+        // Site a rebooted as boot 9; its window 2 is missing so far.
+        status(
+            &mut e,
+            4_000,
+            "a",
+            &Status::online(9, "t", id("A"), None),
+            false,
+        );
+        for seq in [0, 1, 3] {
+            send(&mut e, 4_100, &report_of(9, seq, 0)).unwrap();
+        }
+        assert_eq!(e.missing_windows(), 1);
+        let restored = Restored {
+            boots: e
+                .sites()
+                .iter()
+                .flat_map(|(s, t)| t.boots.iter().map(|b| (s.clone(), b.clone())))
+                .collect(),
+            ..Restored::default()
+        };
+        let mut e2 = Engine::new(cfg());
+        e2.restore(5_000, restored);
+        assert_eq!(e2.missing_windows(), 1);
+        // Delivered again after the restart: counted once, before and after.
+        assert_eq!(
+            send(&mut e2, 5_100, &report_of(9, 3, 0)),
+            Err(Reject::Duplicate)
+        );
+        assert_eq!(
+            send(&mut e2, 5_100, &report("b", 3, false)),
+            Err(Reject::Duplicate)
+        );
+        // Boot 1's last window, late: stored, not live; boot 9's next one is.
+        send(&mut e2, 5_200, &report_of(1, 4, 0)).unwrap();
+        assert_eq!(live(&e2, "a"), None);
+        send(&mut e2, 5_300, &report_of(9, 4, 0)).unwrap();
+        assert_eq!(live(&e2, "a"), Some((9, 4)));
+        send(&mut e2, 5_400, &report_of(9, 2, 0)).unwrap();
+        assert_eq!(live(&e2, "a"), Some((9, 4)));
+        assert_eq!(e2.missing_windows(), 0);
+    }
+
+    /// Four sites: a, b on ISP A; c, d on ISP B; voipco fails for ISP A only.
+    #[test]
+    fn a_fault_between_one_isp_and_one_provider_is_one_route_incident() {
+        let mut e = Engine::new(cfg());
+        let fleet = [("a", "A"), ("b", "A"), ("c", "B"), ("d", "B")];
+        let mut out = Vec::new();
+        for w in 0..10u64 {
+            for (s, isp) in fleet {
+                if w == 0 {
+                    status(&mut e, 0, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                let bad = isp == "A" && (3..6).contains(&w);
+                send(&mut e, w * 1000 + 500, &report(s, w, bad)).unwrap();
+            }
+            advance(&mut e, (w + 1) * 1000 + 200);
+            out.extend(drain(&mut e));
+        }
+        let v = verdicts(&out);
+        assert!(
+            !v.iter()
+                .any(|v| v.scope == Scope::Provider && !v.state.is_ok()),
+            "{v:?}"
+        );
+        let route = v
+            .iter()
+            .find(|v| v.scope == Scope::Route && v.state == State::Outage)
+            .expect("a route verdict");
+        assert_eq!(route.id.as_str(), "A~voipco");
+        assert_eq!(route.isp, Some(id("A")));
+        assert_eq!(route.provider, Some(id("voipco")));
+        assert_eq!(route.sites, [id("a"), id("b")]);
+        for s in ["a", "b"] {
+            let sv = v
+                .iter()
+                .find(|v| v.id == s && v.state == State::Down)
+                .expect("site down");
+            assert_eq!(sv.cause, Some(Cause::Path));
+            assert_eq!(
+                sv.incident, route.incident,
+                "{s} points at the route's incident"
+            );
+        }
+        assert_eq!(events(&out, IncidentEventKind::Opened).len(), 1, "{out:?}");
+        assert_eq!(
+            topics().verdict(route),
+            "faultline/v1/state/routes/A/voipco"
+        );
+        // It clears like any verdict.
+        assert!(v.iter().any(|v| v.scope == Scope::Route && v.state.is_ok()));
+    }
+
+    #[test]
+    fn impossible_values_and_invented_windows_are_refused_and_counted() {
+        let mut e = Engine::new(cfg());
+        let mut r = report("a", 0, false);
+        r.probes[0].received = 11;
+        assert!(matches!(send(&mut e, 100, &r), Err(Reject::Impossible(_))));
+        let mut r = report("a", 0, false);
+        r.host = Some(HostHealth {
+            cpu_pct: 1e308,
+            mem_pct: 1.0,
+            load1: 0.0,
+        });
+        assert!(matches!(send(&mut e, 100, &r), Err(Reject::Impossible(_))));
+        let mut r = report("a", 0, false);
+        r.probes[1].rtt_ms = Some(RttStats {
+            min: 1.0,
+            p50: 1e308,
+            avg: 1.0,
+            p95: 1.0,
+            max: 1.0,
+        });
+        assert!(matches!(send(&mut e, 100, &r), Err(Reject::Impossible(_))));
+        assert_eq!(e.counters().rejected[&RejectReason::Impossible], 3);
+        // A site inventing windows: a day's worth at once, then one a window.
+        let day = site::BACKLOG_MS / 1000;
+        let mut paced = 0;
+        for seq in 0..day + 100 {
+            if send(&mut e, 200, &report("b", seq, false)) == Err(Reject::Paced) {
+                paced += 1;
+            }
+        }
+        assert!((95..=100).contains(&paced), "{paced}");
+        assert_eq!(e.counters().rejected[&RejectReason::Paced], paced);
+    }
+
+    #[test]
+    fn history_rows_judge_by_the_engines_rules() {
+        let mut e = Engine::new(cfg());
+        let mut r = report("a", 0, false);
+        let mut voice = ProbeResult::new(
+            id("media"),
+            Layer::Provider,
+            Some(id("voipco")),
+            Kind::Stamp,
+        );
+        voice.sent = 100;
+        voice.received = 100;
+        voice.mos = Some(3.0);
+        r.probes.push(voice);
+        send(&mut e, 500, &r).unwrap();
+        let row = drain(&mut e)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Window(w) => Some(w),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(row.bad, 1, "a poor MOS is a bad probe, as for verdicts");
     }
 }

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use faultline_shared::{
-    Health, Id, Kind, Layer, OfflineWhy, ProbeResult, Report, SiteHealth, SiteSummary,
-    SummaryKind, summary::ProviderHealth,
+    Health, Id, Kind, Layer, OfflineWhy, ProbeResult, Report, SiteHealth, SiteSummary, SummaryKind,
+    summary::ProviderHealth,
 };
 use serde::Serialize;
 
@@ -37,7 +37,10 @@ pub const BACKLOG_MS: u64 = 24 * 3600 * 1000;
 pub enum Presence {
     Online,
     /// Offline since `since_ms` (collector time) because of `why`.
-    Offline { since_ms: u64, why: OfflineWhy },
+    Offline {
+        since_ms: u64,
+        why: OfflineWhy,
+    },
 }
 
 /// One target at one site: identity, baseline and its latest window.
@@ -267,8 +270,11 @@ impl SiteTrack {
             None if !live => return None,
             None => {
                 if self.targets.len() >= MAX_TARGETS_PER_SITE
-                    && let Some((oldest, _)) =
-                        self.targets.iter().enumerate().min_by_key(|(_, t)| t.seen_ms)
+                    && let Some((oldest, _)) = self
+                        .targets
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, t)| t.seen_ms)
                 {
                     self.targets.swap_remove(oldest);
                 }
@@ -301,7 +307,13 @@ impl SiteTrack {
     }
 
     /// Folds a de-duplicated live report (already judged) into the site's layers.
-    pub fn apply_live(&mut self, r: &Report, judged: &[Option<Health>], now_ms: u64, th: &Thresholds) {
+    pub fn apply_live(
+        &mut self,
+        r: &Report,
+        judged: &[Option<Health>],
+        now_ms: u64,
+        th: &Thresholds,
+    ) {
         self.last_report_ms = now_ms;
         self.window_ms = r.window_ms;
         self.presence = Presence::Online;
@@ -368,7 +380,10 @@ mod tests {
         let (every, cap) = Bucket::window_pace(10_000);
         let mut p = Bucket::full(0, cap);
         let day = (BACKLOG_MS / 10_000) as usize;
-        assert!((0..day).all(|_| p.take(0, every, cap)), "a day's backlog at once");
+        assert!(
+            (0..day).all(|_| p.take(0, every, cap)),
+            "a day's backlog at once"
+        );
         // Spent: one more window every window, no faster.
         let mut taken = 0;
         for i in 0..100 {

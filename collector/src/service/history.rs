@@ -8,9 +8,9 @@
 //! delivers them again; de-dup, restored from history at start, drops what was
 //! already committed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
 
 use faultline_shared::{Id, Verdict};
 use rumqttc::v5::mqttbytes::QoS;

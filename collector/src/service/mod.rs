@@ -95,7 +95,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// The service on the current tokio runtime, until `shutdown` completes.
-pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let link = crate::link::Link::open(&cfg)?;
     let start = now_ms();
     let writer = Store::open(&cfg.storage.path)?;
@@ -130,7 +133,13 @@ pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()>)
     shared.snapshot.set(Arc::new(engine.snapshot()));
 
     let (stop_tx, _) = broadcast::channel::<()>(1);
-    crate::http::serve(cfg.http_listen, shared.clone(), cfg.clone(), stop_tx.subscribe()).await?;
+    crate::http::serve(
+        cfg.http_listen,
+        shared.clone(),
+        cfg.clone(),
+        stop_tx.subscribe(),
+    )
+    .await?;
 
     let (publisher, outlets) = publish::Publisher::start(&link, &cfg, shared.clone());
     let (reader, inputs) = ingest::Reader::start(
@@ -296,8 +305,11 @@ impl Owner {
                 }
                 Output::Metrics(r) => {
                     if self.metrics.try_send(r.clone()).is_err() {
-                        self.shared.stats.lock().expect("stats lock").metrics_dropped +=
-                            r.probes.len() as u64;
+                        self.shared
+                            .stats
+                            .lock()
+                            .expect("stats lock")
+                            .metrics_dropped += r.probes.len() as u64;
                     }
                     continue;
                 }

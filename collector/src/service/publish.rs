@@ -106,12 +106,16 @@ impl Publisher {
                 let t = &shared.topics;
                 while let Some(p) = out_rx.recv().await {
                     let (topic, retain, body) = match &p {
-                        Publication::Verdict(v) => {
-                            (t.verdict(v), true, serde_json::to_vec(v).unwrap_or_default())
-                        }
-                        Publication::Incident(e) => {
-                            (t.incidents(), false, serde_json::to_vec(e).unwrap_or_default())
-                        }
+                        Publication::Verdict(v) => (
+                            t.verdict(v),
+                            true,
+                            serde_json::to_vec(v).unwrap_or_default(),
+                        ),
+                        Publication::Incident(e) => (
+                            t.incidents(),
+                            false,
+                            serde_json::to_vec(e).unwrap_or_default(),
+                        ),
                         // An empty retained message clears the topic.
                         Publication::Forget(v) => (t.verdict(v), true, Vec::new()),
                     };
