@@ -12,6 +12,7 @@
 //! - `changes SCOPE ID N`: exactly N verdicts are published for it (the first `ok`
 //!   included).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -110,9 +111,9 @@ fn probe(target: &str, layer: &str, provider: Option<&str>, kind: &str, c: Cond)
     p
 }
 
-fn report(site: &str, seq: u64, start_ms: u64, w: &SiteWindow) -> Value {
+fn report(site: &str, seq: u64, start_ms: u64, window_ms: u64, w: &SiteWindow) -> Value {
     json!({
-        "v": 1, "site": site, "boot": w.boot, "seq": seq, "start_ms": start_ms, "window_ms": 10000,
+        "v": 1, "site": site, "boot": w.boot, "seq": seq, "start_ms": start_ms, "window_ms": window_ms,
         "host": {"cpu_pct": 10.0, "mem_pct": 40.0, "load1": 0.2},
         "probes": [
             probe("gw", "lan", None, "icmp", w.lan),
@@ -132,7 +133,8 @@ type Extra = (u64, u64, &'static str, Value);
 /// boot, seq, the agent's clock at the window's start). Its probes are healthy.
 type Spooled = (u64, u64, &'static str, u32, u64, u64);
 
-/// Builds a scenario's lines: statuses at T0 - 5 s, then `windows` windows.
+/// Builds a scenario's lines: statuses at T0 - 5 s, then `windows` windows of the
+/// 10 s [`FLEET`].
 fn build(windows: u64, f: impl Fn(u64, &str) -> SiteWindow, extras: &[Extra]) -> Vec<Value> {
     build_with_spool(windows, f, extras, &[])
 }
@@ -144,13 +146,31 @@ fn build_with_spool(
     extras: &[Extra],
     spooled: &[Spooled],
 ) -> Vec<Value> {
+    let fleet: Vec<(&str, &str, u64)> = FLEET.iter().map(|&(s, i)| (s, i, W)).collect();
+    build_fleet(&fleet, windows, |k, s, _| f(k, s), extras, spooled)
+}
+
+/// The general generator: `fleet` lists (site, ISP, its window_ms, a multiple of
+/// [`W`]); the scenario lasts `steps` × [`W`]. Site `s`'s window `k` starts at
+/// `T0 + k × window_ms` (its agent's clock) and its report arrives at
+/// `T0 + (k + 1) × window_ms − 5 s` plus the window's `delay_ms` (for 10 s sites:
+/// `T0 + k × 10 s + 5 s`); `seq` counts the site's own windows. `f(k, site,
+/// window_ms)` says what window `k` of `site` reports. Extras and spooled reports
+/// are placed on the 10 s grid (`T0 + w × W + offset`).
+fn build_fleet(
+    fleet: &[(&str, &str, u64)],
+    steps: u64,
+    f: impl Fn(u64, &str, u64) -> SiteWindow,
+    extras: &[Extra],
+    spooled: &[Spooled],
+) -> Vec<Value> {
     let mut lines: Vec<(u64, u64, Value)> = Vec::new();
     let mut order = 0u64;
     let mut push = |lines: &mut Vec<(u64, u64, Value)>, at: u64, v: Value| {
         order += 1;
         lines.push((at, order, v));
     };
-    for (site, isp) in FLEET {
+    for (site, isp, _) in fleet {
         let at = T0 - 5_000;
         push(
             &mut lines,
@@ -159,20 +179,25 @@ fn build_with_spool(
             "payload": {"state": "online", "boot": 7, "version": "0.1.0", "isp": isp}}),
         );
     }
-    for w in 0..windows {
-        for (site, _) in FLEET {
-            let sw = f(w, site);
+    for step in 0..steps {
+        for &(site, _, window_ms) in fleet {
+            // A site's window ends on this step when its length divides the time.
+            if (step + 1) * W % window_ms != 0 {
+                continue;
+            }
+            let w = (step + 1) * W / window_ms - 1;
+            let sw = f(w, site, window_ms);
             if !sw.send {
                 continue;
             }
             let start = sw
                 .start_ms
-                .unwrap_or_else(|| (T0 + w * W).saturating_sub(sw.clock_off_ms));
-            let at = T0 + w * W + 5_000 + sw.delay_ms;
+                .unwrap_or_else(|| (T0 + w * window_ms).saturating_sub(sw.clock_off_ms));
+            let at = T0 + (w + 1) * window_ms - 5_000 + sw.delay_ms;
             let topic = format!("faultline/v1/sites/{site}/report/json");
             let seq = sw.seq.unwrap_or(w);
-            let line =
-                json!({"at_ms": at, "topic": topic, "payload": report(site, seq, start, &sw)});
+            let line = json!({"at_ms": at, "topic": topic,
+                "payload": report(site, seq, start, window_ms, &sw)});
             push(&mut lines, at, line.clone());
             if sw.twice {
                 let mut again = line;
@@ -191,7 +216,7 @@ fn build_with_spool(
             &mut lines,
             at,
             json!({"at_ms": at, "topic": format!("faultline/v1/sites/{site}/report/json"),
-            "payload": report(site, seq, start, &sw)}),
+            "payload": report(site, seq, start, W, &sw)}),
         );
     }
     for (w, off, site, payload) in extras {
@@ -684,8 +709,111 @@ fn checked_in_files_match_the_generator() {
 
 // ---- the checker -----------------------------------------------------------------
 
-fn window_of(at_ms: u64) -> i64 {
-    (at_ms as i64 - T0 as i64) / W as i64 - 1
+/// Whose windows a time point counts: window `k` of a clock of length `w` is judged
+/// by the verdicts that follow its reports, which arrive at `T0 + (k + 1) × w − 5 s`.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    w: u64,
+}
+
+impl Clock {
+    fn arrival(self, k: i64) -> i64 {
+        T0 as i64 + (k + 1) * self.w as i64 - 5_000
+    }
+
+    /// The window whose reports a verdict at `at_ms` followed.
+    fn window_of(self, at_ms: u64) -> i64 {
+        (at_ms as i64 - self.arrival(0)).div_euclid(self.w as i64)
+    }
+
+    fn window(self, v: &Value) -> i64 {
+        self.window_of(v["at_ms"].as_u64().unwrap())
+    }
+}
+
+/// A time point of an expect line: window `k` of `clock`.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    clock: Clock,
+    k: i64,
+}
+
+/// What the checker knows of a scenario: its verdicts, and each site's window
+/// length (from its reports' `window_ms`).
+struct Scene<'a> {
+    name: &'a str,
+    verdicts: &'a [Value],
+    windows: BTreeMap<String, u64>,
+}
+
+impl<'a> Scene<'a> {
+    fn new(name: &'a str, input: &str, verdicts: &'a [Value]) -> Self {
+        let mut windows = BTreeMap::new();
+        for l in input.lines() {
+            let l: Value = serde_json::from_str(l).unwrap();
+            let topic = l["topic"].as_str().unwrap_or("");
+            let site = topic.split('/').nth(3).unwrap_or("").to_owned();
+            let w = if topic.ends_with("/report/json") {
+                l["payload"]["window_ms"].as_u64()
+            } else {
+                None
+            };
+            let e = windows.entry(site).or_insert(W);
+            if let Some(w) = w {
+                *e = w;
+            }
+        }
+        Self {
+            name,
+            verdicts,
+            windows,
+        }
+    }
+
+    fn of(&self, scope: &str, id: &str) -> Vec<&'a Value> {
+        self.verdicts
+            .iter()
+            .filter(|v| v["scope"] == scope && (id == "*" || v["id"] == id))
+            .collect()
+    }
+
+    /// The ids a line names: every site for `site *`.
+    fn ids(&self, scope: &str, id: &str) -> Vec<String> {
+        if scope == "site" && id == "*" {
+            self.windows.keys().cloned().collect()
+        } else {
+            vec![id.to_owned()]
+        }
+    }
+
+    /// `K` (window K of the site's own windows for scope `site`, of the 10 s grid
+    /// otherwise) or `SITE:K` (window K of SITE's windows).
+    fn point(&self, word: &str, scope: &str, id: &str) -> Point {
+        let (site, k) = match word.split_once(':') {
+            Some((site, k)) => (site, k),
+            None if scope == "site" => (id, word),
+            None => ("", word),
+        };
+        let w = match site {
+            "" => W,
+            s => *self
+                .windows
+                .get(s)
+                .unwrap_or_else(|| panic!("{}: no site {s} in the scenario", self.name)),
+        };
+        Point {
+            clock: Clock { w },
+            k: k.parse()
+                .unwrap_or_else(|_| panic!("{}: bad window {word:?}", self.name)),
+        }
+    }
+
+    /// The verdict of `scope id` as of window `p` (the last one at or before it).
+    fn as_of(&self, scope: &str, id: &str, p: Point) -> Option<&'a Value> {
+        self.of(scope, id)
+            .into_iter()
+            .rfind(|v| p.clock.window(v) <= p.k)
+    }
 }
 
 fn run_replay(jsonl: &Path) -> Vec<Value> {
@@ -710,58 +838,178 @@ fn run_replay(jsonl: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn check(name: &str, expect: &str, verdicts: &[Value]) -> Vec<String> {
+/// Whether `v` has `state` and every `key=value`.
+fn matches(v: &Value, state: &str, keys: &[&str]) -> bool {
+    let mut ok = v["state"] == state;
+    for kv in keys {
+        let (k, val) = kv
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad key {kv:?}"));
+        ok &= match k {
+            "recommend" if val == "none" => v.get("recommendation").is_none(),
+            "recommend" => v["recommendation"]["to"] == val,
+            "sites" => {
+                let want: Vec<Value> = val.split(',').map(|s| json!(s)).collect();
+                v["sites"] == Value::Array(want)
+            }
+            k => v[k] == val,
+        };
+    }
+    ok
+}
+
+/// DESIGN's budgets for a fault of `scope id` from onset `on` to end `end`: nothing
+/// but `ok` before the onset's window; `state` shown within 3 windows of the onset
+/// (windows `on`..=`on + 2`); no `ok` again before the end's window; `ok` within 4
+/// windows of the end (`end`..=`end + 3`).
+fn fault_budget(
+    s: &Scene<'_>,
+    scope: &str,
+    id: &str,
+    state: &str,
+    on: Point,
+    end: Point,
+) -> Vec<String> {
     let mut failures = Vec::new();
-    let of = |scope: &str, id: &str| -> Vec<&Value> {
-        verdicts
-            .iter()
-            .filter(|v| v["scope"] == scope && (id == "*" || v["id"] == id))
-            .collect()
+    let vs = s.of(scope, id);
+    let fail = |what: String| format!("{scope} {id} {state}: {what}");
+    if let Some(v) = vs
+        .iter()
+        .find(|v| v["state"] != "ok" && on.clock.window(v) < on.k)
+    {
+        failures.push(fail(format!(
+            "shown before the onset (window {}): {v}",
+            on.k
+        )));
+    }
+    let Some(shown) = vs.iter().position(|v| v["state"] == state) else {
+        failures.push(fail("never shown".into()));
+        return failures;
     };
+    let at = on.clock.window(vs[shown]);
+    if at > on.k + 2 {
+        failures.push(fail(format!(
+            "shown {} windows after the onset (window {}), budget 3: {}",
+            at - on.k + 1,
+            on.k,
+            vs[shown]
+        )));
+    }
+    let after = &vs[shown + 1..];
+    if let Some(v) = after
+        .iter()
+        .find(|v| v["state"] == "ok" && end.clock.window(v) < end.k)
+    {
+        failures.push(fail(format!(
+            "back to ok before the fault ended (window {}): {v}",
+            end.k
+        )));
+    }
+    match after.iter().find(|v| v["state"] == "ok") {
+        None => failures.push(fail("never cleared".into())),
+        Some(v) if end.clock.window(v) > end.k + 3 => failures.push(fail(format!(
+            "cleared {} windows after the end (window {}), budget 4: {v}",
+            end.clock.window(v) - end.k + 1,
+            end.k
+        ))),
+        Some(_) => {}
+    }
+    failures
+}
+
+/// Every non-ok verdict of `scope id` carries the incident of `scope2 id2`'s verdict
+/// while that one is open, none opens before it, and there is at least one.
+fn same_incident(s: &Scene<'_>, scope: &str, id: &str, scope2: &str, id2: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let theirs = s.of(scope2, id2);
+    let mut pointing = 0;
+    for v in s.of(scope, id).into_iter().filter(|v| v["state"] != "ok") {
+        let at = v["at_ms"].as_u64().unwrap();
+        let before: Vec<&Value> = theirs
+            .iter()
+            .copied()
+            .filter(|u| u["at_ms"].as_u64().unwrap() <= at)
+            .collect();
+        match before.last() {
+            Some(u) if u["state"] != "ok" => {
+                if v["incident"] != u["incident"] {
+                    failures.push(format!("{v} does not point at {u}"));
+                }
+                pointing += 1;
+            }
+            // Their verdict closed before this one: no longer theirs.
+            Some(_) if before.iter().any(|u| u["state"] != "ok") => {}
+            _ => failures.push(format!("{v} opened before {scope2} {id2} did")),
+        }
+    }
+    if pointing == 0 {
+        failures.push(format!(
+            "no verdict of {scope} {id} points at {scope2} {id2}"
+        ));
+    }
+    failures
+}
+
+fn check(name: &str, expect: &str, input: &str, verdicts: &[Value]) -> Vec<String> {
+    let s = Scene::new(name, input, verdicts);
+    let mut failures = Vec::new();
     for line in expect.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let mut fail = |what: String| failures.push(format!("{name}: `{line}`: {what}"));
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["at", w, scope, id, state, keys @ ..] => {
-                let w: i64 = w.parse().unwrap();
-                let last = of(scope, id)
-                    .into_iter()
-                    .rfind(|v| window_of(v["at_ms"].as_u64().unwrap()) <= w);
-                let Some(v) = last else {
-                    failures.push(format!("{name}: `{line}`: no verdict by window {w}"));
-                    continue;
-                };
-                let mut ok = v["state"] == *state;
-                for kv in keys {
-                    let (k, val) = kv.split_once('=').unwrap();
-                    ok &= match k {
-                        "recommend" if val == "none" => v.get("recommendation").is_none(),
-                        "recommend" => v["recommendation"]["to"] == val,
-                        "sites" => {
-                            let want: Vec<Value> = val.split(',').map(|s| json!(s)).collect();
-                            v["sites"] == Value::Array(want)
-                        }
-                        k => v[k] == val,
-                    };
-                }
-                if !ok {
-                    failures.push(format!("{name}: `{line}`: got {v}"));
+            ["at", p, scope, id, state, keys @ ..] => {
+                let p = s.point(p, scope, id);
+                match s.as_of(scope, id, p) {
+                    None => fail(format!("no verdict by window {}", p.k)),
+                    Some(v) if !matches(v, state, keys) => fail(format!("got {v}")),
+                    Some(_) => {}
                 }
             }
-            ["never", scope, id] => {
-                for v in of(scope, id) {
-                    if v["state"] != "ok" {
-                        failures.push(format!("{name}: `{line}`: got {v}"));
+            ["becomes", p, scope, id, state, keys @ ..] => {
+                let p = s.point(p, scope, id);
+                let before = Point { k: p.k - 1, ..p };
+                match (s.as_of(scope, id, before), s.as_of(scope, id, p)) {
+                    (_, None) => fail(format!("no verdict by window {}", p.k)),
+                    (Some(b), _) if b["state"] == *state => {
+                        fail(format!("already {state} by window {}: {b}", before.k))
+                    }
+                    (_, Some(v)) if !matches(v, state, keys) => fail(format!("got {v}")),
+                    _ => {}
+                }
+            }
+            ["fault", scope, id, state, "from", on, "to", end] => {
+                for id in s.ids(scope, id) {
+                    let (on, end) = (s.point(on, scope, &id), s.point(end, scope, &id));
+                    for f in fault_budget(&s, scope, &id, state, on, end) {
+                        fail(f);
                     }
                 }
             }
+            ["never", scope, id, rest @ ..] => {
+                let bad = |v: &&&Value| match rest {
+                    [] => v["state"] != "ok",
+                    [state] => v["state"] == *state,
+                    _ => panic!("{name}: bad expect line {line:?}"),
+                };
+                for v in s.of(scope, id).iter().filter(bad) {
+                    fail(format!("got {v}"));
+                }
+            }
             ["changes", scope, id, n] => {
-                let got = of(scope, id).len();
-                if got != n.parse::<usize>().unwrap() {
-                    let all: Vec<String> = of(scope, id).iter().map(|v| v.to_string()).collect();
-                    failures.push(format!("{name}: `{line}`: got {got}: {all:#?}"));
+                let got = s.of(scope, id);
+                if got.len() != n.parse::<usize>().unwrap() {
+                    let all: Vec<String> = got.iter().map(|v| v.to_string()).collect();
+                    fail(format!("got {}: {all:#?}", got.len()));
+                }
+            }
+            ["incident", scope, id, "=", scope2, id2] => {
+                for id in s.ids(scope, id) {
+                    for f in same_incident(&s, scope, &id, scope2, id2) {
+                        fail(f);
+                    }
                 }
             }
             _ => panic!("{name}: bad expect line {line:?}"),
@@ -788,8 +1036,9 @@ fn every_scenario_meets_its_expectations_through_replay() {
     for jsonl in names {
         let name = jsonl.file_stem().unwrap().to_string_lossy().into_owned();
         let expect = std::fs::read_to_string(jsonl.with_extension("expect")).unwrap();
+        let input = std::fs::read_to_string(&jsonl).unwrap();
         let verdicts = run_replay(&jsonl);
-        failures.extend(check(&name, &expect, &verdicts));
+        failures.extend(check(&name, &expect, &input, &verdicts));
     }
     assert!(
         failures.is_empty(),
