@@ -64,6 +64,35 @@ const FLEET: &[(&str, &str)] = &[
     ("s6", "IspC"),
 ];
 
+/// A fleet mixing window lengths (DESIGN rule 7): (site, ISP, window_ms); 10 s sites
+/// beside 30 s (metered) and 60 s (satellite) ones on every ISP but IspA.
+const MIXED_FLEET: &[(&str, &str, u64)] = &[
+    ("s1", "IspA", 10_000),
+    ("s2", "IspA", 30_000),
+    ("s3", "IspB", 10_000),
+    ("s4", "IspB", 60_000),
+    ("s5", "IspC", 10_000),
+    ("s6", "IspC", 30_000),
+];
+
+/// Mixed-fleet scenarios last 600 s (10 windows of the 60 s sites).
+const MIXED_STEPS: u64 = 60;
+
+/// How late a mixed fleet's report of window `k` arrives after its window ends: a
+/// 10 s site's 0-3 s, a 30 s site's 1-2 s, a 60 s site's 2 s.
+fn uplink_delay(k: u64, window_ms: u64) -> u64 {
+    match window_ms {
+        10_000 => (k % 4) * 1_000,
+        30_000 => 1_000 + (k % 2) * 1_000,
+        _ => 2_000,
+    }
+}
+
+/// Whether window `k` of `window_ms` lies within `from_s..to_s` seconds after T0.
+fn within(k: u64, window_ms: u64, from_s: u64, to_s: u64) -> bool {
+    k * window_ms >= from_s * 1_000 && (k + 1) * window_ms <= to_s * 1_000
+}
+
 /// A probe's condition in one window.
 #[derive(Clone, Copy, PartialEq)]
 enum Cond {
@@ -711,6 +740,192 @@ fn scenarios() -> Vec<Scenario> {
                      changes site s3 3\n\
                      changes site s4 3\n\
                      never isp *\n",
+        },
+        Scenario {
+            name: "route_isp_a_voipco",
+            about: "voipco unreachable from both IspA sites (s1, s2) in windows 6..14, healthy from IspB and IspC: a route fault, not the provider",
+            lines: build(
+                24,
+                |w, s| SiteWindow {
+                    voipco: if in_range(w, 6, 14) && (s == "s1" || s == "s2") {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    },
+                    ..Default::default()
+                },
+                &[],
+            ),
+            expect: "fault route IspA~voipco outage from 6 to 14\n\
+                     at 8 route IspA~voipco outage isp=IspA provider=voipco sites=s1,s2\n\
+                     fault site s1 down from 6 to 14\n\
+                     fault site s2 down from 6 to 14\n\
+                     at 8 site s1 down cause=path provider=voipco\n\
+                     at 8 site s2 down cause=path provider=voipco\n\
+                     # one incident for the route, not one per site\n\
+                     incident site s1 = route IspA~voipco\n\
+                     incident site s2 = route IspA~voipco\n\
+                     never provider *\n\
+                     never isp *\n\
+                     never site s3\n\
+                     never site s4\n\
+                     never site s5\n\
+                     never site s6\n",
+        },
+        Scenario {
+            name: "mixed_late_uplinks",
+            about: "10 s, 30 s and 60 s sites, all healthy, their reports late: 10 s sites' 0-3 s, 30 s sites' 1-2 s, 60 s sites' 2 s after their windows end; none of it is silence",
+            lines: build_fleet(
+                MIXED_FLEET,
+                MIXED_STEPS,
+                |k, _, window_ms| SiteWindow {
+                    delay_ms: uplink_delay(k, window_ms),
+                    ..Default::default()
+                },
+                &[],
+                &[],
+            ),
+            expect: "never site *\n\
+                     never isp *\n\
+                     never provider *\n\
+                     never route *\n",
+        },
+        Scenario {
+            name: "mixed_blips",
+            about: "one bad window at long-window sites never raises anything: s2 (30 s) LAN down in its window 4, s4 (60 s) voipco down in its window 3 and LAN down in its window 6, s6 (30 s) lossy beyond the LAN in its window 8, s2 and s6 (30 s, IspA and IspC) voipco lossy in their window 12",
+            lines: build_fleet(
+                MIXED_FLEET,
+                MIXED_STEPS,
+                |k, s, window_ms| {
+                    let mut sw = SiteWindow {
+                        delay_ms: uplink_delay(k, window_ms),
+                        ..Default::default()
+                    };
+                    match (s, k) {
+                        ("s2", 4) | ("s4", 6) => {
+                            sw.lan = Cond::Down;
+                            sw.net = Cond::Down;
+                            sw.voipco = Cond::Down;
+                            sw.voipco2 = Cond::Down;
+                        }
+                        ("s4", 3) => sw.voipco = Cond::Down,
+                        ("s6", 8) => {
+                            sw.net = Cond::Lossy;
+                            sw.voipco = Cond::Lossy;
+                            sw.voipco2 = Cond::Lossy;
+                        }
+                        ("s2" | "s6", 12) => sw.voipco = Cond::Lossy,
+                        _ => {}
+                    }
+                    sw
+                },
+                &[],
+                &[],
+            ),
+            expect: "never site *\n\
+                     never isp *\n\
+                     never provider *\n\
+                     never route *\n",
+        },
+        Scenario {
+            name: "mixed_lan_fault",
+            about: "s2 (30 s windows) loses its LAN gateway from T0 + 120 s to T0 + 240 s (its windows 4..8) in a mixed fleet with late uplinks",
+            lines: build_fleet(
+                MIXED_FLEET,
+                MIXED_STEPS,
+                |k, s, window_ms| {
+                    let c = if s == "s2" && within(k, window_ms, 120, 240) {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    };
+                    SiteWindow {
+                        lan: c,
+                        net: c,
+                        voipco: c,
+                        voipco2: c,
+                        delay_ms: uplink_delay(k, window_ms),
+                        ..Default::default()
+                    }
+                },
+                &[],
+                &[],
+            ),
+            expect: "# s2's own windows: opens after its 2nd bad one, closes after its 3rd good one\n\
+                     fault site s2 down from 4 to 8\n\
+                     becomes 5 site s2 down cause=lan\n\
+                     becomes 10 site s2 ok cause=none\n\
+                     never site s1\n\
+                     never site s3\n\
+                     never site s4\n\
+                     never site s5\n\
+                     never site s6\n\
+                     never isp *\n\
+                     never provider *\n\
+                     never route *\n",
+        },
+        Scenario {
+            name: "mixed_provider_outage",
+            about: "voipco down everywhere from T0 + 120 s to T0 + 360 s (10 s windows 12..36, 30 s windows 4..12, 60 s windows 2..6) in a mixed fleet with late uplinks; voipco2 healthy",
+            lines: build_fleet(
+                MIXED_FLEET,
+                MIXED_STEPS,
+                |k, _, window_ms| SiteWindow {
+                    voipco: if within(k, window_ms, 120, 360) {
+                        Cond::Down
+                    } else {
+                        Cond::Ok
+                    },
+                    delay_ms: uplink_delay(k, window_ms),
+                    ..Default::default()
+                },
+                &[],
+                &[],
+            ),
+            expect: "# shown by the 10 s sites within 3 of their windows; until the 30 s sites'\n\
+                     # first good window (s2:12, T0 + 385 s) 3 of 6 sites still see it down, so\n\
+                     # it clears within 4 of the 30 s sites' windows after that\n\
+                     fault provider voipco outage from 12 to s2:12\n\
+                     at 25 provider voipco outage cause=provider recommend=voipco2 sites=s1,s2,s3,s4,s5,s6\n\
+                     fault site s1 down from 12 to 36\n\
+                     fault site s3 down from 12 to 36\n\
+                     fault site s5 down from 12 to 36\n\
+                     fault site s2 down from 4 to 12\n\
+                     fault site s6 down from 4 to 12\n\
+                     fault site s4 down from 2 to 6\n\
+                     becomes 13 site s1 down cause=provider provider=voipco\n\
+                     becomes 5 site s2 down cause=provider provider=voipco\n\
+                     becomes 3 site s4 down cause=provider provider=voipco\n\
+                     incident site * = provider voipco\n\
+                     never site * offline\n\
+                     never isp *\n\
+                     never route *\n\
+                     never provider voipco2\n",
+        },
+        Scenario {
+            name: "mixed_silence_60s",
+            about: "s4 (60 s windows) sends nothing from T0 + 180 s (its window 3) and is back at its window 8; its last report arrived at T0 + 177 s",
+            lines: build_fleet(
+                MIXED_FLEET,
+                MIXED_STEPS,
+                |k, s, window_ms| SiteWindow {
+                    send: !(s == "s4" && in_range(k, 3, 8)),
+                    delay_ms: uplink_delay(k, window_ms),
+                    ..Default::default()
+                },
+                &[],
+                &[],
+            ),
+            expect: "# offline after 3 of its own windows without a report (3, 4, 5), not 30 s\n\
+                     becomes 5 site s4 offline cause=none\n\
+                     fault site s4 offline from 3 to 8\n\
+                     never site s1\n\
+                     never site s2\n\
+                     never site s3\n\
+                     never site s5\n\
+                     never site s6\n\
+                     never isp *\n\
+                     never provider *\n",
         },
     ]
 }
