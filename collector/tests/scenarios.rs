@@ -238,7 +238,7 @@ fn build_fleet(
     for step in 0..steps {
         for &(site, _, window_ms) in fleet {
             // A site's window ends on this step when its length divides the time.
-            if (step + 1) * W % window_ms != 0 {
+            if !((step + 1) * W).is_multiple_of(window_ms) {
                 continue;
             }
             let w = (step + 1) * W / window_ms - 1;
