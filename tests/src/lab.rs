@@ -77,6 +77,12 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// How long before its window's end an agent stops probing and publishes (the
+/// agent's `window::guard_ms`: 1/20 of the window, at most 250 ms); never earlier.
+pub fn agent_guard_ms(window_ms: u64) -> u64 {
+    (window_ms / 20).min(250)
+}
+
 /// The retained verdict topic of `scope` (`sites`, `isps`, `providers`) and `id`.
 pub fn state_topic(scope: &str, id: &str) -> String {
     format!("{PREFIX}/state/{scope}/{id}")
@@ -769,6 +775,25 @@ impl Lab {
     pub fn windows_after(&self, from_ms: u64, v: &Value) -> f64 {
         let at = v["at_ms"].as_u64().unwrap_or(0);
         (at as f64 - from_ms as f64) / self.window_ms() as f64
+    }
+
+    /// The newest window (index on the wall-clock grid, `start_ms / window_ms`) whose
+    /// reports a verdict published at `at_ms` can rest on. An agent publishes window
+    /// `j` no earlier than [`agent_guard_ms`] before its end, `(j + 1) × W`, so until
+    /// `(j + 2) × W − guard` no report of window `j + 1` exists anywhere: whatever
+    /// the collector's evaluation delay, a verdict published before then was
+    /// computed from window `j` or older.
+    pub fn newest_window_judged(&self, at_ms: u64) -> u64 {
+        let w = self.window_ms();
+        ((at_ms + agent_guard_ms(w)) / w).saturating_sub(1)
+    }
+
+    /// Which window the verdict `v` rests on, counting the window `from_ms` falls in
+    /// as the first: 1 when computed from that very window's reports. DESIGN's "within
+    /// N windows of" a fault's onset (or end) at `from_ms` is a count of at most N.
+    pub fn window_count(&self, from_ms: u64, v: &Value) -> u64 {
+        let at = v["at_ms"].as_u64().unwrap_or(0);
+        (self.newest_window_judged(at) + 1).saturating_sub(from_ms / self.window_ms())
     }
 
     /// A GET on the collector's HTTP server; the body.
