@@ -377,10 +377,15 @@ impl Fleet {
             let Some(isp) = &s.isp else { continue };
             let recent_ms = now_ms
                 .saturating_sub(u64::from(s.window_ms) * u64::from(self.th.silence_windows + 3));
+            // ...or while the outage they went dark in is still open.
+            let in_outage = self
+                .isps
+                .get(isp)
+                .is_some_and(|t| t.open && t.shown.sites.contains(id));
             let e = isp_tally.entry(isp).or_default();
             match low {
                 Lower::Offline(OfflineWhy::Shutdown, _) => {}
-                Lower::Offline(_, since) if *since < recent_ms || *since == 0 => {}
+                Lower::Offline(_, since) if (*since < recent_ms || *since == 0) && !in_outage => {}
                 Lower::Offline(..) => {
                     e.0 += 1;
                     e.1.push((id, true));
