@@ -263,6 +263,8 @@ pub struct Engine {
     pending_wills: BTreeMap<Id, u64>,
     /// Something changed since the last snapshot.
     dirty: bool,
+    /// [`Engine::missing_windows`], kept up to date as boots change.
+    missing: u64,
 }
 
 impl Engine {
@@ -280,6 +282,7 @@ impl Engine {
             link_was_lost: false,
             pending_wills: BTreeMap::new(),
             dirty: true,
+            missing: 0,
         }
     }
 
@@ -321,7 +324,7 @@ impl Engine {
     /// Windows provably missing across every site (gaps in a boot's seqs; see
     /// [`boots`]), less those a backlog has filled since.
     pub fn missing_windows(&self) -> u64 {
-        self.sites.values().map(|s| s.boots.missing()).sum()
+        self.missing
     }
 
     /// How long after new summaries (and after a window boundary) the evaluation
@@ -513,7 +516,9 @@ impl Engine {
             .sites
             .entry(report.site.clone())
             .or_insert_with(|| SiteTrack::new(now_ms, report.window_ms));
+        let before = site.boots.missing();
         let (seen, boot) = site.boots.window(now_ms, report.boot, report.seq);
+        self.missing = (self.missing + site.boots.missing()).saturating_sub(before);
         let live = match seen {
             Seen::Duplicate => return Err(Reject::Duplicate),
             Seen::Full => return Err(Reject::DedupFull),
@@ -594,7 +599,10 @@ impl Engine {
                 if status.customer.is_some() {
                     s.customer = status.customer;
                 }
-                if let Some(meta) = s.boots.announce(now_ms, status.boot) {
+                let before = s.boots.missing();
+                let announced = s.boots.announce(now_ms, status.boot);
+                self.missing = (self.missing + s.boots.missing()).saturating_sub(before);
+                if let Some(meta) = announced {
                     self.out.push_back(Output::Boot(id.clone(), meta));
                 }
                 self.out.push_back(Output::Site {
@@ -868,6 +876,7 @@ impl Engine {
         for s in self.sites.values_mut() {
             s.refresh_view();
         }
+        self.missing = self.sites.values().map(|s| s.boots.missing()).sum();
         self.dirty = true;
     }
 }

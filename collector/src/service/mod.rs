@@ -234,7 +234,9 @@ impl Owner {
                 }
                 () = tokio::time::sleep(wait) => self.timeout(),
             }
-            if counters_at.elapsed() >= COUNTERS_EVERY {
+            // Fresh for readers once the queue is drained; at most every
+            // COUNTERS_EVERY under a steady stream.
+            if inputs.is_empty() || counters_at.elapsed() >= COUNTERS_EVERY {
                 counters_at = tokio::time::Instant::now();
                 self.shared.snapshot.set_counters(self.engine.counters());
             }
