@@ -10,7 +10,9 @@
 //! - [`wire`]: the versioned postcard envelope agents publish, with a size-capped decoder.
 //! - [`topic`]: builders and parsers for every MQTT topic.
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
+//! - [`backoff`]: exponential backoff with jitter for retry loops (the caller draws and sleeps).
 
+pub mod backoff;
 pub mod id;
 pub mod measure;
 pub mod report;
@@ -18,6 +20,7 @@ pub mod state;
 pub mod topic;
 pub mod wire;
 
+pub use backoff::{Backoff, BackoffError};
 pub use id::{Id, IdError};
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
