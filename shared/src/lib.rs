@@ -9,12 +9,14 @@
 //! - [`report`], [`state`]: the payloads of `../shared/DESIGN.md`, in their JSON form.
 //! - [`wire`]: the versioned postcard envelope agents publish, with a size-capped decoder.
 //! - [`topic`]: builders and parsers for every MQTT topic.
+//! - [`mqtt_url`]: the broker URL of both configs (`mqtt://`, `mqtts://`).
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
 //! - [`backoff`]: exponential backoff with jitter for retry loops (the caller draws and sleeps).
 
 pub mod backoff;
 pub mod id;
 pub mod measure;
+pub mod mqtt_url;
 pub mod report;
 pub mod state;
 pub mod topic;
@@ -22,6 +24,7 @@ pub mod wire;
 
 pub use backoff::{Backoff, BackoffError};
 pub use id::{Id, IdError};
+pub use mqtt_url::{MqttUrl, MqttUrlError, MqttUrlErrorKind};
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
     Cause, Incident, IncidentEvent, IncidentEventKind, OfflineReason, Recommendation, Scope, State,
