@@ -7,6 +7,7 @@
 //!
 //! - [`id`]: validated identifiers for sites, targets, providers and ISPs.
 //! - [`report`], [`state`]: the payloads of `../shared/DESIGN.md`, in their JSON form.
+//! - [`metrics`]: the flat per-probe JSON of the metrics topic.
 //! - [`wire`]: the versioned postcard envelope agents publish, with a size-capped decoder.
 //! - [`topic`]: builders and parsers for every MQTT topic.
 //! - [`mqtt_url`]: the broker URL of both configs (`mqtt://`, `mqtts://`).
@@ -16,6 +17,7 @@
 pub mod backoff;
 pub mod id;
 pub mod measure;
+pub mod metrics;
 pub mod mqtt_url;
 pub mod report;
 pub mod state;
@@ -24,11 +26,12 @@ pub mod wire;
 
 pub use backoff::{Backoff, BackoffError};
 pub use id::{Id, IdError};
+pub use metrics::MetricsJson;
 pub use mqtt_url::{MqttUrl, MqttUrlError, MqttUrlErrorKind};
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
-    Cause, Incident, IncidentEvent, IncidentEventKind, OfflineReason, Recommendation, Scope, State,
-    Status, StatusState, Verdict,
+    Cause, CollectorStatus, Incident, IncidentEvent, IncidentEventKind, OfflineReason,
+    Recommendation, Scope, State, Status, StatusState, Verdict,
 };
 pub use topic::{Topic, Topics};
 pub use wire::{DecodeError, EncodeError, MAX_ENVELOPE_BYTES, WIRE_VERSION, decode, encode};
