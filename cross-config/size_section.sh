@@ -62,6 +62,7 @@ md "" "How armv7 got its size, from 2,126,364 bytes (first build, ARM code) down
     "| sysinfo (\`system\` only) back instead of the \`/proc\` readers (\`agent/src/host.rs\`) | 1,589,056 |" \
     "| tracing-subscriber (fmt + env-filter, \`log\` bridged) back instead of the own subscriber (\`agent/src/logging.rs\`); most of it is env-filter's regex-automata and regex-syntax | 1,794,464 |" \
     "| rumqttc delivery and the durable outbox (1,699,932 on their own, from 1,474,360), merged with the three crates above | 2,020,036 |" \
+    "| env-filter → tracing-subscriber's \`Targets\` for \`RUST_LOG\` (the same \`level,target=level\` directives, without span and field-value ones): no regex engine | 1,827,548 |" \
     "| this run | $(thousands "$arm") |" ""
 md "Why \`getaddrinfo\` mattered: static glibc links its whole resolver (NSS, IDNA, iconv" \
     "tables) as soon as anything can call it, and rumqttc always resolved the broker through" \

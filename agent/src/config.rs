@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use faultline_shared::{Id, Topics};
+use faultline_shared::{Id, MqttUrl, Topics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -41,9 +41,6 @@ pub const MAX_OUTBOX_CAPACITY: usize = 1_000_000;
 pub const DEFAULT_KEEPALIVE_SECONDS: u64 = 60;
 /// Longest wait between reconnect attempts when `mqtt.reconnect_max_seconds` is absent.
 pub const DEFAULT_RECONNECT_MAX_SECONDS: u64 = 60;
-/// Default broker ports.
-pub const MQTT_PORT: u16 = 1883;
-pub const MQTTS_PORT: u16 = 8883;
 
 // ---------------------------------------------------------------- raw (stage 1)
 
@@ -133,25 +130,9 @@ pub struct MqttConfig {
     pub topics: Topics,
 }
 
-/// A broker address from an `mqtt://` or `mqtts://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broker {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-impl fmt::Display for Broker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
+/// A broker address from an `mqtt://` or `mqtts://` URL (parsed by
+/// [`faultline_shared::mqtt_url`], like the collector's).
+pub type Broker = MqttUrl;
 
 /// TLS material, loaded and checked when the config is.
 #[derive(Debug)]
@@ -366,8 +347,8 @@ impl Validator<'_> {
                 "e.g. url = \"mqtts://broker.example:8883\"",
             )
         })?;
-        let broker = parse_broker_url(url.get_ref())
-            .map_err(|m| self.err(Some(url.span()), "mqtt.url", m))?;
+        let broker =
+            MqttUrl::parse(url.get_ref()).map_err(|e| self.err(Some(url.span()), "mqtt.url", e))?;
         let client_id = match &raw.client_id {
             Some(c) => {
                 Id::validate(c.get_ref())
@@ -543,60 +524,6 @@ pub fn default_client_id(site: &Id) -> String {
     format!("faultline-{site}")
 }
 
-/// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 in brackets).
-pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(format!(
-            "{url:?} must start with mqtt:// or mqtts:// (e.g. mqtts://broker.example:8883)"
-        ));
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains(['/', '?', '#', '@']) {
-        return Err(format!(
-            "{url:?}: only scheme, host and port are allowed (credentials go in username and password_file)"
-        ));
-    }
-    let default_port = if tls { MQTTS_PORT } else { MQTT_PORT };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unclosed '[' in IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("{url:?}: expected ':port' after ']'"))?,
-            ),
-        };
-        (h, port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{url:?}: port {p:?} is not 1..=65535"))?,
-    };
-    Ok(Broker {
-        host: host.to_owned(),
-        port,
-        tls,
-    })
-}
-
 impl fmt::Display for Config {
     /// The resolved plan, as `check` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -668,38 +595,6 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        let b = parse_broker_url("mqtts://broker.msp.example:8883").unwrap();
-        assert_eq!(
-            b,
-            Broker {
-                host: "broker.msp.example".into(),
-                port: 8883,
-                tls: true
-            }
-        );
-        assert_eq!(parse_broker_url("mqtt://10.0.0.1").unwrap().port, 1883);
-        assert_eq!(parse_broker_url("mqtts://b.example/").unwrap().port, 8883);
-        let v6 = parse_broker_url("mqtt://[::1]:1884").unwrap();
-        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1884));
-        assert_eq!(v6.to_string(), "mqtt://[::1]:1884");
-        for bad in [
-            "http://b:1883",
-            "tcp://b",
-            "mqtt://",
-            "mqtt://b:0",
-            "mqtt://b:99999",
-            "mqtt://b:x",
-            "mqtt://user:pw@b",
-            "mqtt://b/topic",
-            "mqtt://[::1",
-            "b:1883",
-        ] {
-            assert!(parse_broker_url(bad).is_err(), "{bad} must be rejected");
-        }
-    }
 
     #[test]
     fn default_client_id_is_stable_per_site() {

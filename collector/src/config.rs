@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use faultline_shared::{Id, Topics};
+use faultline_shared::{Id, MqttUrl, Topics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -31,8 +31,6 @@ pub const DEFAULT_CLIENT_ID: &str = "faultline-collector";
 pub const INGEST_SUFFIX: &str = "-in";
 /// Largest payload accepted on any ingest topic.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
-pub const MQTT_PORT: u16 = 1883;
-pub const MQTTS_PORT: u16 = 8883;
 /// Shortest `[http] token_file` token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Largest password or token file read.
@@ -564,8 +562,8 @@ impl Validator<'_> {
 
     fn mqtt(&self, m: &RawMqtt, warnings: &mut Vec<String>) -> Result<Mqtt, ConfigError> {
         let url = m.url.as_ref().expect("called with a url");
-        let (host, port, tls) =
-            parse_mqtt_url(url.get_ref()).map_err(|e| self.err(Some(url.span()), "mqtt.url", e))?;
+        let MqttUrl { tls, host, port } =
+            MqttUrl::parse(url.get_ref()).map_err(|e| self.err(Some(url.span()), "mqtt.url", e))?;
         let client_id = match &m.client_id {
             Some(c) => {
                 Id::validate(c.get_ref())
@@ -783,62 +781,6 @@ fn value_span(text: &str, path: &[&str]) -> Option<Range<usize>> {
     Some(v.span())
 }
 
-/// `mqtt://host[:port]` (or `tcp://`, port 1883 by default) or `mqtts://host[:port]`
-/// (TLS, port 8883 by default); IPv6 in brackets. Returns host, port and whether TLS.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-    {
-        (false, r)
-    } else {
-        return Err(format!(
-            "{url:?} must start with mqtt:// or mqtts:// (e.g. mqtts://broker.example:8883)"
-        ));
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains(['/', '?', '#', '@']) {
-        return Err(format!(
-            "{url:?}: only scheme, host and port are allowed (credentials go in username and password_file)"
-        ));
-    }
-    let default_port = if tls { MQTTS_PORT } else { MQTT_PORT };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unclosed '[' in IPv6 address"))?;
-        match after {
-            "" => (h, None),
-            p => (
-                h,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("{url:?}: expected ':port' after ']'"))?,
-                ),
-            ),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{url:?}: bad port {p:?}"))?,
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    Ok((host.to_owned(), port, tls))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,33 +873,6 @@ mod tests {
             ("broker.listen_v5", Some(5)),
             "{e}"
         );
-    }
-
-    #[test]
-    fn mqtt_urls() {
-        assert_eq!(
-            parse_mqtt_url("mqtt://b").unwrap(),
-            ("b".into(), 1883, false)
-        );
-        assert_eq!(parse_mqtt_url("tcp://b:1").unwrap(), ("b".into(), 1, false));
-        assert_eq!(
-            parse_mqtt_url("mqtts://b").unwrap(),
-            ("b".into(), 8883, true)
-        );
-        assert_eq!(
-            parse_mqtt_url("mqtts://[::1]:9/").unwrap(),
-            ("::1".into(), 9, true)
-        );
-        for bad in [
-            "http://b",
-            "mqtt://u:p@b",
-            "mqtt://b:0",
-            "mqtt://b:x",
-            "mqtt://",
-            "mqtts://[::1",
-        ] {
-            assert!(parse_mqtt_url(bad).is_err(), "{bad}");
-        }
     }
 
     fn dir_with(files: &[(&str, &str)]) -> tempdir::Dir {

@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 
 use faultline_shared::Incident;
 use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 use crate::store::Store;
 
@@ -91,25 +94,16 @@ pub fn availability(
     Ok(out)
 }
 
+/// `ms` after the epoch as `2025-11-27 00:00:00Z` (UTC, to the second); a time past
+/// year 9999 is printed as its milliseconds.
 fn utc(ms: u64) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    const FORMAT: &[BorrowedFormatItem<'_>] =
+        format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    i64::try_from(ms / 1000)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 fn dur(ms: u64) -> String {
@@ -208,6 +202,10 @@ mod tests {
     #[test]
     fn utc_and_spans() {
         assert_eq!(utc(1_764_201_600_000), "2025-11-27 00:00:00Z");
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_827_696_999), "2000-02-29 12:34:56Z");
+        assert_eq!(utc(253_402_300_799_000), "9999-12-31 23:59:59Z");
+        assert_eq!(utc(253_402_300_800_000), "253402300800000 ms");
         assert_eq!(parse_span("7d").unwrap(), 7 * 86_400_000);
         assert_eq!(parse_span("90m").unwrap(), 5_400_000);
         assert!(parse_span("x").is_err());

@@ -1,12 +1,14 @@
-//! Exponential backoff with jitter for reconnecting to the broker.
+//! Exponential backoff with jitter, for every retry loop on both sides: the agent's
+//! reconnects to the broker, the collector's reconnects and history writes.
 //!
-//! The MQTT task sleeps on [`Backoff::next_delay`] after every failed attempt or lost
-//! connection, so a fleet of agents does not reconnect in step. Pure: the caller passes
-//! the random draw, so the bounds are property-tested without clocks.
+//! A caller sleeps on [`Backoff::next_delay`] after every failed attempt, so a fleet of
+//! agents does not reconnect in step. Pure: the caller passes the random draw (e.g.
+//! `fastrand::f64()`) and does the sleeping, so the bounds are property-tested without
+//! clocks or randomness here.
 
 use std::time::Duration;
 
-/// First delay after a failure.
+/// First delay after a failure (the agent's reconnects).
 pub const DEFAULT_MIN: Duration = Duration::from_secs(1);
 /// Share of each delay that is randomised (0.5: between half and the full delay).
 pub const DEFAULT_JITTER: f64 = 0.5;

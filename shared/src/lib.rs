@@ -7,16 +7,20 @@
 //!
 //! - [`id`]: validated identifiers for sites, targets, providers and ISPs.
 //! - [`report`], [`state`]: the payloads of `../shared/DESIGN.md`, in their JSON form.
+//! - [`metrics`]: the flat per-probe JSON of the metrics topic.
 //! - [`wire`]: the versioned postcard envelope agents publish, with a size-capped decoder.
 //! - [`topic`]: builders and parsers for every MQTT topic.
 //! - [`summary`]: the site stage's per-site message to the fleet stage (versioned).
 //! - [`reject`]: why the collector drops a message (its metrics labels).
+//! - [`mqtt_url`]: the broker URL of both configs (`mqtt://`, `mqtts://`).
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
+//! - [`backoff`]: exponential backoff with jitter for retry loops (the caller draws and sleeps).
 
 pub mod backoff;
 pub mod id;
 pub mod measure;
 pub mod metrics;
+pub mod mqtt_url;
 pub mod reject;
 pub mod report;
 pub mod state;
@@ -26,12 +30,13 @@ pub mod wire;
 
 pub use backoff::{Backoff, BackoffError};
 pub use id::{Id, IdError, Subject};
-pub use metrics::{CollectorStatus, MetricsJson};
+pub use metrics::MetricsJson;
+pub use mqtt_url::{MqttUrl, MqttUrlError, MqttUrlErrorKind};
 pub use reject::RejectReason;
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
-    Cause, Incident, IncidentEvent, IncidentEventKind, OfflineReason, Recommendation, Scope, State,
-    Status, StatusState, Verdict,
+    Cause, CollectorStatus, Incident, IncidentEvent, IncidentEventKind, OfflineReason,
+    Recommendation, Scope, State, Status, StatusState, Verdict,
 };
 pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};
 pub use topic::{Topic, Topics};

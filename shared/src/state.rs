@@ -1,5 +1,5 @@
 //! The JSON payloads around reports: an agent's retained `Status` (and last will), the
-//! collector's `Verdict`s and `IncidentEvent`s. Field for field as DESIGN.md gives them.
+//! collector's own `CollectorStatus`, its `Verdict`s and `IncidentEvent`s. Field for field as DESIGN.md gives them.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,33 @@ impl Status {
             isp: None,
             customer: None,
             reason: Some(reason),
+        }
+    }
+}
+
+/// The collector's retained presence on `.../collector/status`
+/// (`{"state":"online","version":"0.1.0"}`); the offline form is also its last will.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorStatus {
+    pub state: StatusState,
+    /// The collector's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+}
+
+impl CollectorStatus {
+    /// What the collector publishes (retained) once connected.
+    pub fn online(version: &str) -> Self {
+        Self {
+            state: StatusState::Online,
+            version: version.to_owned(),
+        }
+    }
+
+    /// Its last will, and what it publishes on a clean stop.
+    pub fn offline(version: &str) -> Self {
+        Self {
+            state: StatusState::Offline,
+            version: version.to_owned(),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! serialise back to the same JSON, field for field.
 
 use faultline_shared::{
-    Cause, IncidentEvent, IncidentEventKind, Kind, Layer, OfflineReason, Report, Scope, State,
-    Status, StatusState, Verdict,
+    Cause, CollectorStatus, IncidentEvent, IncidentEventKind, Kind, Layer, OfflineReason, Report,
+    Scope, State, Status, StatusState, Verdict,
 };
 use serde_json::Value;
 
@@ -61,6 +61,26 @@ fn status_examples_parse_and_round_trip() {
     let off: Status = serde_json::from_str(STATUS_OFFLINE).unwrap();
     assert_eq!(off, Status::offline(OfflineReason::Lost));
     same_json(&off, STATUS_OFFLINE);
+}
+
+/// DESIGN.md: `{"state":"online"|"offline", "version": ...}`, retained, the offline
+/// form as the collector's last will. Byte for byte what the collector publishes.
+#[test]
+fn collector_status_bytes() {
+    let on = br#"{"state":"online","version":"0.1.0"}"#;
+    let off = br#"{"state":"offline","version":"0.1.0"}"#;
+    let online = CollectorStatus::online("0.1.0");
+    let offline = CollectorStatus::offline("0.1.0");
+    assert_eq!(serde_json::to_vec(&online).unwrap(), on);
+    assert_eq!(serde_json::to_vec(&offline).unwrap(), off);
+    assert_eq!(
+        serde_json::from_slice::<CollectorStatus>(on).unwrap(),
+        online
+    );
+    let newer: CollectorStatus =
+        serde_json::from_str(r#"{"version": "9.0.0", "state": "offline", "since_ms": 1}"#).unwrap();
+    assert_eq!(newer, CollectorStatus::offline("9.0.0"));
+    assert!(serde_json::from_str::<CollectorStatus>(r#"{"state":"away","version":"1"}"#).is_err());
 }
 
 #[test]

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use faultline_shared::backoff::{self, Backoff};
 use faultline_shared::{OfflineReason, Status};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
@@ -34,7 +35,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, error, info, warn};
 
-use super::backoff::{self, Backoff};
 use super::outbox::{Outbox, Tag};
 use super::spool::{Record, Spool};
 use crate::config::{Broker, Config, Format, TlsFiles};

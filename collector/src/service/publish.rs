@@ -50,8 +50,14 @@ pub struct Outlets {
     pub metrics: mpsc::Sender<Arc<Report>>,
 }
 
-fn status(state: &str) -> Vec<u8> {
-    serde_json::to_vec(&CollectorStatus::new(state, env!("CARGO_PKG_VERSION"))).unwrap_or_default()
+fn status(online: bool) -> Vec<u8> {
+    let v = env!("CARGO_PKG_VERSION");
+    let s = if online {
+        CollectorStatus::online(v)
+    } else {
+        CollectorStatus::offline(v)
+    };
+    serde_json::to_vec(&s).unwrap_or_default()
 }
 
 impl Publisher {
@@ -60,7 +66,7 @@ impl Publisher {
         let mut opts = link.options(Role::Publish);
         opts.set_last_will(LastWill::new(
             status_topic.clone(),
-            status("offline"),
+            status(false),
             QoS::AtLeastOnce,
             true,
             None,
@@ -83,7 +89,7 @@ impl Publisher {
                                 topic.clone(),
                                 QoS::AtLeastOnce,
                                 true,
-                                status("online"),
+                                status(true),
                             );
                         }
                         Ok(Event::Outgoing(Outgoing::Disconnect)) => bye = true,
@@ -179,7 +185,7 @@ impl Publisher {
         if connected {
             let _ = self
                 .client
-                .publish(self.status_topic, QoS::AtLeastOnce, true, status("offline"))
+                .publish(self.status_topic, QoS::AtLeastOnce, true, status(false))
                 .await;
             let _ = self.client.disconnect().await;
             let _ = tokio::time::timeout(Duration::from_secs(2), self.connection).await;
