@@ -155,6 +155,7 @@ pub fn state_json(shared: &Shared) -> Value {
         "window_ms": e.window_ms,
         "providers": e.providers,
         "isps": e.isps,
+        "routes": e.routes,
         "sites": sites,
         "open_incidents": e.open_incidents,
     })

@@ -5,7 +5,7 @@
 //! topic itself) and the rest is the payload.
 #![no_main]
 
-use faultline_collector::engine::{Engine, EngineConfig};
+use faultline_collector::engine::{Engine, EngineConfig, advance};
 use faultline_shared::{Id, Topics};
 use libfuzzer_sys::fuzz_target;
 
@@ -28,11 +28,16 @@ fuzz_target!(|data: &[u8]| {
                 None => continue,
             },
         };
-        let _ = engine.ingest(&topics, now, &topic, payload, pick & 0x80 != 0);
+        let _ = engine.handle_message(&topics, now, &topic, payload, pick & 0x80 != 0);
         now += 1_000;
         if i % 4 == 3 {
-            let _ = engine.tick_latest(now);
+            engine.handle_timeout(now);
         }
+        if i % 7 == 5 {
+            engine.handle_link(now, i % 2 == 0);
+        }
+        while engine.poll_output().is_some() {}
     }
-    let _ = engine.tick(now + 60_000);
+    advance(&mut engine, now + 60_000);
+    while engine.poll_output().is_some() {}
 });
