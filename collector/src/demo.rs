@@ -5,7 +5,7 @@
 //! is `voipco2`), each a `faultline-agent reflect` process on loopback, and six sites
 //! on three ISPs, each a real `faultline-agent run` process. Every site reaches its
 //! LAN stand-in (a shared reflector), its ISP stand-in (one reflector per ISP) and
-//! both providers through in-process impairment relays ([`faultline_tests::relay`])
+//! both providers through in-process impairment relays ([`faultline_lab::relay`])
 //! with a little delay and jitter. A script cuts `voipco` for every site after a few
 //! healthy windows and restores it later, over and over; each verdict change is
 //! printed as it happens. Ctrl-C stops the agents (SIGTERM), the reflectors and the
@@ -23,16 +23,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use faultline_lab::relay::{Impairment, Relay, RelayHandle};
 use faultline_shared::{
     HostHealth, Id, Kind, Layer, ProbeResult, Report, RttStats, State, Status, Verdict,
 };
-use faultline_tests::relay::{Impairment, Relay, RelayHandle};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-use crate::config::Config;
-use crate::run::now_ms;
+use faultline_collector::config::Config;
+use faultline_collector::run::now_ms;
 
 const SITES: &[(&str, &str)] = &[
     ("acme-hq", "Comcast"),
@@ -264,7 +264,7 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
         return rt.block_on(async move {
             tokio::spawn(watch(host.clone(), port, topics.clone()));
             tokio::spawn(fleet(host, port, window, topics));
-            crate::run::serve(cfg).await
+            faultline_collector::run::serve(cfg).await
         });
     }
 
@@ -307,7 +307,7 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
     };
     let res = rt.block_on(async move {
         tokio::spawn(watch(host, port, topics));
-        crate::run::serve(cfg).await
+        faultline_collector::run::serve(cfg).await
     });
     stop.store(true, Ordering::Relaxed);
     let _ = script.join();

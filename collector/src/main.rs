@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 
 use faultline_collector::config::{self, Config};
 use faultline_collector::engine::Engine;
-use faultline_collector::{demo, engine_config, replay, report, run, store};
+use faultline_collector::{engine_config, replay, report, run, store};
+
+// The demo is the binary's alone: the library (linked by tests, examples and fuzz
+// targets) carries no fleet of its own.
+mod demo;
 
 #[derive(Debug, Parser)]
 #[command(name = "faultline-collector", version, about = "Faultline's collector")]
