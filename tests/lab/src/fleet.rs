@@ -1,14 +1,17 @@
 //! The fleet simulator's pure core: N sites' reports with scripted faults, for
-//! scale tests and ingest benchmarks without N agent processes.
+//! scale tests, ingest and engine benchmarks and the demo's simulated fleet,
+//! without N agent processes.
 //!
 //! [`Fleet`] turns (site, window, [`Script`]) into the `Report` an agent at that
-//! site would send, with a seeded RNG and no clock, no I/O. Its MQTT shell is
-//! `faultline_tests::fleet::publish` (the `faultline-fleet` binary, ingest
-//! benchmarks).
+//! site would send, with a seeded RNG and no clock, no I/O. Shells send what it
+//! makes: `faultline_tests::fleet::publish` over MQTT (the `faultline-fleet`
+//! binary, ingest benchmarks), the collector's `demo --simulated`, and
+//! `engine_bench` straight into the engine.
 //!
-//! Every site probes ten targets, as DESIGN.md's budgets assume: the gateway, two
-//! ISP targets, two internet anchors, and media, SIP and STUN of provider `voipco`
-//! plus media and SIP of its alternate `voipco2`.
+//! By default every site probes ten targets, as DESIGN.md's budgets assume: the
+//! gateway, two ISP targets, two internet anchors, and media, SIP and STUN of
+//! provider `voipco` plus media and SIP of its alternate `voipco2`
+//! ([`Fleet::with_targets`] takes fewer or more).
 
 use std::fmt;
 use std::str::FromStr;
@@ -59,9 +62,12 @@ pub struct ScriptedFault {
     pub until: u64,
 }
 
-/// Which faults hold when.
+/// Which faults hold when, optionally repeating.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Script(pub Vec<ScriptedFault>);
+pub struct Script {
+    faults: Vec<ScriptedFault>,
+    period: Option<u64>,
+}
 
 /// A script entry that does not parse: the entry and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,13 +84,32 @@ impl Script {
 
     /// Adds `fault` for windows `from..until`.
     pub fn with(mut self, fault: Fault, from: u64, until: u64) -> Self {
-        self.0.push(ScriptedFault { fault, from, until });
+        self.push(ScriptedFault { fault, from, until });
         self
+    }
+
+    /// Adds an entry (a parsed `--fault`, say).
+    pub fn push(&mut self, entry: ScriptedFault) {
+        self.faults.push(entry);
+    }
+
+    /// Plays the script again every `period` windows: window `seq` has the faults
+    /// of window `seq % period` (an endless demo). Panics on a zero period.
+    pub fn repeat_every(mut self, period: u64) -> Self {
+        assert!(period > 0, "a script repeats every 1 or more windows");
+        self.period = Some(period);
+        self
+    }
+
+    /// The entries, in the order added.
+    pub fn entries(&self) -> &[ScriptedFault] {
+        &self.faults
     }
 
     /// The faults active in window `seq`.
     pub fn active(&self, seq: u64) -> impl Iterator<Item = &Fault> {
-        self.0
+        let seq = self.period.map_or(seq, |p| seq % p);
+        self.faults
             .iter()
             .filter(move |f| (f.from..f.until).contains(&seq))
             .map(|f| &f.fault)
@@ -161,52 +186,53 @@ impl fmt::Display for Fault {
     }
 }
 
-/// One target every simulated site probes.
-#[derive(Debug, Clone, Copy)]
+/// One target the simulated sites probe.
+#[derive(Debug, Clone, PartialEq)]
 struct TargetSpec {
-    name: &'static str,
+    name: Id,
     layer: Layer,
-    provider: Option<&'static str>,
+    provider: Option<Id>,
     kind: Kind,
     /// Typical RTT in ms on a healthy path.
     base_rtt_ms: f64,
 }
 
-const TARGETS: [TargetSpec; 10] = [
-    t("gw", Layer::Lan, None, Kind::Icmp, 0.6),
-    t("isp-hop", Layer::Isp, None, Kind::Icmp, 6.0),
-    t("isp-dns", Layer::Isp, None, Kind::Dns, 8.0),
-    t("anchor-1", Layer::Internet, None, Kind::Icmp, 14.0),
-    t("anchor-2", Layer::Internet, None, Kind::Icmp, 18.0),
-    t(
+/// The ten standard targets: (name, layer, provider, kind, typical RTT in ms).
+const STANDARD: [(&str, Layer, Option<&str>, Kind, f64); 10] = [
+    ("gw", Layer::Lan, None, Kind::Icmp, 0.6),
+    ("isp-hop", Layer::Isp, None, Kind::Icmp, 6.0),
+    ("isp-dns", Layer::Isp, None, Kind::Dns, 8.0),
+    ("anchor-1", Layer::Internet, None, Kind::Icmp, 14.0),
+    ("anchor-2", Layer::Internet, None, Kind::Icmp, 18.0),
+    (
         "voipco-media",
         Layer::Provider,
         Some(PROVIDER),
         Kind::Stamp,
         24.0,
     ),
-    t(
+    (
         "voipco-sip",
         Layer::Provider,
         Some(PROVIDER),
         Kind::Sip,
         26.0,
     ),
-    t(
+    (
         "voipco-stun",
         Layer::Provider,
         Some(PROVIDER),
         Kind::Stun,
         25.0,
     ),
-    t(
+    (
         "voipco2-media",
         Layer::Provider,
         Some(ALTERNATE),
         Kind::Stamp,
         31.0,
     ),
-    t(
+    (
         "voipco2-sip",
         Layer::Provider,
         Some(ALTERNATE),
@@ -215,20 +241,41 @@ const TARGETS: [TargetSpec; 10] = [
     ),
 ];
 
-const fn t(
-    name: &'static str,
-    layer: Layer,
-    provider: Option<&'static str>,
-    kind: Kind,
-    base_rtt_ms: f64,
-) -> TargetSpec {
-    TargetSpec {
-        name,
-        layer,
-        provider,
-        kind,
-        base_rtt_ms,
-    }
+/// Which standard targets a site with fewer than ten keeps first (indices into
+/// [`STANDARD`]): every layer and both providers' media before the rest.
+const KEEP_FIRST: [usize; 10] = [0, 5, 1, 3, 8, 6, 2, 7, 4, 9];
+
+/// `n` targets: the ten standard ones (a subset in [`KEEP_FIRST`] order when `n`
+/// is smaller, still in standard order), then extra media streams alternating
+/// between `voipco` and `voipco2` (`voipco-media-2`, `voipco2-media-2`, …).
+fn targets(n: usize) -> Vec<TargetSpec> {
+    // Constant valid ids.
+    let id = |s: &str| Id::new(s).unwrap();
+    let mut keep: Vec<usize> = KEEP_FIRST.iter().copied().take(n).collect();
+    keep.sort_unstable();
+    let standard = keep.into_iter().map(|i| {
+        let (name, layer, provider, kind, base_rtt_ms) = STANDARD[i];
+        TargetSpec {
+            name: id(name),
+            layer,
+            provider: provider.map(id),
+            kind,
+            base_rtt_ms,
+        }
+    });
+    let extra = (0..n.saturating_sub(STANDARD.len())).map(|k| {
+        let (provider, base) = [(PROVIDER, 24.0), (ALTERNATE, 31.0)][k % 2];
+        let nth = k / 2 + 2;
+        TargetSpec {
+            // Valid: a provider id, '-', letters and digits.
+            name: Id::new(format!("{provider}-media-{nth}")).unwrap(),
+            layer: Layer::Provider,
+            provider: Some(id(provider)),
+            kind: Kind::Stamp,
+            base_rtt_ms: base + nth as f64,
+        }
+    });
+    standard.chain(extra).collect()
 }
 
 /// How a probe fares this window.
@@ -238,10 +285,11 @@ enum PathState {
     Down,
 }
 
-/// The pure fleet model: sites, the fault script, and a seeded RNG.
+/// The pure fleet model: sites, their targets, the fault script, and a seeded RNG.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     sites: Vec<Site>,
+    targets: Vec<TargetSpec>,
     script: Script,
     window_ms: u32,
     start_ms: u64,
@@ -253,18 +301,44 @@ impl Fleet {
     /// `window_ms` starting at `start_ms` (ms since the epoch).
     pub fn new(n: usize, isps: &[Id], window_ms: u32, start_ms: u64, seed: u64) -> Self {
         assert!(!isps.is_empty(), "a fleet needs at least one ISP");
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let sites = (0..n)
-            .map(|i| Site {
+        let sites = (0..n).map(|i| {
+            (
                 // Always valid: ASCII letters, digits and '-'.
-                id: Id::new(format!("site-{i:04}")).unwrap(),
-                isp: isps[i % isps.len()].clone(),
-                customer: format!("Customer {i}"),
+                Id::new(format!("site-{i:04}")).unwrap(),
+                isps[i % isps.len()].clone(),
+                format!("Customer {i}"),
+            )
+        });
+        Self::build(sites, window_ms, start_ms, seed)
+    }
+
+    /// The named `sites`, each `(site, isp)`, in this order (customer: the site's
+    /// id); otherwise as [`Fleet::new`].
+    pub fn with_sites(sites: &[(Id, Id)], window_ms: u32, start_ms: u64, seed: u64) -> Self {
+        let sites = sites
+            .iter()
+            .map(|(id, isp)| (id.clone(), isp.clone(), id.to_string()));
+        Self::build(sites, window_ms, start_ms, seed)
+    }
+
+    fn build(
+        sites: impl Iterator<Item = (Id, Id, String)>,
+        window_ms: u32,
+        start_ms: u64,
+        seed: u64,
+    ) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let sites = sites
+            .map(|(id, isp, customer)| Site {
+                id,
+                isp,
+                customer,
                 boot: rng.u32(..),
             })
             .collect();
         Self {
             sites,
+            targets: targets(STANDARD.len()),
             script: Script::new(),
             window_ms,
             start_ms,
@@ -284,6 +358,21 @@ impl Fleet {
     pub fn with_script(mut self, script: Script) -> Self {
         self.script = script;
         self
+    }
+
+    /// Every site probes `n` targets instead of the standard ten: fewer keep the
+    /// gateway, the ISP hop, an anchor and both providers' media first; more add
+    /// media streams alternating between `voipco` and `voipco2` (`voipco-media-2`,
+    /// `voipco2-media-2`, …). Panics when `n` is 0.
+    pub fn with_targets(mut self, n: usize) -> Self {
+        assert!(n > 0, "a site probes at least one target");
+        self.targets = targets(n);
+        self
+    }
+
+    /// The names of the targets every site probes, in report order.
+    pub fn target_names(&self) -> impl Iterator<Item = &Id> {
+        self.targets.iter().map(|t| &t.name)
     }
 
     pub fn sites(&self) -> &[Site] {
@@ -338,7 +427,8 @@ impl Fleet {
                 load1: rng.f64() * 0.5,
             }
         };
-        let probes = TARGETS
+        let probes = self
+            .targets
             .iter()
             .map(|spec| {
                 let state = path_state(site, spec, &faults, busy);
@@ -368,7 +458,7 @@ fn path_state(site: &Site, spec: &TargetSpec, faults: &[&Fault], busy: bool) -> 
     for f in faults {
         match f {
             Fault::LanCut { site: s } if *s == site.id => return PathState::Down,
-            Fault::ProviderDown { provider } if spec.provider == Some(provider.as_str()) => {
+            Fault::ProviderDown { provider } if spec.provider.as_ref() == Some(provider) => {
                 return PathState::Down;
             }
             Fault::IspLossy { isp, loss: l } if *isp == site.isp && spec.layer != Layer::Lan => {
@@ -379,7 +469,7 @@ fn path_state(site: &Site, spec: &TargetSpec, faults: &[&Fault], busy: bool) -> 
                 site: s,
                 provider,
                 loss: l,
-            } if *s == site.id && spec.provider == Some(provider.as_str()) => {
+            } if *s == site.id && spec.provider.as_ref() == Some(provider) => {
                 loss = 1.0 - (1.0 - loss) * (1.0 - l);
                 extra_jitter_ms += 5.0;
             }
@@ -394,11 +484,10 @@ fn path_state(site: &Site, spec: &TargetSpec, faults: &[&Fault], busy: bool) -> 
 
 /// A plausible probe result for one window on a path in `state`.
 fn probe(spec: &TargetSpec, state: PathState, rng: &mut fastrand::Rng) -> ProbeResult {
-    // Constant valid ids.
     let mut p = ProbeResult::new(
-        Id::new(spec.name).unwrap(),
+        spec.name.clone(),
         spec.layer,
-        spec.provider.map(|s| Id::new(s).unwrap()),
+        spec.provider.clone(),
         spec.kind,
     );
     p.sent = match spec.kind {
@@ -633,6 +722,74 @@ mod tests {
             "meteor:site-0001@1..2",
         ] {
             assert!(bad.parse::<ScriptedFault>().is_err(), "{bad}");
+        }
+    }
+    #[test]
+    fn named_sites_keep_their_names_isps_and_order() {
+        let sites = [
+            (id("acme-hq"), id("Comcast")),
+            (id("dunn-law"), id("Verizon")),
+        ];
+        let mut f = Fleet::with_sites(&sites, 2_000, 0, 7);
+        let reports = f.window(0);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[1].site.as_str(), "dunn-law");
+        assert_eq!(f.sites()[1].isp.as_str(), "Verizon");
+        let status = f.status(&f.sites()[0]);
+        assert_eq!(status.isp.unwrap().as_str(), "Comcast");
+    }
+
+    #[test]
+    fn a_repeating_script_plays_again_every_period() {
+        let down = Fault::ProviderDown {
+            provider: id("voipco"),
+        };
+        let script = Script::new().with(down.clone(), 2, 4).repeat_every(10);
+        for (seq, active) in [
+            (1, false),
+            (2, true),
+            (3, true),
+            (4, false),
+            (12, true),
+            (24, false),
+        ] {
+            assert_eq!(
+                script.active(seq).next() == Some(&down),
+                active,
+                "window {seq}"
+            );
+        }
+        assert_eq!(script.entries().len(), 1);
+    }
+
+    #[test]
+    fn target_counts_shape_every_report() {
+        let names = |n| -> Vec<String> {
+            fleet(Script::new())
+                .with_targets(n)
+                .target_names()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(names(3), ["gw", "isp-hop", "voipco-media"]);
+        let standard: Vec<String> = fleet(Script::new())
+            .target_names()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names(10), standard);
+        let more = names(13);
+        assert_eq!(&more[..10], &standard[..]);
+        assert_eq!(
+            &more[10..],
+            ["voipco-media-2", "voipco2-media-2", "voipco-media-3"]
+        );
+        // Ten targets by choice are the default fleet, draw for draw.
+        let a = fleet(Script::new()).with_targets(10).window(1);
+        assert_eq!(a, fleet(Script::new()).window(1));
+        let mut f = fleet(Script::new()).with_targets(13);
+        for r in f.window(0) {
+            assert_eq!(r.probes.len(), 13);
+            assert!(faultline_shared::encode(&r).is_ok());
         }
     }
 }
