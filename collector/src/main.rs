@@ -47,7 +47,7 @@ enum Cmd {
     Demo {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Fake reports from a simulated fleet instead of real agents.
+        /// Reports from the fleet simulator instead of real agents (no agent binary).
         #[arg(long)]
         simulated: bool,
         /// Healthy windows before each scripted voipco outage.
