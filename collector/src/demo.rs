@@ -5,14 +5,16 @@
 //! is `voipco2`), each a `faultline-agent reflect` process on loopback, and six sites
 //! on three ISPs, each a real `faultline-agent run` process. Every site reaches its
 //! LAN stand-in (a shared reflector), its ISP stand-in (one reflector per ISP) and
-//! both providers through in-process impairment relays ([`faultline_tests::relay`])
+//! both providers through in-process impairment relays ([`faultline_lab::relay`])
 //! with a little delay and jitter. A script cuts `voipco` for every site after a few
 //! healthy windows and restores it later, over and over; each verdict change is
 //! printed as it happens. Ctrl-C stops the agents (SIGTERM), the reflectors and the
 //! collector, and exits 0. Children get PR_SET_PDEATHSIG, so they never outlive the
 //! demo even when it is killed outright.
 //!
-//! `--simulated` keeps the older fleet of fake reports (no agent binary needed).
+//! `--simulated` publishes reports from the fleet simulator ([`faultline_lab::fleet`])
+//! for the same six sites instead (no agent binary needed): a 60-window script with a
+//! `voipco` outage, a lossy ISP and a cut LAN, repeated.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -23,16 +25,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use faultline_shared::{
-    HostHealth, Id, Kind, Layer, ProbeResult, Report, RttStats, State, Status, Verdict,
-};
-use faultline_tests::relay::{Impairment, Relay, RelayHandle};
+use faultline_lab::fleet::{self as sim, Fault, Script};
+use faultline_lab::relay::{Impairment, Relay, RelayHandle};
+use faultline_shared::{Id, State, Verdict};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-use crate::config::Config;
-use crate::service::now_ms;
+use faultline_collector::config::Config;
+use faultline_collector::service::now_ms;
 
 const SITES: &[(&str, &str)] = &[
     ("acme-hq", "Comcast"),
@@ -43,57 +44,44 @@ const SITES: &[(&str, &str)] = &[
     ("fox-motors", "Lumen"),
 ];
 
-/// What goes wrong in window `w` of the 60-window script.
-fn fault(w: u64, site: usize) -> (bool, bool, bool) {
-    // (lan down, isp lossy, voipco down)
-    match w % 60 {
-        10..=19 => (false, false, true),
-        30..=39 => (false, site == 2 || site == 3, false),
-        45..=52 => (site == 4, false, false),
-        _ => (false, false, false),
-    }
-}
-
-fn probe(
-    target: &str,
-    layer: Layer,
-    provider: Option<&str>,
-    kind: Kind,
-    down: bool,
-    lossy: bool,
-) -> ProbeResult {
+/// `--simulated`'s script, repeated every 60 windows: `voipco` down everywhere in
+/// windows 10–19, Verizon losing 20 % in 30–39, elm-clinic's LAN cut in 45–52.
+fn simulated_script() -> Script {
     let id = |s: &str| Id::new(s).expect("demo ids are valid");
-    let mut p = ProbeResult::new(id(target), layer, provider.map(id), kind);
-    p.sent = if kind == Kind::Stamp { 250 } else { 10 };
-    p.received = if down {
-        0
-    } else if lossy {
-        p.sent - p.sent / 10
-    } else {
-        p.sent
-    };
-    if !down {
-        let base = match layer {
-            Layer::Lan => 0.6,
-            Layer::Isp => 6.0,
-            _ => 21.0,
-        } + fastrand::f64() * 2.0;
-        p.rtt_ms = Some(RttStats {
-            min: base * 0.9,
-            p50: base,
-            avg: base * 1.05,
-            p95: base * 1.4,
-            max: base * 2.0,
-        });
-        p.jitter_ms = Some(0.3 + fastrand::f64());
-        if kind == Kind::Stamp {
-            p.mos = Some(if lossy { 3.2 } else { 4.3 });
-        }
-    }
-    p
+    Script::new()
+        .with(
+            Fault::ProviderDown {
+                provider: id(sim::PROVIDER),
+            },
+            10,
+            20,
+        )
+        .with(
+            Fault::IspLossy {
+                isp: id("Verizon"),
+                loss: 0.2,
+            },
+            30,
+            40,
+        )
+        .with(
+            Fault::LanCut {
+                site: id("elm-clinic"),
+            },
+            45,
+            53,
+        )
+        .repeat_every(60)
 }
 
-async fn fleet(host: String, port: u16, window_ms: u64, prefix: faultline_shared::Topics) {
+/// Publishes the simulated fleet's statuses, then one JSON report per site at the
+/// end of every window, as agents would.
+async fn simulated_fleet(
+    host: String,
+    port: u16,
+    window_ms: u64,
+    topics: faultline_shared::Topics,
+) {
     let mut opts = MqttOptions::new("faultline-demo-fleet", host, port);
     opts.set_keep_alive(Duration::from_secs(15));
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
@@ -104,87 +92,55 @@ async fn fleet(host: String, port: u16, window_ms: u64, prefix: faultline_shared
             }
         }
     });
-    let boot = fastrand::u32(..);
-    for (site, isp) in SITES {
-        let s = Id::new(*site).expect("demo ids are valid");
-        let status = Status::online(
-            boot,
-            env!("CARGO_PKG_VERSION"),
-            Id::new(*isp).expect("valid"),
-            None,
-        );
+    let sites: Vec<(Id, Id)> = SITES
+        .iter()
+        .map(|(s, i)| {
+            (
+                Id::new(*s).expect("demo ids are valid"),
+                Id::new(*i).expect("valid"),
+            )
+        })
+        .collect();
+    // The first window has just ended; `window_ms` fits u32 (config caps windows).
+    let mut fleet = sim::Fleet::with_sites(
+        &sites,
+        u32::try_from(window_ms).unwrap_or(u32::MAX),
+        now_ms().saturating_sub(window_ms),
+        // A new seed per run: a site's boot must differ from the last demo's, whose
+        // windows the history may already hold.
+        fastrand::u64(..),
+    )
+    .with_script(simulated_script());
+    for site in fleet.sites() {
         let _ = client
             .publish(
-                prefix.status(&s),
+                topics.status(&site.id),
                 QoS::AtLeastOnce,
                 true,
-                serde_json::to_vec(&status).unwrap_or_default(),
+                serde_json::to_vec(&fleet.status(site)).unwrap_or_default(),
             )
             .await;
     }
-    for w in 0u64.. {
-        for (i, (site, _)) in SITES.iter().enumerate() {
-            let (lan, isp, voipco) = fault(w, i);
-            let s = Id::new(*site).expect("demo ids are valid");
-            let report = Report {
-                v: 1,
-                site: s.clone(),
-                boot,
-                seq: w,
-                start_ms: now_ms().saturating_sub(window_ms),
-                window_ms: window_ms as u32,
-                host: Some(HostHealth {
-                    cpu_pct: 8.0 + fastrand::f64() * 5.0,
-                    mem_pct: 40.0,
-                    load1: 0.1,
-                }),
-                probes: vec![
-                    probe("gw", Layer::Lan, None, Kind::Icmp, lan, false),
-                    probe("isp-dns", Layer::Isp, None, Kind::Dns, lan, isp),
-                    probe("anchor", Layer::Internet, None, Kind::Icmp, lan, isp),
-                    probe(
-                        "voipco-media",
-                        Layer::Provider,
-                        Some("voipco"),
-                        Kind::Stamp,
-                        lan || voipco,
-                        isp,
-                    ),
-                    probe(
-                        "voipco-sip",
-                        Layer::Provider,
-                        Some("voipco"),
-                        Kind::Sip,
-                        lan || voipco,
-                        false,
-                    ),
-                    probe(
-                        "voipco2-media",
-                        Layer::Provider,
-                        Some("voipco2"),
-                        Kind::Stamp,
-                        lan,
-                        isp,
-                    ),
-                ],
-            };
+    let t0 = tokio::time::Instant::now();
+    for seq in 0u64.. {
+        tokio::time::sleep_until(t0 + Duration::from_millis(window_ms.saturating_mul(seq))).await;
+        for report in fleet.window(seq) {
             let _ = client
                 .publish(
-                    prefix.report_json(&s),
+                    topics.report_json(&report.site),
                     QoS::AtLeastOnce,
                     false,
                     serde_json::to_vec(&report).unwrap_or_default(),
                 )
                 .await;
         }
-        tokio::time::sleep(Duration::from_millis(window_ms)).await;
     }
 }
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// The older fleet of fake JSON reports instead of real agents.
+    /// The fleet simulator's reports instead of real agents.
     pub simulated: bool,
     /// Healthy windows before each scripted `voipco` outage.
     pub outage_after: u32,
@@ -263,8 +219,12 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
         );
         return rt.block_on(async move {
             tokio::spawn(watch(host.clone(), port, topics.clone()));
-            tokio::spawn(fleet(host, port, window, topics));
-            crate::service::serve(cfg, crate::service::shutdown_signal()).await
+            tokio::spawn(simulated_fleet(host, port, window, topics));
+            faultline_collector::service::serve(
+                cfg,
+                faultline_collector::service::shutdown_signal(),
+            )
+            .await
         });
     }
 
@@ -307,7 +267,8 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
     };
     let res = rt.block_on(async move {
         tokio::spawn(watch(host, port, topics));
-        crate::service::serve(cfg, crate::service::shutdown_signal()).await
+        faultline_collector::service::serve(cfg, faultline_collector::service::shutdown_signal())
+            .await
     });
     stop.store(true, Ordering::Relaxed);
     let _ = script.join();
@@ -330,7 +291,7 @@ fn agent_beside_me() -> anyhow::Result<PathBuf> {
         anyhow::bail!(
             "demo: {} is missing; the demo runs real agents. Build it beside the collector: \
              cargo build --release -p faultline-agent -p faultline-collector \
-             (or run `faultline-collector demo --simulated` for fake reports)",
+             (or run `faultline-collector demo --simulated` for simulated reports)",
             bin.display()
         )
     }

@@ -9,11 +9,13 @@
 //! - [`link`]: how the collector reaches its broker (TLS, logins, the embedded one).
 //! - [`snapshot`]: the state pages read, published by the engine's owner.
 //! - [`supervise`]: a panic anywhere ends the process (so systemd restarts it).
+//!
+//! The `demo` subcommand belongs to the binary (`src/demo.rs`); its relays and
+//! simulated fleet come from `faultline-lab`, never from the test kit.
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
-pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod link;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 
 use faultline_collector::config::{self, Config};
 use faultline_collector::engine::Engine;
-use faultline_collector::{demo, engine_config, replay, report, service, store};
+use faultline_collector::{engine_config, replay, report, service, store};
+
+// The demo is the binary's alone: the library (linked by tests, examples and fuzz
+// targets) carries no fleet of its own.
+mod demo;
 
 #[derive(Debug, Parser)]
 #[command(name = "faultline-collector", version, about = "Faultline's collector")]
@@ -43,7 +47,7 @@ enum Cmd {
     Demo {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Fake reports from a simulated fleet instead of real agents.
+        /// Reports from the fleet simulator instead of real agents (no agent binary).
         #[arg(long)]
         simulated: bool,
         /// Healthy windows before each scripted voipco outage.

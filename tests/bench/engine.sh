@@ -28,14 +28,17 @@ peak_bytes=$(awk -v m="$peak" 'BEGIN {printf "%.0f", m * 1048576}')
 md "## Collector: 10,000 sites × 10 targets through the engine" ""
 md '```sh' "$CMD" '```' ""
 mdf '%s\n' "The example (\`collector/examples/engine_bench.rs\`, run by the script in release) feeds
-$(thousands "$SITES") sites (20 ISPs, 4 providers, 3 lower-layer and $((TARGETS - 3)) provider targets each)
-through the engine for $WINDOWS windows, with provider \`p0\` failing everywhere in the middle
-third, and times \`Engine::tick\` (one evaluation: presence, the cross-site step,
-hysteresis, incidents, verdict diffing) and the per-report ingest. Its MB are MiB
-(2^20 bytes); the budget is read as 150,000,000 bytes."
+$(thousands "$SITES") sites from the fleet simulator (\`faultline_lab::fleet\`: 20 ISPs, $TARGETS targets
+each; ten are the gateway, two ISP and two internet targets, and media, SIP and STUN of
+\`voipco\` plus media and SIP of its alternate \`voipco2\`) through the engine for $WINDOWS
+windows as encoded postcard reports on their topics, with provider \`voipco\` down
+everywhere in the middle third, and times \`Engine::tick\` (one evaluation: presence, the
+cross-site step, hysteresis, incidents, verdict diffing) and the per-report ingest
+(decoding included). Its MB are MiB (2^20 bytes); the budget is read as 150,000,000 bytes."
 md ""
 grep -E '^\|' "$BENCH_WORK/out" >&3
-md "" "The RSS includes the reports of the window being built; the max evaluation is the
+md "" "The RSS includes the simulated fleet's site list and one chunk of 1,000 encoded
+reports (reports are made a chunk at a time, untimed); the max evaluation is the
 window in which every site's verdict changes at once. Evaluation is O(sites × targets):
 one pass over the sites for ISP and provider tallies, one for site causes and
 hysteresis, one to diff verdicts. The whole service's RSS at 10,000 sites (history,

@@ -77,7 +77,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--seed" => a.seed = num(&value)?,
             "--fault" => {
                 let f: ScriptedFault = value.parse().map_err(|e| format!("{e}"))?;
-                a.script.0.push(f);
+                a.script.push(f);
             }
             _ => return Err(format!("unknown option {flag}")),
         }
