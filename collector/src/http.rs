@@ -391,7 +391,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} gauge");
         for (site, s) in e.sites() {
-            for t in &s.targets {
+            for t in s.targets.iter() {
                 let v = match i {
                     0 => t.health.map(|_| t.loss),
                     1 => t.rtt_p50_ms,

@@ -86,7 +86,8 @@ pub struct FleetSite {
     pub host: Latch,
     pub lan: Latch,
     pub net: Latch,
-    pub providers: BTreeMap<Id, Latch>,
+    /// One latch per provider, sorted by id (a handful: a map costs more).
+    pub providers: Vec<(Id, Latch)>,
 }
 
 impl FleetSite {
@@ -108,10 +109,18 @@ impl FleetSite {
         step(&mut self.lan, h.lan);
         step(&mut self.net, h.net);
         for p in &h.providers {
-            step(
-                self.providers.entry(p.provider.clone()).or_default(),
-                p.health,
-            );
+            let i = match self
+                .providers
+                .binary_search_by(|(id, _)| id.cmp(&p.provider))
+            {
+                Ok(i) => i,
+                Err(i) => {
+                    self.providers
+                        .insert(i, (p.provider.clone(), Latch::default()));
+                    i
+                }
+            };
+            step(&mut self.providers[i].1, p.health);
         }
         // A provider no longer probed counts as a good window.
         for (p, l) in self.providers.iter_mut() {
@@ -124,7 +133,7 @@ impl FleetSite {
             }
         }
         self.providers
-            .retain(|p, l| l.on || l.bad_run > 0 || h.provider(p).is_some());
+            .retain(|(p, l)| l.on || l.bad_run > 0 || h.provider(p).is_some());
         self.health = Some(h);
     }
 
@@ -151,7 +160,12 @@ impl FleetSite {
     /// The provider's health here for correlation: latched bad, or (not latched)
     /// ok only when this window says so.
     fn provider_bad(&self, p: &Id) -> Option<Health> {
-        self.providers.get(p).filter(|l| l.on).map(|l| l.worst)
+        self.providers
+            .binary_search_by(|(id, _)| id.cmp(p))
+            .ok()
+            .map(|i| self.providers[i].1)
+            .filter(|l| l.on)
+            .map(|l| l.worst)
     }
 
     fn provider_healthy(&self, p: &Id) -> bool {

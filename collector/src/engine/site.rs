@@ -118,7 +118,8 @@ pub struct SiteView {
     pub boot: Option<u32>,
     pub missing_windows: u64,
     pub health: Option<SiteHealth>,
-    pub targets: Vec<TargetState>,
+    /// Shared with the site's track until the site next changes.
+    pub targets: Arc<Vec<TargetState>>,
 }
 
 /// Everything the collector tracks for one site.
@@ -134,7 +135,8 @@ pub struct SiteTrack {
     /// The site's own window length (its latest report's).
     pub window_ms: u32,
     pub health: Option<SiteHealth>,
-    pub targets: Vec<TargetState>,
+    /// Shared with the pages' view (copied on write while a snapshot holds it).
+    pub targets: Arc<Vec<TargetState>>,
     /// The latest live window's identity.
     pub last_window: Option<(u32, u64, u64)>,
     pub clock_skew_ms: i64,
@@ -160,7 +162,7 @@ impl SiteTrack {
             last_report_ms: now_ms,
             window_ms,
             health: None,
-            targets: Vec::new(),
+            targets: Arc::default(),
             last_window: None,
             clock_skew_ms: 0,
             pacer: None,
@@ -178,7 +180,7 @@ impl SiteTrack {
                 boot: None,
                 missing_windows: 0,
                 health: None,
-                targets: Vec::new(),
+                targets: Arc::default(),
             }),
         };
         s.refresh_view();
@@ -240,45 +242,47 @@ impl SiteTrack {
     ) -> Vec<Option<Health>> {
         let mut out = Vec::with_capacity(r.probes.len());
         for p in &r.probes {
-            let Some(t) = self.target(p, now_ms, live) else {
-                out.push(probe_health(p, &Baseline::default(), th));
+            if !live {
+                // A late window is judged against what is known, and changes nothing.
+                let base = self
+                    .targets
+                    .iter()
+                    .find(|t| t.target == p.target)
+                    .map_or_else(Baseline::default, |t| t.baseline);
+                out.push(probe_health(p, &base, th));
                 continue;
-            };
+            }
+            let t = self.target(p, now_ms);
             let h = probe_health(p, &t.baseline, th);
-            if live {
-                t.health = h;
-                t.loss = p.loss();
-                t.rtt_p50_ms = p.rtt_ms.map(|s| s.p50);
-                t.jitter_ms = p.jitter_ms;
-                t.mos = p.mos;
-                if h == Some(Health::Ok)
-                    && let Some(rtt) = p.rtt_ms
-                {
-                    t.baseline.learn(rtt.p50, th);
-                }
+            t.health = h;
+            t.loss = p.loss();
+            t.rtt_p50_ms = p.rtt_ms.map(|s| s.p50);
+            t.jitter_ms = p.jitter_ms;
+            t.mos = p.mos;
+            if h == Some(Health::Ok)
+                && let Some(rtt) = p.rtt_ms
+            {
+                t.baseline.learn(rtt.p50, th);
             }
             out.push(h);
         }
         out
     }
 
-    /// The target a probe is about; on a live window, created (within the cap) and
-    /// marked seen. A late window never creates one.
-    fn target(&mut self, p: &ProbeResult, now_ms: u64, live: bool) -> Option<&mut TargetState> {
-        let i = match self.targets.iter().position(|t| t.target == p.target) {
+    /// The target a live window's probe is about, created (within the cap) and
+    /// marked seen.
+    fn target(&mut self, p: &ProbeResult, now_ms: u64) -> &mut TargetState {
+        let targets = Arc::make_mut(&mut self.targets);
+        let i = match targets.iter().position(|t| t.target == p.target) {
             Some(i) => i,
-            None if !live => return None,
             None => {
-                if self.targets.len() >= MAX_TARGETS_PER_SITE
-                    && let Some((oldest, _)) = self
-                        .targets
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, t)| t.seen_ms)
+                if targets.len() >= MAX_TARGETS_PER_SITE
+                    && let Some((oldest, _)) =
+                        targets.iter().enumerate().min_by_key(|(_, t)| t.seen_ms)
                 {
-                    self.targets.swap_remove(oldest);
+                    targets.swap_remove(oldest);
                 }
-                self.targets.push(TargetState {
+                targets.push(TargetState {
                     target: p.target.clone(),
                     layer: p.layer,
                     provider: p.provider.clone(),
@@ -291,19 +295,17 @@ impl SiteTrack {
                     jitter_ms: None,
                     mos: None,
                 });
-                self.targets.len() - 1
+                targets.len() - 1
             }
         };
-        let t = &mut self.targets[i];
-        if live {
-            t.seen_ms = now_ms;
-            t.layer = p.layer;
-            t.kind = p.kind;
-            if t.provider != p.provider {
-                t.provider.clone_from(&p.provider);
-            }
+        let t = &mut targets[i];
+        t.seen_ms = now_ms;
+        t.layer = p.layer;
+        t.kind = p.kind;
+        if t.provider != p.provider {
+            t.provider.clone_from(&p.provider);
         }
-        Some(t)
+        t
     }
 
     /// Folds a de-duplicated live report (already judged) into the site's layers.
@@ -319,8 +321,7 @@ impl SiteTrack {
         self.presence = Presence::Online;
         self.last_window = Some((r.boot, r.seq, r.start_ms));
         let idle_ms = TARGET_IDLE_WINDOWS.saturating_mul(u64::from(r.window_ms));
-        self.targets
-            .retain(|t| now_ms.saturating_sub(t.seen_ms) < idle_ms);
+        Arc::make_mut(&mut self.targets).retain(|t| now_ms.saturating_sub(t.seen_ms) < idle_ms);
         self.health = Some(layers(r, judged, th));
     }
 }
