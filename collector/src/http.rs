@@ -344,6 +344,21 @@ pub fn metrics_text(shared: &Shared) -> String {
             "faultline_collector_published_total{{kind=\"metrics_skipped\"}} {}",
             counters.metrics_skipped
         );
+        let _ = writeln!(
+            o,
+            "# HELP faultline_collector_evaluation_seconds How long the engine's evaluations take: the latest and the longest since start."
+        );
+        let _ = writeln!(o, "# TYPE faultline_collector_evaluation_seconds gauge");
+        let _ = writeln!(
+            o,
+            "faultline_collector_evaluation_seconds{{which=\"last\"}} {:.6}",
+            st.evaluation_last.as_secs_f64()
+        );
+        let _ = writeln!(
+            o,
+            "faultline_collector_evaluation_seconds{{which=\"max\"}} {:.6}",
+            st.evaluation_max.as_secs_f64()
+        );
     }
     let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");
     let _ = writeln!(

@@ -70,6 +70,9 @@ pub struct ShellStats {
     pub published_events: u64,
     pub metrics_dropped: u64,
     pub mqtt_errors: u64,
+    /// How long the engine's latest and longest timeout (evaluation) took.
+    pub evaluation_last: Duration,
+    pub evaluation_max: Duration,
 }
 
 /// What the HTTP handlers read.
@@ -250,7 +253,14 @@ impl Owner {
 
     fn timeout(&mut self) {
         let now = now_ms();
+        let t = std::time::Instant::now();
         self.engine.handle_timeout(now);
+        let took = t.elapsed();
+        {
+            let mut st = self.shared.stats.lock().expect("stats lock");
+            st.evaluation_last = took;
+            st.evaluation_max = st.evaluation_max.max(took);
+        }
         self.dispatch();
         if now.saturating_sub(self.last_maintain_ms) >= MAINTAIN_EVERY_MS {
             self.last_maintain_ms = now;
