@@ -1,7 +1,9 @@
 //! `report`: provider availability over a period, from history. Availability is the
 //! share of site-time the provider was healthy: each provider incident costs its
 //! duration (clipped to the period) times the sites it affected, against the time
-//! every site that probed the provider was being watched in the period.
+//! every site that probed the provider was being watched in the period. Route
+//! faults (one ISP's path to the provider: scope `route`) are listed beside the
+//! provider but do not count against it: the provider was up for everyone else.
 
 use std::fmt::Write as _;
 
@@ -36,6 +38,16 @@ pub struct Availability {
     /// 1 − affected / observed (1 when nothing was observed).
     pub availability: f64,
     pub outages: Vec<Outage>,
+    /// Route incidents `{isp}~{provider}` in the period (not counted above).
+    pub routes: Vec<RouteFault>,
+}
+
+/// A fault between one ISP and the provider.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteFault {
+    pub isp: String,
+    #[serde(flatten)]
+    pub outage: Outage,
 }
 
 /// Computes availability for every provider in history (or just `only`).
@@ -47,6 +59,7 @@ pub fn availability(
 ) -> anyhow::Result<Vec<Availability>> {
     let mut out = Vec::new();
     let incidents: Vec<Incident> = store.incidents(Some("provider"), from_ms, to_ms, u32::MAX)?;
+    let routes: Vec<Incident> = store.incidents(Some("route"), from_ms, to_ms, u32::MAX)?;
     for provider in store.providers()? {
         if only.is_some_and(|o| o != provider) {
             continue;
@@ -75,6 +88,23 @@ pub fn availability(
             });
         }
         outages.sort_by_key(|o| o.start_ms);
+        let mut route_faults: Vec<RouteFault> = routes
+            .iter()
+            .filter_map(|inc| {
+                let (isp, p) = inc.target_id.route()?;
+                (p.as_str() == provider).then(|| RouteFault {
+                    isp: isp.to_string(),
+                    outage: Outage {
+                        incident: inc.id.clone(),
+                        state: inc.state.as_str().to_owned(),
+                        start_ms: inc.opened_ms,
+                        end_ms: inc.closed_ms,
+                        sites: inc.sites.iter().map(|s| s.to_string()).collect(),
+                    },
+                })
+            })
+            .collect();
+        route_faults.sort_by_key(|r| r.outage.start_ms);
         let availability = if site_ms == 0 {
             1.0
         } else {
@@ -89,6 +119,7 @@ pub fn availability(
             affected_site_ms: affected,
             availability,
             outages,
+            routes: route_faults,
         });
     }
     Ok(out)
@@ -144,6 +175,20 @@ pub fn table(rows: &[Availability]) -> String {
                 x.state,
                 utc(x.start_ms),
                 end,
+                x.sites.join(",")
+            );
+        }
+        for r in &r.routes {
+            let x = &r.outage;
+            let end = x.end_ms.map_or("(open)".to_owned(), utc);
+            let _ = writeln!(
+                o,
+                "    {} {:<8} {} .. {} route from ISP {} (not counted) sites: {}",
+                x.incident,
+                x.state,
+                utc(x.start_ms),
+                end,
+                r.isp,
                 x.sites.join(",")
             );
         }
@@ -209,5 +254,59 @@ mod tests {
         assert_eq!(parse_span("7d").unwrap(), 7 * 86_400_000);
         assert_eq!(parse_span("90m").unwrap(), 5_400_000);
         assert!(parse_span("x").is_err());
+    }
+
+    #[test]
+    fn route_faults_are_listed_beside_the_provider_and_not_counted() {
+        use faultline_shared::{Id, IncidentEvent, IncidentEventKind, Scope, State, Subject};
+        let dir = std::env::temp_dir().join(format!("fl-report-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("r.db");
+        let _ = std::fs::remove_file(&path);
+        let id = |s: &str| Id::new(s).unwrap();
+        let mut store = Store::open(&path).unwrap();
+        store.begin().unwrap();
+        for (i, site) in ["a", "b", "c", "d"].iter().enumerate() {
+            let row = crate::engine::WindowRow {
+                site: id(site),
+                recv_ms: 1_000 + i as u64,
+                start_ms: 0,
+                boot: 1,
+                seq: 0,
+                bad: 0,
+                max_loss: 0.0,
+                max_rtt_ms: None,
+                min_mos: None,
+                providers: vec![id("voipco")],
+            };
+            store.window(&row).unwrap();
+        }
+        let route = Incident {
+            id: "inc-000001".into(),
+            scope: Scope::Route,
+            target_id: Subject::route_of(&id("IspA"), &id("voipco")),
+            cause: None,
+            state: State::Outage,
+            opened_ms: 10_000,
+            closed_ms: Some(20_000),
+            sites: vec![id("a"), id("b")],
+        };
+        store
+            .incident(&IncidentEvent {
+                event: IncidentEventKind::Closed,
+                incident: route,
+            })
+            .unwrap();
+        store.commit().unwrap();
+        let rows = availability(&store, 0, 100_000, Some("voipco")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].availability, 1.0,
+            "a route fault is not the provider's"
+        );
+        assert_eq!(rows[0].routes.len(), 1);
+        assert_eq!(rows[0].routes[0].isp, "IspA");
+        assert!(table(&rows).contains("route from ISP IspA"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
