@@ -46,33 +46,14 @@ impl PublishStats {
     }
 }
 
-/// Splits `mqtt://host[:port]` into host and port (1883 by default).
+/// Splits `mqtt://host[:port]` into host and port (1883 by default), with the
+/// configs' own parser; the test kit speaks no TLS.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("`{url}`: only mqtt:// URLs (no TLS in the test kit)"))?;
-    let rest = rest.trim_end_matches('/');
-    let bad_port = |p: &str| format!("`{url}`: bad port `{p}`");
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, tail) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("`{url}`: unclosed `[`"))?;
-        match tail.strip_prefix(':') {
-            Some(p) => (h, p.parse().map_err(|_| bad_port(p))?),
-            None if tail.is_empty() => (h, 1883),
-            None => return Err(bad_port(tail)),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad_port(p))?),
-            None => (rest, 1883),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("`{url}`: no host"));
+    let u = faultline_shared::MqttUrl::parse(url).map_err(|e| e.to_string())?;
+    if u.tls {
+        return Err(format!("`{url}`: only mqtt:// URLs (no TLS in the test kit)"));
     }
-    Ok((host.to_owned(), port))
+    Ok((u.host, u.port))
 }
 
 /// Publishes the fleet's statuses and reports over one MQTT connection (QoS 1) and
