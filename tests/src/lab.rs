@@ -561,7 +561,11 @@ impl Lab {
             Command::new(&collector_bin)
                 .args(["run", "--config"])
                 .arg(&collector_config)
-                .env("FAULTLINE_LOG", "info,rumqttc=warn")
+                .env(
+                    "FAULTLINE_LOG",
+                    std::env::var("FAULTLINE_LAB_LOG")
+                        .unwrap_or_else(|_| "info,rumqttc=warn".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(log_file(&collector_log)),
         )

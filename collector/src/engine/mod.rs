@@ -591,6 +591,10 @@ impl Engine {
             .or_insert_with(|| SiteTrack::new(now_ms, window_ms));
         let summary = match status.state {
             StatusState::Online => {
+                // Back: a will still waiting to be confirmed was the old connection's
+                // (a broker that restarts publishes the wills of the sessions it
+                // restored as their clients reconnect).
+                self.pending_wills.remove(id);
                 let changed = (status.isp.is_some() && status.isp != s.isp)
                     || (status.customer.is_some() && status.customer != s.customer);
                 if status.isp.is_some() {
@@ -1184,6 +1188,40 @@ mod tests {
         let out = drain(&mut e);
         assert!(e.counters().skipped_evaluations >= 3);
         assert!(!["a", "b", "c"].iter().any(|s| offline(&out, s)), "{out:?}");
+    }
+
+    #[test]
+    fn a_will_followed_by_the_sites_own_online_status_is_no_departure() {
+        let mut e = Engine::new(cfg());
+        feed(&mut e, 0..3, false);
+        // A restarted broker publishes the will of a's restored session as a
+        // reconnects; a's online status follows within moments.
+        status(
+            &mut e,
+            3_200,
+            "a",
+            &Status::offline(OfflineReason::Lost),
+            false,
+        );
+        status(
+            &mut e,
+            3_300,
+            "a",
+            &Status::online(2, "t", id("A"), None),
+            false,
+        );
+        let out = feed(&mut e, 3..6, false);
+        assert!(!offline(&out, "a"), "{out:?}");
+        // A will that stands is a departure.
+        status(
+            &mut e,
+            6_200,
+            "b",
+            &Status::offline(OfflineReason::Lost),
+            false,
+        );
+        advance(&mut e, 6_900);
+        assert!(offline(&drain(&mut e), "b"));
     }
 
     /// Site `a`'s report for `(boot, seq)` with its own clock reading `start_ms`.

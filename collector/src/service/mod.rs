@@ -274,6 +274,7 @@ impl Owner {
                 // A topic that is not UTF-8 is counted like any other bad topic.
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("\u{0}");
                 let now = now_ms();
+                tracing::trace!(topic, retained = p.retain, "message");
                 if let Err(e) =
                     self.engine
                         .handle_message(&self.topics, now, topic, &p.payload, p.retain)
@@ -286,6 +287,7 @@ impl Owner {
                 let _ = self.store_tx.send(StoreMsg::Delivered(ack));
             }
             Input::Link { up } => {
+                tracing::debug!(up, "broker link");
                 self.engine.handle_link(now_ms(), up);
                 self.dispatch();
             }
