@@ -1207,7 +1207,7 @@ mod tests {
             &mut e,
             3_300,
             "a",
-            &Status::online(2, "t", id("A"), None),
+            &Status::online(1, "t", id("A"), None),
             false,
         );
         let out = feed(&mut e, 3..6, false);
