@@ -34,13 +34,13 @@ BENCHES=(
     "agent_flash|bash tests/bench/agent_flash.sh|FLASH"
     "rtt_accuracy|bash tests/bench/rtt_accuracy.sh|RTT LOSS JITTER"
     "fping|bash tests/bench/fping.sh|LOSS_ICMP"
-    "engine|bash tests/bench/engine.sh|SITES EVAL"
+    "engine|bash tests/bench/engine.sh|SITES NODE EVAL"
     "ingest|bash collector/bench/ingest.sh|INGEST SITES"
     "detection|bash tests/bench/detection.sh|DETECT CLEAR LOSSLESS"
     "reliability|bash collector/bench/reliability.sh|NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC"
 )
 # Summary order: DESIGN.md's budgets, top to bottom.
-ORDER=(SIZE RSS CPU RSS_SPOOL RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES EVAL DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC FLASH)
+ORDER=(SIZE RSS CPU RSS_SPOOL RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES NODE EVAL DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC FLASH)
 
 # A table cell from free text.
 cell() { tr '\n|' ' /' <<<"$1" | sed -E 's/ +/ /g; s/^ //; s/ $//' | cut -c1-200; }
