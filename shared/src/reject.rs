@@ -34,13 +34,11 @@ pub enum RejectReason {
     Impossible,
     /// The site sent windows faster than its clock allows (beyond a day's backlog).
     Paced,
-    /// The site probes more targets than the cap.
-    TooManyTargets,
 }
 
 impl RejectReason {
     /// Every reason, in a stable order.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Topic,
         RejectReason::Oversized,
         RejectReason::Malformed,
@@ -53,7 +51,6 @@ impl RejectReason {
         RejectReason::Window,
         RejectReason::Impossible,
         RejectReason::Paced,
-        RejectReason::TooManyTargets,
     ];
 
     /// The metrics label.
@@ -71,7 +68,6 @@ impl RejectReason {
             RejectReason::Window => "window",
             RejectReason::Impossible => "impossible",
             RejectReason::Paced => "paced",
-            RejectReason::TooManyTargets => "too_many_targets",
         }
     }
 }
