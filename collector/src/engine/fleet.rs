@@ -386,6 +386,7 @@ impl Fleet {
         // Step 3: ISPs. Offline sites count when they went offline recently
         // ("together", within a few of their own windows).
         let mut isp_tally: BTreeMap<&Id, (u32, Vec<(&Id, bool)>)> = BTreeMap::new();
+        let mut no_data: BTreeMap<&Id, u32> = BTreeMap::new();
         let mut fleet_isps: BTreeSet<&Id> = BTreeSet::new();
         for (id, s, low) in &lowers {
             let Some(isp) = &s.isp else { continue };
@@ -409,6 +410,11 @@ impl Fleet {
                     e.0 += 1;
                     e.1.push((id, *h == Health::Down));
                 }
+                Lower::NoData => {
+                    fleet_isps.insert(isp);
+                    e.0 += 1;
+                    *no_data.entry(isp).or_default() += 1;
+                }
                 _ => {
                     fleet_isps.insert(isp);
                     e.0 += 1;
@@ -418,6 +424,12 @@ impl Fleet {
         let mut isp_raw: BTreeMap<Id, Option<Shown>> = BTreeMap::new();
         for (isp, (members, bad)) in &isp_tally {
             let n = bad.len() as u32;
+            // Without evidence either way (a restart: sites not heard from yet), an
+            // open verdict holds.
+            let with_data = members - no_data.get(isp).copied().unwrap_or(0);
+            if n < 2 && with_data < 2 && self.isps.get(*isp).is_some_and(|t| t.open) {
+                continue;
+            }
             let shown = (n >= 2 && n * 2 >= *members).then(|| {
                 let severe = bad.iter().filter(|(_, d)| *d).count() as u32;
                 Shown {
@@ -495,7 +507,12 @@ impl Fleet {
                 }
             });
             let provider_open = shown.is_some();
-            prov_raw.insert((*p).clone(), shown);
+            let hold = !provider_open
+                && t.eligible < 2
+                && self.providers.get(*p).is_some_and(|t| t.open);
+            if !hold {
+                prov_raw.insert((*p).clone(), shown);
+            }
             // Routes: the provider bad at enough of one ISP's sites while healthy
             // at two or more sites on other ISPs.
             for isp in &isps {
@@ -535,9 +552,24 @@ impl Fleet {
                 route_raw.insert(route, shown);
             }
         }
-        // Routes open before and no longer named close.
+        // Routes open before and no longer named close, unless their ISP's sites
+        // have not been heard from (a restart): no evidence either way.
         for r in self.routes.keys() {
-            route_raw.entry(r.clone()).or_insert(None);
+            if route_raw.contains_key(r) {
+                continue;
+            }
+            let Some((isp, p)) = r.route() else { continue };
+            let heard = lowers
+                .iter()
+                .filter(|(id, s, low)| {
+                    *low == Lower::Clear
+                        && isp_of(id) == Some(isp)
+                        && s.health.as_ref().is_some_and(|h| h.provider(p).is_some())
+                })
+                .count();
+            if heard >= 2 {
+                route_raw.insert(r.clone(), None);
+            }
         }
         // Unconfigured providers are tracked up to the cap.
         let mut unconfigured = self
