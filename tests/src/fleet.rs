@@ -51,7 +51,9 @@ impl PublishStats {
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
     let u = faultline_shared::MqttUrl::parse(url).map_err(|e| e.to_string())?;
     if u.tls {
-        return Err(format!("`{url}`: only mqtt:// URLs (no TLS in the test kit)"));
+        return Err(format!(
+            "`{url}`: only mqtt:// URLs (no TLS in the test kit)"
+        ));
     }
     Ok((u.host, u.port))
 }
