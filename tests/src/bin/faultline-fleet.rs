@@ -16,7 +16,9 @@ use faultline_tests::fleet::{Fleet, PublishOptions, Script, ScriptedFault, publi
 const USAGE: &str = "usage: faultline-fleet --url mqtt://HOST:PORT [--sites N] [--windows W] \
 [--window-ms MS] [--isps N] [--seed N] [--prefix P] [--realtime] [--no-status] [--fault SPEC]...
   SPEC: provider-down:P@A..B | isp-lossy:ISP:20%@A..B | lan-cut:SITE@A..B |
-        path-lossy:SITE:P:15%@A..B | host-busy:SITE@A..B | silent:SITE@A..B   (windows A..B)
+        path-lossy:SITE:P:15%@A..B | host-busy:SITE@A..B | silent:SITE@A..B |
+        lossy:SITE:SEG@A..B | down:SITE:SEG@A..B (SEG: lan, isp, internet or P) |
+        restarted:SITE:BOOT[:CLOCK_MS]@A..B   (windows A..B)
   sites are site-0000.., ISPs isp-a, isp-b.., providers voipco and its alternate voipco2";
 
 #[derive(Debug)]
