@@ -206,11 +206,14 @@ type Spooled = (u64, u64, &'static str, u64);
 /// it) and its report arrives at `T0 + (k + 1) × window_ms − 5 s` plus the
 /// delivery's `delay_ms`; extra statuses and spooled reports arrive at
 /// `T0 + w × W + offset`.
+/// How a site's report of a window is delivered: (window, site, window_ms) → how.
+type DeliverFn = Box<dyn Fn(u64, &str, u64) -> Delivery>;
+
 struct Gen {
     fleet: Vec<(&'static str, &'static str, u64)>,
     steps: u64,
     script: Script,
-    deliver: Box<dyn Fn(u64, &str, u64) -> Delivery>,
+    deliver: DeliverFn,
     extras: Vec<Extra>,
     spooled: Vec<Spooled>,
 }

@@ -339,6 +339,9 @@ pub struct Fleet {
     pub providers_over_cap: u64,
 }
 
+/// An ISP's members, and its bad members with whether each is down or offline.
+type IspTally<'a> = (u32, Vec<(&'a Id, bool)>);
+
 #[derive(Default)]
 struct ProviderTally<'a> {
     eligible: u32,
@@ -385,7 +388,7 @@ impl Fleet {
 
         // Step 3: ISPs. Offline sites count when they went offline recently
         // ("together", within a few of their own windows).
-        let mut isp_tally: BTreeMap<&Id, (u32, Vec<(&Id, bool)>)> = BTreeMap::new();
+        let mut isp_tally: BTreeMap<&Id, IspTally<'_>> = BTreeMap::new();
         let mut no_data: BTreeMap<&Id, u32> = BTreeMap::new();
         let mut fleet_isps: BTreeSet<&Id> = BTreeSet::new();
         for (id, s, low) in &lowers {
@@ -507,9 +510,8 @@ impl Fleet {
                 }
             });
             let provider_open = shown.is_some();
-            let hold = !provider_open
-                && t.eligible < 2
-                && self.providers.get(*p).is_some_and(|t| t.open);
+            let hold =
+                !provider_open && t.eligible < 2 && self.providers.get(*p).is_some_and(|t| t.open);
             if !hold {
                 prov_raw.insert((*p).clone(), shown);
             }
@@ -530,7 +532,7 @@ impl Fleet {
                 let (mut eligible_here, mut healthy_elsewhere) = (0u32, 0u32);
                 for (id, s, low) in &lowers {
                     if *low != Lower::Clear
-                        || !s.health.as_ref().is_some_and(|h| h.provider(p).is_some())
+                        || s.health.as_ref().is_none_or(|h| h.provider(p).is_none())
                     {
                         continue;
                     }

@@ -48,7 +48,7 @@ const INPUT_QUEUE: usize = 4096;
 pub enum Input {
     /// A delivery, with its acknowledgement to send once committed.
     Message {
-        publish: Publish,
+        publish: Box<Publish>,
         ack: Option<AckToken>,
     },
     /// The link went down or came back.
@@ -177,7 +177,14 @@ async fn read(mut r: ReadLoop) {
                     Err(_) => return,
                 }
                 let ack = AckToken::of(&p, *r.conn_gate.lock().expect("conn gate lock"));
-                if tx.send(Input::Message { publish: p, ack }).await.is_err() {
+                if tx
+                    .send(Input::Message {
+                        publish: Box::new(p),
+                        ack,
+                    })
+                    .await
+                    .is_err()
+                {
                     r.pipeline.add_permits(1);
                 }
             }
