@@ -27,6 +27,10 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// Boots whose stored seqs the writer keeps in memory before it starts over (each
 /// is read back from `boots` when next needed).
 const BOOT_CACHE: usize = 50_000;
+/// (site, provider) pairs whose `site_providers` write the writer remembers before it
+/// starts over (forgetting only costs a write): a site naming new providers in every
+/// report cannot grow it without bound.
+const PROVIDER_CACHE: usize = 200_000;
 
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -136,6 +140,9 @@ impl Store {
         }
         if self.boots.values().map(HashMap::len).sum::<usize>() > BOOT_CACHE {
             self.boots.clear();
+        }
+        if self.seen_providers.len() > PROVIDER_CACHE {
+            self.seen_providers.clear();
         }
         Ok(())
     }

@@ -7,9 +7,12 @@
 #   bash tests/bench/detection.sh                 # phases 0.05 0.25 0.5 0.95 (QUICK=1: 0.25)
 #   PHASES="0.25" bash tests/bench/detection.sh
 #
-# A latency is counted from the moment the fault starts (or ends) to the `at_ms`
-# of the collector evaluation that shows (or clears) the verdict. DESIGN.md's
-# budget: shown within 3 windows of onset, cleared within 4 of the end. A phase whose
+# A latency is counted in the agents' own windows (`detect_count`, `clear_count` of
+# the lab's LAB-LATENCY lines): how many windows the agents had started from the one
+# the fault starts (or ends) in to the collector evaluation that shows (or clears)
+# the verdict; the fractional time in windows from the fault's start (or end) to
+# that evaluation's `at_ms` is shown beside it. DESIGN.md's budget, judged on the
+# counts: shown within 3 windows of onset, cleared within 4 of the end. A phase whose
 # lab run fails still reports the scenarios it measured; the script then exits 1.
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -47,18 +50,21 @@ md '```sh' "$CMD" '```' ""
 mdf '%s\n' "Real processes on one machine: 4 agents (4 sites on 2 ISPs), Mosquitto, 2 providers
 (each a STAMP reflector, Kamailio and coturn), every path through its own impairment
 relay (and, as root, nftables in network namespaces), the collector; 1 s windows.
-Latency in windows from the fault's start (or end) to the \`at_ms\` of the collector
-evaluation that shows (or clears) the verdict. The fault phase is how far into a
-window the fault starts and ends; it moves a latency by up to one window. Budget
-(DESIGN.md): shown ≤ 3 windows after onset, cleared ≤ 4 windows after the end."
-md "" "| scenario | fault phase | shown after (windows) | cleared after (windows) | within budget |"
-md "|---|---|---:|---:|---|"
+Latency in the agents' own windows, counted from the window the fault starts (or ends)
+in to the collector evaluation that shows (or clears) the verdict (\`detect_count\`,
+\`clear_count\`); beside them, the time from the fault's start (or end) to that
+evaluation's \`at_ms\`, in windows. The fault phase is how far into a window the fault
+starts and ends; it moves the fractional figure by up to one window. Budget (DESIGN.md),
+judged on the counts: shown ≤ 3 windows after onset, cleared ≤ 4 windows after the end."
+md "" "| scenario | fault phase | shown after (windows) | cleared after (windows) | shown after (time, windows) | cleared after (time, windows) | within budget |"
+md "|---|---|---:|---:|---:|---:|---|"
 grep '^LAB-LATENCY' "$LOG" | while read -r _ fields; do
     declare -A f=()
     for kv in $fields; do f[${kv%%=*}]=${kv#*=}; done
-    ok=$(awk -v d="${f[detect_windows]}" -v c="${f[clear_windows]}" \
-        'BEGIN { print (d <= 3 && c <= 4) ? "yes" : "no" }')
-    mdf '| %s | %s | %s | %s | %s |\n' "${f[scenario]}" "${f[phase]}" "${f[detect_windows]}" "${f[clear_windows]}" "$ok"
+    ok=$(awk -v d="${f[detect_count]:-}" -v c="${f[clear_count]:-}" \
+        'BEGIN { print (d != "" && c != "" && d <= 3 && c <= 4) ? "yes" : "no" }')
+    mdf '| %s | %s | %s | %s | %s | %s | %s |\n' "${f[scenario]}" "${f[phase]}" "${f[detect_count]:-?}" \
+        "${f[clear_count]:-?}" "${f[detect_windows]}" "${f[clear_windows]}" "$ok"
 done
 md "" "The collector evaluates exactly on window boundaries while agents publish just before
 them, so a report that arrives a moment late is judged a window later: with a fault
@@ -99,16 +105,22 @@ if ((${#failed[@]})); then
     md '```'
 fi
 
-# Summary: the worst latency over every scenario and phase.
-read -r n dmin dmax cmin cmax <<<"$(grep '^LAB-LATENCY' "$LOG" | awk '{
+# Summary: the worst latency over every scenario and phase, judged on the counts
+# (a run without them counts as over budget).
+read -r n dmin dmax cmin cmax fdmax fcmax <<<"$(grep '^LAB-LATENCY' "$LOG" | awk '{
+    delete v
     for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    d = v["detect_windows"] + 0; c = v["clear_windows"] + 0; n++
+    d = ("detect_count" in v) ? v["detect_count"] + 0 : 99
+    c = ("clear_count" in v) ? v["clear_count"] + 0 : 99
+    fd = v["detect_windows"] + 0; fc = v["clear_windows"] + 0; n++
     if (n == 1 || d < dmin) dmin = d; if (d > dmax) dmax = d
     if (n == 1 || c < cmin) cmin = c; if (c > cmax) cmax = c
-} END { if (n) printf "%d %.2f %.2f %.2f %.2f\n", n, dmin, dmax, cmin, cmax; else print 0 }')"
+    if (fd > fdmax) fdmax = fd; if (fc > fcmax) fcmax = fc
+} END { if (n) printf "%d %d %d %d %d %.2f %.2f\n", n, dmin, dmax, cmin, cmax, fdmax, fcmax; else print 0 }')"
 if ((n > 0)); then
-    summary_row "$BUDGET_DETECT" "$dmin – $dmax windows ($n scenario runs, phases $PHASES)" "$(met "$dmax" "<=" 3)" "$CMD"
-    summary_row "$BUDGET_CLEAR" "$cmin – $cmax windows (same runs)" "$(met "$cmax" "<=" 4)" "$CMD"
+    summary_row "$BUDGET_DETECT" "$dmin – $dmax windows ($n scenario runs, phases $PHASES; at most $fdmax windows of time)" \
+        "$(met "$dmax" "<=" 3)" "$CMD"
+    summary_row "$BUDGET_CLEAR" "$cmin – $cmax windows (same runs; at most $fcmax windows of time)" "$(met "$cmax" "<=" 4)" "$CMD"
 fi
 if [[ -n $lossless ]]; then
     summary_row "$BUDGET_LOSSLESS" "lab, broker down 5 windows, one agent SIGKILLed and restarted meanwhile: ${lossless%; }" \

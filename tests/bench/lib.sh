@@ -43,6 +43,9 @@ BUDGET_LOSSLESS="nothing lost across a broker restart and an agent SIGKILL"
 BUDGET_NOLOSS_KILL="nothing lost: collector SIGKILLed while ≥ 20 sites flush ≥ 1,000-window backlogs, every window in history once"
 BUDGET_NOLOSS_AWAY="nothing lost: collector away for the shipped broker config's stated backlog"
 BUDGET_NOLOSS_RTC="nothing lost: RTC-less reboots with a spooled backlog stay live, every window once"
+BUDGET_FORGED_MEMORY="nothing forged: one hostile site grows neither the collector's memory without bound nor other sites' verdicts"
+BUDGET_FORGED_INPUT="nothing forged: every class of bad input refused and counted"
+BUDGET_FORGED_ACL="nothing forged: no login takes over another's client id, publishes as or reads another site"
 
 # BENCH_KEEP=1 keeps the work directory (logs, configs) for a look afterwards.
 

@@ -3,7 +3,8 @@
 # rows in place of the ones BENCHMARKS.md has, saying so in the file's header (which
 # benchmark, at which commit, when). For a benchmark that failed in a full run for a
 # reason since fixed, without another 40-minute run; the other figures stay those of
-# the full run, whose commit the header keeps.
+# the full run, whose commit the header keeps. A benchmark new since the full run is
+# added: its rows at the end of the summary, its section where run.sh's order puts it.
 #
 #   bash tests/bench/rerun.sh ingest        # a name from run.sh's BENCHES
 # shellcheck source=tests/bench/lib.sh
@@ -24,9 +25,12 @@ section=$BENCH_WORK/section.md
 : >"$rows"
 BENCH_SUMMARY=$rows BENCH_FACTS=$BENCH_WORK/facts bash "${cmd#bash }" >"$section"
 
-python3 - "$OUT" "$name" "$cmd" "$section" "$rows" "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" <<'PY'
+# The commands of the benchmarks after this one, in run.sh's order.
+later=$(grep -oE '^    "[a-z_]+\|bash [^|]+' tests/bench/run.sh | cut -d'|' -f2 | sed -n "\|^$cmd\$|,\$p" | tail -n +2)
+python3 - "$OUT" "$name" "$cmd" "$section" "$rows" "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$later" <<'PY'
 import sys
-out, name, cmd, section_file, rows_file, commit, when = sys.argv[1:]
+out, name, cmd, section_file, rows_file, commit, when, later = sys.argv[1:]
+later = [c for c in later.split("\n") if c]
 text = open(out).read()
 section = open(section_file).read().rstrip("\n") + "\n"
 rows = [r for r in open(rows_file).read().splitlines() if r.strip()]
@@ -40,7 +44,11 @@ if idx:
     lines = [l for i, l in enumerate(lines) if i not in idx]
     lines[first:first] = rows
 else:
-    sys.exit("no summary rows for %s in %s" % (cmd, out))
+    # New: after the summary table's last row.
+    end = next(i for i in range(lines.index("## Summary"), len(lines)) if lines[i].startswith("| "))
+    while end < len(lines) and lines[end].startswith("| "):
+        end += 1
+    lines[end:end] = rows
 
 # Header: say what was re-run; this benchmark no longer failed.
 hdr_end = next(i for i, l in enumerate(lines) if l.startswith("## "))
@@ -56,12 +64,16 @@ lines.insert(last_row + 1, "| re-run | `%s` alone at %s, %s (`bash tests/bench/r
 # The section: the one whose text names this benchmark's command.
 text = "\n".join(lines)
 parts = text.split("\n## ")
+new = section[3:] if section.startswith("## ") else section
 for k in range(1, len(parts)):
     if cmd in parts[k] and not parts[k].startswith("Summary"):
-        parts[k] = section[3:] if section.startswith("## ") else section
+        parts[k] = new
         break
 else:
-    sys.exit("no section for %s in %s" % (cmd, out))
+    # New: before the first later benchmark's section, or at the end.
+    at = next((k for k in range(1, len(parts)) for c in later
+               if c in parts[k] and not parts[k].startswith("Summary")), len(parts))
+    parts[at:at] = [new.rstrip("\n") + "\n"]
 open(out, "w").write("\n## ".join(parts).rstrip("\n") + "\n")
 PY
 log "rewrote $name's section and summary rows in $OUT"
