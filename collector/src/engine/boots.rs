@@ -29,6 +29,11 @@ pub const MAX_RUNS: usize = 1024;
 /// A boot with no window for this long (collector time) is forgotten, unless live.
 pub const FORGET_AFTER_MS: u64 = 7 * 86_400_000;
 
+const DAY_MS: u64 = 24 * 3600 * 1000;
+/// A new boot whose first window is past this seq does not count its earlier seqs as
+/// missing (a day of 10 s windows).
+const MAX_FIRST_SEQ: u64 = 8_640;
+
 /// A set of seqs as sorted, disjoint, non-adjacent inclusive runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeqSet {
@@ -270,6 +275,22 @@ impl Boots {
         }
     }
 
+    /// Whether window `seq` of a known `boot` could have been measured by `now_ms`:
+    /// a boot's seqs cannot run ahead of the time since its last window by more than
+    /// a day's backlog (otherwise one site could inflate the missing-windows count
+    /// without bound). A boot not seen yet is always plausible.
+    pub fn plausible(&self, now_ms: u64, boot: u32, seq: u64, window_ms: u32) -> bool {
+        let Some(b) = self.find(boot).map(|i| &self.boots[i]) else {
+            return true;
+        };
+        let Some(last) = b.seqs.last() else {
+            return true;
+        };
+        let w = u64::from(window_ms.max(1));
+        let allowed = now_ms.saturating_sub(b.meta.last_ms) / w + DAY_MS / w + 2;
+        seq <= last.saturating_add(allowed)
+    }
+
     /// Counts window `(boot, seq)` received at `now_ms`. Returns the verdict and, when
     /// a boot's meta changed (a boot seen for the first time), the meta to store.
     pub fn window(&mut self, now_ms: u64, boot: u32, seq: u64) -> (Seen, Option<BootMeta>) {
@@ -300,7 +321,10 @@ impl Boots {
             boot,
             ordinal: if backlog { 0 } else { self.next_ordinal() },
             announced: false,
-            floor: (known_site && !backlog).then_some(0),
+            // Its windows from 0 are expected, unless its first is further on than a
+            // day's worth (a gateway long offline, or a forged seq): then they are
+            // counted from the first seen, as at first contact.
+            floor: (known_site && !backlog && seq <= MAX_FIRST_SEQ).then_some(0),
             last_ms: now_ms,
         };
         let mut seqs = SeqSet::new();

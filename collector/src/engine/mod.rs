@@ -516,6 +516,15 @@ impl Engine {
             .sites
             .entry(report.site.clone())
             .or_insert_with(|| SiteTrack::new(now_ms, report.window_ms));
+        if !site
+            .boots
+            .plausible(now_ms, report.boot, report.seq, report.window_ms)
+        {
+            return Err(Reject::Impossible(format!(
+                "seq {} of boot {} runs ahead of the site's clock",
+                report.seq, report.boot
+            )));
+        }
         let before = site.boots.missing();
         let (seen, boot) = site.boots.window(now_ms, report.boot, report.seq);
         self.missing = (self.missing + site.boots.missing()).saturating_sub(before);
@@ -1412,6 +1421,14 @@ mod tests {
         });
         assert!(matches!(send(&mut e, 100, &r), Err(Reject::Impossible(_))));
         assert_eq!(e.counters().rejected[&RejectReason::Impossible], 3);
+        // A seq far ahead of the boot's last window: cannot have been measured yet,
+        // and would count a quadrillion missing windows.
+        send(&mut e, 100, &report("c", 0, false)).unwrap();
+        assert!(matches!(
+            send(&mut e, 1_100, &report("c", 1_000_000_000_000_000, false)),
+            Err(Reject::Impossible(_))
+        ));
+        assert_eq!(e.missing_windows(), 0);
         // A site inventing windows: a day's worth at once, then one a window.
         let day = site::BACKLOG_MS / 1000;
         let mut paced = 0;
