@@ -212,13 +212,14 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
         .build()?;
     let topics = cfg.topics.clone();
     let window = cfg.window_ms;
+    let pages = format!("http://{}", cfg.http_listen);
     if opts.simulated {
         println!(
             "demo: 6 simulated sites, a {} ms window; dashboard on http://{}/",
             cfg.window_ms, cfg.http_listen
         );
         return rt.block_on(async move {
-            tokio::spawn(watch(host.clone(), port, topics.clone()));
+            tokio::spawn(watch(host.clone(), port, topics.clone(), pages));
             tokio::spawn(simulated_fleet(host, port, window, topics));
             faultline_collector::service::serve(
                 cfg,
@@ -266,7 +267,7 @@ pub fn demo(mut cfg: Config, config_given: bool, opts: DemoOptions) -> anyhow::R
             .spawn(move || script(&stop, &cut, w, opts.outage_after, opts.outage_for))?
     };
     let res = rt.block_on(async move {
-        tokio::spawn(watch(host, port, topics));
+        tokio::spawn(watch(host, port, topics, pages));
         faultline_collector::service::serve(cfg, faultline_collector::service::shutdown_signal())
             .await
     });
@@ -337,6 +338,19 @@ fn script(stop: &AtomicBool, cut: &[RelayHandle], w: Duration, after: u32, dur: 
 }
 
 /// One readable line for a verdict.
+/// For a verdict opening an outage (provider, ISP or route), the pages to look at.
+fn outage_pages(v: &Verdict, pages: &str) -> Option<String> {
+    if v.state != State::Outage || v.scope == faultline_shared::Scope::Site {
+        return None;
+    }
+    let site = v.sites.first()?;
+    let mut line = format!("    see {pages}/sites/{site}");
+    if let Some(inc) = &v.incident {
+        line += &format!(" and {pages}/incidents/{inc}");
+    }
+    Some(line)
+}
+
 fn describe(v: &Verdict) -> String {
     let mut line = format!("{} {} {}", clock(v.at_ms), v.scope.as_str(), v.id);
     if v.state == State::Ok {
@@ -372,7 +386,9 @@ fn describe(v: &Verdict) -> String {
 }
 
 /// Prints every verdict change as it arrives.
-async fn watch(host: String, port: u16, topics: faultline_shared::Topics) {
+/// Prints each verdict change; when an outage opens, the page of an affected site
+/// (under `pages`, the collector's base URL) and of the incident.
+async fn watch(host: String, port: u16, topics: faultline_shared::Topics, pages: String) {
     let mut opts = MqttOptions::new(
         format!("faultline-demo-watch-{}", std::process::id()),
         host,
@@ -405,6 +421,9 @@ async fn watch(host: String, port: u16, topics: faultline_shared::Topics) {
                     last.insert(key, what);
                     if !first_ok {
                         println!("{line}");
+                    }
+                    if let Some(see) = outage_pages(&v, &pages) {
+                        println!("{see}");
                     }
                 }
             }

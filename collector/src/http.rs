@@ -1,16 +1,19 @@
-//! HTTP: the dashboard at `/`, `/api/state`, `/api/incidents`, `/api/history` and
-//! Prometheus text at `/metrics`. Handlers read a [`Snapshot`] taken after the
+//! HTTP: the dashboard at `/`, the site, provider and incident pages (and their
+//! JSON under `/api/`), `/api/state`, `/api/incidents`, `/api/history`,
+//! `/api/series` and Prometheus text at `/metrics`. Handlers read a [`Snapshot`] taken after the
 //! latest evaluation (and the ingest counters): nothing renders under the engine's
 //! lock. Access (Host allow-list, token, security headers) is [`guard`]'s job.
 
+pub mod chart;
 pub mod guard;
+pub mod pages;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State as AxState;
+use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
 use axum::routing::{get, post};
@@ -41,7 +44,7 @@ pub async fn serve(
         addr,
         &cfg.http_hosts,
         cfg.http_token.clone(),
-        &[DASHBOARD, LOGIN],
+        &[DASHBOARD, LOGIN, pages::STYLE],
     ));
     tracing::info!(
         "dashboard on http://{addr}/ ({}; Host names served: {})",
@@ -64,6 +67,15 @@ pub async fn serve(
         .route("/api/incidents", get(api_incidents))
         .route("/api/history", get(api_history))
         .route("/api/counters", get(api_counters))
+        .route("/api/series", get(api_series))
+        .route("/sites/:site", get(site_page))
+        .route("/api/sites/:site", get(api_site))
+        .route("/providers/:id", get(provider_page))
+        .route("/providers/:id/availability.csv", get(provider_csv))
+        .route("/api/providers/:id", get(api_provider))
+        .route("/incidents/:id", get(incident_page))
+        .route("/api/incidents/:id", get(api_incident))
+        .fallback(not_found)
         .route("/metrics", get(metrics))
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard));
@@ -200,6 +212,270 @@ async fn api_history(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
         .recent_changes(200)
         .unwrap_or_default();
     Json(json!({"changes": changes}))
+}
+
+/// Why a page or API answer could not be made.
+#[derive(Debug)]
+enum Fail {
+    NotFound(String),
+    BadRequest(String),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Self {
+        Fail::Internal(e)
+    }
+}
+
+impl Fail {
+    fn status(&self) -> (StatusCode, String) {
+        match self {
+            Fail::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            Fail::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            Fail::Internal(e) => {
+                tracing::error!("http: {e:#}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the collector could not read its history: {e:#}"),
+                )
+            }
+        }
+    }
+
+    fn page(self) -> Response {
+        let (code, msg) = self.status();
+        (code, Html(pages::not_found(&msg))).into_response()
+    }
+
+    fn json(self) -> Response {
+        let (code, msg) = self.status();
+        (code, Json(json!({"error": msg}))).into_response()
+    }
+}
+
+/// Runs `f` on the history connection and the latest snapshot, off the async
+/// workers (a week of a site's windows takes a moment to read).
+async fn with_history<T: Send + 'static>(
+    shared: Arc<Shared>,
+    f: impl FnOnce(&crate::store::Store, &crate::snapshot::Snapshot) -> Result<T, Fail> + Send + 'static,
+) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(move || {
+        let (snap, _) = shared.snapshot.get();
+        let store = shared.history.lock().expect("history lock");
+        f(&store, &snap)
+    })
+    .await
+    .map_err(|e| Fail::Internal(anyhow::anyhow!("page task: {e}")))?
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let f = Fail::NotFound(format!("No page at {}", uri.path()));
+    if uri.path().starts_with("/api/") {
+        f.json()
+    } else {
+        f.page()
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SiteQuery {
+    range: Option<String>,
+    to_ms: Option<u64>,
+}
+
+fn site_data(
+    shared: Arc<Shared>,
+    site: String,
+    q: SiteQuery,
+) -> impl std::future::Future<Output = Result<pages::SitePage, Fail>> {
+    let range = q.range.unwrap_or_else(|| "1h".to_owned());
+    let to_ms = q.to_ms.unwrap_or_else(now_ms);
+    async move {
+        if !pages::RANGES.iter().any(|r| r.0 == range) {
+            return Err(Fail::BadRequest(format!(
+                "range {range:?}: use 1h, 24h or 7d"
+            )));
+        }
+        with_history(shared, move |store, snap| {
+            pages::site_page(store, snap, &site, &range, to_ms)?
+                .ok_or_else(|| Fail::NotFound(format!("No site {site:?}")))
+        })
+        .await
+    }
+}
+
+async fn site_page(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(site): Path<String>,
+    Query(q): Query<SiteQuery>,
+) -> Response {
+    match site_data(shared, site, q).await {
+        Ok(p) => Html(pages::site_html(&p)).into_response(),
+        Err(f) => f.page(),
+    }
+}
+
+async fn api_site(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(site): Path<String>,
+    Query(q): Query<SiteQuery>,
+) -> Response {
+    match site_data(shared, site, q).await {
+        Ok(p) => Json(p).into_response(),
+        Err(f) => f.json(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SeriesQuery {
+    site: String,
+    target: String,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    /// Bucket the values down to at most this many points (default: raw rows).
+    points: Option<usize>,
+}
+
+/// One target's values over a period: raw rows, or buckets with `points`.
+async fn api_series(
+    AxState(shared): AxState<Arc<Shared>>,
+    Query(q): Query<SeriesQuery>,
+) -> Response {
+    let to_ms = q.to_ms.unwrap_or_else(now_ms);
+    let from_ms = q.from_ms.unwrap_or(to_ms.saturating_sub(3_600_000));
+    if from_ms >= to_ms {
+        return Fail::BadRequest("from_ms must be before to_ms".into()).json();
+    }
+    let r = with_history(shared, move |store, snap| {
+        let live = snap.sites.keys().any(|s| s.as_str() == q.site);
+        if !live && !store.site_known(&q.site)? {
+            return Err(Fail::NotFound(format!("No site {:?}", q.site)));
+        }
+        let rows = store.series(&q.site, &q.target, from_ms, to_ms)?;
+        let incidents: Vec<Value> = store
+            .incidents_worst(None, from_ms, to_ms, 500)?
+            .into_iter()
+            .filter(|(i, _)| i.sites.iter().any(|s| s.as_str() == q.site))
+            .map(|(i, w)| {
+                json!({"id": i.id, "scope": i.scope, "subject": i.target_id, "state": w,
+                       "opened_ms": i.opened_ms, "closed_ms": i.closed_ms})
+            })
+            .collect();
+        let body = match q.points {
+            Some(n) => {
+                let (step, points) = pages::buckets(&rows, from_ms, to_ms, n.clamp(1, 10_000));
+                json!({"step_ms": step, "points": points})
+            }
+            None => json!({"points": rows}),
+        };
+        let mut v = json!({"site": q.site, "target": q.target, "from_ms": from_ms, "to_ms": to_ms, "incidents": incidents});
+        if let (Some(o), Value::Object(b)) = (v.as_object_mut(), body) {
+            o.extend(b);
+        }
+        Ok(v)
+    })
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(f) => f.json(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ProviderQuery {
+    since: Option<String>,
+}
+
+async fn provider_data(
+    shared: Arc<Shared>,
+    id: String,
+    q: ProviderQuery,
+) -> Result<pages::ProviderPage, Fail> {
+    let since = q.since.unwrap_or_else(|| "7d".to_owned());
+    if let Err(e) = crate::report::parse_span(&since) {
+        return Err(Fail::BadRequest(format!("since: {e}")));
+    }
+    let now = now_ms();
+    with_history(shared, move |store, snap| {
+        pages::provider_page(store, snap, &id, &since, now)?
+            .ok_or_else(|| Fail::NotFound(format!("No provider {id:?}")))
+    })
+    .await
+}
+
+async fn provider_page(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<ProviderQuery>,
+) -> Response {
+    match provider_data(shared, id, q).await {
+        Ok(p) => Html(pages::provider_html(&p)).into_response(),
+        Err(f) => f.page(),
+    }
+}
+
+async fn api_provider(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<ProviderQuery>,
+) -> Response {
+    match provider_data(shared, id, q).await {
+        Ok(p) => Json(p).into_response(),
+        Err(f) => f.json(),
+    }
+}
+
+/// The provider's availability as `report --csv` writes it.
+async fn provider_csv(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<ProviderQuery>,
+) -> Response {
+    match provider_data(shared, id, q).await {
+        Ok(p) => {
+            let name: String = p
+                .provider
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"availability-{name}.csv\""),
+                    ),
+                ],
+                crate::report::csv(&[p.availability]),
+            )
+                .into_response()
+        }
+        Err(f) => f.page(),
+    }
+}
+
+async fn incident_data(shared: Arc<Shared>, id: String) -> Result<pages::IncidentPage, Fail> {
+    let now = now_ms();
+    with_history(shared, move |store, snap| {
+        pages::incident_page(store, snap, &id, now)?
+            .ok_or_else(|| Fail::NotFound(format!("No incident {id:?}")))
+    })
+    .await
+}
+
+async fn incident_page(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match incident_data(shared, id).await {
+        Ok(p) => Html(pages::incident_html(&p, now_ms())).into_response(),
+        Err(f) => f.page(),
+    }
+}
+
+async fn api_incident(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match incident_data(shared, id).await {
+        Ok(p) => Json(p).into_response(),
+        Err(f) => f.json(),
+    }
 }
 
 fn esc(s: &str) -> String {

@@ -1,10 +1,16 @@
-//! `report`: provider availability over a period, from history. Availability is the
-//! share of site-time the provider was healthy: each provider incident costs its
-//! duration (clipped to the period) times the sites it affected, against the time
-//! every site that probed the provider was being watched in the period. Route
-//! faults (one ISP's path to the provider: scope `route`) are listed beside the
-//! provider but do not count against it: the provider was up for everyone else.
+//! `report`: provider availability over a period, from history, counted from
+//! evidence. A site is *watched* only while it was reporting (the spans its windows
+//! cover; hours known only from hourly rows count pro rata), and *affected* only
+//! while it was both watched and inside a provider incident that names it.
+//! Availability is 1 − affected / watched, summed over every site that probed the
+//! provider. An incident still open in history (the collector stopped, or it is
+//! still going on) lasts, for its duration, until the latest window history holds;
+//! its sites stop counting as affected where their own windows stop. Each outage
+//! shows the worst state it reached. Route faults (one ISP's path to the provider:
+//! scope `route`) are listed beside the provider but do not count against it: the
+//! provider was up for everyone else.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use faultline_shared::Incident;
@@ -13,15 +19,18 @@ use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
-use crate::store::Store;
+use crate::store::{Coverage, Store};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Outage {
     pub incident: String,
+    /// The worst state the incident reached.
     pub state: String,
     pub start_ms: u64,
-    /// `None` while still open.
+    /// `None` while still open in history.
     pub end_ms: Option<u64>,
+    /// From its start to its end, or (open) to where history's evidence ends.
+    pub duration_ms: u64,
     pub sites: Vec<String>,
 }
 
@@ -31,11 +40,11 @@ pub struct Availability {
     pub from_ms: u64,
     pub to_ms: u64,
     pub sites: usize,
-    /// Site-milliseconds observed.
+    /// Site-milliseconds watched (the sites were reporting).
     pub site_ms: u64,
-    /// Site-milliseconds inside provider incidents.
+    /// Site-milliseconds watched inside provider incidents naming the site.
     pub affected_site_ms: u64,
-    /// 1 − affected / observed (1 when nothing was observed).
+    /// 1 − affected / watched (1 when nothing was watched).
     pub availability: f64,
     pub outages: Vec<Outage>,
     /// Route incidents `{isp}~{provider}` in the period (not counted above).
@@ -50,6 +59,39 @@ pub struct RouteFault {
     pub outage: Outage,
 }
 
+fn outage(inc: &Incident, worst: faultline_shared::State, evidence_end: u64) -> Outage {
+    let end = inc.closed_ms.unwrap_or(evidence_end.max(inc.opened_ms));
+    Outage {
+        incident: inc.id.clone(),
+        state: worst.as_str().to_owned(),
+        start_ms: inc.opened_ms,
+        end_ms: inc.closed_ms,
+        duration_ms: end.saturating_sub(inc.opened_ms),
+        sites: inc.sites.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The site-milliseconds of `inc` in [from, to): each of its sites while watched
+/// inside it (an open incident runs to `evidence_end`).
+pub fn affected_ms(
+    inc: &Incident,
+    coverage: &BTreeMap<String, Coverage>,
+    from_ms: u64,
+    to_ms: u64,
+    evidence_end: u64,
+) -> u64 {
+    let start = inc.opened_ms.max(from_ms);
+    let end = inc.closed_ms.unwrap_or(evidence_end).min(to_ms);
+    if end <= start {
+        return 0;
+    }
+    inc.sites
+        .iter()
+        .filter_map(|s| coverage.get(s.as_str()))
+        .map(|c| c.watched(start, end))
+        .sum()
+}
+
 /// Computes availability for every provider in history (or just `only`).
 pub fn availability(
     store: &Store,
@@ -58,49 +100,36 @@ pub fn availability(
     only: Option<&str>,
 ) -> anyhow::Result<Vec<Availability>> {
     let mut out = Vec::new();
-    let incidents: Vec<Incident> = store.incidents(Some("provider"), from_ms, to_ms, u32::MAX)?;
-    let routes: Vec<Incident> = store.incidents(Some("route"), from_ms, to_ms, u32::MAX)?;
+    let incidents = store.incidents_worst(Some("provider"), from_ms, to_ms, u32::MAX)?;
+    let routes = store.incidents_worst(Some("route"), from_ms, to_ms, u32::MAX)?;
+    let evidence_end = store.evidence_end(to_ms)?.unwrap_or(from_ms);
     for provider in store.providers()? {
         if only.is_some_and(|o| o != provider) {
             continue;
         }
         let sites = store.provider_sites(&provider, from_ms, to_ms)?;
-        // A site is watched from its first window in the period to the end of it.
-        let site_ms: u64 = sites
-            .iter()
-            .map(|(_, first, _)| to_ms.saturating_sub((*first).max(from_ms)))
-            .sum();
+        let mut coverage = BTreeMap::new();
+        for (site, _, _) in &sites {
+            coverage.insert(site.clone(), store.coverage(site, from_ms, to_ms)?);
+        }
+        let site_ms: u64 = coverage.values().map(|c| c.watched(from_ms, to_ms)).sum();
         let mut affected = 0u64;
         let mut outages = Vec::new();
-        for inc in incidents
+        for (inc, worst) in incidents
             .iter()
-            .filter(|i| i.target_id == provider.as_str())
+            .filter(|(i, _)| i.target_id == provider.as_str())
         {
-            let start = inc.opened_ms.max(from_ms);
-            let end = inc.closed_ms.unwrap_or(to_ms).min(to_ms);
-            affected += end.saturating_sub(start) * inc.sites.len() as u64;
-            outages.push(Outage {
-                incident: inc.id.clone(),
-                state: inc.state.as_str().to_owned(),
-                start_ms: inc.opened_ms,
-                end_ms: inc.closed_ms,
-                sites: inc.sites.iter().map(|s| s.to_string()).collect(),
-            });
+            affected += affected_ms(inc, &coverage, from_ms, to_ms, evidence_end);
+            outages.push(outage(inc, *worst, evidence_end));
         }
         outages.sort_by_key(|o| o.start_ms);
         let mut route_faults: Vec<RouteFault> = routes
             .iter()
-            .filter_map(|inc| {
+            .filter_map(|(inc, worst)| {
                 let (isp, p) = inc.target_id.route()?;
                 (p.as_str() == provider).then(|| RouteFault {
                     isp: isp.to_string(),
-                    outage: Outage {
-                        incident: inc.id.clone(),
-                        state: inc.state.as_str().to_owned(),
-                        start_ms: inc.opened_ms,
-                        end_ms: inc.closed_ms,
-                        sites: inc.sites.iter().map(|s| s.to_string()).collect(),
-                    },
+                    outage: outage(inc, *worst, evidence_end),
                 })
             })
             .collect();
@@ -127,7 +156,7 @@ pub fn availability(
 
 /// `ms` after the epoch as `2025-11-27 00:00:00Z` (UTC, to the second); a time past
 /// year 9999 is printed as its milliseconds.
-fn utc(ms: u64) -> String {
+pub fn utc(ms: u64) -> String {
     const FORMAT: &[BorrowedFormatItem<'_>] =
         format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
     i64::try_from(ms / 1000)
@@ -137,7 +166,7 @@ fn utc(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-fn dur(ms: u64) -> String {
+pub fn dur(ms: u64) -> String {
     let s = ms / 1000;
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, s % 3600 / 60)
@@ -166,8 +195,11 @@ pub fn table(rows: &[Availability]) -> String {
             utc(r.to_ms)
         );
         for x in &r.outages {
-            let end = x.end_ms.map_or("(open)".to_owned(), utc);
-            let d = dur(x.end_ms.unwrap_or(r.to_ms).saturating_sub(x.start_ms));
+            let end = x.end_ms.map_or_else(
+                || format!("(open; evidence ends {})", utc(x.start_ms + x.duration_ms)),
+                utc,
+            );
+            let d = dur(x.duration_ms);
             let _ = writeln!(
                 o,
                 "    {} {:<8} {} .. {} ({d}) sites: {}",
@@ -200,7 +232,7 @@ pub fn table(rows: &[Availability]) -> String {
 /// outage columns).
 pub fn csv(rows: &[Availability]) -> String {
     let mut o = String::from(
-        "provider,from_ms,to_ms,sites,availability,incident,state,start_ms,end_ms,affected_sites\n",
+        "provider,from_ms,to_ms,sites,availability,incident,state,start_ms,end_ms,duration_ms,affected_sites\n",
     );
     for r in rows {
         let head = format!(
@@ -208,16 +240,17 @@ pub fn csv(rows: &[Availability]) -> String {
             r.provider, r.from_ms, r.to_ms, r.sites, r.availability
         );
         if r.outages.is_empty() {
-            let _ = writeln!(o, "{head},,,,,");
+            let _ = writeln!(o, "{head},,,,,,");
         }
         for x in &r.outages {
             let _ = writeln!(
                 o,
-                "{head},{},{},{},{},{}",
+                "{head},{},{},{},{},{},{}",
                 x.incident,
                 x.state,
                 x.start_ms,
                 x.end_ms.map(|e| e.to_string()).unwrap_or_default(),
+                x.duration_ms,
                 x.sites.join(";")
             );
         }
@@ -256,9 +289,114 @@ mod tests {
         assert!(parse_span("x").is_err());
     }
 
+    use faultline_shared::{Id, IncidentEvent, IncidentEventKind, Scope, State, Subject};
+
+    fn id(s: &str) -> Id {
+        Id::new(s).unwrap()
+    }
+
+    fn temp_store(tag: &str) -> (std::path::PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("fl-report-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("r.db")).unwrap();
+        (dir, store)
+    }
+
+    /// Windows of 10 s from `site`, received at 10 s, 20 s, … up to `until_s`.
+    fn windows(store: &mut Store, site: &str, until_s: u64) {
+        for n in 1..=until_s / 10 {
+            let row = crate::engine::WindowRow {
+                site: id(site),
+                recv_ms: n * 10_000,
+                start_ms: (n - 1) * 10_000,
+                boot: 1,
+                seq: n,
+                bad: 0,
+                max_loss: 0.0,
+                max_rtt_ms: None,
+                min_mos: None,
+                providers: vec![id("voipco")],
+                window_ms: 10_000,
+                targets: vec![],
+            };
+            store.window(&row).unwrap();
+        }
+    }
+
+    fn incident(store: &mut Store, state: State, opened_s: u64, closed_s: Option<u64>) {
+        let inc = Incident {
+            id: "inc-000001".into(),
+            scope: Scope::Provider,
+            target_id: Subject::from(id("voipco")),
+            cause: None,
+            state,
+            opened_ms: opened_s * 1000,
+            closed_ms: closed_s.map(|c| c * 1000),
+            sites: vec![id("a"), id("b")],
+        };
+        store
+            .incident(&IncidentEvent {
+                event: IncidentEventKind::Updated,
+                incident: inc,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn an_incident_left_open_by_a_stopped_collector_ends_where_the_evidence_ends() {
+        // Sites a and b report from 0 to 600 s, then the collector stops with the
+        // incident (opened at 300 s as an outage, degraded since) still open. The
+        // period is 1000 s. Watched: 2 × 600 s. Affected: 2 × (600 − 300) s.
+        let (dir, mut store) = temp_store("open");
+        store.begin().unwrap();
+        windows(&mut store, "a", 600);
+        windows(&mut store, "b", 600);
+        incident(&mut store, State::Outage, 300, None);
+        incident(&mut store, State::Degraded, 300, None);
+        store.commit().unwrap();
+        let r = &availability(&store, 0, 1_000_000, Some("voipco")).unwrap()[0];
+        assert_eq!(r.site_ms, 1_200_000);
+        assert_eq!(r.affected_site_ms, 600_000);
+        assert_eq!(r.availability, 0.5);
+        let o = &r.outages[0];
+        assert_eq!(o.state, "outage", "the worst state, not the last");
+        assert_eq!(o.end_ms, None);
+        assert_eq!(o.duration_ms, 300_000);
+        // Later periods change nothing: no evidence, no watching.
+        let later = &availability(&store, 0, 9_000_000, Some("voipco")).unwrap()[0];
+        assert_eq!(later.availability, 0.5);
+        assert!(table(std::slice::from_ref(later)).contains("5m00s"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_site_counts_only_while_it_reports() {
+        // a reports to 400 s, b to 600 s; the incident (300 s .. 500 s) names both.
+        // Watched: 400 s + 600 s. Affected: a 300..400 (100 s), b 300..500 (200 s).
+        let (dir, mut store) = temp_store("stops");
+        store.begin().unwrap();
+        windows(&mut store, "a", 400);
+        windows(&mut store, "b", 600);
+        incident(&mut store, State::Outage, 300, Some(500));
+        store.commit().unwrap();
+        let r = &availability(&store, 0, 1_000_000, Some("voipco")).unwrap()[0];
+        assert_eq!(r.site_ms, 1_000_000);
+        assert_eq!(r.affected_site_ms, 300_000);
+        assert!((r.availability - 0.7).abs() < 1e-12);
+        assert_eq!(r.outages[0].duration_ms, 200_000);
+        // Clipped to a period: [350 s, 450 s) watches both for 50 + 100 s… of which
+        // a is affected 350..400 and b 350..450.
+        let r = &availability(&store, 350_000, 450_000, Some("voipco")).unwrap()[0];
+        assert_eq!(r.site_ms, 50_000 + 100_000);
+        assert_eq!(r.affected_site_ms, 50_000 + 100_000);
+        assert_eq!(r.availability, 0.0);
+        assert!(csv(std::slice::from_ref(r)).contains(",outage,300000,500000,200000,a;b"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn route_faults_are_listed_beside_the_provider_and_not_counted() {
-        use faultline_shared::{Id, IncidentEvent, IncidentEventKind, Scope, State, Subject};
         let dir = std::env::temp_dir().join(format!("fl-report-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("r.db");
@@ -278,6 +416,8 @@ mod tests {
                 max_rtt_ms: None,
                 min_mos: None,
                 providers: vec![id("voipco")],
+                window_ms: 10_000,
+                targets: vec![],
             };
             store.window(&row).unwrap();
         }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
-use faultline_shared::{Id, Incident, IncidentEvent, Verdict};
+use faultline_shared::{Id, Incident, IncidentEvent, State, Verdict};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::engine::Restored;
@@ -23,7 +23,7 @@ use crate::engine::boots::{BootMeta, BootSeen, FORGET_AFTER_MS, SeqSet};
 
 /// The schema this build writes (`PRAGMA user_version`); older files are migrated
 /// when opened.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Boots whose stored seqs the writer keeps in memory before it starts over (each
 /// is read back from `boots` when next needed).
 const BOOT_CACHE: usize = 50_000;
@@ -34,6 +34,16 @@ const PROVIDER_CACHE: usize = 200_000;
 
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
+/// A window's length when history does not say (rows from before schema 2).
+pub const DEFAULT_WINDOW_MS: u64 = 10_000;
+
+/// States from least to most severe, as SQL (an incident keeps its worst).
+const SEVERITY: &str = "CASE {} WHEN 'outage' THEN 4 WHEN 'down' THEN 3 WHEN 'offline' THEN 2 \
+                        WHEN 'degraded' THEN 1 ELSE 0 END";
+
+fn severity(col: &str) -> String {
+    SEVERITY.replace("{}", col)
+}
 
 /// One site's window as kept in history (judged by the engine's own rules).
 pub use crate::engine::WindowRow;
@@ -44,6 +54,8 @@ pub struct Store {
     /// (site, provider) → when `site_providers` was last advanced: written at most
     /// once a minute per pair.
     seen_providers: HashMap<(Id, Id), u64>,
+    /// (site, target) → when `site_targets` was last advanced (as above).
+    seen_targets: HashMap<(Id, Id), u64>,
     /// Site → boot → the seqs stored (committed, or in the open transaction).
     boots: HashMap<Id, HashMap<u32, StoredBoot>>,
     /// Boots whose seqs changed in the open transaction.
@@ -102,6 +114,7 @@ impl Store {
         Ok(Store {
             db,
             seen_providers: HashMap::new(),
+            seen_targets: HashMap::new(),
             boots: HashMap::new(),
             dirty: Vec::new(),
         })
@@ -154,6 +167,7 @@ impl Store {
         self.boots.clear();
         self.dirty.clear();
         self.seen_providers.clear();
+        self.seen_targets.clear();
     }
 
     /// What history keeps of a boot beside its seqs (from the engine).
@@ -236,10 +250,15 @@ impl Store {
         let json = serde_json::to_string(inc)?;
         self.db
             .prepare_cached(
-                "INSERT INTO incidents(id, scope, target_id, cause, state, opened_ms, closed_ms, json)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET cause = excluded.cause, state = excluded.state,
-                   closed_ms = excluded.closed_ms, json = excluded.json",
+                &format!(
+                    "INSERT INTO incidents(id, scope, target_id, cause, state, opened_ms, closed_ms, json, worst)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?5)
+                     ON CONFLICT(id) DO UPDATE SET cause = excluded.cause, state = excluded.state,
+                       closed_ms = excluded.closed_ms, json = excluded.json,
+                       worst = CASE WHEN {} > {} THEN excluded.state ELSE coalesce(worst, state) END",
+                    severity("excluded.state"),
+                    severity("coalesce(worst, state)")
+                ),
             )?
             .execute(params![
                 inc.id,
@@ -291,8 +310,8 @@ impl Store {
         let inserted = self
             .db
             .prepare_cached(
-                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 w.site.as_str(),
@@ -303,7 +322,8 @@ impl Store {
                 w.bad,
                 w.max_loss,
                 w.max_rtt_ms,
-                w.min_mos
+                w.min_mos,
+                w.window_ms
             ])?
             == 1;
         let b = self.stored_boot(&w.site, w.boot)?;
@@ -317,6 +337,45 @@ impl Store {
         }
         if !inserted {
             return Ok(false);
+        }
+        for t in &w.targets {
+            self.db
+                .prepare_cached(
+                    "INSERT INTO target_windows(site, target, recv_ms, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    w.site.as_str(),
+                    t.target.as_str(),
+                    i(w.recv_ms),
+                    t.rtt_p50_ms,
+                    t.rtt_p95_ms,
+                    t.jitter_ms,
+                    t.loss,
+                    t.mos
+                ])?;
+            let key = (w.site.clone(), t.target.clone());
+            match self.seen_targets.get_mut(&key) {
+                Some(last) if w.recv_ms < last.saturating_add(60_000) => continue,
+                Some(last) => *last = w.recv_ms,
+                None => {
+                    self.seen_targets.insert(key, w.recv_ms);
+                }
+            }
+            self.db
+                .prepare_cached(
+                    "INSERT INTO site_targets(site, target, layer, provider, first_ms, last_ms)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?5)
+                     ON CONFLICT(site, target) DO UPDATE SET layer = excluded.layer,
+                       provider = excluded.provider, last_ms = max(last_ms, excluded.last_ms)",
+                )?
+                .execute(params![
+                    w.site.as_str(),
+                    t.target.as_str(),
+                    t.layer.as_str(),
+                    t.provider.as_ref().map(Id::as_str),
+                    i(w.recv_ms)
+                ])?;
         }
         for p in &w.providers {
             let key = (w.site.clone(), p.clone());
@@ -349,21 +408,46 @@ impl Store {
         let cut = i(now_ms.saturating_sub(u64::from(raw_days) * DAY_MS) / HOUR_MS * HOUR_MS);
         let tx = self.db.transaction()?;
         tx.execute(
-            "INSERT INTO windows_hourly(site, hour_ms, windows, bad_windows, avg_loss, max_rtt_ms, min_mos)
-             SELECT site, (recv_ms / ?2) * ?2, count(*), sum(bad > 0), avg(max_loss), max(max_rtt_ms), min(min_mos)
+            "INSERT INTO windows_hourly(site, hour_ms, windows, bad_windows, avg_loss, max_rtt_ms, min_mos, watched_ms)
+             SELECT site, (recv_ms / ?2) * ?2, count(*), sum(bad > 0), avg(max_loss), max(max_rtt_ms), min(min_mos),
+               sum(coalesce(window_ms, ?3))
              FROM windows WHERE recv_ms < ?1 GROUP BY site, (recv_ms / ?2)
              ON CONFLICT(site, hour_ms) DO UPDATE SET
                avg_loss = (avg_loss * windows + excluded.avg_loss * excluded.windows) / (windows + excluded.windows),
+               watched_ms = coalesce(watched_ms, windows * ?3) + excluded.watched_ms,
                windows = windows + excluded.windows,
                bad_windows = bad_windows + excluded.bad_windows,
                max_rtt_ms = max(coalesce(max_rtt_ms, excluded.max_rtt_ms), coalesce(excluded.max_rtt_ms, max_rtt_ms)),
                min_mos = min(coalesce(min_mos, excluded.min_mos), coalesce(excluded.min_mos, min_mos))",
-            params![cut, i(HOUR_MS)],
+            params![cut, i(HOUR_MS), i(DEFAULT_WINDOW_MS)],
         )?;
         tx.execute("DELETE FROM windows WHERE recv_ms < ?1", params![cut])?;
+        // Per-target averages; an hour's averages merge weighted by their windows.
+        tx.execute(
+            "INSERT INTO target_hourly(site, target, hour_ms, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos)
+             SELECT site, target, (recv_ms / ?2) * ?2, count(*), avg(rtt_p50_ms), avg(rtt_p95_ms),
+               avg(jitter_ms), avg(loss), avg(mos)
+             FROM target_windows WHERE recv_ms < ?1 GROUP BY site, target, (recv_ms / ?2)
+             ON CONFLICT(site, target, hour_ms) DO UPDATE SET
+               rtt_p50_ms = coalesce((rtt_p50_ms * windows + excluded.rtt_p50_ms * excluded.windows) / (windows + excluded.windows), rtt_p50_ms, excluded.rtt_p50_ms),
+               rtt_p95_ms = coalesce((rtt_p95_ms * windows + excluded.rtt_p95_ms * excluded.windows) / (windows + excluded.windows), rtt_p95_ms, excluded.rtt_p95_ms),
+               jitter_ms = coalesce((jitter_ms * windows + excluded.jitter_ms * excluded.windows) / (windows + excluded.windows), jitter_ms, excluded.jitter_ms),
+               mos = coalesce((mos * windows + excluded.mos * excluded.windows) / (windows + excluded.windows), mos, excluded.mos),
+               loss = (loss * windows + excluded.loss * excluded.windows) / (windows + excluded.windows),
+               windows = windows + excluded.windows",
+            params![cut, i(HOUR_MS)],
+        )?;
+        tx.execute(
+            "DELETE FROM target_windows WHERE recv_ms < ?1",
+            params![cut],
+        )?;
         let hcut = i(now_ms.saturating_sub(u64::from(hourly_days) * DAY_MS));
         tx.execute(
             "DELETE FROM windows_hourly WHERE hour_ms < ?1",
+            params![hcut],
+        )?;
+        tx.execute(
+            "DELETE FROM target_hourly WHERE hour_ms < ?1",
             params![hcut],
         )?;
         let icut = i(now_ms.saturating_sub(u64::from(incident_days) * DAY_MS));
@@ -530,6 +614,268 @@ impl Store {
         let rows = st.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Incidents of `scope` (any, when `None`) overlapping [from, to), newest first,
+    /// each with the worst state it reached.
+    pub fn incidents_worst(
+        &self,
+        scope: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(Incident, State)>> {
+        let mut st = self.db.prepare(
+            "SELECT json, coalesce(worst, state) FROM incidents WHERE (?1 IS NULL OR scope = ?1)
+             AND opened_ms < ?3 AND (closed_ms IS NULL OR closed_ms >= ?2)
+             ORDER BY opened_ms DESC LIMIT ?4",
+        )?;
+        let rows = st.query_map(params![scope, i(from_ms), i(to_ms), limit], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (json, worst) = r?;
+            let inc: Incident = serde_json::from_str(&json)?;
+            let worst = state_named(&worst).unwrap_or(inc.state);
+            out.push((inc, worst));
+        }
+        Ok(out)
+    }
+
+    /// One incident and its worst state.
+    pub fn incident_by_id(&self, id: &str) -> anyhow::Result<Option<(Incident, State)>> {
+        let row: Option<(String, String)> = self
+            .db
+            .query_row(
+                "SELECT json, coalesce(worst, state) FROM incidents WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((json, worst)) = row else {
+            return Ok(None);
+        };
+        let inc: Incident = serde_json::from_str(&json)?;
+        let worst = state_named(&worst).unwrap_or(inc.state);
+        Ok(Some((inc, worst)))
+    }
+
+    /// Verdict changes of `scope`/`id` (any id when `None`) in [from, to], oldest first.
+    pub fn changes(
+        &self,
+        scope: &str,
+        id: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Verdict>> {
+        let mut st = self.db.prepare(
+            "SELECT json FROM verdict_changes WHERE at_ms >= ?3 AND at_ms <= ?4
+             AND scope = ?1 AND (?2 IS NULL OR id = ?2) ORDER BY at_ms, rowid LIMIT ?5",
+        )?;
+        let rows = st.query_map(params![scope, id, i(from_ms), i(to_ms), limit], |row| {
+            row.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(serde_json::from_str(&r?)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether history knows `site` (its identity or any window of it).
+    pub fn site_known(&self, site: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT 1 FROM sites WHERE site = ?1 UNION ALL SELECT 1 FROM site_targets WHERE site = ?1 LIMIT 1",
+                params![site],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// A site's ISP and customer as history knows them.
+    pub fn site_identity(
+        &self,
+        site: &str,
+    ) -> anyhow::Result<Option<(Option<String>, Option<String>)>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT isp, customer FROM sites WHERE site = ?1",
+                params![site],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Every target history has seen at `site`: (target, layer, provider), by name.
+    pub fn site_targets(
+        &self,
+        site: &str,
+    ) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+        let mut st = self.db.prepare(
+            "SELECT target, layer, provider FROM site_targets WHERE site = ?1 ORDER BY target",
+        )?;
+        let rows = st.query_map(params![site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One target's values at `site` in [from, to), oldest first: raw windows, and
+    /// hourly averages where raw windows were downsampled.
+    pub fn series(
+        &self,
+        site: &str,
+        target: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> anyhow::Result<Vec<SeriesRow>> {
+        let mut st = self.db.prepare(
+            "SELECT hour_ms + 1800000, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_hourly
+               WHERE site = ?1 AND target = ?2 AND hour_ms >= ?3 - 3600000 AND hour_ms < ?4
+             UNION ALL
+             SELECT recv_ms, 1, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_windows
+               WHERE site = ?1 AND target = ?2 AND recv_ms >= ?3 AND recv_ms < ?4
+             ORDER BY 1",
+        )?;
+        let rows = st.query_map(params![site, target, i(from_ms), i(to_ms)], |r| {
+            Ok(SeriesRow {
+                at_ms: r.get::<_, i64>(0)?.max(0) as u64,
+                windows: r.get::<_, i64>(1)?.max(0) as u64,
+                rtt_p50_ms: r.get(2)?,
+                rtt_p95_ms: r.get(3)?,
+                jitter_ms: r.get(4)?,
+                loss: r.get(5)?,
+                mos: r.get(6)?,
+            })
+        })?;
+        Ok(rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms)
+            .collect())
+    }
+
+    /// What history holds of `site` being watched in [from, to): its raw windows as
+    /// (received, length) and its hourly rows as (hour, time watched in it).
+    pub fn coverage(&self, site: &str, from_ms: u64, to_ms: u64) -> anyhow::Result<Coverage> {
+        let mut c = Coverage::default();
+        let mut st = self.db.prepare_cached(
+            "SELECT recv_ms, coalesce(window_ms, ?4) FROM windows
+             WHERE site = ?1 AND recv_ms >= ?2 AND recv_ms < ?3 + 3600000 ORDER BY recv_ms",
+        )?;
+        let rows = st.query_map(
+            params![site, i(from_ms), i(to_ms), i(DEFAULT_WINDOW_MS)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+        for r in rows {
+            let (recv, w) = r?;
+            let recv = recv.max(0) as u64;
+            c.add_window(recv.saturating_sub(w.max(0) as u64), recv);
+        }
+        let mut st = self.db.prepare_cached(
+            "SELECT hour_ms, coalesce(watched_ms, windows * ?4) FROM windows_hourly
+             WHERE site = ?1 AND hour_ms >= ?2 - 3600000 AND hour_ms < ?3 ORDER BY hour_ms",
+        )?;
+        let rows = st.query_map(
+            params![site, i(from_ms), i(to_ms), i(DEFAULT_WINDOW_MS)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+        for r in rows {
+            let (hour, watched) = r?;
+            c.add_hour(hour.max(0) as u64, watched.max(0) as u64);
+        }
+        Ok(c)
+    }
+
+    /// When history's latest window arrived (any site; hourly rows count to their
+    /// hour's end), not after `to_ms`: where the collector's evidence ends.
+    pub fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>> {
+        let v: Option<i64> = self.db.query_row(
+            "SELECT max(m) FROM (SELECT max(recv_ms) AS m FROM windows WHERE recv_ms <= ?1
+               UNION ALL SELECT max(hour_ms) + 3600000 FROM windows_hourly WHERE hour_ms < ?1)",
+            params![i(to_ms)],
+            |r| r.get(0),
+        )?;
+        Ok(v.map(|v| (v.max(0) as u64).min(to_ms)))
+    }
+}
+
+/// A state by its name.
+fn state_named(s: &str) -> Option<State> {
+    [
+        State::Ok,
+        State::Degraded,
+        State::Down,
+        State::Offline,
+        State::Outage,
+    ]
+    .into_iter()
+    .find(|x| x.as_str() == s)
+}
+
+/// One point of a target's series: a raw window (`windows` = 1) or an hourly average.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SeriesRow {
+    pub at_ms: u64,
+    pub windows: u64,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p95_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub loss: f64,
+    pub mos: Option<f64>,
+}
+
+/// When one site was being watched: the spans its windows covered (merged), and
+/// hours known only from hourly rows with the share of each that was watched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Coverage {
+    /// Disjoint, sorted [from, to) spans.
+    spans: Vec<(u64, u64)>,
+    /// (hour start, share of the hour watched in 0..=1).
+    hours: Vec<(u64, f64)>,
+}
+
+impl Coverage {
+    /// Adds the span [from, to) one window covered (windows in time order). A gap
+    /// shorter than half a window before it (a report arriving a little late) is
+    /// not a gap.
+    pub fn add_window(&mut self, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        match self.spans.last_mut() {
+            Some(last) if from <= last.1 + (to - from) / 2 => last.1 = last.1.max(to),
+            _ => self.spans.push((from, to)),
+        }
+    }
+
+    /// Adds an hour that hourly rows say was watched for `watched_ms`.
+    pub fn add_hour(&mut self, hour_ms: u64, watched_ms: u64) {
+        let share = (watched_ms as f64 / HOUR_MS as f64).clamp(0.0, 1.0);
+        self.hours.push((hour_ms, share));
+    }
+
+    /// Milliseconds watched within [from, to) (hourly rows count pro rata).
+    pub fn watched(&self, from: u64, to: u64) -> u64 {
+        let overlap = |a: u64, b: u64| b.min(to).saturating_sub(a.max(from));
+        let raw: u64 = self.spans.iter().map(|&(a, b)| overlap(a, b)).sum();
+        let hourly: f64 = self
+            .hours
+            .iter()
+            .map(|&(h, share)| overlap(h, h + HOUR_MS) as f64 * share)
+            .sum();
+        raw + hourly.round() as u64
+    }
+
+    /// The end of the last span or hour watched.
+    pub fn last_ms(&self) -> Option<u64> {
+        let a = self.spans.last().map(|s| s.1);
+        let b = self.hours.iter().map(|h| h.0 + HOUR_MS).max();
+        a.max(b)
+    }
 }
 
 /// Brings a history file of any earlier schema up to [`SCHEMA_VERSION`], in one
@@ -594,6 +940,43 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
             tracing::warn!("history: dropped {dropped} repeated window rows (schema 1)");
         }
     }
+    if version < 2 {
+        // Version 2: what pages and availability read. Each window's length (older
+        // rows: NULL, read as DEFAULT_WINDOW_MS), the time an hourly row watched its
+        // site, per-target series (raw and hourly) and each site's targets, and each
+        // incident's worst state (older incidents: from their verdict changes).
+        tx.execute_batch(
+            "ALTER TABLE windows ADD COLUMN window_ms INTEGER;
+             CREATE INDEX IF NOT EXISTS windows_site_recv ON windows(site, recv_ms);
+             ALTER TABLE windows_hourly ADD COLUMN watched_ms INTEGER;
+             CREATE TABLE IF NOT EXISTS target_windows(
+               site TEXT NOT NULL, target TEXT NOT NULL, recv_ms INTEGER NOT NULL,
+               rtt_p50_ms REAL, rtt_p95_ms REAL, jitter_ms REAL, loss REAL NOT NULL, mos REAL);
+             CREATE INDEX IF NOT EXISTS target_windows_key ON target_windows(site, target, recv_ms);
+             CREATE INDEX IF NOT EXISTS target_windows_recv ON target_windows(recv_ms);
+             CREATE TABLE IF NOT EXISTS target_hourly(
+               site TEXT NOT NULL, target TEXT NOT NULL, hour_ms INTEGER NOT NULL,
+               windows INTEGER NOT NULL, rtt_p50_ms REAL, rtt_p95_ms REAL, jitter_ms REAL,
+               loss REAL NOT NULL, mos REAL, PRIMARY KEY(site, target, hour_ms)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS site_targets(
+               site TEXT NOT NULL, target TEXT NOT NULL, layer TEXT NOT NULL, provider TEXT,
+               first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+               PRIMARY KEY(site, target)) WITHOUT ROWID;
+             ALTER TABLE incidents ADD COLUMN worst TEXT;",
+        )?;
+        tx.execute(
+            &format!(
+                "UPDATE incidents SET worst = coalesce((SELECT c.state FROM verdict_changes c
+                   WHERE c.scope = incidents.scope AND c.id = incidents.target_id
+                   AND c.at_ms >= incidents.opened_ms
+                   AND (incidents.closed_ms IS NULL OR c.at_ms <= incidents.closed_ms)
+                   ORDER BY {} DESC LIMIT 1), state)",
+                severity("c.state")
+            ),
+            [],
+        )?;
+        tx.pragma_update(None, "user_version", 2)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -605,6 +988,20 @@ mod tests {
 
     fn id(s: &str) -> Id {
         Id::new(s).unwrap()
+    }
+
+    #[test]
+    fn coverage_merges_windows_and_counts_hourly_rows_pro_rata() {
+        let mut c = Coverage::default();
+        c.add_window(0, 10_000);
+        c.add_window(10_004, 20_004); // 4 ms late: no gap
+        c.add_window(40_000, 50_000); // 20 s of silence before it
+        assert_eq!(c.watched(0, 100_000), 30_004);
+        assert_eq!(c.watched(15_000, 45_000), 10_004);
+        c.add_hour(HOUR_MS, HOUR_MS / 2);
+        assert_eq!(c.watched(HOUR_MS, 2 * HOUR_MS), HOUR_MS / 2);
+        assert_eq!(c.watched(HOUR_MS, HOUR_MS + 600_000), 300_000);
+        assert_eq!(c.last_ms(), Some(2 * HOUR_MS));
     }
 
     #[test]
@@ -656,6 +1053,8 @@ mod tests {
                 max_rtt_ms: Some(20.0),
                 min_mos: Some(3.0),
                 providers: vec![id("voipco")],
+                window_ms: 10_000,
+                targets: vec![],
             })
             .unwrap();
             s.commit().unwrap();
@@ -686,6 +1085,8 @@ mod tests {
             max_rtt_ms: None,
             min_mos: None,
             providers: vec![],
+            window_ms: 10_000,
+            targets: vec![],
         }
     }
 

@@ -35,8 +35,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use faultline_shared::{
-    Id, Incident, IncidentEvent, OfflineWhy, RejectReason, Report, Scope, SiteSummary, State,
-    Status, StatusState, SummaryKind, Topic, Topics, Verdict, decode,
+    Id, Incident, IncidentEvent, Layer, OfflineWhy, RejectReason, Report, Scope, SiteSummary,
+    State, Status, StatusState, SummaryKind, Topic, Topics, Verdict, decode,
 };
 
 pub use boots::{BootMeta, BootSeen, Boots, Seen, SeqSet};
@@ -156,6 +156,23 @@ pub struct WindowRow {
     pub min_mos: Option<f64>,
     /// Providers this site probed in the window.
     pub providers: Vec<Id>,
+    /// The window's length (what the site was watched for, in history's availability).
+    pub window_ms: u32,
+    /// Each probe's values, for per-target charts.
+    pub targets: Vec<TargetPoint>,
+}
+
+/// One probe's values in one window, as history keeps them for charts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetPoint {
+    pub target: Id,
+    pub layer: Layer,
+    pub provider: Option<Id>,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p95_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub loss: f64,
+    pub mos: Option<f64>,
 }
 
 impl WindowRow {
@@ -174,8 +191,20 @@ impl WindowRow {
             max_rtt_ms: None,
             min_mos: None,
             providers: Vec::new(),
+            window_ms: r.window_ms,
+            targets: Vec::with_capacity(r.probes.len()),
         };
         for p in &r.probes {
+            row.targets.push(TargetPoint {
+                target: p.target.clone(),
+                layer: p.layer,
+                provider: p.provider.clone(),
+                rtt_p50_ms: p.rtt_ms.map(|r| r.p50),
+                rtt_p95_ms: p.rtt_ms.map(|r| r.p95),
+                jitter_ms: p.jitter_ms,
+                loss: p.loss(),
+                mos: p.mos,
+            });
             row.max_loss = row.max_loss.max(p.loss());
             if let Some(rtt) = p.rtt_ms {
                 row.max_rtt_ms = Some(row.max_rtt_ms.map_or(rtt.p50, |m: f64| m.max(rtt.p50)));
