@@ -11,7 +11,7 @@
 //! channel, so a slow disk never stalls ingest. Commits are durable (`synchronous =
 //! FULL`): `run` acknowledges a report to the broker only after its commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::Context;
@@ -54,8 +54,9 @@ pub struct Store {
     /// (site, provider) → when `site_providers` was last advanced: written at most
     /// once a minute per pair.
     seen_providers: HashMap<(Id, Id), u64>,
-    /// (site, target) → when `site_targets` was last advanced (as above).
-    seen_targets: HashMap<(Id, Id), u64>,
+    /// Site → when its targets in `site_targets` were last advanced: all of a
+    /// window's targets at once, at most once a minute per site.
+    seen_targets: HashMap<Id, u64>,
     /// Site → boot → the seqs stored (committed, or in the open transaction).
     boots: HashMap<Id, HashMap<u32, StoredBoot>>,
     /// Boots whose seqs changed in the open transaction.
@@ -310,8 +311,8 @@ impl Store {
         let inserted = self
             .db
             .prepare_cached(
-                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms, targets)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 w.site.as_str(),
@@ -323,7 +324,8 @@ impl Store {
                 w.max_loss,
                 w.max_rtt_ms,
                 w.min_mos,
-                w.window_ms
+                w.window_ms,
+                encode_points(&w.targets)
             ])?
             == 1;
         let b = self.stored_boot(&w.site, w.boot)?;
@@ -338,30 +340,18 @@ impl Store {
         if !inserted {
             return Ok(false);
         }
-        for t in &w.targets {
-            self.db
-                .prepare_cached(
-                    "INSERT INTO target_windows(site, target, recv_ms, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos)
-                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
-                    w.site.as_str(),
-                    t.target.as_str(),
-                    i(w.recv_ms),
-                    t.rtt_p50_ms,
-                    t.rtt_p95_ms,
-                    t.jitter_ms,
-                    t.loss,
-                    t.mos
-                ])?;
-            let key = (w.site.clone(), t.target.clone());
-            match self.seen_targets.get_mut(&key) {
-                Some(last) if w.recv_ms < last.saturating_add(60_000) => continue,
-                Some(last) => *last = w.recv_ms,
-                None => {
-                    self.seen_targets.insert(key, w.recv_ms);
-                }
+        let due = match self.seen_targets.get_mut(&w.site) {
+            Some(last) if w.recv_ms < last.saturating_add(60_000) => false,
+            Some(last) => {
+                *last = w.recv_ms;
+                true
             }
+            None => {
+                self.seen_targets.insert(w.site.clone(), w.recv_ms);
+                true
+            }
+        };
+        for t in w.targets.iter().filter(|_| due) {
             self.db
                 .prepare_cached(
                     "INSERT INTO site_targets(site, target, layer, provider, first_ms, last_ms)
@@ -421,26 +411,53 @@ impl Store {
                min_mos = min(coalesce(min_mos, excluded.min_mos), coalesce(excluded.min_mos, min_mos))",
             params![cut, i(HOUR_MS), i(DEFAULT_WINDOW_MS)],
         )?;
+        // Per-target averages, from each window's points; an hour's averages merge
+        // weighted by their windows.
+        let mut hours: BTreeMap<(String, String, i64), PointSum> = BTreeMap::new();
+        {
+            let mut st = tx.prepare(
+                "SELECT site, recv_ms, targets FROM windows WHERE recv_ms < ?1 AND targets IS NOT NULL",
+            )?;
+            let mut rows = st.query(params![cut])?;
+            while let Some(r) = rows.next()? {
+                let site: String = r.get(0)?;
+                let hour = r.get::<_, i64>(1)? / i(HOUR_MS) * i(HOUR_MS);
+                let blob: Vec<u8> = r.get(2)?;
+                for p in decode_points(&blob) {
+                    hours
+                        .entry((site.clone(), p.target.clone(), hour))
+                        .or_default()
+                        .add(&p);
+                }
+            }
+        }
+        for ((site, target, hour), sum) in &hours {
+            let n = sum.n as f64;
+            let avg = |(s, c): (f64, u64)| (c > 0).then(|| s / c as f64);
+            tx.execute(
+                "INSERT INTO target_hourly(site, target, hour_ms, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(site, target, hour_ms) DO UPDATE SET
+                   rtt_p50_ms = coalesce((rtt_p50_ms * windows + excluded.rtt_p50_ms * excluded.windows) / (windows + excluded.windows), rtt_p50_ms, excluded.rtt_p50_ms),
+                   rtt_p95_ms = coalesce((rtt_p95_ms * windows + excluded.rtt_p95_ms * excluded.windows) / (windows + excluded.windows), rtt_p95_ms, excluded.rtt_p95_ms),
+                   jitter_ms = coalesce((jitter_ms * windows + excluded.jitter_ms * excluded.windows) / (windows + excluded.windows), jitter_ms, excluded.jitter_ms),
+                   mos = coalesce((mos * windows + excluded.mos * excluded.windows) / (windows + excluded.windows), mos, excluded.mos),
+                   loss = (loss * windows + excluded.loss * excluded.windows) / (windows + excluded.windows),
+                   windows = windows + excluded.windows",
+                params![
+                    site,
+                    target,
+                    hour,
+                    i(sum.n),
+                    avg(sum.p50),
+                    avg(sum.p95),
+                    avg(sum.jitter),
+                    sum.loss / n.max(1.0),
+                    avg(sum.mos)
+                ],
+            )?;
+        }
         tx.execute("DELETE FROM windows WHERE recv_ms < ?1", params![cut])?;
-        // Per-target averages; an hour's averages merge weighted by their windows.
-        tx.execute(
-            "INSERT INTO target_hourly(site, target, hour_ms, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos)
-             SELECT site, target, (recv_ms / ?2) * ?2, count(*), avg(rtt_p50_ms), avg(rtt_p95_ms),
-               avg(jitter_ms), avg(loss), avg(mos)
-             FROM target_windows WHERE recv_ms < ?1 GROUP BY site, target, (recv_ms / ?2)
-             ON CONFLICT(site, target, hour_ms) DO UPDATE SET
-               rtt_p50_ms = coalesce((rtt_p50_ms * windows + excluded.rtt_p50_ms * excluded.windows) / (windows + excluded.windows), rtt_p50_ms, excluded.rtt_p50_ms),
-               rtt_p95_ms = coalesce((rtt_p95_ms * windows + excluded.rtt_p95_ms * excluded.windows) / (windows + excluded.windows), rtt_p95_ms, excluded.rtt_p95_ms),
-               jitter_ms = coalesce((jitter_ms * windows + excluded.jitter_ms * excluded.windows) / (windows + excluded.windows), jitter_ms, excluded.jitter_ms),
-               mos = coalesce((mos * windows + excluded.mos * excluded.windows) / (windows + excluded.windows), mos, excluded.mos),
-               loss = (loss * windows + excluded.loss * excluded.windows) / (windows + excluded.windows),
-               windows = windows + excluded.windows",
-            params![cut, i(HOUR_MS)],
-        )?;
-        tx.execute(
-            "DELETE FROM target_windows WHERE recv_ms < ?1",
-            params![cut],
-        )?;
         let hcut = i(now_ms.saturating_sub(u64::from(hourly_days) * DAY_MS));
         tx.execute(
             "DELETE FROM windows_hourly WHERE hour_ms < ?1",
@@ -734,13 +751,9 @@ impl Store {
     ) -> anyhow::Result<Vec<SeriesRow>> {
         let mut st = self.db.prepare(
             "SELECT hour_ms + 1800000, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_hourly
-               WHERE site = ?1 AND target = ?2 AND hour_ms >= ?3 - 3600000 AND hour_ms < ?4
-             UNION ALL
-             SELECT recv_ms, 1, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_windows
-               WHERE site = ?1 AND target = ?2 AND recv_ms >= ?3 AND recv_ms < ?4
-             ORDER BY 1",
+               WHERE site = ?1 AND target = ?2 AND hour_ms >= ?3 - 3600000 AND hour_ms < ?4",
         )?;
-        let rows = st.query_map(params![site, target, i(from_ms), i(to_ms)], |r| {
+        let hourly = st.query_map(params![site, target, i(from_ms), i(to_ms)], |r| {
             Ok(SeriesRow {
                 at_ms: r.get::<_, i64>(0)?.max(0) as u64,
                 windows: r.get::<_, i64>(1)?.max(0) as u64,
@@ -751,11 +764,34 @@ impl Store {
                 mos: r.get(6)?,
             })
         })?;
-        Ok(rows
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms)
-            .collect())
+        let mut out = hourly.collect::<Result<Vec<_>, _>>()?;
+        // Raw windows: each row's points, this target's picked out.
+        let mut st = self.db.prepare(
+            "SELECT recv_ms, targets FROM windows
+               WHERE site = ?1 AND recv_ms >= ?2 AND recv_ms < ?3 AND targets IS NOT NULL",
+        )?;
+        let mut rows = st.query(params![site, i(from_ms), i(to_ms)])?;
+        while let Some(r) = rows.next()? {
+            let at_ms = r.get::<_, i64>(0)?.max(0) as u64;
+            let blob: Vec<u8> = r.get(1)?;
+            if let Some(p) = decode_points(&blob)
+                .into_iter()
+                .find(|p| p.target == target)
+            {
+                out.push(SeriesRow {
+                    at_ms,
+                    windows: 1,
+                    rtt_p50_ms: p.rtt_p50_ms.map(f64::from),
+                    rtt_p95_ms: p.rtt_p95_ms.map(f64::from),
+                    jitter_ms: p.jitter_ms.map(f64::from),
+                    loss: f64::from(p.loss),
+                    mos: p.mos.map(f64::from),
+                });
+            }
+        }
+        out.retain(|r| r.at_ms >= from_ms && r.at_ms < to_ms);
+        out.sort_by_key(|r| r.at_ms);
+        Ok(out)
     }
 
     /// What history holds of `site` being watched in [from, to): its raw windows as
@@ -943,17 +979,14 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     if version < 2 {
         // Version 2: what pages and availability read. Each window's length (older
         // rows: NULL, read as DEFAULT_WINDOW_MS), the time an hourly row watched its
-        // site, per-target series (raw and hourly) and each site's targets, and each
+        // site, per-target series (raw: each window's points in one blob on its row, so a window
+        // stays one row to write; hourly: a table) and each site's targets, and each
         // incident's worst state (older incidents: from their verdict changes).
         tx.execute_batch(
             "ALTER TABLE windows ADD COLUMN window_ms INTEGER;
              CREATE INDEX IF NOT EXISTS windows_site_recv ON windows(site, recv_ms);
              ALTER TABLE windows_hourly ADD COLUMN watched_ms INTEGER;
-             CREATE TABLE IF NOT EXISTS target_windows(
-               site TEXT NOT NULL, target TEXT NOT NULL, recv_ms INTEGER NOT NULL,
-               rtt_p50_ms REAL, rtt_p95_ms REAL, jitter_ms REAL, loss REAL NOT NULL, mos REAL);
-             CREATE INDEX IF NOT EXISTS target_windows_key ON target_windows(site, target, recv_ms);
-             CREATE INDEX IF NOT EXISTS target_windows_recv ON target_windows(recv_ms);
+             ALTER TABLE windows ADD COLUMN targets BLOB;
              CREATE TABLE IF NOT EXISTS target_hourly(
                site TEXT NOT NULL, target TEXT NOT NULL, hour_ms INTEGER NOT NULL,
                windows INTEGER NOT NULL, rtt_p50_ms REAL, rtt_p95_ms REAL, jitter_ms REAL,
@@ -979,6 +1012,78 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// One target's values in one window as stored: postcard in `windows.targets`
+/// (f32: charts need no more, and a window's ten points stay ~200 bytes).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct StoredPoint {
+    target: String,
+    rtt_p50_ms: Option<f32>,
+    rtt_p95_ms: Option<f32>,
+    jitter_ms: Option<f32>,
+    loss: f32,
+    mos: Option<f32>,
+}
+
+/// [`StoredPoint`] as written (borrowing the target's name: same bytes).
+#[derive(serde::Serialize)]
+struct PointRef<'a> {
+    target: &'a str,
+    rtt_p50_ms: Option<f32>,
+    rtt_p95_ms: Option<f32>,
+    jitter_ms: Option<f32>,
+    loss: f32,
+    mos: Option<f32>,
+}
+
+fn encode_points(points: &[crate::engine::TargetPoint]) -> Vec<u8> {
+    let stored: Vec<PointRef<'_>> = points
+        .iter()
+        .map(|p| PointRef {
+            target: p.target.as_str(),
+            rtt_p50_ms: p.rtt_p50_ms.map(|v| v as f32),
+            rtt_p95_ms: p.rtt_p95_ms.map(|v| v as f32),
+            jitter_ms: p.jitter_ms.map(|v| v as f32),
+            loss: p.loss as f32,
+            mos: p.mos.map(|v| v as f32),
+        })
+        .collect();
+    // Plain data into a Vec: cannot fail.
+    postcard::to_allocvec(&stored).unwrap_or_default()
+}
+
+/// A row's points; a damaged blob reads as none (a chart gap, not an error).
+fn decode_points(blob: &[u8]) -> Vec<StoredPoint> {
+    postcard::from_bytes(blob).unwrap_or_default()
+}
+
+/// Sums of one target's points in one hour.
+#[derive(Debug, Default)]
+struct PointSum {
+    n: u64,
+    p50: (f64, u64),
+    p95: (f64, u64),
+    jitter: (f64, u64),
+    loss: f64,
+    mos: (f64, u64),
+}
+
+impl PointSum {
+    fn add(&mut self, p: &StoredPoint) {
+        let add = |acc: &mut (f64, u64), v: Option<f32>| {
+            if let Some(v) = v {
+                acc.0 += f64::from(v);
+                acc.1 += 1;
+            }
+        };
+        self.n += 1;
+        add(&mut self.p50, p.rtt_p50_ms);
+        add(&mut self.p95, p.rtt_p95_ms);
+        add(&mut self.jitter, p.jitter_ms);
+        add(&mut self.mos, p.mos);
+        self.loss += f64::from(p.loss);
+    }
 }
 
 #[cfg(test)]

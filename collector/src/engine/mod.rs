@@ -791,13 +791,13 @@ impl Engine {
             });
         }
         if std::mem::take(&mut self.dirty) {
-            self.out
-                .push_back(Output::Snapshot(Arc::new(self.snapshot())));
+            let snapshot = Arc::new(self.snapshot());
+            self.out.push_back(Output::Snapshot(snapshot));
         }
     }
 
     /// The state pages read, as of now.
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&mut self) -> Snapshot {
         let f = &self.fleet;
         let published = |m: &BTreeMap<Id, Track>| {
             m.values()
@@ -809,8 +809,8 @@ impl Engine {
             window_ms: self.cfg.window_ms,
             sites: self
                 .sites
-                .iter()
-                .map(|(id, s)| (id.clone(), s.view.clone()))
+                .iter_mut()
+                .map(|(id, s)| (id.clone(), s.view()))
                 .collect(),
             site_verdicts: f
                 .site_tracks

@@ -135,7 +135,8 @@ pub struct SiteTrack {
     /// The site's own window length (its latest report's).
     pub window_ms: u32,
     pub health: Option<SiteHealth>,
-    /// Shared with the pages' view (copied on write while a snapshot holds it).
+    /// Shared with the pages' view while it is current (copied on the next change:
+    /// at most once per snapshot, not once per report).
     pub targets: Arc<Vec<TargetState>>,
     /// The latest live window's identity.
     pub last_window: Option<(u32, u64, u64)>,
@@ -149,12 +150,14 @@ pub struct SiteTrack {
     /// A live window arrived too soon after the last summary (a backlog flowing):
     /// summarized once the site's pace allows.
     pub unsummarized: bool,
-    pub view: Arc<SiteView>,
+    /// The pages' view of the site, built when a snapshot asks and kept until the
+    /// site changes.
+    view: Option<Arc<SiteView>>,
 }
 
 impl SiteTrack {
     pub fn new(now_ms: u64, window_ms: u32) -> Self {
-        let mut s = Self {
+        let s = Self {
             isp: None,
             customer: None,
             boots: Boots::new(),
@@ -169,21 +172,8 @@ impl SiteTrack {
             metrics: None,
             summarized_ms: None,
             unsummarized: false,
-            view: Arc::new(SiteView {
-                isp: None,
-                customer: None,
-                presence: Presence::Online,
-                last_report_ms: now_ms,
-                window_ms,
-                clock_skew_ms: 0,
-                last_window: None,
-                boot: None,
-                missing_windows: 0,
-                health: None,
-                targets: Arc::default(),
-            }),
+            view: None,
         };
-        s.refresh_view();
         s
     }
 
@@ -196,8 +186,17 @@ impl SiteTrack {
         self.health.is_some()
     }
 
+    /// The site changed: its view is rebuilt when next asked for.
     pub fn refresh_view(&mut self) {
-        self.view = Arc::new(SiteView {
+        self.view = None;
+    }
+
+    /// The pages' view of the site as it is now.
+    pub fn view(&mut self) -> Arc<SiteView> {
+        if let Some(v) = &self.view {
+            return v.clone();
+        }
+        let v = Arc::new(SiteView {
             isp: self.isp.clone(),
             customer: self.customer.clone(),
             presence: self.presence,
@@ -210,6 +209,8 @@ impl SiteTrack {
             health: self.health.clone(),
             targets: self.targets.clone(),
         });
+        self.view = Some(v.clone());
+        v
     }
 
     /// The summary of what the site is now, as of `now_ms`.
