@@ -232,7 +232,7 @@ refused as \`impossible\` (the last row), so one site cannot add to it without b
 stop "$cpid"
 stop "$MOSQ_PID"
 summary_row "$BUDGET_FORGED_INPUT" \
-    "$(grep -c '^| ' <<<"$classes_md" | awk '{ print $1 - 2 }') classes, each under its reason in \`faultline_collector_rejected_total\`" \
+    "$(grep -c '^| ' <<<"$classes_md" | awk '{ print $1 - 1 }') classes, each under its reason in \`faultline_collector_rejected_total\`" \
     "$(if [[ $classes_ok == yes ]]; then echo yes; else echo "**no**"; fi)" "$CMD"
 
 # ---- 3. Takeover and forgery behind the shipped config ---------------------------------
