@@ -10,20 +10,21 @@
 # 1. Memory and the others' evaluation: SITES honest sites (the fleet simulator, 10
 #    targets, live 1 s windows, the collector evaluating 1 s windows, history in
 #    SQLite) on a broker with the shipped queue settings; then one hostile site
-#    floods reports (collector/bench/hostile.py flood: 128 never-seen targets and
+#    floods reports (faultline-hostile flood, tests/src/bin/faultline-hostile.rs: 128 never-seen targets and
 #    providers each, a new boot each, 10 s windows claimed, as fast as the broker
 #    takes them). The collector's RSS, /api/state's size and the evaluation time
 #    (faultline_collector_evaluation_seconds{which="last"} at each evaluation)
 #    before, after FLOOD/10 and after FLOOD hostile reports; every verdict the
 #    collector publishes is watched for an honest site or provider that is not ok.
 # 2. Bad input: every class of it a few times from a site's own topic, each
-#    counter read before and after (hostile.py classes).
+#    counter read before and after (faultline-hostile classes).
 # 3. Takeover and forgery: the shipped broker config (collector/deploy/, TLS for the
 #    agents, logins, ACLs, use_username_as_clientid) with the collector behind its
 #    two logins and a real site-a online; site-c's login tries to take over
 #    site-a's client id, to publish as site-a, to mismatch topic and payload, to read
-#    site-a's verdict (hostile.py acl).
-# Needs mosquitto, mosquitto-clients, openssl, curl, python3.
+#    site-a's verdict (faultline-hostile acl).
+# Needs mosquitto, mosquitto-clients, openssl, curl, python3 (figures from /metrics,
+# /api/state and SQLite).
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "$0")/../../tests/bench/lib.sh"
 # shellcheck source=collector/bench/lib.sh
@@ -44,10 +45,11 @@ require mosquitto_passwd mosquitto
 require openssl openssl
 require curl curl
 require python3 python3
-build_release -p faultline-collector -p faultline-tests --bin faultline-collector --bin faultline-fleet
+build_release -p faultline-collector -p faultline-tests --bin faultline-collector --bin faultline-fleet \
+    --bin faultline-hostile
 BIN=$CARGO_TARGET_DIR/release/faultline-collector
 FLEET=$CARGO_TARGET_DIR/release/faultline-fleet
-HOSTILE=$BENCH_ROOT/collector/bench/hostile.py
+HOSTILE=$CARGO_TARGET_DIR/release/faultline-hostile
 FIRST=$((FLOOD / 10))
 
 # `rss_kb PID FIELD`: VmRSS or VmHWM in kB.
@@ -109,7 +111,7 @@ md "" "### One hostile site beside $(thousands "$SITES") honest ones: memory and
 md "$(thousands "$SITES") honest sites (the fleet simulator: 10 targets each, 1 s windows sent live, postcard) report
 to a broker with the queue settings of \`collector/deploy/mosquitto.conf\`; the collector
 evaluates 1 s windows. After $WARM_S s, the figures \"honest only\" are taken over $SAMPLE_S s; then the
-hostile site (\`collector/bench/hostile.py flood\`) sends $(thousands "$FIRST") reports as fast as the broker takes
+hostile site (\`faultline-hostile flood\`, \`tests/src/bin/faultline-hostile.rs\`) sends $(thousands "$FIRST") reports as fast as the broker takes
 them, each naming 128 targets and 128 providers never seen before, under a new boot,
 claiming 10 s windows; $SAMPLE_S s of figures; then $(thousands $((FLOOD - FIRST))) more (figures while they
 arrive), $SAMPLE_S s of figures after, and $(thousands "$FIRST") more (the site now paced) with $SAMPLE_S s of figures. Evaluation time is
@@ -145,10 +147,10 @@ phase() {
 }
 phase "honest only" "$(eval_times "$hp" "$SAMPLE_S")"
 rss_before=$(rss_kb "$cpid" VmRSS)
-python3 "$HOSTILE" flood --port "$MQTT_PORT" --count "$FIRST"
+"$HOSTILE" flood --port "$MQTT_PORT" --count "$FIRST"
 phase "after $(thousands "$FIRST") hostile reports" "$(eval_times "$hp" "$SAMPLE_S")"
 rss_first=$(rss_kb "$cpid" VmRSS)
-spawn python3 "$HOSTILE" flood --port "$MQTT_PORT" --first "$FIRST" --count $((FLOOD - FIRST))
+spawn "$HOSTILE" flood --port "$MQTT_PORT" --first "$FIRST" --count $((FLOOD - FIRST))
 flood=$BENCH_PID
 during=$(eval_times "$hp" 0 "$flood")
 reap "$flood"
@@ -156,7 +158,7 @@ phase "while $(thousands $((FLOOD - FIRST))) more arrive" "$during"
 phase "after $(thousands "$FLOOD") hostile reports" "$(eval_times "$hp" "$SAMPLE_S")"
 rss_after=$(rss_kb "$cpid" VmRSS)
 # Bounded: once the site is paced, more of the same costs nothing.
-python3 "$HOSTILE" flood --port "$MQTT_PORT" --first "$FLOOD" --count "$FIRST"
+"$HOSTILE" flood --port "$MQTT_PORT" --first "$FLOOD" --count "$FIRST"
 phase "after $(thousands "$FIRST") more" "$(eval_times "$hp" "$SAMPLE_S")"
 rss_more=$(rss_kb "$cpid" VmRSS)
 counters=$(curl -sf "127.0.0.1:$hp/api/counters")
@@ -210,25 +212,27 @@ summary_row "$BUDGET_FORGED_MEMORY" \
 
 # ---- 2. Bad input ----------------------------------------------------------------------
 md "" "### Bad input, class by class" ""
-md "On the same collector, from the site \`hostile-b\`'s own topics (\`collector/bench/hostile.py
+md "On the same collector, from the site \`hostile-b\`'s own topics (\`faultline-hostile
 classes\`): each class sent 3 times (the last three rows: as many as the bound needs),
 \`/api/counters\`' \`rejected_by_reason\` read before and after (waiting until every
-message is counted). NaN and infinity cannot be written in postcard (times travel as
-integers) nor in JSON, so they arrive as unparseable JSON."
-classes_md=$(python3 "$HOSTILE" classes --port "$MQTT_PORT" --http "$hp" 2>"$BENCH_WORK/classes.err")
-cat "$BENCH_WORK/classes.err" >&2
+message is counted). Valid reports are \`faultline_shared::encode\`d; the broken ones
+are byte edits of such reports, each checked against \`faultline_shared::decode\` first.
+NaN and infinity cannot be written in postcard (times travel as integers) nor in JSON,
+so they arrive as unparseable JSON."
+classes_out=$("$HOSTILE" classes --port "$MQTT_PORT" --http "$hp")
+classes_md=$(grep -v '^OK=' <<<"$classes_out")
+classes_ok=$(sed -nE 's/^OK=//p' <<<"$classes_out")
 md "" "$classes_md"
-classes_ok=$(sed -nE 's/^CLASSES_OK=//p' "$BENCH_WORK/classes.err")
-tmt=$(sed -nE 's/^TOO_MANY_TARGETS=//p' "$BENCH_WORK/classes.err")
 missing=$(curl -sf "127.0.0.1:$hp/api/counters" | sed -nE 's/.*"missing_windows":([0-9]+).*/\1/p')
-md "" "\`too_many_targets\` stayed at ${tmt:-?}: a report over 128 probes is refused as \`malformed\`
-when it is decoded, and a site with more than 64 targets keeps its 64 most recently seen
-(the table above). The collector's \`missing_windows\` ended at $(thousands "${missing:-?}"): a gateway's
-seq is its own, so one site's gaps add to the fleet-wide count without bound."
+md "" "A report over 128 probes is refused as \`malformed\` when it is decoded, and a site
+with more than 64 targets keeps its 64 most recently seen (the first table). The
+collector's \`missing_windows\` ended at $(thousands "${missing:-?}"), the honest fleet's and the hostile
+sites' gaps together: a seq further ahead of its boot's clock than a day's backlog is
+refused as \`impossible\` (the last row), so one site cannot add to it without bound."
 stop "$cpid"
 stop "$MOSQ_PID"
 summary_row "$BUDGET_FORGED_INPUT" \
-    "$(grep -c '^| ' <<<"$classes_md" | awk '{ print $1 - 2 }') classes, each under its reason in \`faultline_collector_rejected_total\`" \
+    "$(grep -c '^| ' <<<"$classes_md" | awk '{ print $1 - 1 }') classes, each under its reason in \`faultline_collector_rejected_total\`" \
     "$(if [[ $classes_ok == yes ]]; then echo yes; else echo "**no**"; fi)" "$CMD"
 
 # ---- 3. Takeover and forgery behind the shipped config ---------------------------------
@@ -238,7 +242,7 @@ rewritten, nothing else): agents on TLS with logins \`site-a\` and \`site-c\`, t
 behind \`faultline-collector\` / \`faultline-collector-in\` evaluating 1 s windows, a
 reader login watching site-a's status and verdict. site-a is online (its will set) and
 reports every second over one connection throughout; site-c's login then tries
-(\`collector/bench/hostile.py acl\`):"
+(\`faultline-hostile acl\`):"
 acl=$BENCH_WORK/acl
 mkdir -p "$acl"
 (
@@ -269,7 +273,7 @@ if grep -vE '^[[:space:]]*#' "$acl/mosquitto.conf" | grep -qE '/etc/|/var/'; the
     log "unrewritten path in the shipped config"
     exit 1
 fi
-[[ $(id -u) == 0 ]] && echo "user root" >>"$acl/mosquitto.conf"
+if [[ $(id -u) == 0 ]]; then echo "user root" >>"$acl/mosquitto.conf"; fi
 spawn "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$acl/mosquitto.conf" >"$acl/mosquitto.log" 2>&1
 MOSQ_PID=$BENCH_PID
 wait_port "$internal"
@@ -290,10 +294,10 @@ CONF
 spawn env FAULTLINE_LOG=error "$BIN" run --config "$acl/collector.toml"
 cpid=$BENCH_PID
 wait_port "$hp"
-acl_md=$(python3 "$HOSTILE" acl --agents "$agents" --internal "$internal" --http "$hp" --ca "$acl/ca.pem" \
-    --pass-a a-secret --pass-c c-site-secret --pass-reader r-secret 2>"$BENCH_WORK/acl.err")
-cat "$BENCH_WORK/acl.err" >&2
-acl_ok=$(sed -nE 's/^ACL_OK=//p' "$BENCH_WORK/acl.err")
+acl_out=$("$HOSTILE" acl --agents "$agents" --internal "$internal" --http "$hp" --ca "$acl/ca.pem" \
+    --pass-a a-secret --pass-c c-site-secret --pass-reader r-secret)
+acl_md=$(grep -v '^OK=' <<<"$acl_out")
+acl_ok=$(sed -nE 's/^OK=//p' <<<"$acl_out")
 forged_rows=$(python3 -c '
 import sqlite3, sys
 db = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True, timeout=10)

@@ -4,7 +4,7 @@
 # benchmark, at which commit, when). For a benchmark that failed in a full run for a
 # reason since fixed, without another 40-minute run; the other figures stay those of
 # the full run, whose commit the header keeps. A benchmark new since the full run is
-# added: its rows at the end of the summary, its section where run.sh's order puts it.
+# added: its rows and its section where run.sh's orders (ORDER, BENCHES) put them.
 #
 #   bash tests/bench/rerun.sh ingest        # a name from run.sh's BENCHES
 # shellcheck source=tests/bench/lib.sh
@@ -15,7 +15,7 @@ OUT=${BENCH_OUT:-$BENCH_ROOT/BENCHMARKS.md}
 cd "$BENCH_ROOT" || exit 1
 entry=$(grep -oE "\"$name\|[^\"]+\"" tests/bench/run.sh | head -1 | tr -d '"')
 [[ -n $entry ]] || { log "no benchmark named $name in tests/bench/run.sh"; exit 2; }
-IFS='|' read -r _ cmd _ <<<"$entry"
+IFS='|' read -r _ cmd keys <<<"$entry"
 [[ -f $OUT ]] || { log "$OUT missing: run tests/bench/run.sh first"; exit 2; }
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
 
@@ -27,10 +27,23 @@ BENCH_SUMMARY=$rows BENCH_FACTS=$BENCH_WORK/facts bash "${cmd#bash }" >"$section
 
 # The commands of the benchmarks after this one, in run.sh's order.
 later=$(grep -oE '^    "[a-z_]+\|bash [^|]+' tests/bench/run.sh | cut -d'|' -f2 | sed -n "\|^$cmd\$|,\$p" | tail -n +2)
-python3 - "$OUT" "$name" "$cmd" "$section" "$rows" "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$later" <<'PY'
+# The budgets of the summary rows after this benchmark's, in run.sh's ORDER.
+read -ra order <<<"$(sed -nE 's/^ORDER=\((.*)\)$/\1/p' tests/bench/run.sh)"
+last_key=${keys##* }
+later_budgets=""
+past=no
+for k in "${order[@]}"; do
+    if [[ $past == yes ]]; then
+        v=BUDGET_$k
+        later_budgets+="${!v:-}"$'\n'
+    fi
+    if [[ $k == "$last_key" ]]; then past=yes; fi
+done
+python3 - "$OUT" "$name" "$cmd" "$section" "$rows" "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$later" "$later_budgets" <<'PY'
 import sys
-out, name, cmd, section_file, rows_file, commit, when, later = sys.argv[1:]
+out, name, cmd, section_file, rows_file, commit, when, later, later_budgets = sys.argv[1:]
 later = [c for c in later.split("\n") if c]
+later_budgets = {b for b in later_budgets.split("\n") if b}
 text = open(out).read()
 section = open(section_file).read().rstrip("\n") + "\n"
 rows = [r for r in open(rows_file).read().splitlines() if r.strip()]
@@ -44,9 +57,11 @@ if idx:
     lines = [l for i, l in enumerate(lines) if i not in idx]
     lines[first:first] = rows
 else:
-    # New: after the summary table's last row.
+    # New: before the first row of a budget later in run.sh's ORDER, else after the last row.
     end = next(i for i in range(lines.index("## Summary"), len(lines)) if lines[i].startswith("| "))
     while end < len(lines) and lines[end].startswith("| "):
+        if lines[end][2:].split(" | ")[0] in later_budgets:
+            break
         end += 1
     lines[end:end] = rows
 
