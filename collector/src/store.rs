@@ -57,6 +57,9 @@ pub struct Store {
     /// Site → when its targets in `site_targets` were last advanced: all of a
     /// window's targets at once, at most once a minute per site.
     seen_targets: HashMap<Id, u64>,
+    /// Chart points being summed: (site, minute) → each target's sums, written
+    /// (merged into `target_minutes`) at each commit.
+    minutes: HashMap<(Id, u64), Vec<PointSum>>,
     /// Site → boot → the seqs stored (committed, or in the open transaction).
     boots: HashMap<Id, HashMap<u32, StoredBoot>>,
     /// Boots whose seqs changed in the open transaction.
@@ -116,6 +119,7 @@ impl Store {
             db,
             seen_providers: HashMap::new(),
             seen_targets: HashMap::new(),
+            minutes: HashMap::new(),
             boots: HashMap::new(),
             dirty: Vec::new(),
         })
@@ -128,6 +132,7 @@ impl Store {
 
     /// Writes the boots whose seqs changed, then commits.
     pub fn commit(&mut self) -> anyhow::Result<()> {
+        self.flush_minutes()?;
         for (site, boot) in &self.dirty {
             let Some(b) = self.boots.get(site).and_then(|m| m.get(boot)) else {
                 continue;
@@ -169,6 +174,7 @@ impl Store {
         self.dirty.clear();
         self.seen_providers.clear();
         self.seen_targets.clear();
+        self.minutes.clear();
     }
 
     /// What history keeps of a boot beside its seqs (from the engine).
@@ -311,8 +317,8 @@ impl Store {
         let inserted = self
             .db
             .prepare_cached(
-                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms, targets)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 w.site.as_str(),
@@ -324,8 +330,7 @@ impl Store {
                 w.max_loss,
                 w.max_rtt_ms,
                 w.min_mos,
-                w.window_ms,
-                encode_points(&w.targets)
+                w.window_ms
             ])?
             == 1;
         let b = self.stored_boot(&w.site, w.boot)?;
@@ -339,6 +344,26 @@ impl Store {
         }
         if !inserted {
             return Ok(false);
+        }
+        // Chart points: summed per site and minute of arrival.
+        let sums = self
+            .minutes
+            .entry((w.site.clone(), w.recv_ms / MINUTE_MS * MINUTE_MS))
+            .or_default();
+        for (k, t) in w.targets.iter().enumerate() {
+            // Reports list their targets in the same order: try the same place first.
+            let at = match sums.get(k) {
+                Some(s) if s.target == t.target.as_str() => Some(k),
+                _ => sums.iter().position(|s| s.target == t.target.as_str()),
+            };
+            match at.map(|k| &mut sums[k]) {
+                Some(s) => s.add(t),
+                None => {
+                    let mut s = PointSum::new(t.target.as_str());
+                    s.add(t);
+                    sums.push(s);
+                }
+            }
         }
         let due = match self.seen_targets.get_mut(&w.site) {
             Some(last) if w.recv_ms < last.saturating_add(60_000) => false,
@@ -388,6 +413,33 @@ impl Store {
 
     /// Downsamples windows older than `raw_days` into hourly rows, then drops what
     /// is past retention.
+    /// Merges the chart points summed since the last commit into `target_minutes`.
+    fn flush_minutes(&mut self) -> anyhow::Result<()> {
+        for ((site, minute), sums) in self.minutes.drain() {
+            let old: Option<Vec<u8>> = self
+                .db
+                .prepare_cached(
+                    "SELECT targets FROM target_minutes WHERE site = ?1 AND minute_ms = ?2",
+                )?
+                .query_row(params![site.as_str(), i(minute)], |r| r.get(0))
+                .optional()?;
+            let mut merged = old.map(|b| decode_sums(&b)).unwrap_or_default();
+            for s in sums {
+                match merged.iter_mut().find(|m| m.target == s.target) {
+                    Some(m) => m.merge(&s),
+                    None => merged.push(s),
+                }
+            }
+            self.db
+                .prepare_cached(
+                    "INSERT INTO target_minutes(site, minute_ms, targets) VALUES(?1, ?2, ?3)
+                     ON CONFLICT(site, minute_ms) DO UPDATE SET targets = excluded.targets",
+                )?
+                .execute(params![site.as_str(), i(minute), encode_sums(&merged)])?;
+        }
+        Ok(())
+    }
+
     pub fn maintain(
         &mut self,
         now_ms: u64,
@@ -411,26 +463,30 @@ impl Store {
                min_mos = min(coalesce(min_mos, excluded.min_mos), coalesce(excluded.min_mos, min_mos))",
             params![cut, i(HOUR_MS), i(DEFAULT_WINDOW_MS)],
         )?;
-        // Per-target averages, from each window's points; an hour's averages merge
+        // Per-target averages, from the minutes' sums; an hour's averages merge
         // weighted by their windows.
         let mut hours: BTreeMap<(String, String, i64), PointSum> = BTreeMap::new();
         {
             let mut st = tx.prepare(
-                "SELECT site, recv_ms, targets FROM windows WHERE recv_ms < ?1 AND targets IS NOT NULL",
+                "SELECT site, minute_ms, targets FROM target_minutes WHERE minute_ms < ?1",
             )?;
             let mut rows = st.query(params![cut])?;
             while let Some(r) = rows.next()? {
                 let site: String = r.get(0)?;
                 let hour = r.get::<_, i64>(1)? / i(HOUR_MS) * i(HOUR_MS);
                 let blob: Vec<u8> = r.get(2)?;
-                for p in decode_points(&blob) {
+                for p in decode_sums(&blob) {
                     hours
                         .entry((site.clone(), p.target.clone(), hour))
-                        .or_default()
-                        .add(&p);
+                        .or_insert_with(|| PointSum::new(&p.target))
+                        .merge(&p);
                 }
             }
         }
+        tx.execute(
+            "DELETE FROM target_minutes WHERE minute_ms < ?1",
+            params![cut],
+        )?;
         for ((site, target, hour), sum) in &hours {
             let n = sum.n as f64;
             let avg = |(s, c): (f64, u64)| (c > 0).then(|| s / c as f64);
@@ -765,27 +821,25 @@ impl Store {
             })
         })?;
         let mut out = hourly.collect::<Result<Vec<_>, _>>()?;
-        // Raw windows: each row's points, this target's picked out.
-        let mut st = self.db.prepare(
-            "SELECT recv_ms, targets FROM windows
-               WHERE site = ?1 AND recv_ms >= ?2 AND recv_ms < ?3 AND targets IS NOT NULL",
+        // Minutes: each row's sums, this target's picked out, at the minute's middle.
+        let mut st = self.db.prepare_cached(
+            "SELECT minute_ms, targets FROM target_minutes
+               WHERE site = ?1 AND minute_ms >= ?2 - 60000 AND minute_ms < ?3",
         )?;
         let mut rows = st.query(params![site, i(from_ms), i(to_ms)])?;
         while let Some(r) = rows.next()? {
-            let at_ms = r.get::<_, i64>(0)?.max(0) as u64;
+            let minute = r.get::<_, i64>(0)?.max(0) as u64;
             let blob: Vec<u8> = r.get(1)?;
-            if let Some(p) = decode_points(&blob)
-                .into_iter()
-                .find(|p| p.target == target)
-            {
+            if let Some(p) = decode_sums(&blob).into_iter().find(|p| p.target == target) {
+                let avg = |(s, c): (f64, u64)| (c > 0).then(|| s / c as f64);
                 out.push(SeriesRow {
-                    at_ms,
-                    windows: 1,
-                    rtt_p50_ms: p.rtt_p50_ms.map(f64::from),
-                    rtt_p95_ms: p.rtt_p95_ms.map(f64::from),
-                    jitter_ms: p.jitter_ms.map(f64::from),
-                    loss: f64::from(p.loss),
-                    mos: p.mos.map(f64::from),
+                    at_ms: minute + MINUTE_MS / 2,
+                    windows: p.n,
+                    rtt_p50_ms: avg(p.p50),
+                    rtt_p95_ms: avg(p.p95),
+                    jitter_ms: avg(p.jitter),
+                    loss: p.loss / (p.n.max(1) as f64),
+                    mos: avg(p.mos),
                 });
             }
         }
@@ -979,14 +1033,14 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     if version < 2 {
         // Version 2: what pages and availability read. Each window's length (older
         // rows: NULL, read as DEFAULT_WINDOW_MS), the time an hourly row watched its
-        // site, per-target series (raw: each window's points in one blob on its row, so a window
-        // stays one row to write; hourly: a table) and each site's targets, and each
+        // site, per-target series (sums per site and minute, then hourly) and each site's targets, and each
         // incident's worst state (older incidents: from their verdict changes).
         tx.execute_batch(
             "ALTER TABLE windows ADD COLUMN window_ms INTEGER;
-             CREATE INDEX IF NOT EXISTS windows_site_recv ON windows(site, recv_ms);
              ALTER TABLE windows_hourly ADD COLUMN watched_ms INTEGER;
-             ALTER TABLE windows ADD COLUMN targets BLOB;
+             CREATE TABLE IF NOT EXISTS target_minutes(
+               site TEXT NOT NULL, minute_ms INTEGER NOT NULL, targets BLOB NOT NULL,
+               PRIMARY KEY(site, minute_ms)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS target_hourly(
                site TEXT NOT NULL, target TEXT NOT NULL, hour_ms INTEGER NOT NULL,
                windows INTEGER NOT NULL, rtt_p50_ms REAL, rtt_p95_ms REAL, jitter_ms REAL,
@@ -1014,53 +1068,17 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One target's values in one window as stored: postcard in `windows.targets`
-/// (f32: charts need no more, and a window's ten points stay ~200 bytes).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct StoredPoint {
-    target: String,
-    rtt_p50_ms: Option<f32>,
-    rtt_p95_ms: Option<f32>,
-    jitter_ms: Option<f32>,
-    loss: f32,
-    mos: Option<f32>,
-}
+/// Chart points are kept per site and minute of arrival (`target_minutes`): a
+/// window's ten targets would otherwise be ten more rows (or a blob) on the
+/// acknowledgement's critical path for every report; a minute's sums are one row
+/// per site, rewritten at each commit while the minute is current.
+const MINUTE_MS: u64 = 60_000;
 
-/// [`StoredPoint`] as written (borrowing the target's name: same bytes).
-#[derive(serde::Serialize)]
-struct PointRef<'a> {
-    target: &'a str,
-    rtt_p50_ms: Option<f32>,
-    rtt_p95_ms: Option<f32>,
-    jitter_ms: Option<f32>,
-    loss: f32,
-    mos: Option<f32>,
-}
-
-fn encode_points(points: &[crate::engine::TargetPoint]) -> Vec<u8> {
-    let stored: Vec<PointRef<'_>> = points
-        .iter()
-        .map(|p| PointRef {
-            target: p.target.as_str(),
-            rtt_p50_ms: p.rtt_p50_ms.map(|v| v as f32),
-            rtt_p95_ms: p.rtt_p95_ms.map(|v| v as f32),
-            jitter_ms: p.jitter_ms.map(|v| v as f32),
-            loss: p.loss as f32,
-            mos: p.mos.map(|v| v as f32),
-        })
-        .collect();
-    // Plain data into a Vec: cannot fail.
-    postcard::to_allocvec(&stored).unwrap_or_default()
-}
-
-/// A row's points; a damaged blob reads as none (a chart gap, not an error).
-fn decode_points(blob: &[u8]) -> Vec<StoredPoint> {
-    postcard::from_bytes(blob).unwrap_or_default()
-}
-
-/// Sums of one target's points in one hour.
-#[derive(Debug, Default)]
+/// One target's sums over the windows of a minute (or an hour): postcard, in
+/// `target_minutes.targets`. Means are sums over counts (a value may be absent).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct PointSum {
+    target: String,
     n: u64,
     p50: (f64, u64),
     p95: (f64, u64),
@@ -1070,10 +1088,17 @@ struct PointSum {
 }
 
 impl PointSum {
-    fn add(&mut self, p: &StoredPoint) {
-        let add = |acc: &mut (f64, u64), v: Option<f32>| {
+    fn new(target: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, p: &crate::engine::TargetPoint) {
+        let add = |acc: &mut (f64, u64), v: Option<f64>| {
             if let Some(v) = v {
-                acc.0 += f64::from(v);
+                acc.0 += v;
                 acc.1 += 1;
             }
         };
@@ -1082,8 +1107,31 @@ impl PointSum {
         add(&mut self.p95, p.rtt_p95_ms);
         add(&mut self.jitter, p.jitter_ms);
         add(&mut self.mos, p.mos);
-        self.loss += f64::from(p.loss);
+        self.loss += p.loss;
     }
+
+    fn merge(&mut self, o: &PointSum) {
+        let m = |a: &mut (f64, u64), b: (f64, u64)| {
+            a.0 += b.0;
+            a.1 += b.1;
+        };
+        self.n += o.n;
+        m(&mut self.p50, o.p50);
+        m(&mut self.p95, o.p95);
+        m(&mut self.jitter, o.jitter);
+        m(&mut self.mos, o.mos);
+        self.loss += o.loss;
+    }
+}
+
+fn encode_sums(sums: &[PointSum]) -> Vec<u8> {
+    // Plain data into a Vec: cannot fail.
+    postcard::to_allocvec(sums).unwrap_or_default()
+}
+
+/// A row's sums; a damaged blob reads as none (a chart gap, not an error).
+fn decode_sums(blob: &[u8]) -> Vec<PointSum> {
+    postcard::from_bytes(blob).unwrap_or_default()
 }
 
 #[cfg(test)]
