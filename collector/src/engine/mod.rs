@@ -31,7 +31,7 @@ pub mod fleet;
 pub mod health;
 pub mod site;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use faultline_shared::{
@@ -274,7 +274,9 @@ pub struct Counters {
 pub struct Engine {
     cfg: EngineConfig,
     /// The site stage's state.
-    sites: BTreeMap<Id, SiteTrack>,
+    /// By site (hashed: looked up on every report; ordered where output order
+    /// matters, in snapshots).
+    sites: HashMap<Id, SiteTrack>,
     /// The fleet stage.
     fleet: Fleet,
     out: VecDeque<Output>,
@@ -301,7 +303,7 @@ impl Engine {
         let fleet = Fleet::new(cfg.providers.clone(), cfg.thresholds);
         Self {
             cfg,
-            sites: BTreeMap::new(),
+            sites: HashMap::new(),
             fleet,
             out: VecDeque::new(),
             counters: Counters::default(),
@@ -326,7 +328,7 @@ impl Engine {
         c
     }
 
-    pub fn sites(&self) -> &BTreeMap<Id, SiteTrack> {
+    pub fn sites(&self) -> &HashMap<Id, SiteTrack> {
         &self.sites
     }
 
@@ -574,6 +576,8 @@ impl Engine {
         let skew = end as i128 - now_ms as i128;
         let skewed = skew.unsigned_abs() > u128::from(th.max_skew_ms);
         site.clock_skew_ms = skew.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        // The cached page view shares the targets: let go of it before they change.
+        site.refresh_view();
         let judged = site.judge(&report, now_ms, live, &th);
         if let Some(meta) = boot {
             self.out.push_back(Output::Boot(report.site.clone(), meta));

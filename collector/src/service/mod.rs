@@ -212,13 +212,21 @@ impl Owner {
         let mut counters_at = tokio::time::Instant::now();
         self.engine.handle_timeout(now_ms());
         self.dispatch();
-        loop {
-            let wait = self
-                .engine
+        // One timer, moved only when the engine's deadline moves.
+        let deadline = |e: &Engine| {
+            let now = now_ms();
+            let wait = e
                 .poll_timeout()
-                .map_or(Duration::from_secs(3600), |t| {
-                    Duration::from_millis(t.saturating_sub(now_ms()))
-                });
+                .map_or(3_600_000, |t| t.saturating_sub(now));
+            (
+                e.poll_timeout(),
+                tokio::time::Instant::now() + Duration::from_millis(wait),
+            )
+        };
+        let (mut due, at) = deadline(&self.engine);
+        let sleep = tokio::time::sleep_until(at);
+        tokio::pin!(sleep);
+        loop {
             tokio::select! {
                 // Messages first: reports queued while the service was busy must
                 // not be mistaken for silence.
@@ -235,7 +243,12 @@ impl Owner {
                         self.timeout();
                     }
                 }
-                () = tokio::time::sleep(wait) => self.timeout(),
+                () = &mut sleep => self.timeout(),
+            }
+            if self.engine.poll_timeout() != due || sleep.is_elapsed() {
+                let (d, at) = deadline(&self.engine);
+                due = d;
+                sleep.as_mut().reset(at);
             }
             // Fresh for readers once the queue is drained; at most every
             // COUNTERS_EVERY under a steady stream.
