@@ -353,13 +353,13 @@ impl Store {
         for (k, t) in w.targets.iter().enumerate() {
             // Reports list their targets in the same order: try the same place first.
             let at = match sums.get(k) {
-                Some(s) if s.target == t.target.as_str() => Some(k),
-                _ => sums.iter().position(|s| s.target == t.target.as_str()),
+                Some(s) if s.target == t.target => Some(k),
+                _ => sums.iter().position(|s| s.target == t.target),
             };
             match at.map(|k| &mut sums[k]) {
                 Some(s) => s.add(t),
                 None => {
-                    let mut s = PointSum::new(t.target.as_str());
+                    let mut s = PointSum::new(&t.target);
                     s.add(t);
                     sums.push(s);
                 }
@@ -465,7 +465,7 @@ impl Store {
         )?;
         // Per-target averages, from the minutes' sums; an hour's averages merge
         // weighted by their windows.
-        let mut hours: BTreeMap<(String, String, i64), PointSum> = BTreeMap::new();
+        let mut hours: BTreeMap<(String, Id, i64), PointSum> = BTreeMap::new();
         {
             let mut st = tx.prepare(
                 "SELECT site, minute_ms, targets FROM target_minutes WHERE minute_ms < ?1",
@@ -502,7 +502,7 @@ impl Store {
                    windows = windows + excluded.windows",
                 params![
                     site,
-                    target,
+                    target.as_str(),
                     hour,
                     i(sum.n),
                     avg(sum.p50),
@@ -1076,9 +1076,9 @@ const MINUTE_MS: u64 = 60_000;
 
 /// One target's sums over the windows of a minute (or an hour): postcard, in
 /// `target_minutes.targets`. Means are sums over counts (a value may be absent).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct PointSum {
-    target: String,
+    target: Id,
     n: u64,
     p50: (f64, u64),
     p95: (f64, u64),
@@ -1088,17 +1088,22 @@ struct PointSum {
 }
 
 impl PointSum {
-    fn new(target: &str) -> Self {
+    fn new(target: &Id) -> Self {
         Self {
-            target: target.to_owned(),
-            ..Self::default()
+            target: target.clone(),
+            n: 0,
+            p50: (0.0, 0),
+            p95: (0.0, 0),
+            jitter: (0.0, 0),
+            loss: 0.0,
+            mos: (0.0, 0),
         }
     }
 
     fn add(&mut self, p: &crate::engine::TargetPoint) {
-        let add = |acc: &mut (f64, u64), v: Option<f64>| {
+        let add = |acc: &mut (f64, u64), v: Option<f32>| {
             if let Some(v) = v {
-                acc.0 += v;
+                acc.0 += f64::from(v);
                 acc.1 += 1;
             }
         };
@@ -1107,7 +1112,7 @@ impl PointSum {
         add(&mut self.p95, p.rtt_p95_ms);
         add(&mut self.jitter, p.jitter_ms);
         add(&mut self.mos, p.mos);
-        self.loss += p.loss;
+        self.loss += f64::from(p.loss);
     }
 
     fn merge(&mut self, o: &PointSum) {

@@ -66,7 +66,7 @@ fn replay_history(path: &Path, t: &Times) {
         while at <= t.end {
             seq += 1;
             let hit = site != "c" && at >= t.opened && at < t.closed;
-            let wobble = (seq % 7) as f64;
+            let wobble = (seq % 7) as f32;
             let targets = vec![
                 TargetPoint {
                     target: id("gw"),

@@ -164,15 +164,17 @@ pub struct WindowRow {
 
 /// One probe's values in one window, as history keeps them for charts.
 #[derive(Debug, Clone, PartialEq)]
+/// (f32: charts need no more, and thousands of rows are in flight to history
+/// while a backlog drains.)
 pub struct TargetPoint {
     pub target: Id,
     pub layer: Layer,
     pub provider: Option<Id>,
-    pub rtt_p50_ms: Option<f64>,
-    pub rtt_p95_ms: Option<f64>,
-    pub jitter_ms: Option<f64>,
-    pub loss: f64,
-    pub mos: Option<f64>,
+    pub rtt_p50_ms: Option<f32>,
+    pub rtt_p95_ms: Option<f32>,
+    pub jitter_ms: Option<f32>,
+    pub loss: f32,
+    pub mos: Option<f32>,
 }
 
 impl WindowRow {
@@ -199,11 +201,11 @@ impl WindowRow {
                 target: p.target.clone(),
                 layer: p.layer,
                 provider: p.provider.clone(),
-                rtt_p50_ms: p.rtt_ms.map(|r| r.p50),
-                rtt_p95_ms: p.rtt_ms.map(|r| r.p95),
-                jitter_ms: p.jitter_ms,
-                loss: p.loss(),
-                mos: p.mos,
+                rtt_p50_ms: p.rtt_ms.map(|r| r.p50 as f32),
+                rtt_p95_ms: p.rtt_ms.map(|r| r.p95 as f32),
+                jitter_ms: p.jitter_ms.map(|v| v as f32),
+                loss: p.loss() as f32,
+                mos: p.mos.map(|v| v as f32),
             });
             row.max_loss = row.max_loss.max(p.loss());
             if let Some(rtt) = p.rtt_ms {
