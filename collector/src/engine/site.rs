@@ -157,7 +157,7 @@ pub struct SiteTrack {
 
 impl SiteTrack {
     pub fn new(now_ms: u64, window_ms: u32) -> Self {
-        let s = Self {
+        Self {
             isp: None,
             customer: None,
             boots: Boots::new(),
@@ -173,8 +173,7 @@ impl SiteTrack {
             summarized_ms: None,
             unsummarized: false,
             view: None,
-        };
-        s
+        }
     }
 
     pub fn is_offline(&self) -> bool {
