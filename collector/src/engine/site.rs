@@ -11,7 +11,6 @@
 //! ([`Pacer`]); reports with impossible values are refused. What a site costs in
 //! memory is therefore bounded whatever it sends.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use faultline_shared::{
@@ -241,7 +240,7 @@ impl SiteTrack {
         th: &Thresholds,
     ) -> Vec<Option<Health>> {
         let mut out = Vec::with_capacity(r.probes.len());
-        for p in &r.probes {
+        for (k, p) in r.probes.iter().enumerate() {
             if !live {
                 // A late window is judged against what is known, and changes nothing.
                 let base = self
@@ -252,7 +251,7 @@ impl SiteTrack {
                 out.push(probe_health(p, &base, th));
                 continue;
             }
-            let t = self.target(p, now_ms);
+            let t = self.target(k, p, now_ms);
             let h = probe_health(p, &t.baseline, th);
             t.health = h;
             t.loss = p.loss();
@@ -271,9 +270,14 @@ impl SiteTrack {
 
     /// The target a live window's probe is about, created (within the cap) and
     /// marked seen.
-    fn target(&mut self, p: &ProbeResult, now_ms: u64) -> &mut TargetState {
+    fn target(&mut self, k: usize, p: &ProbeResult, now_ms: u64) -> &mut TargetState {
         let targets = Arc::make_mut(&mut self.targets);
-        let i = match targets.iter().position(|t| t.target == p.target) {
+        // Reports list their targets in the same order: the same place first.
+        let found = match targets.get(k) {
+            Some(t) if t.target == p.target => Some(k),
+            _ => targets.iter().position(|t| t.target == p.target),
+        };
+        let i = match found {
             Some(i) => i,
             None => {
                 if targets.len() >= MAX_TARGETS_PER_SITE
@@ -332,7 +336,8 @@ impl SiteTrack {
 pub fn layers(r: &Report, judged: &[Option<Health>], th: &Thresholds) -> SiteHealth {
     let mut lan = Health::Ok;
     let (mut net_bad, mut net_n, mut net_down) = (0u32, 0u32, 0u32);
-    let mut providers: BTreeMap<&Id, Health> = BTreeMap::new();
+    // A handful of providers: a sorted Vec, not a map.
+    let mut providers: Vec<ProviderHealth> = Vec::new();
     for (p, h) in r.probes.iter().zip(judged) {
         let Some(h) = *h else { continue };
         match p.layer {
@@ -344,8 +349,16 @@ pub fn layers(r: &Report, judged: &[Option<Health>], th: &Thresholds) -> SiteHea
             }
             Layer::Provider => {
                 if let Some(prov) = &p.provider {
-                    let e = providers.entry(prov).or_default();
-                    *e = (*e).max(h);
+                    match providers.binary_search_by(|x| x.provider.cmp(prov)) {
+                        Ok(i) => providers[i].health = providers[i].health.max(h),
+                        Err(i) => providers.insert(
+                            i,
+                            ProviderHealth {
+                                provider: prov.clone(),
+                                health: h,
+                            },
+                        ),
+                    }
                 }
             }
             Layer::Unknown(_) => {}
@@ -362,13 +375,7 @@ pub fn layers(r: &Report, judged: &[Option<Health>], th: &Thresholds) -> SiteHea
         host_busy: r.host.is_some_and(|h| h.cpu_pct >= th.host_cpu_pct),
         lan,
         net,
-        providers: providers
-            .into_iter()
-            .map(|(p, health)| ProviderHealth {
-                provider: p.clone(),
-                health,
-            })
-            .collect(),
+        providers,
     }
 }
 
