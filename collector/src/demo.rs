@@ -337,7 +337,6 @@ fn script(stop: &AtomicBool, cut: &[RelayHandle], w: Duration, after: u32, dur: 
     }
 }
 
-/// One readable line for a verdict.
 /// For a verdict opening an outage (provider, ISP or route), the pages to look at.
 fn outage_pages(v: &Verdict, pages: &str) -> Option<String> {
     if v.state != State::Outage || v.scope == faultline_shared::Scope::Site {
@@ -351,6 +350,7 @@ fn outage_pages(v: &Verdict, pages: &str) -> Option<String> {
     Some(line)
 }
 
+/// One readable line for a verdict.
 fn describe(v: &Verdict) -> String {
     let mut line = format!("{} {} {}", clock(v.at_ms), v.scope.as_str(), v.id);
     if v.state == State::Ok {

@@ -93,6 +93,14 @@ fn demo_runs_real_agents_through_an_outage_and_stops_cleanly() {
         "no voipco outage with failover and recovery in:\n{}",
         seen.join("\n")
     );
+    // The outage names the pages to look at.
+    assert!(
+        seen.iter().any(|l| l.contains("see http://")
+            && l.contains("/sites/")
+            && l.contains("/incidents/inc-")),
+        "no page links printed with the outage:\n{}",
+        seen.join("\n")
+    );
     assert_eq!(pids.len(), 12, "6 agents and 6 reflectors: {seen:?}");
     assert!(
         pids.iter().all(|&p| alive(p)),
