@@ -67,8 +67,11 @@ const FIRST_WINDOW_MS: u64 = 60_000;
 /// to be the broker shutting down (see [`Engine::handle_link`]).
 const WILL_BURST_MS: u64 = 2_000;
 /// A live last will counts once this long has passed without the collector's own
-/// link dropping (a shutting-down broker closes it within milliseconds of its wills).
-const WILL_CONFIRM_MS: u64 = 500;
+/// link dropping: a broker shutting down publishes every client's will before it
+/// closes our connection, and on a busy machine that can take a second or more. As
+/// long as the take-back window ([`WILL_BURST_MS`]), so a will is either taken back
+/// or confirmed, never published and then taken back.
+const WILL_CONFIRM_MS: u64 = WILL_BURST_MS;
 
 /// The engine's settings (from collector.toml).
 #[derive(Debug, Clone)]
@@ -386,7 +389,7 @@ impl Engine {
     }
 
     fn will_confirm_ms(&self) -> u64 {
-        self.cfg.window_ms.min(WILL_CONFIRM_MS)
+        WILL_CONFIRM_MS
     }
 
     /// Starts the periodic clock at the first call: the first evaluation is at the
@@ -1264,7 +1267,7 @@ mod tests {
             &Status::offline(OfflineReason::Lost),
             false,
         );
-        advance(&mut e, 6_900);
+        advance(&mut e, 8_300);
         assert!(offline(&drain(&mut e), "b"));
     }
 
