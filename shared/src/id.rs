@@ -11,9 +11,33 @@ pub const MAX_ID_LEN: usize = 64;
 /// A validated identifier; holding one proves it is 1–64 chars of `[A-Za-z0-9._-]`.
 /// Shared, not copied: a clone is a reference count (the collector holds each site,
 /// target and provider id in many places, for 100,000 sites).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Id(std::sync::Arc<str>);
+
+impl Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Deserialized from a borrowed string where the format allows (postcard, JSON
+/// without escapes): one allocation per id, the shared one.
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an id: 1-64 characters of A-Z a-z 0-9 . _ -")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id, E> {
+                Id::validate(v).map_err(E::custom)?;
+                Ok(Id(v.into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 /// Why a string is not a valid [`Id`]; carries the offending input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,9 +72,9 @@ impl Id {
     }
 
     /// Validates and wraps `s`.
-    pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
-        let s = s.into();
-        Self::validate(&s)?;
+    pub fn new(s: impl AsRef<str>) -> Result<Self, IdError> {
+        let s = s.as_ref();
+        Self::validate(s)?;
         Ok(Self(s.into()))
     }
 
