@@ -71,6 +71,9 @@ for i in range(hdr_end):
     if lines[i].startswith("| failed | "):
         rest = [n for n in lines[i][len("| failed | "):-2].split() if n != name]
         lines[i] = "| failed | %s |" % " ".join(rest) if rest else None
+    # An earlier re-run of the same benchmark is superseded by this one.
+    elif lines[i].startswith("| re-run | ") and lines[i].endswith("(`bash tests/bench/rerun.sh %s`): its section and summary rows; every other figure is the full run's |" % name):
+        lines[i] = None
 lines = [l for l in lines if l is not None]
 hdr_end = next(i for i, l in enumerate(lines) if l.startswith("## "))
 last_row = max(i for i in range(hdr_end) if lines[i].startswith("| "))
