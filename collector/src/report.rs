@@ -404,22 +404,8 @@ mod tests {
         let id = |s: &str| Id::new(s).unwrap();
         let mut store = Store::open(&path).unwrap();
         store.begin().unwrap();
-        for (i, site) in ["a", "b", "c", "d"].iter().enumerate() {
-            let row = crate::engine::WindowRow {
-                site: id(site),
-                recv_ms: 1_000 + i as u64,
-                start_ms: 0,
-                boot: 1,
-                seq: 0,
-                bad: 0,
-                max_loss: 0.0,
-                max_rtt_ms: None,
-                min_mos: None,
-                providers: vec![id("voipco")],
-                window_ms: 10_000,
-                targets: vec![],
-            };
-            store.window(&row).unwrap();
+        for site in ["a", "b", "c", "d"] {
+            windows(&mut store, site, 100_000 / 1_000);
         }
         let route = Incident {
             id: "inc-000001".into(),

@@ -630,14 +630,7 @@ impl Store {
              AND opened_ms < ?3 AND (closed_ms IS NULL OR closed_ms >= ?2)
              ORDER BY opened_ms DESC LIMIT ?4",
         )?;
-        let rows = st.query_map(params![scope, i(from_ms), i(to_ms), limit], |row| {
-            row.get::<_, String>(0)
-        })?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(serde_json::from_str(&r?)?);
-        }
-        Ok(out)
+        json_rows(&mut st, params![scope, i(from_ms), i(to_ms), limit])
     }
 
     /// The most recent verdict changes, newest first.
@@ -645,12 +638,7 @@ impl Store {
         let mut st = self
             .db
             .prepare("SELECT json FROM verdict_changes ORDER BY rowid DESC LIMIT ?1")?;
-        let rows = st.query_map(params![limit], |row| row.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(serde_json::from_str(&r?)?);
-        }
-        Ok(out)
+        json_rows(&mut st, params![limit])
     }
 
     /// Sites that probed `provider` in [from, to), each with the span it was seen.
@@ -746,14 +734,7 @@ impl Store {
             "SELECT json FROM verdict_changes WHERE at_ms >= ?3 AND at_ms <= ?4
              AND scope = ?1 AND (?2 IS NULL OR id = ?2) ORDER BY at_ms, rowid LIMIT ?5",
         )?;
-        let rows = st.query_map(params![scope, id, i(from_ms), i(to_ms), limit], |row| {
-            row.get::<_, String>(0)
-        })?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(serde_json::from_str(&r?)?);
-        }
-        Ok(out)
+        json_rows(&mut st, params![scope, id, i(from_ms), i(to_ms), limit])
     }
 
     /// Whether history knows `site` (its identity or any window of it).
@@ -1066,6 +1047,19 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The rows of a query whose single column is a JSON document, parsed.
+fn json_rows<T: serde::de::DeserializeOwned>(
+    st: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<T>> {
+    let rows = st.query_map(params, |row| row.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(serde_json::from_str(&r?)?);
+    }
+    Ok(out)
 }
 
 /// Chart points are kept per site and minute of arrival (`target_minutes`): a

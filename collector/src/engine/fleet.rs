@@ -708,34 +708,17 @@ impl Fleet {
         }
 
         // Publish what changed: providers, ISPs, routes, sites.
-        publish(
-            Scope::Provider,
-            self.providers
-                .iter_mut()
-                .map(|(k, t)| (Subject::from(k), t)),
-            now_ms,
-            out,
-        );
-        publish(
-            Scope::Isp,
-            self.isps.iter_mut().map(|(k, t)| (Subject::from(k), t)),
-            now_ms,
-            out,
-        );
+        let id = |k: &Id| Subject::from(k);
+        publish(Scope::Provider, self.providers.iter_mut(), id, now_ms, out);
+        publish(Scope::Isp, self.isps.iter_mut(), id, now_ms, out);
         publish(
             Scope::Route,
-            self.routes.iter_mut().map(|(k, t)| (k.clone(), t)),
+            self.routes.iter_mut(),
+            Subject::clone,
             now_ms,
             out,
         );
-        publish(
-            Scope::Site,
-            self.site_tracks
-                .iter_mut()
-                .map(|(k, t)| (Subject::from(k), t)),
-            now_ms,
-            out,
-        );
+        publish(Scope::Site, self.site_tracks.iter_mut(), id, now_ms, out);
         // A closed route has published its `ok`: it is not kept.
         for r in closed_routes {
             self.routes.remove(&r);
@@ -797,18 +780,26 @@ impl Fleet {
     }
 }
 
-/// Publishes every track whose verdict differs from the one last published.
-fn publish<'a>(
+/// Publishes every track whose verdict differs from the one last published. The
+/// subject is built only for a verdict that changed (there is one track per site).
+fn publish<'a, K: 'a>(
     scope: Scope,
-    tracks: impl Iterator<Item = (Subject, &'a mut Track)>,
+    tracks: impl Iterator<Item = (&'a K, &'a mut Track)>,
+    subject: impl Fn(&K) -> Subject,
     now_ms: u64,
     out: &mut Vec<Change>,
 ) {
-    for (id, t) in tracks {
+    for (k, t) in tracks {
+        // A route names its provider also once it is ok again.
+        let provider = t.shown.provider.clone().or_else(|| {
+            (scope == Scope::Route)
+                .then(|| subject(k).route().map(|(_, p)| p.clone()))
+                .flatten()
+        });
         let same = t.published.as_ref().is_some_and(|p| {
             p.state == t.shown.state
                 && p.cause == t.shown.cause
-                && p.provider == route_provider(&id).or(t.shown.provider.clone())
+                && p.provider == provider
                 && p.sites == t.shown.sites
                 && p.incident == t.incident
                 && p.recommendation == t.shown.recommendation
@@ -816,17 +807,14 @@ fn publish<'a>(
         if same {
             continue;
         }
-        let (isp, provider) = match id.route() {
-            Some((i, p)) => (Some(i.clone()), Some(p.clone())),
-            None => (None, t.shown.provider.clone()),
-        };
+        let id = subject(k);
         let v = Verdict {
             at_ms: now_ms,
             scope,
+            isp: id.route().map(|(i, _)| i.clone()),
             id,
             state: t.shown.state,
             cause: t.shown.cause,
-            isp,
             provider,
             sites: t.shown.sites.clone(),
             incident: t.incident.clone(),
@@ -835,10 +823,6 @@ fn publish<'a>(
         t.published = Some(v.clone());
         out.push(Change::Verdict(v));
     }
-}
-
-fn route_provider(id: &Subject) -> Option<Id> {
-    id.route().map(|(_, p)| p.clone())
 }
 
 /// Opens, updates or closes a cross-site track's verdict and incident.

@@ -380,16 +380,12 @@ impl Engine {
         let wills = self
             .pending_wills
             .values()
-            .map(|&t| t.saturating_add(self.will_confirm_ms()))
+            .map(|&t| t.saturating_add(WILL_CONFIRM_MS))
             .min();
         [self.next_periodic, self.eval_due, wills]
             .into_iter()
             .flatten()
             .min()
-    }
-
-    fn will_confirm_ms(&self) -> u64 {
-        WILL_CONFIRM_MS
     }
 
     /// Starts the periodic clock at the first call: the first evaluation is at the
@@ -697,7 +693,7 @@ impl Engine {
 
     /// Last wills that survived a moment without our link dropping: departures.
     fn confirm_wills(&mut self, now_ms: u64) {
-        let confirm = self.will_confirm_ms();
+        let confirm = WILL_CONFIRM_MS;
         let due: Vec<(Id, u64)> = self
             .pending_wills
             .iter()
