@@ -75,6 +75,8 @@ struct RawConfig {
     thresholds: Option<Thresholds>,
     #[serde(default)]
     providers: BTreeMap<String, Spanned<RawProvider>>,
+    /// Cluster mode (see [`crate::cluster`]).
+    cluster: Option<Spanned<crate::cluster::RawCluster>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +154,8 @@ pub struct Config {
     pub providers: BTreeMap<Id, Option<Id>>,
     /// Things that work but should be fixed (each names file, line and field).
     pub warnings: Vec<String>,
+    /// `[cluster]`: cluster mode (absent: one node).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// How to reach an external broker.
@@ -518,6 +522,17 @@ impl Validator<'_> {
             };
             providers.insert(id, alt);
         }
+        let cluster = match raw.cluster {
+            None => None,
+            Some(c) => {
+                let span = c.span();
+                Some(
+                    c.into_inner()
+                        .validate()
+                        .map_err(|(field, msg)| self.err(Some(span), field, msg))?,
+                )
+            }
+        };
         Ok(Config {
             window_ms,
             topics,
@@ -535,6 +550,7 @@ impl Validator<'_> {
             thresholds,
             providers,
             warnings,
+            cluster,
         })
     }
 

@@ -15,6 +15,7 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod http;

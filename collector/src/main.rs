@@ -30,6 +30,10 @@ enum Cmd {
         /// Subscribe to reports as this MQTT v5 shared-subscription group.
         #[arg(long)]
         share_group: Option<String>,
+        /// Cluster mode: this process's role, `site` or `fleet` (overrides
+        /// `[cluster] role`; needs `[cluster]`).
+        #[arg(long)]
+        role: Option<faultline_collector::cluster::ClusterRole>,
     },
     /// Validate a config file (exit 2 naming the field and line when bad).
     Check {
@@ -222,6 +226,7 @@ fn main() -> ExitCode {
         Cmd::Run {
             config,
             share_group,
+            role,
         } => (|| {
             init_tracing();
             faultline_collector::supervise::exit_on_panic();
@@ -233,6 +238,13 @@ fn main() -> ExitCode {
                         .map_err(|e| anyhow::anyhow!("--share-group: {e}"))?,
                 );
             }
+            if let Some(cluster) = &c.cluster {
+                let role = role.or(cluster.role).ok_or_else(|| {
+                    anyhow::anyhow!("[cluster] without a role: set `role` or pass --role")
+                })?;
+                return faultline_collector::cluster::run(c, role);
+            }
+            anyhow::ensure!(role.is_none(), "--role needs a [cluster] section");
             service::run(c)
         })(),
         Cmd::Demo {

@@ -73,9 +73,25 @@ const WILL_BURST_MS: u64 = 2_000;
 /// or confirmed, never published and then taken back.
 const WILL_CONFIRM_MS: u64 = WILL_BURST_MS;
 
+/// Which stages an engine runs (DESIGN.md "Deployment modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Both stages wired directly: one node, `replay`.
+    #[default]
+    Whole,
+    /// The site stage only (a cluster's site worker): each summary goes out as
+    /// [`Output::Summary`]; no evaluations, no verdicts.
+    Site,
+    /// The fleet stage only (a cluster's correlator): summaries come in through
+    /// [`Engine::handle_summary`]; no reports, no statuses.
+    Fleet,
+}
+
 /// The engine's settings (from collector.toml).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Which stages run.
+    pub role: Role,
     /// How often the collector evaluates at the latest (`window_seconds`).
     pub window_ms: u64,
     pub thresholds: Thresholds,
@@ -90,6 +106,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            role: Role::Whole,
             window_ms: crate::config::DEFAULT_WINDOW_MS,
             thresholds: Thresholds::default(),
             providers: BTreeMap::new(),
@@ -251,6 +268,8 @@ pub enum Output {
     Metrics(Arc<Report>),
     /// The state as of the evaluation just made, for pages and APIs.
     Snapshot(Arc<Snapshot>),
+    /// A site summary for the fleet stage in another process ([`Role::Site`] only).
+    Summary(SiteSummary),
 }
 
 /// Counters the shell exports as metrics.
@@ -682,13 +701,50 @@ impl Engine {
         }
     }
 
-    /// Hands a summary to the fleet stage and schedules an evaluation.
+    /// Hands a summary to the fleet stage and schedules an evaluation; in the
+    /// site role, hands it out instead.
     fn summarize(&mut self, now_ms: u64, summary: SiteSummary) {
         self.counters.summaries += 1;
+        if self.cfg.role == Role::Site {
+            self.out.push_back(Output::Summary(summary));
+            return;
+        }
         self.fleet.handle_summary(summary);
         if self.eval_due.is_none() {
             self.eval_due = Some(now_ms + self.evaluation_delay_ms());
         }
+    }
+
+    /// A site summary from a site worker ([`Role::Fleet`]): fed to the fleet stage,
+    /// evaluated a settle time later as a summary of this process's own would be.
+    pub fn handle_summary(&mut self, now_ms: u64, summary: SiteSummary) {
+        self.start(now_ms);
+        self.dirty = true;
+        self.summarize(now_ms, summary);
+    }
+
+    /// Drops every site `keep` says no to from the site stage (a site worker that
+    /// lost the partition holding them): its state is rebuilt by the next owner.
+    pub fn retain_sites(&mut self, keep: impl Fn(&Id) -> bool) {
+        self.sites.retain(|id, _| keep(id));
+        self.pending_wills.retain(|id, _| keep(id));
+        self.missing = self.sites.values().map(|s| s.boots.missing()).sum();
+        self.dirty = true;
+    }
+
+    /// A standby correlator becomes the active one: the verdicts, open incidents
+    /// and incident counter are those history holds (what the previous leader
+    /// published), so ids neither repeat nor fork; the per-site latches this
+    /// process kept warm from the same summaries stay.
+    pub fn take_over(&mut self, now_ms: u64, restored: Restored) {
+        let latches = std::mem::take(&mut self.fleet.sites);
+        let next = self.fleet.incidents.next;
+        self.fleet = Fleet::new(self.cfg.providers.clone(), self.cfg.thresholds);
+        self.restore(now_ms, restored);
+        // Never below what this process issued itself (it published none of them,
+        // but a number is never worth reusing).
+        self.fleet.incidents.next = self.fleet.incidents.next.max(next);
+        self.fleet.sites = latches;
     }
 
     /// Last wills that survived a moment without our link dropping: departures.
@@ -720,7 +776,7 @@ impl Engine {
     /// a report a few seconds late is not silence) go offline; backlogs that came in
     /// faster than one window per half window are summarized by their newest.
     fn silence(&mut self, now_ms: u64) {
-        if now_ms < self.hold_until_ms {
+        if now_ms < self.hold_until_ms || self.cfg.role == Role::Fleet {
             return;
         }
         let th = self.cfg.thresholds;
@@ -776,7 +832,11 @@ impl Engine {
         }
         for summary in summaries {
             self.counters.summaries += 1;
-            self.fleet.handle_summary(summary);
+            if self.cfg.role == Role::Site {
+                self.out.push_back(Output::Summary(summary));
+            } else {
+                self.fleet.handle_summary(summary);
+            }
         }
     }
 
@@ -786,7 +846,9 @@ impl Engine {
         self.eval_due = None;
         self.counters.evaluations += 1;
         let mut changes = Vec::new();
-        self.fleet.evaluate(now_ms, &mut changes);
+        if self.cfg.role != Role::Site {
+            self.fleet.evaluate(now_ms, &mut changes);
+        }
         self.dirty |= !changes.is_empty();
         for c in changes {
             self.out.push_back(match c {
@@ -919,6 +981,12 @@ impl Engine {
                     fleet.providers.insert(id, t);
                 }
             }
+        }
+        match self.cfg.role {
+            // Each stage keeps only its own state.
+            Role::Fleet => self.sites.clear(),
+            Role::Site => self.fleet = Fleet::new(BTreeMap::new(), self.cfg.thresholds),
+            Role::Whole => {}
         }
         for s in self.sites.values_mut() {
             s.refresh_view();

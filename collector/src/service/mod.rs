@@ -344,6 +344,8 @@ impl Owner {
                     self.shared.snapshot.set(s);
                     continue;
                 }
+                // Only a site worker's engine (cluster mode) says this.
+                Output::Summary(_) => continue,
             };
             let _ = self.store_tx.send(store);
         }

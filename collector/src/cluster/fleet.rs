@@ -1,0 +1,260 @@
+//! The correlator (`run --role fleet`) and its standby: both read every site
+//! summary from the summary stream and run the engine's fleet stage on them (the
+//! standby stays warm: the same per-site latches); the one holding the
+//! `fleet-leader` lease writes verdicts and incidents to history and then publishes
+//! them (retained verdicts, incident events) through a NATS node's MQTT listener.
+//!
+//! Takeover: the standby that takes the lease adopts what history holds — the
+//! verdicts, open incidents and incident counter the previous leader committed
+//! ([`Engine::take_over`]) — and publishes every verdict again, retained (what the
+//! old leader committed but did not publish comes out now). History is written
+//! before anything is published, so an incident id the world has seen is always in
+//! history: ids never repeat, and no incident forks. A leader that cannot renew
+//! (or was paused past its lease) stops writing and publishing before its next
+//! batch.
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::consumer::{self, pull};
+use faultline_shared::{CollectorStatus, Topics};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::mqtt_out::MqttOut;
+use super::{Bus, Cluster, LEADER_KEY, Lease};
+use crate::config::Config;
+use crate::engine::{Engine, Output, Role};
+use crate::service::history::{self, AckMsg, HistoryStats, StoreMsg};
+use crate::service::now_ms;
+use crate::store::Store;
+
+/// What the active correlator publishes.
+enum Publication {
+    Verdict(faultline_shared::Verdict),
+    Incident(faultline_shared::IncidentEvent),
+    Forget(faultline_shared::Verdict),
+}
+
+struct Correlator {
+    engine: Engine,
+    topics: Topics,
+    cluster: Cluster,
+    bus: Bus,
+    store_tx: std_mpsc::Sender<StoreMsg>,
+    reader: Store,
+    leader: Option<Lease>,
+    out: Option<MqttOut>,
+}
+
+fn status(online: bool) -> Vec<u8> {
+    let v = env!("CARGO_PKG_VERSION");
+    let s = if online {
+        CollectorStatus::online(v)
+    } else {
+        CollectorStatus::offline(v)
+    };
+    serde_json::to_vec(&s).unwrap_or_default()
+}
+
+/// Runs a correlator until `shutdown` completes.
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let cluster = cfg.cluster.clone().context("[cluster] is not configured")?;
+    anyhow::ensure!(
+        !cluster.mqtt.is_empty(),
+        "[cluster] mqtt: the correlator needs the MQTT listeners it publishes verdicts to"
+    );
+    let client = super::connect(&cluster).await?;
+    let bus = Bus::open(client.clone(), &cluster).await?;
+
+    let writer = Store::open(&cfg.storage.path)?;
+    let reader = Store::open(&cfg.storage.path)?;
+    let (store_tx, store_rx) = std_mpsc::channel();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    history::spawn_writer(
+        writer,
+        store_rx,
+        cfg.storage.clone(),
+        Arc::new(HistoryStats::default()),
+        ack_tx,
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    tokio::spawn(async move {
+        while let Some(m) = ack_rx.recv().await {
+            if let AckMsg::Done(done) = m {
+                let _ = done.send(());
+            }
+        }
+    });
+
+    let mut ecfg = crate::engine_config(&cfg);
+    ecfg.role = Role::Fleet;
+    let mut engine = Engine::new(ecfg);
+    let start = now_ms();
+    engine.restore(start, reader.restore(start).context("restore history")?);
+
+    let stream = bus.js.get_stream(super::SUMMARY_STREAM).await?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            name: Some(format!("fleet-{}", cluster.name)),
+            deliver_policy: consumer::DeliverPolicy::New,
+            filter_subject: "fl.summary.>".into(),
+            ..Default::default()
+        })
+        .await
+        .context("summaries consumer")?;
+    let mut summaries = consumer.messages().await.context("summaries")?;
+    tracing::info!(name = cluster.name, "correlator on the bus (standby until it holds the lease)");
+
+    let mut c = Correlator {
+        engine,
+        topics: cfg.topics.clone(),
+        cluster: cluster.clone(),
+        bus,
+        store_tx,
+        reader,
+        leader: None,
+        out: None,
+    };
+    let mut leases = tokio::time::interval(Duration::from_millis(cluster.lease_ms / 3));
+    leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sleep = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(sleep);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            _ = leases.tick() => c.lease().await,
+            m = summaries.next() => match m {
+                Some(Ok(m)) => match faultline_shared::summary::decode(&m.payload) {
+                    Ok(s) => {
+                        c.engine.handle_summary(now_ms(), s);
+                    }
+                    Err(e) => tracing::warn!(subject = %m.subject, "bad summary: {e}"),
+                },
+                Some(Err(e)) => tracing::warn!("summaries: {e}"),
+                None => anyhow::bail!("the summary stream ended"),
+            },
+            () = &mut sleep => {}
+        }
+        if c.engine.poll_timeout().is_some_and(|t| t <= now_ms()) {
+            c.engine.handle_timeout(now_ms());
+        }
+        c.dispatch().await;
+        let wait = c
+            .engine
+            .poll_timeout()
+            .map_or(1_000, |t| t.saturating_sub(now_ms()))
+            .min(1_000);
+        sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+    }
+    tracing::info!("stopping");
+    if let Some(out) = c.out.take() {
+        out.finish((c.topics.collector_status(), status(false))).await;
+    }
+    if let Some(l) = c.leader.take() {
+        l.release(&c.bus.leases).await;
+    }
+    Ok(())
+}
+
+impl Correlator {
+    fn leading(&self) -> bool {
+        self.leader.as_ref().is_some_and(Lease::valid)
+    }
+
+    /// Renews the lease, or tries to take it.
+    async fn lease(&mut self) {
+        let c = &self.cluster;
+        if let Some(l) = &mut self.leader {
+            if l.renew(&self.bus.leases, &c.name, c.lease_ms).await {
+                return;
+            }
+            tracing::warn!("lost the correlator lease: standby now");
+            self.leader = None;
+            if let Some(out) = self.out.take() {
+                out.abort();
+            }
+            return;
+        }
+        let Some(lease) = Lease::take(&self.bus.leases, LEADER_KEY, &c.name, c.lease_ms).await
+        else {
+            return;
+        };
+        let now = now_ms();
+        let restored = match self.reader.restore(now) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read history to take over: {e:#}");
+                lease.release(&self.bus.leases).await;
+                return;
+            }
+        };
+        tracing::info!(
+            open_incidents = restored.open_incidents.len(),
+            next_incident = restored.next_incident,
+            "correlator lease taken: active"
+        );
+        self.engine.take_over(now, restored);
+        let topic = self.topics.collector_status();
+        let out = MqttOut::start(
+            c.mqtt.clone(),
+            format!("faultline-fleet-{}", c.name),
+            (topic, status(true), status(false)),
+        );
+        // What history says is published: all of it again, retained.
+        for v in self.engine.verdicts() {
+            let body = serde_json::to_vec(v).unwrap_or_default();
+            out.publish(self.topics.verdict(v), true, body).await;
+        }
+        self.out = Some(out);
+        self.leader = Some(lease);
+    }
+
+    /// The engine's outputs: the active correlator commits them to history, then
+    /// publishes them; the standby lets them go (it has the same state).
+    async fn dispatch(&mut self) {
+        let mut pubs = Vec::new();
+        while let Some(o) = self.engine.poll_output() {
+            let (store, p) = match o {
+                Output::Verdict(v) => (StoreMsg::Verdict(v.clone()), Publication::Verdict(v)),
+                Output::Incident(e) => (StoreMsg::Incident(e.clone()), Publication::Incident(e)),
+                Output::Forget(v) => (StoreMsg::Forget(v.clone()), Publication::Forget(v)),
+                _ => continue,
+            };
+            if self.leading() {
+                let _ = self.store_tx.send(store);
+                pubs.push(p);
+            }
+        }
+        if pubs.is_empty() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.store_tx.send(StoreMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        // Fenced: a leader paused past its lease publishes nothing more.
+        if !self.leading() {
+            return;
+        }
+        let Some(out) = &self.out else { return };
+        let t = &self.topics;
+        for p in pubs {
+            let (topic, retain, body) = match &p {
+                Publication::Verdict(v) => (t.verdict(v), true, serde_json::to_vec(v)),
+                Publication::Incident(e) => (t.incidents(), false, serde_json::to_vec(e)),
+                Publication::Forget(v) => (t.verdict(v), true, Ok(Vec::new())),
+            };
+            out.publish(topic, retain, body.unwrap_or_default()).await;
+        }
+    }
+}

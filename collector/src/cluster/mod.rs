@@ -1,0 +1,417 @@
+//! Cluster mode (DESIGN.md "Deployment modes"): a NATS cluster carries the agents'
+//! reports (its MQTT listener; the agents do not change), site workers
+//! ([`site`]) own partitions of the sites and run the engine's site stage, and a
+//! correlator ([`fleet`]) with a hot standby runs its fleet stage. This module holds
+//! what both roles share: the `[cluster]` config, the subjects, the partition
+//! function, the JetStream streams and key-value buckets, and the lease.
+//!
+//! The partition of a site is NATS's own `partition(N, 1)` over the site's subject
+//! token (FNV-1a 32, modulo N): the account mapping in the shipped nats-server
+//! configs moves `faultline.v1.sites.S.report` to `fl.in.P.faultline.v1.sites.S.report`
+//! as an agent publishes, and the collector computes the same P where it needs one
+//! (statuses, restoring a partition's sites).
+
+pub mod fleet;
+pub mod mqtt_out;
+pub mod site;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv, stream};
+use faultline_shared::Id;
+use serde::Deserialize;
+
+/// Partitions unless `[cluster] partitions` says otherwise (must equal the
+/// `partition(N, 1)` of the nats-server mapping).
+pub const DEFAULT_PARTITIONS: u32 = 16;
+/// Replicas of every stream and bucket (a three-node cluster survives one loss).
+pub const DEFAULT_REPLICAS: usize = 3;
+/// A lease not renewed within this long is free (partitions, the correlator's).
+pub const DEFAULT_LEASE_MS: u64 = 6_000;
+/// How long reports stay in the stream (a worker away longer loses them).
+const REPORTS_MAX_AGE: Duration = Duration::from_secs(3600);
+/// How long the summary stream de-duplicates by `Nats-Msg-Id` (covers redeliveries).
+const SUMMARY_DEDUP: Duration = Duration::from_secs(120);
+
+/// The reports stream: every partition's reports.
+pub const REPORTS_STREAM: &str = "FL_IN";
+/// The statuses stream: each site's latest status (and last will).
+pub const STATUS_STREAM: &str = "FL_STATUS";
+/// The summaries stream: site workers → correlators.
+pub const SUMMARY_STREAM: &str = "FL_SUMMARY";
+/// Partition and correlator leases.
+pub const LEASE_BUCKET: &str = "fl-leases";
+/// Live site workers (one key each, expiring with the lease).
+pub const WORKER_BUCKET: &str = "fl-workers";
+/// The correlator's lease key.
+pub const LEADER_KEY: &str = "fleet-leader";
+
+/// A collector's part in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// Owns partitions of the sites: de-dup, probe health, silence, history rows.
+    Site,
+    /// Cross-site verdicts and incidents (the active one publishes them).
+    Fleet,
+}
+
+impl std::str::FromStr for ClusterRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "site" => Ok(Self::Site),
+            "fleet" => Ok(Self::Fleet),
+            _ => Err(format!("role {s:?}: site or fleet")),
+        }
+    }
+}
+
+/// `[cluster]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    nats: Vec<String>,
+    role: Option<String>,
+    /// The correlator's MQTT listeners (verdicts out); first reachable is used.
+    #[serde(default)]
+    mqtt: Vec<String>,
+    partitions: Option<u32>,
+    replicas: Option<usize>,
+    lease_ms: Option<u64>,
+    /// This process's name in leases (default: host name and pid).
+    name: Option<String>,
+}
+
+/// `[cluster]`, validated.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub nats: Vec<String>,
+    /// `None`: `run --role` must say.
+    pub role: Option<ClusterRole>,
+    pub mqtt: Vec<(String, u16)>,
+    pub partitions: u32,
+    pub replicas: usize,
+    pub lease_ms: u64,
+    pub name: String,
+}
+
+impl RawCluster {
+    /// Validates; an error names the field.
+    pub fn validate(self) -> Result<Cluster, (&'static str, String)> {
+        if self.nats.is_empty() {
+            return Err(("cluster.nats", "at least one nats:// URL".into()));
+        }
+        for u in &self.nats {
+            if !u.starts_with("nats://") && !u.starts_with("tls://") {
+                return Err(("cluster.nats", format!("{u:?}: not a nats:// URL")));
+            }
+        }
+        let role = self
+            .role
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| ("cluster.role", e))?;
+        let mut mqtt = Vec::new();
+        for u in &self.mqtt {
+            let p = faultline_shared::MqttUrl::parse(u)
+                .map_err(|e| ("cluster.mqtt", format!("{u:?}: {e}")))?;
+            if p.tls {
+                return Err(("cluster.mqtt", format!("{u:?}: mqtt:// only")));
+            }
+            mqtt.push((p.host, p.port));
+        }
+        let partitions = self.partitions.unwrap_or(DEFAULT_PARTITIONS);
+        if !(1..=1024).contains(&partitions) {
+            return Err(("cluster.partitions", "1 to 1024".into()));
+        }
+        let replicas = self.replicas.unwrap_or(DEFAULT_REPLICAS);
+        if !(1..=5).contains(&replicas) {
+            return Err(("cluster.replicas", "1 to 5".into()));
+        }
+        let lease_ms = self.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
+        if !(1_000..=600_000).contains(&lease_ms) {
+            return Err(("cluster.lease_ms", "1000 to 600000".into()));
+        }
+        let name = match self.name {
+            Some(n) => Id::new(n.as_str())
+                .map_err(|e| ("cluster.name", e.to_string()))?
+                .to_string(),
+            None => format!("{}-{}", host_name(), std::process::id()),
+        };
+        Ok(Cluster {
+            nats: self.nats,
+            role,
+            mqtt,
+            partitions,
+            replicas,
+            lease_ms,
+            name,
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty() && Id::new(h.as_str()).is_ok())
+        .unwrap_or_else(|| "collector".into())
+}
+
+/// A site id as a NATS subject token (nats-server writes an MQTT level's `.` as `//`).
+pub fn subject_token(site: &str) -> String {
+    site.replace('.', "//")
+}
+
+/// The partition of a site: nats-server's `partition(n, 1)` over its subject token
+/// (FNV-1a, 32 bits, modulo `n`).
+pub fn partition_of(site: &str, n: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in subject_token(site).bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % n
+}
+
+/// The MQTT topic of a NATS subject (`.` separates levels, `//` is a `.` inside one).
+pub fn topic_of(subject: &str) -> String {
+    subject
+        .split("//")
+        .map(|part| part.replace('.', "/"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The subject filter of one partition's reports.
+pub fn partition_filter(p: u32) -> String {
+    format!("fl.in.{p}.>")
+}
+
+/// The subject a summary of `site` travels on.
+pub fn summary_subject(site: &str) -> String {
+    format!("fl.summary.{}", subject_token(site))
+}
+
+/// Connects to the cluster (any of its nodes; the client moves on when one dies).
+pub async fn connect(c: &Cluster) -> anyhow::Result<async_nats::Client> {
+    let addrs: Vec<async_nats::ServerAddr> = c
+        .nats
+        .iter()
+        .map(|u| u.parse().with_context(|| format!("NATS URL {u}")))
+        .collect::<anyhow::Result<_>>()?;
+    async_nats::ConnectOptions::new()
+        .name(format!("faultline-collector {}", c.name))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(addrs)
+        .await
+        .context("connect to NATS")
+}
+
+/// The streams and buckets a cluster needs, created if absent (idempotent; every
+/// process does it at start, retrying while the cluster elects its leaders).
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub js: jetstream::Context,
+    pub leases: kv::Store,
+    pub workers: kv::Store,
+}
+
+impl Bus {
+    pub async fn open(client: async_nats::Client, c: &Cluster) -> anyhow::Result<Bus> {
+        let js = jetstream::new(client);
+        let mut backoff = crate::service::backoff(250, 5_000);
+        loop {
+            match Self::try_open(&js, c).await {
+                Ok(bus) => return Ok(bus),
+                Err(e) => {
+                    let d = backoff.next_delay(fastrand::f64());
+                    tracing::warn!("JetStream not ready: {e:#}; retrying in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    async fn try_open(js: &jetstream::Context, c: &Cluster) -> anyhow::Result<Bus> {
+        let r = c.replicas;
+        let reports = js
+            .get_or_create_stream(stream::Config {
+                name: REPORTS_STREAM.into(),
+                subjects: vec!["fl.in.>".into()],
+                num_replicas: r,
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                max_age: REPORTS_MAX_AGE,
+                description: Some(format!("partitions={}", c.partitions)),
+                ..Default::default()
+            })
+            .await
+            .context("reports stream")?;
+        check_partitions(&reports, c.partitions)?;
+        js.get_or_create_stream(stream::Config {
+            name: STATUS_STREAM.into(),
+            subjects: vec!["faultline.v1.sites.*.status".into()],
+            num_replicas: r,
+            storage: stream::StorageType::File,
+            max_messages_per_subject: 1,
+            ..Default::default()
+        })
+        .await
+        .context("statuses stream")?;
+        js.get_or_create_stream(stream::Config {
+            name: SUMMARY_STREAM.into(),
+            subjects: vec!["fl.summary.>".into()],
+            num_replicas: r,
+            storage: stream::StorageType::File,
+            max_age: REPORTS_MAX_AGE,
+            duplicate_window: SUMMARY_DEDUP,
+            ..Default::default()
+        })
+        .await
+        .context("summaries stream")?;
+        let lease = Duration::from_millis(c.lease_ms);
+        let leases = bucket(js, LEASE_BUCKET, lease, r).await?;
+        let workers = bucket(js, WORKER_BUCKET, lease, r).await?;
+        Ok(Bus {
+            js: js.clone(),
+            leases,
+            workers,
+        })
+    }
+}
+
+/// The stream's description records the partition count it was made for: a
+/// collector configured with another count would split sites differently.
+fn check_partitions(s: &stream::Stream, n: u32) -> anyhow::Result<()> {
+    let want = format!("partitions={n}");
+    match s.cached_info().config.description.as_deref() {
+        None => Ok(()),
+        Some(d) if d == want => Ok(()),
+        Some(d) => anyhow::bail!("stream {REPORTS_STREAM} was made for {d}, this collector has {want}"),
+    }
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.into(),
+        history: 1,
+        max_age: ttl,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("bucket {name}"))
+}
+
+/// One lease key held by this process: taken with `create` (fails while another
+/// holds it), renewed with `update` at the revision it last wrote (fails once
+/// anyone else wrote since), dropped the moment a renewal fails. Between renewals it
+/// counts as held only until `valid_until` (its last write plus the TTL less a
+/// margin), so a process paused past its lease fences itself before it acts.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub key: String,
+    revision: u64,
+    valid_until: tokio::time::Instant,
+}
+
+impl Lease {
+    /// Tries to take `key`; `None` when someone holds it.
+    pub async fn take(kv: &kv::Store, key: &str, holder: &str, ttl_ms: u64) -> Option<Lease> {
+        let sent = tokio::time::Instant::now();
+        let rev = kv.create(key, holder.to_owned().into()).await.ok()?;
+        Some(Lease {
+            key: key.to_owned(),
+            revision: rev,
+            valid_until: sent + valid_for(ttl_ms),
+        })
+    }
+
+    /// Renews; false when the lease is lost (someone else took it, or it lapsed).
+    pub async fn renew(&mut self, kv: &kv::Store, holder: &str, ttl_ms: u64) -> bool {
+        if !self.valid() {
+            return false;
+        }
+        let sent = tokio::time::Instant::now();
+        match kv
+            .update(&self.key, holder.to_owned().into(), self.revision)
+            .await
+        {
+            Ok(rev) => {
+                self.revision = rev;
+                self.valid_until = sent + valid_for(ttl_ms);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(key = self.key, "lease lost: {e}");
+                false
+            }
+        }
+    }
+
+    /// Whether the lease is certainly still ours.
+    pub fn valid(&self) -> bool {
+        tokio::time::Instant::now() < self.valid_until
+    }
+
+    /// Gives the lease up (best effort: it lapses anyway).
+    pub async fn release(self, kv: &kv::Store) {
+        let _ = kv.delete(&self.key).await;
+    }
+}
+
+/// A lease written at `t` is ours until `t` plus the TTL less a third (the margin
+/// covers the server's clock running ahead and our own scheduling).
+fn valid_for(ttl_ms: u64) -> Duration {
+    Duration::from_millis(ttl_ms - ttl_ms / 3)
+}
+
+/// Runs the cluster role `role` until SIGINT/SIGTERM.
+pub fn run(cfg: crate::config::Config, role: ClusterRole) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = crate::service::shutdown_signal();
+        match role {
+            ClusterRole::Site => site::serve(cfg, shutdown).await,
+            ClusterRole::Fleet => fleet::serve(cfg, shutdown).await,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_match_nats_server() {
+        // Measured with nats-server 2.9.10 and `{{partition(16,1)}}`.
+        for (site, p) in [("a", 12), ("b", 5), ("c", 2), ("site-7", 10)] {
+            assert_eq!(partition_of(site, 16), p, "{site}");
+        }
+    }
+
+    #[test]
+    fn subjects_become_topics() {
+        assert_eq!(
+            topic_of("faultline.v1.sites.a//b.report"),
+            "faultline/v1/sites/a.b/report"
+        );
+        assert_eq!(subject_token("a.b"), "a//b");
+    }
+}

@@ -1,0 +1,489 @@
+//! A site worker (`run --role site`): owns some of the partitions, runs the
+//! engine's site stage over their reports, writes their windows to history and
+//! hands each site summary to the correlators on JetStream.
+//!
+//! Ownership: one lease per partition in the lease bucket ([`super::Lease`]); a
+//! worker holds at most its fair share, `ceil(partitions / live workers)` (live
+//! workers each renew a key in the worker bucket), takes free partitions up to it
+//! and gives back what is over it. A renewal that fails drops the partition at
+//! once: its consumer stops and its sites' state goes (the next owner restores
+//! their boots from history and gets every unacknowledged report again).
+//!
+//! Each partition has one durable pull consumer (explicit acks). A batch of
+//! reports is acknowledged only after its windows are committed to history and
+//! its summaries are in the summary stream (a PubAck each): a worker killed at any
+//! point leaves the reports unacknowledged, and whoever owns the partition next
+//! gets them again; a window already in history is refused there (unique site,
+//! boot, seq), so a paused worker that wakes up cannot store one twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream;
+use bytes::Bytes;
+use faultline_shared::{Id, SiteSummary, SummaryKind, Topics};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Bus, Cluster, Lease, partition_of};
+use crate::config::Config;
+use crate::engine::{Engine, Output, Restored, Role};
+use crate::service::history::{self, AckMsg, HistoryStats, StoreMsg};
+use crate::service::now_ms;
+use crate::store::Store;
+
+/// Reports handled between two history commits, at most.
+const BATCH: usize = 512;
+/// Reports a partition's consumer may have unacknowledged.
+const MAX_ACK_PENDING: i64 = 4096;
+
+/// A report from one partition, to acknowledge once handled.
+type Delivery = (u32, jetstream::Message);
+
+/// A status from the statuses stream: site, topic, payload, retained (older than
+/// this worker).
+type StatusMsg = (Id, String, Bytes, bool);
+
+/// What this worker holds of one partition.
+#[derive(Debug)]
+struct Owned {
+    lease: Lease,
+    pull: JoinHandle<()>,
+}
+
+/// The worker's one owner of its engine and its partitions.
+struct Worker {
+    engine: Engine,
+    topics: Topics,
+    cluster: Cluster,
+    bus: Bus,
+    store_tx: std_mpsc::Sender<StoreMsg>,
+    /// History, read when a partition is taken (its sites' boots and identities).
+    reader: Store,
+    owned: BTreeMap<u32, Owned>,
+    /// Every site's latest status (a partition taken replays its sites').
+    statuses: HashMap<Id, (String, Bytes)>,
+    deliveries: mpsc::Sender<Delivery>,
+    stats: Arc<HistoryStats>,
+}
+
+/// Runs a site worker until `shutdown` completes.
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let cluster = cfg.cluster.clone().context("[cluster] is not configured")?;
+    let client = super::connect(&cluster).await?;
+    let bus = Bus::open(client.clone(), &cluster).await?;
+    tracing::info!(name = cluster.name, "site worker on the bus");
+
+    let writer = Store::open(&cfg.storage.path)?;
+    let reader = Store::open(&cfg.storage.path)?;
+    let stats = Arc::new(HistoryStats::default());
+    let (store_tx, store_rx) = std_mpsc::channel();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    history::spawn_writer(
+        writer,
+        store_rx,
+        cfg.storage.clone(),
+        stats.clone(),
+        ack_tx,
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    // Commits are awaited through `Flush`; the MQTT acknowledgements it would
+    // carry do not exist here.
+    tokio::spawn(async move {
+        while let Some(m) = ack_rx.recv().await {
+            if let AckMsg::Done(done) = m {
+                let _ = done.send(());
+            }
+        }
+    });
+
+    let mut ecfg = crate::engine_config(&cfg);
+    ecfg.role = Role::Site;
+    let (deliveries, mut delivered) = mpsc::channel::<Delivery>(BATCH * 4);
+    let mut statuses_rx = statuses(&bus, &cluster).await?;
+    let mut w = Worker {
+        engine: Engine::new(ecfg),
+        topics: cfg.topics.clone(),
+        cluster: cluster.clone(),
+        bus,
+        store_tx,
+        reader,
+        owned: BTreeMap::new(),
+        statuses: HashMap::new(),
+        deliveries,
+        stats,
+    };
+    let tick = Duration::from_millis(cluster.lease_ms / 3);
+    let mut leases = tokio::time::interval(tick);
+    leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    let sleep = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(sleep);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            _ = leases.tick() => w.leases().await,
+            Some(s) = statuses_rx.recv() => w.status(s),
+            n = delivered.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                w.reports(&mut batch).await;
+            }
+            () = &mut sleep => {}
+        }
+        if w.engine.poll_timeout().is_some_and(|t| t <= now_ms()) {
+            w.engine.handle_timeout(now_ms());
+            let summaries = w.dispatch();
+            w.publish(summaries).await;
+        }
+        let wait = w
+            .engine
+            .poll_timeout()
+            .map_or(1_000, |t| t.saturating_sub(now_ms()))
+            .min(1_000);
+        sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+    }
+    tracing::info!("stopping: giving the partitions back");
+    for (_, o) in std::mem::take(&mut w.owned) {
+        o.pull.abort();
+        o.lease.release(&w.bus.leases).await;
+    }
+    let _ = w.bus.workers.delete(&w.cluster.name).await;
+    w.flush().await;
+    client.flush().await.ok();
+    tracing::info!(
+        stored = w.stats.stored.load(std::sync::atomic::Ordering::Relaxed),
+        refused = w.stats.refused_duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
+
+/// Every site's statuses, from the newest each has (older than now: retained).
+async fn statuses(bus: &Bus, c: &Cluster) -> anyhow::Result<mpsc::Receiver<StatusMsg>> {
+    let stream = bus.js.get_stream(super::STATUS_STREAM).await?;
+    let started = now_ms();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            name: Some(format!("status-{}", c.name)),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            filter_subject: "faultline.v1.sites.*.status".into(),
+            ..Default::default()
+        })
+        .await
+        .context("statuses consumer")?;
+    let mut msgs = consumer.messages().await.context("statuses")?;
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(m) = msgs.next().await {
+            let Ok(m) = m else { continue };
+            let retained = m
+                .info()
+                .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) < i128::from(started))
+                .unwrap_or(false);
+            let topic = super::topic_of(m.subject.as_str());
+            let Some(site) = topic
+                .strip_prefix("faultline/v1/sites/")
+                .and_then(|r| r.strip_suffix("/status"))
+                .and_then(|s| Id::new(s).ok())
+            else {
+                continue;
+            };
+            if tx
+                .send((site, topic, m.payload.clone(), retained))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+impl Worker {
+    fn owns(&self, site: &str) -> bool {
+        self.owned
+            .contains_key(&partition_of(site, self.cluster.partitions))
+    }
+
+    /// A status: kept for whoever takes the site's partition; handled if ours.
+    fn status(&mut self, (site, topic, payload, retained): StatusMsg) {
+        if self.owns(site.as_str()) {
+            let _ = self
+                .engine
+                .handle_message(&self.topics, now_ms(), &topic, &payload, retained);
+            let _ = self.dispatch();
+        }
+        self.statuses.insert(site, (topic, payload));
+    }
+
+    /// One batch of reports: engine, history commit, summaries, then acks.
+    async fn reports(&mut self, batch: &mut Vec<Delivery>) {
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut summaries = Vec::new();
+        for (p, msg) in batch.drain(..) {
+            if !self.owned.contains_key(&p) {
+                // Given up since it was pulled: the next owner gets it again.
+                continue;
+            }
+            let subject = msg.subject.as_str();
+            // `fl.in.P.` in front of the agent's own subject.
+            let topic = super::topic_of(subject.splitn(4, '.').nth(3).unwrap_or(""));
+            if let Err(e) =
+                self.engine
+                    .handle_message(&self.topics, now_ms(), &topic, &msg.payload, false)
+            {
+                tracing::debug!(topic, "dropped: {e}");
+            }
+            summaries.extend(self.dispatch());
+            acks.push(msg);
+        }
+        self.flush().await;
+        self.publish(summaries).await;
+        for m in acks {
+            if let Err(e) = m.ack().await {
+                tracing::warn!("ack: {e}");
+            }
+        }
+    }
+
+    /// Hands history rows to the writer; returns the summaries to publish.
+    fn dispatch(&mut self) -> Vec<SiteSummary> {
+        let mut summaries = Vec::new();
+        while let Some(o) = self.engine.poll_output() {
+            let m = match o {
+                Output::Window(row) => StoreMsg::Window(row),
+                Output::Boot(site, meta) => StoreMsg::Boot(site, meta),
+                Output::Site {
+                    site,
+                    isp,
+                    customer,
+                } => StoreMsg::Site(site, isp, customer),
+                Output::Summary(s) => {
+                    summaries.push(s);
+                    continue;
+                }
+                // Per-probe metrics are the correlator-free one-node feature for
+                // now; verdicts never come from the site stage.
+                Output::Metrics(_)
+                | Output::Snapshot(_)
+                | Output::Verdict(_)
+                | Output::Incident(_)
+                | Output::Forget(_) => continue,
+            };
+            let _ = self.store_tx.send(m);
+        }
+        summaries
+    }
+
+    /// Waits until everything handed to history is committed.
+    async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.store_tx.send(StoreMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Publishes summaries and waits for every PubAck (retrying each until the
+    /// stream has it: a report is not acknowledged before its summary is there).
+    async fn publish(&self, summaries: Vec<SiteSummary>) {
+        let mut pending = Vec::with_capacity(summaries.len());
+        for s in &summaries {
+            pending.push(self.send(s).await);
+        }
+        for (s, mut ack) in summaries.iter().zip(pending) {
+            let mut backoff = crate::service::backoff(100, 5_000);
+            loop {
+                if let Some(fut) = ack.take()
+                    && fut.await.is_ok()
+                {
+                    break;
+                }
+                let d = backoff.next_delay(fastrand::f64());
+                tracing::warn!(site = %s.site, "summary not taken; retrying in {d:?}");
+                tokio::time::sleep(d).await;
+                ack = self.send(s).await;
+            }
+        }
+    }
+
+    async fn send(&self, s: &SiteSummary) -> Option<jetstream::context::PublishAckFuture> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id(s).as_str());
+        let body = Bytes::from(faultline_shared::summary::encode(s));
+        self.bus
+            .js
+            .publish_with_headers(super::summary_subject(s.site.as_str()), headers, body)
+            .await
+            .ok()
+    }
+
+    /// Renews what it holds, gives back what is over its fair share, takes free
+    /// partitions up to it.
+    async fn leases(&mut self) {
+        let c = self.cluster.clone();
+        let _ = self
+            .bus
+            .workers
+            .put(&c.name, Bytes::from(c.name.clone()))
+            .await;
+        let mut lost = Vec::new();
+        for (p, o) in self.owned.iter_mut() {
+            if !o.lease.renew(&self.bus.leases, &c.name, c.lease_ms).await {
+                lost.push(*p);
+            }
+        }
+        for p in lost {
+            tracing::warn!(partition = p, "partition lost");
+            self.drop_partition(p);
+        }
+        let live = self.live_workers().await.max(1);
+        let share = c.partitions.div_ceil(live) as usize;
+        while self.owned.len() > share {
+            let Some((&p, _)) = self.owned.last_key_value() else {
+                break;
+            };
+            if let Some(o) = self.drop_partition(p) {
+                tracing::info!(partition = p, live, "partition given back");
+                o.lease.release(&self.bus.leases).await;
+            }
+        }
+        if self.owned.len() >= share {
+            return;
+        }
+        let mut free: Vec<u32> = (0..c.partitions)
+            .filter(|p| !self.owned.contains_key(p))
+            .collect();
+        fastrand::shuffle(&mut free);
+        for p in free {
+            if self.owned.len() >= share {
+                break;
+            }
+            let key = format!("part-{p}");
+            let Some(lease) =
+                Lease::take(&self.bus.leases, &key, &self.cluster.name, self.cluster.lease_ms)
+                    .await
+            else {
+                continue;
+            };
+            match self.take_partition(p, lease).await {
+                Ok(()) => tracing::info!(partition = p, live, "partition taken"),
+                Err(e) => tracing::warn!(partition = p, "cannot take partition: {e:#}"),
+            }
+        }
+    }
+
+    async fn live_workers(&self) -> u32 {
+        let Ok(mut keys) = self.bus.workers.keys().await else {
+            return 1;
+        };
+        let mut n = 0;
+        while let Some(k) = keys.next().await {
+            n += u32::from(k.is_ok());
+        }
+        n
+    }
+
+    /// Stops consuming `p` and forgets its sites.
+    fn drop_partition(&mut self, p: u32) -> Option<Owned> {
+        let o = self.owned.remove(&p)?;
+        o.pull.abort();
+        let n = self.cluster.partitions;
+        self.engine.retain_sites(|s| partition_of(s.as_str(), n) != p);
+        Some(o)
+    }
+
+    /// Restores `p`'s sites from history (boots: de-dup; identities), replays their
+    /// latest statuses, then consumes its reports.
+    async fn take_partition(&mut self, p: u32, lease: Lease) -> anyhow::Result<()> {
+        let n = self.cluster.partitions;
+        let now = now_ms();
+        let all = self.reader.restore(now).context("restore history")?;
+        let mine = |s: &Id| partition_of(s.as_str(), n) == p;
+        let restored = Restored {
+            boots: all.boots.into_iter().filter(|(s, _)| mine(s)).collect(),
+            sites: all.sites.into_iter().filter(|(s, ..)| mine(s)).collect(),
+            ..Restored::default()
+        };
+        self.engine.restore(now, restored);
+        let stream = self.bus.js.get_stream(super::REPORTS_STREAM).await?;
+        let consumer: consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(
+                &format!("part-{p}"),
+                pull::Config {
+                    durable_name: Some(format!("part-{p}")),
+                    filter_subject: super::partition_filter(p),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_millis(self.cluster.lease_ms),
+                    max_ack_pending: MAX_ACK_PENDING,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("partition consumer")?;
+        let tx = self.deliveries.clone();
+        let pull = tokio::spawn(async move {
+            let mut backoff = crate::service::backoff(200, 5_000);
+            loop {
+                match consumer.messages().await {
+                    Ok(mut msgs) => {
+                        backoff.reset();
+                        while let Some(m) = msgs.next().await {
+                            match m {
+                                Ok(m) => {
+                                    if tx.send((p, m)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => tracing::debug!(partition = p, "pull: {e}"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(partition = p, "pull: {e}"),
+                }
+                tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
+            }
+        });
+        self.owned.insert(p, Owned { lease, pull });
+        let replay: Vec<(String, Bytes)> = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| mine(s))
+            .map(|(_, v)| v.clone())
+            .collect();
+        for (topic, payload) in replay {
+            let _ = self
+                .engine
+                .handle_message(&self.topics, now, &topic, &payload, true);
+        }
+        let summaries = self.dispatch();
+        self.publish(summaries).await;
+        Ok(())
+    }
+}
+
+/// The summary's de-dup id: the same window (or event) from a redelivered report
+/// is the same message.
+fn msg_id(s: &SiteSummary) -> String {
+    match &s.kind {
+        SummaryKind::Window { boot, seq, .. } => format!("{}/{boot}/{seq}", s.site),
+        SummaryKind::Offline { since_ms, .. } => format!("{}/offline/{since_ms}/{}", s.site, s.at_ms),
+        SummaryKind::Announce => format!("{}/announce/{}", s.site, s.at_ms),
+        SummaryKind::Online => format!("{}/online/{}", s.site, s.at_ms),
+    }
+}
