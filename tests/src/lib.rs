@@ -7,6 +7,7 @@
 //!   restartable with or without its persistent state.
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
+//! - [`nats::NatsCluster`]: a three-node NATS cluster (JetStream, MQTT) for cluster mode.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
 //! - [`certs::TestPki`]: a throwaway CA, server and client certificates.
 //! - [`outbox`]: writes and counts an agent's durable outbox in its on-disk format.
@@ -21,6 +22,7 @@ pub mod dns;
 pub mod fleet;
 pub mod kamailio;
 pub mod lab;
+pub mod nats;
 pub mod outbox;
 
 pub use faultline_lab::relay;

@@ -301,19 +301,27 @@ async fn bucket(
     ttl: Duration,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    if let Ok(kv) = js.get_key_value(name).await {
-        return Ok(kv);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.into(),
-        history: 1,
+    // The bucket's stream as `create_key_value` would make it: that call first
+    // asks for account details in a form nats-server 2.9 does not send.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
         max_age: ttl,
-        num_replicas: replicas,
+        duplicate_window: ttl,
         storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
-    .with_context(|| format!("bucket {name}"))
+    .with_context(|| format!("bucket {name}"))?;
+    js.get_key_value(name)
+        .await
+        .with_context(|| format!("bucket {name}"))
 }
 
 /// One lease key held by this process: taken with `create` (fails while another

@@ -49,11 +49,19 @@ type Delivery = (u32, jetstream::Message);
 /// this worker).
 type StatusMsg = (Id, String, Bytes, bool);
 
-/// What this worker holds of one partition.
+/// What this worker consumes of one partition it holds.
 #[derive(Debug)]
 struct Owned {
-    lease: Lease,
     pull: JoinHandle<()>,
+}
+
+/// What the lease keeper tells the owner.
+#[derive(Debug)]
+enum LeaseEvent {
+    /// The partition's lease is ours: consume it.
+    Take(u32),
+    /// The lease is lost or given back: stop at once.
+    Drop(u32),
 }
 
 /// The worker's one owner of its engine and its partitions.
@@ -121,9 +129,14 @@ pub async fn serve(
         deliveries,
         stats,
     };
-    let tick = Duration::from_millis(cluster.lease_ms / 3);
-    let mut leases = tokio::time::interval(tick);
-    leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (lease_tx, mut leases) = mpsc::unbounded_channel();
+    let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel();
+    let keeper = tokio::spawn(keep_leases(
+        w.bus.clone(),
+        cluster.clone(),
+        lease_tx,
+        keeper_stopped,
+    ));
     let mut batch = Vec::with_capacity(BATCH);
     let sleep = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(sleep);
@@ -132,7 +145,16 @@ pub async fn serve(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            _ = leases.tick() => w.leases().await,
+            Some(ev) = leases.recv() => match ev {
+                LeaseEvent::Take(p) => match w.take_partition(p).await {
+                    Ok(()) => tracing::info!(partition = p, "partition taken"),
+                    Err(e) => tracing::warn!(partition = p, "cannot consume partition: {e:#}"),
+                },
+                LeaseEvent::Drop(p) => {
+                    w.drop_partition(p);
+                    tracing::info!(partition = p, "partition dropped");
+                }
+            },
             Some(s) = statuses_rx.recv() => w.status(s),
             n = delivered.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
@@ -159,10 +181,10 @@ pub async fn serve(
     tracing::info!("stopping: giving the partitions back");
     for (_, o) in std::mem::take(&mut w.owned) {
         o.pull.abort();
-        o.lease.release(&w.bus.leases).await;
     }
-    let _ = w.bus.workers.delete(&w.cluster.name).await;
     w.flush().await;
+    let _ = stop_keeper.send(());
+    let _ = keeper.await;
     client.flush().await.ok();
     tracing::info!(
         stored = w.stats.stored.load(std::sync::atomic::Ordering::Relaxed),
@@ -298,25 +320,35 @@ impl Worker {
         }
     }
 
-    /// Publishes summaries and waits for every PubAck (retrying each until the
-    /// stream has it: a report is not acknowledged before its summary is there).
+    /// Publishes summaries and waits for every PubAck, sending again those the
+    /// stream did not take (a report is not acknowledged before its summary is
+    /// there; the stream drops a repeat by its `Nats-Msg-Id`).
     async fn publish(&self, summaries: Vec<SiteSummary>) {
-        let mut pending = Vec::with_capacity(summaries.len());
-        for s in &summaries {
-            pending.push(self.send(s).await);
-        }
-        for (s, mut ack) in summaries.iter().zip(pending) {
-            let mut backoff = crate::service::backoff(100, 5_000);
-            loop {
-                if let Some(fut) = ack.take()
-                    && fut.await.is_ok()
-                {
-                    break;
+        let mut todo: Vec<&SiteSummary> = summaries.iter().collect();
+        let mut backoff = crate::service::backoff(100, 5_000);
+        while !todo.is_empty() {
+            let mut acks = Vec::with_capacity(todo.len());
+            for s in &todo {
+                acks.push(self.send(s).await);
+            }
+            let taken = futures_util::future::join_all(acks.into_iter().map(|a| async move {
+                match a {
+                    Some(a) => a.await.is_ok(),
+                    None => false,
                 }
+            }))
+            .await;
+            let before = todo.len();
+            todo = todo
+                .into_iter()
+                .zip(taken)
+                .filter(|(_, ok)| !ok)
+                .map(|(s, _)| s)
+                .collect();
+            if !todo.is_empty() {
                 let d = backoff.next_delay(fastrand::f64());
-                tracing::warn!(site = %s.site, "summary not taken; retrying in {d:?}");
+                tracing::warn!("{} of {before} summaries not taken; again in {d:?}", todo.len());
                 tokio::time::sleep(d).await;
-                ack = self.send(s).await;
             }
         }
     }
@@ -332,84 +364,19 @@ impl Worker {
             .ok()
     }
 
-    /// Renews what it holds, gives back what is over its fair share, takes free
-    /// partitions up to it.
-    async fn leases(&mut self) {
-        let c = self.cluster.clone();
-        let _ = self
-            .bus
-            .workers
-            .put(&c.name, Bytes::from(c.name.clone()))
-            .await;
-        let mut lost = Vec::new();
-        for (p, o) in self.owned.iter_mut() {
-            if !o.lease.renew(&self.bus.leases, &c.name, c.lease_ms).await {
-                lost.push(*p);
-            }
-        }
-        for p in lost {
-            tracing::warn!(partition = p, "partition lost");
-            self.drop_partition(p);
-        }
-        let live = self.live_workers().await.max(1);
-        let share = c.partitions.div_ceil(live) as usize;
-        while self.owned.len() > share {
-            let Some((&p, _)) = self.owned.last_key_value() else {
-                break;
-            };
-            if let Some(o) = self.drop_partition(p) {
-                tracing::info!(partition = p, live, "partition given back");
-                o.lease.release(&self.bus.leases).await;
-            }
-        }
-        if self.owned.len() >= share {
-            return;
-        }
-        let mut free: Vec<u32> = (0..c.partitions)
-            .filter(|p| !self.owned.contains_key(p))
-            .collect();
-        fastrand::shuffle(&mut free);
-        for p in free {
-            if self.owned.len() >= share {
-                break;
-            }
-            let key = format!("part-{p}");
-            let Some(lease) =
-                Lease::take(&self.bus.leases, &key, &self.cluster.name, self.cluster.lease_ms)
-                    .await
-            else {
-                continue;
-            };
-            match self.take_partition(p, lease).await {
-                Ok(()) => tracing::info!(partition = p, live, "partition taken"),
-                Err(e) => tracing::warn!(partition = p, "cannot take partition: {e:#}"),
-            }
-        }
-    }
-
-    async fn live_workers(&self) -> u32 {
-        let Ok(mut keys) = self.bus.workers.keys().await else {
-            return 1;
-        };
-        let mut n = 0;
-        while let Some(k) = keys.next().await {
-            n += u32::from(k.is_ok());
-        }
-        n
-    }
-
     /// Stops consuming `p` and forgets its sites.
-    fn drop_partition(&mut self, p: u32) -> Option<Owned> {
-        let o = self.owned.remove(&p)?;
+    fn drop_partition(&mut self, p: u32) {
+        let Some(o) = self.owned.remove(&p) else {
+            return;
+        };
         o.pull.abort();
         let n = self.cluster.partitions;
         self.engine.retain_sites(|s| partition_of(s.as_str(), n) != p);
-        Some(o)
     }
 
     /// Restores `p`'s sites from history (boots: de-dup; identities), replays their
     /// latest statuses, then consumes its reports.
-    async fn take_partition(&mut self, p: u32, lease: Lease) -> anyhow::Result<()> {
+    async fn take_partition(&mut self, p: u32) -> anyhow::Result<()> {
         let n = self.cluster.partitions;
         let now = now_ms();
         let all = self.reader.restore(now).context("restore history")?;
@@ -459,7 +426,7 @@ impl Worker {
                 tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
             }
         });
-        self.owned.insert(p, Owned { lease, pull });
+        self.owned.insert(p, Owned { pull });
         let replay: Vec<(String, Bytes)> = self
             .statuses
             .iter()
@@ -474,6 +441,78 @@ impl Worker {
         let summaries = self.dispatch();
         self.publish(summaries).await;
         Ok(())
+    }
+}
+
+/// The lease keeper: every third of the lease it announces this worker, renews
+/// what it holds (a failed renewal is a `Drop` at once), gives back what is over
+/// its fair share (`ceil(partitions / live workers)`) and takes free partitions up
+/// to it. It runs beside the owner so a long batch never lets a lease lapse; on
+/// `stop` it gives every lease back (the others take them at their next tick).
+async fn keep_leases(
+    bus: Bus,
+    c: Cluster,
+    events: mpsc::UnboundedSender<LeaseEvent>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut held: BTreeMap<u32, Lease> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(c.lease_ms / 3));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let _ = bus.workers.put(&c.name, Bytes::from(c.name.clone())).await;
+        let mut lost = Vec::new();
+        for (p, l) in held.iter_mut() {
+            if !l.renew(&bus.leases, &c.name, c.lease_ms).await {
+                lost.push(*p);
+            }
+        }
+        for p in lost {
+            held.remove(&p);
+            tracing::warn!(partition = p, "partition lease lost");
+            let _ = events.send(LeaseEvent::Drop(p));
+        }
+        let live = live_workers(&bus).await.max(1);
+        let share = c.partitions.div_ceil(live) as usize;
+        while held.len() > share {
+            let Some((p, l)) = held.pop_last() else { break };
+            let _ = events.send(LeaseEvent::Drop(p));
+            tracing::info!(partition = p, live, "partition given back");
+            l.release(&bus.leases).await;
+        }
+        let mut free: Vec<u32> = (0..c.partitions)
+            .filter(|p| !held.contains_key(p))
+            .collect();
+        fastrand::shuffle(&mut free);
+        for p in free {
+            if held.len() >= share {
+                break;
+            }
+            if let Some(l) = Lease::take(&bus.leases, &format!("part-{p}"), &c.name, c.lease_ms).await {
+                held.insert(p, l);
+                let _ = events.send(LeaseEvent::Take(p));
+            }
+        }
+    }
+    for (p, l) in held {
+        let _ = events.send(LeaseEvent::Drop(p));
+        l.release(&bus.leases).await;
+    }
+    // Gone from the live workers at once (it would lapse within a lease anyway).
+    let _ = bus.workers.purge(&c.name).await;
+}
+
+/// Live site workers: the worker bucket keeps one message per worker that
+/// announced itself within a lease (one request; a worker that left counts until
+/// its purge marker ages out, a lease later).
+async fn live_workers(bus: &Bus) -> u32 {
+    let stream = format!("KV_{}", super::WORKER_BUCKET);
+    match bus.js.get_stream(stream).await {
+        Ok(s) => s.cached_info().state.messages as u32,
+        Err(_) => 1,
     }
 }
 

@@ -1,0 +1,405 @@
+//! Cluster mode end to end, on real processes: a three-node NATS cluster
+//! (JetStream, MQTT listeners, partition mapping), two site workers, a correlator
+//! and its standby, the fleet simulator's sites publishing over MQTT to the NATS
+//! nodes. During a provider outage one site worker, then one NATS node, then the
+//! active correlator are SIGKILLed. History must hold every window exactly once,
+//! no verdict may be false, and the verdicts must be those of a one-node `replay`
+//! of the same reports (the same sequence of states for each verdict).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use faultline_shared::{Id, Topics};
+use faultline_tests::fleet::{Fault, Fleet, Script};
+use faultline_tests::nats::NatsCluster;
+use faultline_tests::{Child, TempDir, wait_until};
+
+const SITES: usize = 500;
+const WINDOW_MS: u32 = 3_000;
+const WINDOWS: u64 = 30;
+const OUTAGE: std::ops::Range<u64> = 6..20;
+const PARTITIONS: u32 = 16;
+const LEASE_MS: u64 = 4_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn config(dir: &Path, nats: &NatsCluster, name: &str, role: &str) -> PathBuf {
+    let urls = |v: Vec<String>| {
+        v.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "window_seconds = {}\n[storage]\npath = \"{}\"\n\
+         [providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n\
+         [cluster]\nrole = \"{role}\"\nname = \"{name}\"\nnats = [{}]\nmqtt = [{}]\n\
+         partitions = {PARTITIONS}\nlease_ms = {LEASE_MS}\n",
+        WINDOW_MS / 1000,
+        dir.join("history.db").display(),
+        urls(nats.urls()),
+        urls(nats.mqtt_urls()),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(dir: &Path, name: &str, cfg: &Path) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Child::spawn(
+        name,
+        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("FAULTLINE_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .unwrap()
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// One recorded message, as `replay` reads it.
+fn record(out: &Mutex<Vec<String>>, topic: &str, payload: serde_json::Value) {
+    let line = serde_json::json!({"at_ms": now_ms(), "topic": topic, "payload": payload});
+    out.lock().unwrap().push(line.to_string());
+}
+
+/// The agents: each site on one NATS node's MQTT listener (round-robin), its
+/// retained status first, then one report a window in real time. A site whose node
+/// is dead moves to the next live node and sends its last two windows again (an
+/// agent's outbox resends what was not acknowledged).
+fn agents(
+    fleet: Fleet,
+    mqtt: Vec<u16>,
+    dead: Arc<Mutex<Vec<bool>>>,
+    progress: Arc<AtomicU64>,
+    rec: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use rumqttc::{AsyncClient, MqttOptions, QoS};
+            let mut fleet = fleet;
+            let topics = Topics::default();
+            let mut clients = Vec::new();
+            for (i, port) in mqtt.iter().enumerate() {
+                let mut o = MqttOptions::new(format!("agents-{i}"), "127.0.0.1", *port);
+                o.set_keep_alive(Duration::from_secs(5))
+                    .set_inflight(2000)
+                    .set_max_packet_size(64 * 1024, 64 * 1024);
+                let (c, mut el) = AsyncClient::new(o, 20_000);
+                tokio::spawn(async move {
+                    loop {
+                        if el.poll().await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                });
+                clients.push(c);
+            }
+            let n = clients.len();
+            let node_of = |i: usize, dead: &[bool]| {
+                (0..n).map(|k| (i + k) % n).find(|&k| !dead[k]).unwrap()
+            };
+            let sites = fleet.sites().to_vec();
+            for (i, s) in sites.iter().enumerate() {
+                let st = fleet.status(s);
+                let topic = topics.status(&s.id);
+                record(&rec, &topic, serde_json::to_value(&st).unwrap());
+                clients[i % n]
+                    .publish(topic, QoS::AtLeastOnce, true, serde_json::to_vec(&st).unwrap())
+                    .await
+                    .unwrap();
+            }
+            let t0 = tokio::time::Instant::now() + Duration::from_millis(500);
+            let mut was_dead = vec![false; n];
+            let mut history: Vec<Vec<faultline_shared::Report>> = Vec::new();
+            for seq in 0..WINDOWS {
+                tokio::time::sleep_until(t0 + Duration::from_millis(u64::from(WINDOW_MS) * seq))
+                    .await;
+                let dead_now = dead.lock().unwrap().clone();
+                let reports = fleet.window(seq);
+                // Sites of a node that died since the last window resend its last two.
+                let mut resend = Vec::new();
+                for k in 0..n {
+                    if dead_now[k] && !was_dead[k] {
+                        for w in history.iter().rev().take(2).rev() {
+                            resend.extend(
+                                w.iter()
+                                    .filter(|r| {
+                                        sites.iter().position(|s| s.id == r.site).unwrap() % n == k
+                                    })
+                                    .cloned(),
+                            );
+                        }
+                    }
+                }
+                was_dead = dead_now.clone();
+                for r in resend.iter().chain(reports.iter()) {
+                    let i = sites.iter().position(|s| s.id == r.site).unwrap();
+                    let topic = topics.report(&r.site);
+                    record(&rec, &topic, serde_json::to_value(r).unwrap());
+                    let bytes = faultline_shared::encode(r).unwrap();
+                    let _ = clients[node_of(i % n, &dead_now)]
+                        .publish(topic, QoS::AtLeastOnce, false, bytes)
+                        .await;
+                }
+                history.push(reports);
+                progress.store(seq + 1, Ordering::SeqCst);
+            }
+            // Let the last publishes drain.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+    })
+}
+
+fn db(dir: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join("history.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c
+}
+
+/// (scope, id) → the sequence of states, from verdicts in order.
+fn sequences(verdicts: &[serde_json::Value]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for v in verdicts {
+        let key = (
+            v["scope"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        );
+        let state = v["state"].as_str().unwrap().to_owned();
+        let seq = m.entry(key).or_default();
+        if seq.last() != Some(&state) {
+            seq.push(state);
+        }
+    }
+    m
+}
+
+#[test]
+fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage() {
+    let Some(mut nats) = NatsCluster::start(3, PARTITIONS) else {
+        return;
+    };
+    let tmp = TempDir::new("cluster");
+    let dir = tmp.path().to_path_buf();
+    let cfgs: Vec<(String, PathBuf)> = [
+        ("fleet-a", "fleet"),
+        ("fleet-b", "fleet"),
+        ("worker-a", "site"),
+        ("worker-b", "site"),
+    ]
+    .iter()
+    .map(|(n, r)| (n.to_string(), config(&dir, &nats, n, r)))
+    .collect();
+    let mut procs: BTreeMap<String, Child> = BTreeMap::new();
+    for (name, cfg) in &cfgs {
+        procs.insert(name.clone(), spawn(&dir, name, cfg));
+        if name == "fleet-a" {
+            // fleet-a is the active one at first.
+            assert!(
+                wait_until(Duration::from_secs(60), || log(&dir, "fleet-a")
+                    .contains("lease taken")),
+                "fleet-a never took the lease:\n{}\n{}",
+                log(&dir, "fleet-a"),
+                nats.log(0)
+            );
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            log(&dir, "worker-a").contains("partition taken")
+                && log(&dir, "worker-b").contains("partition taken")
+        }),
+        "workers took no partitions:\n{}\n{}",
+        log(&dir, "worker-a"),
+        log(&dir, "worker-b")
+    );
+
+    let voipco = Id::new("voipco").unwrap();
+    let script = Script::new().with(Fault::ProviderDown { provider: voipco }, OUTAGE.start, OUTAGE.end);
+    let start = now_ms();
+    let fleet = Fleet::new(SITES, &Fleet::default_isps(), WINDOW_MS, start, 14).with_script(script);
+    let dead = Arc::new(Mutex::new(vec![false; 3]));
+    let progress = Arc::new(AtomicU64::new(0));
+    let rec = Arc::new(Mutex::new(Vec::new()));
+    let mqtt: Vec<u16> = nats.nodes.iter().map(|n| n.mqtt).collect();
+    let publisher = agents(fleet, mqtt, dead.clone(), progress.clone(), rec.clone());
+
+    let at = |w: u64| {
+        assert!(wait_until(Duration::from_secs(120), || progress.load(Ordering::SeqCst) >= w));
+    };
+    // Two windows into the outage: a site worker dies.
+    at(OUTAGE.start + 2);
+    procs.get_mut("worker-a").unwrap().signal("KILL");
+    procs.get_mut("worker-a").unwrap().kill();
+    let killed_worker = Instant::now();
+    // Then a NATS node (its agents move to the others).
+    at(OUTAGE.start + 5);
+    dead.lock().unwrap()[2] = true;
+    nats.kill(2);
+    // Then the active correlator.
+    at(OUTAGE.start + 8);
+    procs.get_mut("fleet-a").unwrap().signal("KILL");
+    procs.get_mut("fleet-a").unwrap().kill();
+    let killed_fleet = Instant::now();
+    publisher.join().unwrap();
+
+    // Every window reaches history (the survivors take over what the dead held).
+    let want = (SITES as u64 * WINDOWS) as i64;
+    let stored = || {
+        db(&dir)
+            .query_row("SELECT count(*) FROM windows", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    let all_in = wait_until(Duration::from_secs(90), || stored() >= want);
+    // Let the correlator evaluate the last windows.
+    std::thread::sleep(Duration::from_millis(u64::from(WINDOW_MS) * 2));
+    for name in ["worker-b", "fleet-b"] {
+        let p = procs.get_mut(name).unwrap();
+        p.signal("TERM");
+        p.wait_timeout(Duration::from_secs(30));
+    }
+    let wb = log(&dir, "worker-b");
+    let fb = log(&dir, "fleet-b");
+    assert!(all_in, "history holds {} of {want} windows\n{wb}", stored());
+
+    let c = db(&dir);
+    let (rows, distinct): (i64, i64) = c
+        .query_row(
+            "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT site, boot, seq FROM windows)) FROM windows",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(rows, want, "each window exactly once");
+    assert_eq!(distinct, want, "each window exactly once");
+
+    // Handover times (reported, not asserted: this machine is shared and noisy).
+    let took_over = fb.contains("lease taken");
+    assert!(took_over, "the standby never took over:\n{fb}");
+    eprintln!(
+        "worker killed {:?} ago, correlator killed {:?} ago",
+        killed_worker.elapsed(),
+        killed_fleet.elapsed()
+    );
+
+    // The verdicts the cluster committed, in order.
+    let mut st = c
+        .prepare("SELECT json FROM verdict_changes ORDER BY rowid")
+        .unwrap();
+    let cluster: Vec<serde_json::Value> = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|j| serde_json::from_str(&j.unwrap()).unwrap())
+        .collect();
+
+    // One node, the same reports: `replay` of what the agents sent.
+    let lines = rec.lock().unwrap().clone();
+    let mut sorted: Vec<(u64, String)> = lines
+        .into_iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            (v["at_ms"].as_u64().unwrap(), l)
+        })
+        .collect();
+    sorted.sort_by_key(|(t, _)| *t);
+    let input = dir.join("sent.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    for (_, l) in &sorted {
+        writeln!(f, "{l}").unwrap();
+    }
+    drop(f);
+    let one = dir.join("one-node.toml");
+    std::fs::write(
+        &one,
+        format!(
+            "window_seconds = {}\n[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n",
+            WINDOW_MS / 1000
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&one)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    // No false verdict: only voipco and the sites that probe it, for the outage.
+    for v in &cluster {
+        let (scope, id, state) = (
+            v["scope"].as_str().unwrap(),
+            v["id"].as_str().unwrap(),
+            v["state"].as_str().unwrap(),
+        );
+        if state == "ok" {
+            continue;
+        }
+        match scope {
+            "provider" => assert_eq!(id, "voipco", "false verdict {v}"),
+            "site" => assert_eq!(v["cause"], "provider", "false verdict {v}"),
+            _ => panic!("false verdict {v}"),
+        }
+    }
+    let (cs, rs) = (sequences(&cluster), sequences(&replayed));
+    assert_eq!(
+        cs.get(&("provider".into(), "voipco".into())),
+        Some(&vec!["ok".to_owned(), "outage".into(), "ok".into()]),
+        "{cs:?}"
+    );
+    let differ: Vec<_> = rs
+        .iter()
+        .filter(|(k, v)| cs.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone(), cs.get(k).cloned()))
+        .collect();
+    let extra: Vec<_> = cs.keys().filter(|k| !rs.contains_key(*k)).collect();
+    assert!(
+        differ.is_empty() && extra.is_empty(),
+        "cluster and one-node replay differ: {} verdicts ({:?}…), {} only in the cluster ({:?}…)",
+        differ.len(),
+        differ.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
+
+    // One incident for the outage, never repeated or forked across the takeover.
+    let ids: std::collections::BTreeSet<&str> = cluster
+        .iter()
+        .filter(|v| v["scope"] == "provider")
+        .filter_map(|v| v["incident"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let (n, distinct_ids): (i64, i64) = c
+        .query_row(
+            "SELECT count(*), count(DISTINCT id) FROM incidents WHERE scope = 'provider'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((n, distinct_ids), (1, 1));
+}
