@@ -29,13 +29,19 @@ pub const DEFAULT_PARTITIONS: u32 = 16;
 pub const DEFAULT_REPLICAS: usize = 3;
 /// A lease not renewed within this long is free (partitions, the correlator's).
 pub const DEFAULT_LEASE_MS: u64 = 6_000;
-/// How long reports stay in the stream (a worker away longer loses them).
+/// How long summaries stay in their stream.
 const REPORTS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long the summary stream de-duplicates by `Nats-Msg-Id` (covers redeliveries).
 const SUMMARY_DEDUP: Duration = Duration::from_secs(120);
 
-/// The reports stream: every partition's reports.
-pub const REPORTS_STREAM: &str = "FL_IN";
+/// The reports stream: the MQTT listener's own stream of QoS 1 messages. An agent's
+/// report is in it (replicated) before the agent gets its PUBACK, under the mapped
+/// subject `$MQTT.msgs.fl.in.P.…`; it keeps a message until every consumer whose
+/// filter matches has acknowledged it (interest retention), so the partition
+/// consumers hold each report until a worker has stored it. (A stream of our own
+/// capturing `fl.in.>` would not do: a plain capture is not waited for, and reports
+/// published while its leader moves are lost.)
+pub const REPORTS_STREAM: &str = "$MQTT_msgs";
 /// The statuses stream: each site's latest status (and last will).
 pub const STATUS_STREAM: &str = "FL_STATUS";
 /// The summaries stream: site workers → correlators.
@@ -187,7 +193,12 @@ pub fn topic_of(subject: &str) -> String {
 
 /// The subject filter of one partition's reports.
 pub fn partition_filter(p: u32) -> String {
-    format!("fl.in.{p}.>")
+    format!("$MQTT.msgs.fl.in.{p}.>")
+}
+
+/// The agent's own subject inside a partition's (`$MQTT.msgs.fl.in.P.` in front).
+pub fn agent_subject(subject: &str) -> &str {
+    subject.splitn(6, '.').nth(5).unwrap_or("")
 }
 
 /// The subject a summary of `site` travels on.
@@ -238,20 +249,14 @@ impl Bus {
 
     async fn try_open(js: &jetstream::Context, c: &Cluster) -> anyhow::Result<Bus> {
         let r = c.replicas;
-        let reports = js
-            .get_or_create_stream(stream::Config {
-                name: REPORTS_STREAM.into(),
-                subjects: vec!["fl.in.>".into()],
-                num_replicas: r,
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                max_age: REPORTS_MAX_AGE,
-                description: Some(format!("partitions={}", c.partitions)),
-                ..Default::default()
-            })
-            .await
-            .context("reports stream")?;
-        check_partitions(&reports, c.partitions)?;
+        // The MQTT listener's own stream of QoS 1 messages: it is created when the
+        // account's first MQTT client connects.
+        if js.get_stream(REPORTS_STREAM).await.is_err() {
+            poke_mqtt(&c.mqtt).await;
+            js.get_stream(REPORTS_STREAM)
+                .await
+                .context("the MQTT listener's message stream")?;
+        }
         js.get_or_create_stream(stream::Config {
             name: STATUS_STREAM.into(),
             subjects: vec!["faultline.v1.sites.*.status".into()],
@@ -284,14 +289,33 @@ impl Bus {
     }
 }
 
-/// The stream's description records the partition count it was made for: a
-/// collector configured with another count would split sites differently.
-fn check_partitions(s: &stream::Stream, n: u32) -> anyhow::Result<()> {
-    let want = format!("partitions={n}");
-    match s.cached_info().config.description.as_deref() {
-        None => Ok(()),
-        Some(d) if d == want => Ok(()),
-        Some(d) => anyhow::bail!("stream {REPORTS_STREAM} was made for {d}, this collector has {want}"),
+/// Connects to an MQTT listener and leaves (makes the server create its MQTT
+/// streams for the account).
+async fn poke_mqtt(listeners: &[(String, u16)]) {
+    for (host, port) in listeners {
+        let mut o = rumqttc::MqttOptions::new(
+            format!("faultline-poke-{}", std::process::id()),
+            host.clone(),
+            *port,
+        );
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+        if connected {
+            return;
+        }
     }
 }
 
@@ -421,5 +445,9 @@ mod tests {
             "faultline/v1/sites/a.b/report"
         );
         assert_eq!(subject_token("a.b"), "a//b");
+        assert_eq!(
+            agent_subject("$MQTT.msgs.fl.in.3.faultline.v1.sites.a.report"),
+            "faultline.v1.sites.a.report"
+        );
     }
 }

@@ -263,8 +263,7 @@ impl Worker {
                 continue;
             }
             let subject = msg.subject.as_str();
-            // `fl.in.P.` in front of the agent's own subject.
-            let topic = super::topic_of(subject.splitn(4, '.').nth(3).unwrap_or(""));
+            let topic = super::topic_of(super::agent_subject(subject));
             if let Err(e) =
                 self.engine
                     .handle_message(&self.topics, now_ms(), &topic, &msg.payload, false)
