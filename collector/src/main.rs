@@ -200,7 +200,20 @@ fn main() -> ExitCode {
                     c.prefix,
                     c.providers.len()
                 );
-                println!("broker: {}", describe_broker(&c));
+                match &c.cluster {
+                    Some(k) => println!(
+                        "cluster: role {}, {} NATS nodes, {} partitions, lease {} ms, name {}",
+                        k.role.map_or("from --role", |r| match r {
+                            faultline_collector::cluster::ClusterRole::Site => "site",
+                            faultline_collector::cluster::ClusterRole::Fleet => "fleet",
+                        }),
+                        k.nats.len(),
+                        k.partitions,
+                        k.lease_ms,
+                        k.name
+                    ),
+                    None => println!("broker: {}", describe_broker(&c)),
+                }
                 println!("http:   {}", describe_http(&c));
                 Ok(())
             }
