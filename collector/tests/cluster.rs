@@ -226,7 +226,10 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     }
     assert!(
         wait_until(Duration::from_secs(60), || {
-            log(&dir, "worker-a").contains("partition taken")
+            // The consumers exist before any report is sent (the listener's stream
+            // keeps a message only while a consumer wants it), and both hold some.
+            log(&dir, "worker-a").contains("partition consumers ready")
+                && log(&dir, "worker-a").contains("partition taken")
                 && log(&dir, "worker-b").contains("partition taken")
         }),
         "workers took no partitions:\n{}\n{}",

@@ -113,6 +113,16 @@ pub async fn serve(
         }
     });
 
+    let mut backoff = crate::service::backoff(250, 5_000);
+    for p in 0..cluster.partitions {
+        while let Err(e) = partition_consumer(&bus, &cluster, p).await {
+            let d = backoff.next_delay(fastrand::f64());
+            tracing::warn!("{e:#}; retrying in {d:?}");
+            tokio::time::sleep(d).await;
+        }
+    }
+    tracing::info!(partitions = cluster.partitions, "partition consumers ready");
+
     let mut ecfg = crate::engine_config(&cfg);
     ecfg.role = Role::Site;
     let (deliveries, mut delivered) = mpsc::channel::<Delivery>(BATCH * 4);
@@ -386,22 +396,7 @@ impl Worker {
             ..Restored::default()
         };
         self.engine.restore(now, restored);
-        let stream = self.bus.js.get_stream(super::REPORTS_STREAM).await?;
-        let consumer: consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(
-                &format!("part-{p}"),
-                pull::Config {
-                    durable_name: Some(format!("part-{p}")),
-                    filter_subject: super::partition_filter(p),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_millis(self.cluster.lease_ms),
-                    max_ack_pending: MAX_ACK_PENDING,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("partition consumer")?;
+        let consumer = partition_consumer(&self.bus, &self.cluster, p).await?;
         let tx = self.deliveries.clone();
         let pull = tokio::spawn(async move {
             let mut backoff = crate::service::backoff(200, 5_000);
@@ -441,6 +436,32 @@ impl Worker {
         self.publish(summaries).await;
         Ok(())
     }
+}
+
+/// Partition `p`'s durable consumer (made if absent). Every worker makes all of
+/// them at start: the listener's stream keeps a report only while a consumer
+/// wants it, so they must exist before any worker holds the partition.
+async fn partition_consumer(
+    bus: &Bus,
+    c: &Cluster,
+    p: u32,
+) -> anyhow::Result<consumer::Consumer<pull::Config>> {
+    let stream = bus.js.get_stream(super::REPORTS_STREAM).await?;
+    stream
+        .get_or_create_consumer(
+            &format!("part-{p}"),
+            pull::Config {
+                durable_name: Some(format!("part-{p}")),
+                filter_subject: super::partition_filter(p),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_millis(c.lease_ms),
+                max_ack_pending: MAX_ACK_PENDING,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("partition {p}'s consumer"))
 }
 
 /// The lease keeper: every third of the lease it announces this worker, renews
