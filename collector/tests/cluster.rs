@@ -88,6 +88,7 @@ fn agents(
     mqtt: Vec<u16>,
     dead: Arc<Mutex<Vec<bool>>>,
     progress: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     rec: Arc<Mutex<Vec<String>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -135,7 +136,12 @@ fn agents(
             let t0 = tokio::time::Instant::now() + Duration::from_millis(500);
             let mut was_dead = vec![false; n];
             let mut history: Vec<Vec<faultline_shared::Report>> = Vec::new();
-            for seq in 0..WINDOWS {
+            // WINDOWS windows, then healthy ones until told to stop (the collectors
+            // are stopped first: sites going quiet at the end are not news).
+            for seq in 0.. {
+                if seq >= WINDOWS && stop.load(Ordering::SeqCst) {
+                    break;
+                }
                 tokio::time::sleep_until(t0 + Duration::from_millis(u64::from(WINDOW_MS) * seq))
                     .await;
                 let dead_now = dead.lock().unwrap().clone();
@@ -246,9 +252,17 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     let fleet = Fleet::new(SITES, &Fleet::default_isps(), WINDOW_MS, start, 14).with_script(script);
     let dead = Arc::new(Mutex::new(vec![false; 3]));
     let progress = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rec = Arc::new(Mutex::new(Vec::new()));
     let mqtt: Vec<u16> = nats.nodes.iter().map(|n| n.mqtt).collect();
-    let publisher = agents(fleet, mqtt, dead.clone(), progress.clone(), rec.clone());
+    let publisher = agents(
+        fleet,
+        mqtt,
+        dead.clone(),
+        progress.clone(),
+        stop.clone(),
+        rec.clone(),
+    );
 
     let at = |w: u64| {
         assert!(wait_until(Duration::from_secs(120), || progress.load(Ordering::SeqCst) >= w));
@@ -267,13 +281,17 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     procs.get_mut("fleet-a").unwrap().signal("KILL");
     procs.get_mut("fleet-a").unwrap().kill();
     let killed_fleet = Instant::now();
-    publisher.join().unwrap();
+    at(WINDOWS);
 
     // Every window reaches history (the survivors take over what the dead held).
     let want = (SITES as u64 * WINDOWS) as i64;
     let stored = || {
         db(&dir)
-            .query_row("SELECT count(*) FROM windows", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT count(*) FROM windows WHERE seq < ?1",
+                [WINDOWS as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .unwrap_or(0)
     };
     let all_in = wait_until(Duration::from_secs(90), || stored() >= want);
@@ -284,6 +302,8 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         p.signal("TERM");
         p.wait_timeout(Duration::from_secs(30));
     }
+    stop.store(true, Ordering::SeqCst);
+    publisher.join().unwrap();
     let wb = log(&dir, "worker-b");
     let fb = log(&dir, "fleet-b");
     // Every check below is made; all failures are reported together.
@@ -298,11 +318,19 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     let c = db(&dir);
     let (rows, distinct): (i64, i64) = c
         .query_row(
-            "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT site, boot, seq FROM windows)) FROM windows",
-            [],
+            "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT site, boot, seq FROM windows WHERE seq < ?1)) FROM windows WHERE seq < ?1",
+            [WINDOWS as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
+    let dups: i64 = c
+        .query_row(
+            "SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT site, boot, seq FROM windows)) FROM windows",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    check(dups == 0, format!("{dups} windows stored twice"));
     check(
         rows == want && distinct == want,
         format!("{rows} window rows, {distinct} distinct windows, {want} sent: each exactly once"),

@@ -148,6 +148,13 @@ pub async fn serve(
         keeper_stopped,
     ));
     let mut batch = Vec::with_capacity(BATCH);
+    // Nothing at all from any partition for a collector window while it holds
+    // some: the bus is not delivering (a node failing over), not every site at
+    // once going dark. Silence is not counted until reports flow again, and then
+    // for the reconnect grace, as for the one-node collector's broker link.
+    let stall_after = Duration::from_millis(cfg.window_ms);
+    let mut last_delivery = tokio::time::Instant::now();
+    let mut stalled = false;
     let sleep = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(sleep);
     tokio::pin!(shutdown);
@@ -170,9 +177,22 @@ pub async fn serve(
                 if n == 0 {
                     break;
                 }
+                if std::mem::take(&mut stalled) {
+                    tracing::info!("reports flow again");
+                    w.engine.handle_link(now_ms(), true);
+                }
+                last_delivery = tokio::time::Instant::now();
                 w.reports(&mut batch).await;
             }
             () = &mut sleep => {}
+        }
+        if !stalled && !w.owned.is_empty() && last_delivery.elapsed() > stall_after {
+            tracing::warn!("no report from any partition for {stall_after:?}: silence not counted");
+            stalled = true;
+            w.engine.handle_link(now_ms(), false);
+        }
+        if w.owned.is_empty() {
+            last_delivery = tokio::time::Instant::now();
         }
         if w.engine.poll_timeout().is_some_and(|t| t <= now_ms()) {
             w.engine.handle_timeout(now_ms());
