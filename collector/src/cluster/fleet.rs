@@ -18,9 +18,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream::consumer;
 use faultline_shared::{CollectorStatus, Topics};
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::mqtt_out::MqttOut;
@@ -47,6 +46,8 @@ struct Correlator {
     reader: Store,
     leader: Option<Lease>,
     out: Option<MqttOut>,
+    /// Summaries received.
+    received: u64,
 }
 
 fn status(online: bool) -> Vec<u8> {
@@ -98,17 +99,24 @@ pub async fn serve(
     let start = now_ms();
     engine.restore(start, reader.restore(start).context("restore history")?);
 
-    let stream = bus.js.get_stream(super::SUMMARY_STREAM).await?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            name: Some(format!("fleet-{}", cluster.name)),
-            deliver_policy: consumer::DeliverPolicy::New,
-            filter_subject: "fl.summary.>".into(),
-            ..Default::default()
-        })
-        .await
-        .context("summaries consumer")?;
-    let mut summaries = consumer.messages().await.context("summaries")?;
+    let consumer = super::fresh_consumer(
+        &bus,
+        super::SUMMARY_STREAM,
+        &format!("fleet-{}", cluster.name),
+        "fl.summary.>",
+        consumer::DeliverPolicy::New,
+    )
+    .await?;
+    let (tx, mut summaries) = mpsc::channel(4096);
+    tokio::spawn(super::forward(consumer, tx, "summaries", |m| {
+        match faultline_shared::summary::decode(&m.payload) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(subject = %m.subject, "bad summary: {e}");
+                None
+            }
+        }
+    }));
     tracing::info!(name = cluster.name, "correlator on the bus (standby until it holds the lease)");
 
     let mut c = Correlator {
@@ -120,7 +128,9 @@ pub async fn serve(
         reader,
         leader: None,
         out: None,
+        received: 0,
     };
+    let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut leases = tokio::time::interval(Duration::from_millis(cluster.lease_ms / 3));
     leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sleep = tokio::time::sleep(Duration::from_secs(1));
@@ -131,16 +141,16 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             _ = leases.tick() => c.lease().await,
-            m = summaries.next() => match m {
-                Some(Ok(m)) => match faultline_shared::summary::decode(&m.payload) {
-                    Ok(s) => {
-                        c.engine.handle_summary(now_ms(), s);
-                    }
-                    Err(e) => tracing::warn!(subject = %m.subject, "bad summary: {e}"),
-                },
-                Some(Err(e)) => tracing::warn!("summaries: {e}"),
-                None => anyhow::bail!("the summary stream ended"),
-            },
+            Some(s) = summaries.recv() => {
+                c.received += 1;
+                c.engine.handle_summary(now_ms(), s);
+            }
+            _ = report.tick() => tracing::info!(
+                summaries = c.received,
+                evaluations = c.engine.counters().evaluations,
+                active = c.leading(),
+                "correlator"
+            ),
             () = &mut sleep => {}
         }
         if c.engine.poll_timeout().is_some_and(|t| t <= now_ms()) {

@@ -411,6 +411,65 @@ fn valid_for(ttl_ms: u64) -> Duration {
     Duration::from_millis(ttl_ms - ttl_ms / 3)
 }
 
+/// A durable pull consumer of this process's own (`name`), made afresh: replicated
+/// like its stream, so it survives the loss of a node (an ordered consumer lives on
+/// one node and stalls with it). No acks: the reader keeps its own place.
+pub async fn fresh_consumer(
+    bus: &Bus,
+    stream: &str,
+    name: &str,
+    filter: &str,
+    deliver_policy: jetstream::consumer::DeliverPolicy,
+) -> anyhow::Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>> {
+    let s = bus.js.get_stream(stream).await?;
+    let _ = s.delete_consumer(name).await;
+    s.create_consumer(jetstream::consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: filter.to_owned(),
+        deliver_policy,
+        ack_policy: jetstream::consumer::AckPolicy::None,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("consumer {name} on {stream}"))
+}
+
+/// Pulls from `consumer` for as long as `tx` is open, pulling again (with backoff)
+/// whenever the message stream ends or fails.
+pub async fn forward<T: Send + 'static>(
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    tx: tokio::sync::mpsc::Sender<T>,
+    what: &'static str,
+    map: impl Fn(jetstream::Message) -> Option<T>,
+) {
+    use futures_util::StreamExt;
+    let mut backoff = crate::service::backoff(200, 5_000);
+    loop {
+        match consumer.messages().await {
+            Ok(mut msgs) => {
+                while let Some(m) = msgs.next().await {
+                    match m {
+                        Ok(m) => {
+                            backoff.reset();
+                            if let Some(t) = map(m)
+                                && tx.send(t).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::debug!("{what}: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("{what}: {e}"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
+    }
+}
+
 /// Runs the cluster role `role` until SIGINT/SIGTERM.
 pub fn run(cfg: crate::config::Config, role: ClusterRole) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

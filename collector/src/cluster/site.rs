@@ -26,7 +26,6 @@ use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream;
 use bytes::Bytes;
 use faultline_shared::{Id, SiteSummary, SummaryKind, Topics};
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -78,6 +77,9 @@ struct Worker {
     statuses: HashMap<Id, (String, Bytes)>,
     deliveries: mpsc::Sender<Delivery>,
     stats: Arc<HistoryStats>,
+    /// Reports handled and summaries the stream took.
+    handled: u64,
+    published: u64,
 }
 
 /// Runs a site worker until `shutdown` completes.
@@ -138,7 +140,10 @@ pub async fn serve(
         statuses: HashMap::new(),
         deliveries,
         stats,
+        handled: 0,
+        published: 0,
     };
+    let mut report = tokio::time::interval(Duration::from_secs(30));
     let (lease_tx, mut leases) = mpsc::unbounded_channel();
     let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel();
     let keeper = tokio::spawn(keep_leases(
@@ -173,6 +178,13 @@ pub async fn serve(
                 }
             },
             Some(s) = statuses_rx.recv() => w.status(s),
+            _ = report.tick() => tracing::info!(
+                partitions = w.owned.len(),
+                reports = w.handled,
+                summaries = w.published,
+                stored = w.stats.stored.load(std::sync::atomic::Ordering::Relaxed),
+                "site worker"
+            ),
             n = delivered.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     break;
@@ -226,43 +238,28 @@ pub async fn serve(
 
 /// Every site's statuses, from the newest each has (older than now: retained).
 async fn statuses(bus: &Bus, c: &Cluster) -> anyhow::Result<mpsc::Receiver<StatusMsg>> {
-    let stream = bus.js.get_stream(super::STATUS_STREAM).await?;
     let started = now_ms();
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            name: Some(format!("status-{}", c.name)),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            filter_subject: "faultline.v1.sites.*.status".into(),
-            ..Default::default()
-        })
-        .await
-        .context("statuses consumer")?;
-    let mut msgs = consumer.messages().await.context("statuses")?;
+    let consumer = super::fresh_consumer(
+        bus,
+        super::STATUS_STREAM,
+        &format!("status-{}", c.name),
+        "faultline.v1.sites.*.status",
+        consumer::DeliverPolicy::LastPerSubject,
+    )
+    .await?;
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(async move {
-        while let Some(m) = msgs.next().await {
-            let Ok(m) = m else { continue };
-            let retained = m
-                .info()
-                .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) < i128::from(started))
-                .unwrap_or(false);
-            let topic = super::topic_of(m.subject.as_str());
-            let Some(site) = topic
-                .strip_prefix("faultline/v1/sites/")
-                .and_then(|r| r.strip_suffix("/status"))
-                .and_then(|s| Id::new(s).ok())
-            else {
-                continue;
-            };
-            if tx
-                .send((site, topic, m.payload.clone(), retained))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    tokio::spawn(super::forward(consumer, tx, "statuses", move |m| {
+        let retained = m
+            .info()
+            .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) < i128::from(started))
+            .unwrap_or(false);
+        let topic = super::topic_of(m.subject.as_str());
+        let site = topic
+            .strip_prefix("faultline/v1/sites/")
+            .and_then(|r| r.strip_suffix("/status"))
+            .and_then(|s| Id::new(s).ok())?;
+        Some((site, topic, m.payload.clone(), retained))
+    }));
     Ok(rx)
 }
 
@@ -301,6 +298,7 @@ impl Worker {
                 tracing::debug!(topic, "dropped: {e}");
             }
             summaries.extend(self.dispatch());
+            self.handled += 1;
             acks.push(msg);
         }
         self.flush().await;
@@ -352,7 +350,8 @@ impl Worker {
     /// Publishes summaries and waits for every PubAck, sending again those the
     /// stream did not take (a report is not acknowledged before its summary is
     /// there; the stream drops a repeat by its `Nats-Msg-Id`).
-    async fn publish(&self, summaries: Vec<SiteSummary>) {
+    async fn publish(&mut self, summaries: Vec<SiteSummary>) {
+        self.published += summaries.len() as u64;
         let mut todo: Vec<&SiteSummary> = summaries.iter().collect();
         let mut backoff = crate::service::backoff(100, 5_000);
         while !todo.is_empty() {
@@ -417,29 +416,12 @@ impl Worker {
         };
         self.engine.restore(now, restored);
         let consumer = partition_consumer(&self.bus, &self.cluster, p).await?;
-        let tx = self.deliveries.clone();
-        let pull = tokio::spawn(async move {
-            let mut backoff = crate::service::backoff(200, 5_000);
-            loop {
-                match consumer.messages().await {
-                    Ok(mut msgs) => {
-                        backoff.reset();
-                        while let Some(m) = msgs.next().await {
-                            match m {
-                                Ok(m) => {
-                                    if tx.send((p, m)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => tracing::debug!(partition = p, "pull: {e}"),
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(partition = p, "pull: {e}"),
-                }
-                tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
-            }
-        });
+        let pull = tokio::spawn(super::forward(
+            consumer,
+            self.deliveries.clone(),
+            "partition",
+            move |m| Some((p, m)),
+        ));
         self.owned.insert(p, Owned { pull });
         let replay: Vec<(String, Bytes)> = self
             .statuses
