@@ -8,7 +8,8 @@
 //! not touched (`host = "gateway"` is valid whatever the routes are now).
 
 pub mod error;
-pub mod target;
+
+pub use faultline_shared::target;
 
 use std::collections::BTreeMap;
 use std::fmt;

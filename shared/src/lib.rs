@@ -14,6 +14,7 @@
 //! - [`reject`]: why the collector drops a message (its metrics labels).
 //! - [`mqtt_url`]: the broker URL of both configs (`mqtt://`, `mqtts://`).
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
+//! - [`target`]: the typed target builder agent.toml, central config and collector.toml share.
 //! - [`backoff`]: exponential backoff with jitter for retry loops (the caller draws and sleeps).
 
 pub mod backoff;
@@ -25,6 +26,7 @@ pub mod reject;
 pub mod report;
 pub mod state;
 pub mod summary;
+pub mod target;
 pub mod topic;
 pub mod wire;
 
