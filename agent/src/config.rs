@@ -29,7 +29,7 @@ use self::target::{Fields, Target};
 /// Window length when `window_seconds` is absent.
 pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
 /// Longest window accepted.
-pub const MAX_WINDOW_SECONDS: u64 = 3600;
+pub const MAX_WINDOW_SECONDS: u64 = faultline_shared::agent_config::MAX_WINDOW_SECONDS;
 /// Outbox capacity when `outbox_capacity` is absent: 24 h of default windows.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
 /// Where the durable outbox lives when `state_dir` is absent (systemd's StateDirectory).

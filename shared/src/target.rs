@@ -27,7 +27,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measure::Codec;
 use crate::{Id, Kind, Layer, ProbeResult};
@@ -66,6 +66,19 @@ impl fmt::Display for Value {
             Value::Boolean(b) => write!(f, "{b}"),
             Value::Other("null") => f.write_str("null"),
             Value::Other(what) => write!(f, "a {what}"),
+        }
+    }
+}
+
+impl Serialize for Value {
+    /// As written (`Other` has no value to write: null).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::String(v) => s.serialize_str(v),
+            Value::Integer(v) => s.serialize_i64(*v),
+            Value::Float(v) => s.serialize_f64(*v),
+            Value::Boolean(v) => s.serialize_bool(*v),
+            Value::Other(_) => s.serialize_unit(),
         }
     }
 }
@@ -117,7 +130,7 @@ impl<'de> Deserialize<'de> for Value {
 }
 
 /// One target as key/value data (stage 1): every key a `[[target]]` table may hold.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Fields(BTreeMap<String, Value>);
 
