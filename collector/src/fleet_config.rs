@@ -121,6 +121,16 @@ impl SiteConfigs {
         self.due(&site, now_s)
     }
 
+    /// The subscription to the config topics is (again) in place: forget what the
+    /// broker was known to hold (a broker may come back without its retained
+    /// messages) and hold publishing until its copies had their chance to arrive.
+    pub fn resubscribed(&mut self) {
+        self.ready = false;
+        for known in self.sites.values_mut() {
+            known.targets = None;
+        }
+    }
+
     /// The broker's retained configs are in: publish what differs.
     pub fn ready(&mut self, now_s: u64) -> Vec<Publish> {
         self.ready = true;
@@ -237,6 +247,23 @@ mod tests {
         let gone = c.reload(vec![], 103);
         assert!(gone.iter().all(|p| p.config.targets.is_empty()));
         assert_eq!(gone.len(), 2);
+    }
+
+    #[test]
+    fn a_broker_that_lost_its_retained_configs_gets_them_again() {
+        let mut c = SiteConfigs::new(vec![target("a", &["*"])]);
+        c.site(id("s"), 10);
+        let first = c.ready(10);
+        assert_eq!(first.len(), 1);
+        // Reconnected: the broker's copy comes back, nothing to do.
+        c.resubscribed();
+        c.seen(id("s"), &first[0].config.encode(), 20);
+        assert!(c.ready(20).is_empty());
+        // Reconnected to a broker that forgot it: published again, a newer version.
+        c.resubscribed();
+        let again = c.ready(30);
+        assert_eq!(again.len(), 1);
+        assert!(again[0].config.version > first[0].config.version);
     }
 
     #[test]

@@ -74,7 +74,6 @@ async fn drive(
         }
     };
     let mut settle: Option<tokio::time::Instant> = None;
-    let mut ready = false;
     loop {
         let until_settled = async {
             match settle {
@@ -93,10 +92,10 @@ async fn drive(
                 None => return,
             },
             c = configs.recv() => match c {
-                Some(BrokerConfig::Subscribed) if !ready => {
-                    settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
+                Some(BrokerConfig::Subscribed) => {
+                    core.resubscribed();
+                    settle = Some(tokio::time::Instant::now() + SETTLE);
                 }
-                Some(BrokerConfig::Subscribed) => {}
                 Some(BrokerConfig::Seen { site, payload }) => {
                     send(core.seen(site, &payload, now_s()).into_iter().collect());
                 }
@@ -105,7 +104,6 @@ async fn drive(
             },
             () = until_settled => {
                 settle = None;
-                ready = true;
                 let ps = core.ready(now_s());
                 tracing::debug!(sites = core.len(), published = ps.len(), "central configs checked");
                 send(ps);
