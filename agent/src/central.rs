@@ -94,7 +94,12 @@ pub fn describe(plan: &Plan, central: Option<&CentralConfig>, stored: &Path) -> 
                 c.targets.len()
             );
             if let Some(w) = c.window {
-                let _ = writeln!(out, "window   {} s from central v{}", w.as_secs(), c.version);
+                let _ = writeln!(
+                    out,
+                    "window   {} s from central v{}",
+                    w.as_secs(),
+                    c.version
+                );
             }
         }
         None => {
@@ -105,7 +110,11 @@ pub fn describe(plan: &Plan, central: Option<&CentralConfig>, stored: &Path) -> 
             );
         }
     }
-    let local = plan.targets.iter().filter(|(_, o)| *o == Origin::Local).count();
+    let local = plan
+        .targets
+        .iter()
+        .filter(|(_, o)| *o == Origin::Local)
+        .count();
     let _ = writeln!(
         out,
         "targets  {} ({local} local, {} central)",
@@ -290,7 +299,10 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("a layer=lan kind=tcp host=127.0.0.1:1".into(), Origin::Local),
+                (
+                    "a layer=lan kind=tcp host=127.0.0.1:1".into(),
+                    Origin::Local
+                ),
                 (
                     "b layer=lan kind=tcp host=127.0.0.1:3".into(),
                     Origin::Central(3)
@@ -321,12 +333,19 @@ mod tests {
         };
         assert_eq!(s.state, ConfigState::Rejected);
         let error = s.error.unwrap();
-        assert!(error.starts_with("targets[1] (name \"b\").host: "), "{error}");
+        assert!(
+            error.starts_with("targets[1] (name \"b\").host: "),
+            "{error}"
+        );
         assert_eq!(c.applied().unwrap().version, 5);
         // Garbage with a version is rejected with it; without one it is unreadable.
         assert!(matches!(
             c.offer(br#"{"version": 9, "targets": {}}"#),
-            Offer::Keep(ConfigStatus { version: 9, state: ConfigState::Rejected, .. })
+            Offer::Keep(ConfigStatus {
+                version: 9,
+                state: ConfigState::Rejected,
+                ..
+            })
         ));
         assert!(matches!(c.offer(b"nope"), Offer::Unreadable(_)));
         assert!(matches!(c.offer(&payload(7, vec![])), Offer::Apply { .. }));

@@ -704,7 +704,10 @@ mod tests {
         let c = check(&src).unwrap();
         assert!(c.targets.iter().all(Target::uses_gateway));
         let plan: Vec<String> = c.targets.iter().map(Target::to_string).collect();
-        assert!(plan[0].contains("kind=icmp host=gateway count=1/s"), "{plan:?}");
+        assert!(
+            plan[0].contains("kind=icmp host=gateway count=1/s"),
+            "{plan:?}"
+        );
         assert!(plan[1].contains("kind=sip host=gateway:5060"), "{plan:?}");
     }
 

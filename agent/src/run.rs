@@ -17,7 +17,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::central::{self, Central, Offer, Origin, Plan, Stored};
 use crate::config::{self, Config, Format};
-use faultline_shared::CentralConfig;
 use crate::host::HostSampler;
 use crate::net::delivery::Delivery;
 use crate::net::gateway;
@@ -25,6 +24,7 @@ use crate::net::spool::{Record, Spool};
 use crate::probe::Prober;
 use crate::probe::peer::NO_DEFAULT_ROUTE;
 use crate::window::{Assembler, following_start, guard_ms, next_boundary};
+use faultline_shared::CentralConfig;
 
 /// How long the exit waits for blocking work (a name lookup) still running.
 const SHUTDOWN_LOOKUP_WAIT: Duration = Duration::from_millis(500);
@@ -89,7 +89,10 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 }
             };
             let plan = Plan::resolve(&c.targets, c.window, central.as_ref());
-            print!("{}", central::describe(&plan, central.as_ref(), stored.path()));
+            print!(
+                "{}",
+                central::describe(&plan, central.as_ref(), stored.path())
+            );
             if plan.targets.iter().any(|(t, _)| t.uses_gateway()) {
                 println!("{}", gateway_note(gateway::default_gateway()));
             }
@@ -142,12 +145,17 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         cfg.site,
         plan.targets.len(),
-        plan.targets.iter().filter(|(_, o)| *o != Origin::Local).count(),
+        plan.targets
+            .iter()
+            .filter(|(_, o)| *o != Origin::Local)
+            .count(),
         plan.window.as_secs(),
         cfg.mqtt.broker
     );
     if plan.targets.is_empty() {
-        warn!("no targets configured: reports carry host health only until a central config arrives");
+        warn!(
+            "no targets configured: reports carry host health only until a central config arrives"
+        );
     }
     let mut signals = Signals::new().context("installing signal handlers")?;
     let spool = open_spool(&cfg)?;
@@ -244,7 +252,10 @@ fn load_stored(stored: &Stored) -> Option<CentralConfig> {
         }
         Ok(None) => None,
         Err(e) => {
-            warn!("ignoring the stored central config {}: {e:#}", stored.path().display());
+            warn!(
+                "ignoring the stored central config {}: {e:#}",
+                stored.path().display()
+            );
             None
         }
     }

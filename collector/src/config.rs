@@ -565,7 +565,10 @@ impl Validator<'_> {
 
     /// Every `[[fleet.target]]` through the agent's target builder (same rules, same
     /// messages), with `sites` checked here.
-    fn fleet_targets(&self, raw: &[Spanned<RawFleetTarget>]) -> Result<Vec<FleetTarget>, ConfigError> {
+    fn fleet_targets(
+        &self,
+        raw: &[Spanned<RawFleetTarget>],
+    ) -> Result<Vec<FleetTarget>, ConfigError> {
         use faultline_shared::agent_config::MAX_TARGETS;
         use faultline_shared::target::{self, Fields, Value};
         if let Some(t) = raw.get(MAX_TARGETS) {
@@ -605,7 +608,11 @@ impl Validator<'_> {
                 .get_ref()
                 .get(&e.field)
                 .map_or(table.span(), Spanned::span);
-            self.err(Some(span), &format!("fleet.target[{i}].{}", e.field), e.message)
+            self.err(
+                Some(span),
+                &format!("fleet.target[{i}].{}", e.field),
+                e.message,
+            )
         })?;
         Ok(built
             .into_iter()
@@ -917,19 +924,31 @@ mod tests {
         // The agent's message, with the table, key and line.
         let bad = text.replace("192.0.2.1:443", "192.0.2.1");
         let e = Config::parse(&bad, "c.toml").unwrap_err();
-        assert_eq!((e.field.as_str(), e.line), ("fleet.target[1].host", Some(12)));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("fleet.target[1].host", Some(12))
+        );
         assert!(e.msg.contains("tcp needs a port"), "{e}");
-        let e = Config::parse(&text.replace("kind = \"stamp\"", "kind = \"stamp\"\npps = 0"), "c.toml")
-            .unwrap_err();
+        let e = Config::parse(
+            &text.replace("kind = \"stamp\"", "kind = \"stamp\"\npps = 0"),
+            "c.toml",
+        )
+        .unwrap_err();
         assert_eq!((e.field.as_str(), e.line), ("fleet.target[0].pps", Some(6)));
         assert_eq!(e.msg, "expected an integer 1-1000, got 0");
         let e = Config::parse(&text.replace("\"bobs\"", "\"bad site\""), "c.toml").unwrap_err();
-        assert_eq!((e.field.as_str(), e.line), ("fleet.target[0].sites", Some(7)));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("fleet.target[0].sites", Some(7))
+        );
         let e = Config::parse(&text.replace("\"web\"", "\"voipco-media\""), "c.toml").unwrap_err();
         assert_eq!(e.field, "fleet.target[1].name");
         assert!(e.msg.contains("duplicate target name"), "{e}");
         let e = Config::parse("[[fleet.target]]\nname = \"x\"\n", "c.toml").unwrap_err();
-        assert_eq!((e.field.as_str(), e.line), ("fleet.target[0].layer", Some(1)));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("fleet.target[0].layer", Some(1))
+        );
     }
 
     #[test]

@@ -203,7 +203,10 @@ mod tests {
         FleetTarget {
             name: id(name),
             fields,
-            sites: sites.iter().map(|p| glob::Pattern::new(p).unwrap()).collect(),
+            sites: sites
+                .iter()
+                .map(|p| glob::Pattern::new(p).unwrap())
+                .collect(),
         }
     }
 
@@ -232,8 +235,15 @@ mod tests {
         assert_eq!(c.site(id("acme-hq"), 100), None, "not before ready");
         assert_eq!(c.site(id("bobs"), 100), None);
         let first = c.ready(100);
-        assert_eq!(first.len(), 1, "bobs matches nothing and never had a config");
-        assert_eq!((first[0].site.as_str(), first[0].config.version), ("acme-hq", 100));
+        assert_eq!(
+            first.len(),
+            1,
+            "bobs matches nothing and never had a config"
+        );
+        assert_eq!(
+            (first[0].site.as_str(), first[0].config.version),
+            ("acme-hq", 100)
+        );
         // Our own publication comes back: nothing to do.
         assert_eq!(c.seen(id("acme-hq"), &first[0].config.encode(), 101), None);
         // A reload that changes nothing for a site publishes nothing for it.

@@ -228,7 +228,10 @@ mod tests {
             AgentConfig::decode(br#"{"targets": []}"#),
             Err(AgentConfigError::Malformed(_))
         ));
-        assert_eq!(AgentConfig::version_of(br#"{"version": 4, "targets": 1}"#), Some(4));
+        assert_eq!(
+            AgentConfig::version_of(br#"{"version": 4, "targets": 1}"#),
+            Some(4)
+        );
         assert!(matches!(
             AgentConfig::decode(&vec![b' '; MAX_CONFIG_BYTES + 1]),
             Err(AgentConfigError::TooLarge(_))

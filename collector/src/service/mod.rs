@@ -329,7 +329,9 @@ impl Owner {
                     isp,
                     customer,
                 } => {
-                    let _ = self.site_events.send(site_config::Event::Site(site.clone()));
+                    let _ = self
+                        .site_events
+                        .send(site_config::Event::Site(site.clone()));
                     StoreMsg::Site(site, isp, customer)
                 }
                 Output::Verdict(v) => {

@@ -41,7 +41,10 @@ pub enum Publication {
 pub enum BrokerConfig {
     /// The subscription is in place: retained copies follow at once.
     Subscribed,
-    Seen { site: faultline_shared::Id, payload: Vec<u8> },
+    Seen {
+        site: faultline_shared::Id,
+        payload: Vec<u8>,
+    },
 }
 
 /// The writing connection's tasks.

@@ -114,8 +114,7 @@ async fn drive(
 
 /// On every SIGHUP: read the config file again and hand its fleet targets on.
 async fn reload_on_sighup(mut running: Config, tx: mpsc::UnboundedSender<Event>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler: collector.toml is read at start only");
         return;
     };
@@ -150,9 +149,8 @@ fn reload(path: &PathBuf, running: &Config) -> Result<(Config, Vec<&'static str>
     for w in &new.warnings {
         tracing::warn!("{w}");
     }
-    let changed = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-        format!("{a:?}") != format!("{b:?}")
-    };
+    let changed =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut restart = Vec::new();
     for (name, differs) in [
         ("window_seconds", running.window_ms != new.window_ms),
@@ -161,7 +159,11 @@ fn reload(path: &PathBuf, running: &Config) -> Result<(Config, Vec<&'static str>
         (
             "[http]",
             changed(
-                &(&running.http_listen, &running.http_token, &running.http_hosts),
+                &(
+                    &running.http_listen,
+                    &running.http_token,
+                    &running.http_hosts,
+                ),
                 &(&new.http_listen, &new.http_token, &new.http_hosts),
             ),
         ),
@@ -173,7 +175,10 @@ fn reload(path: &PathBuf, running: &Config) -> Result<(Config, Vec<&'static str>
                 &(&new.broker_listen, &new.broker_listen_v5),
             ),
         ),
-        ("[thresholds]", changed(&running.thresholds, &new.thresholds)),
+        (
+            "[thresholds]",
+            changed(&running.thresholds, &new.thresholds),
+        ),
         ("[providers]", running.providers != new.providers),
     ] {
         if differs {
@@ -205,7 +210,10 @@ mod tests {
         assert_eq!(restart, ["window_seconds"]);
         std::fs::write(&path, format!("{target}host = \"192.0.2.1\"\n")).unwrap();
         let e = reload(&path, &running).unwrap_err();
-        assert!(e.contains(":5: fleet.target[0].host: tcp needs a port"), "{e}");
+        assert!(
+            e.contains(":5: fleet.target[0].host: tcp needs a port"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
