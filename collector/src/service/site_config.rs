@@ -7,7 +7,7 @@
 //! running config stays; a good one applies its `[[fleet.target]]`s at once. Every
 //! other setting needs a restart, and the log says which sections changed.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use faultline_shared::Id;
@@ -144,7 +144,7 @@ async fn reload_on_sighup(mut running: Config, tx: mpsc::UnboundedSender<Event>)
 
 /// Reads `path` again: the new config and the sections that changed but apply only
 /// at a restart (everything but `[[fleet.target]]`).
-fn reload(path: &PathBuf, running: &Config) -> Result<(Config, Vec<&'static str>), String> {
+fn reload(path: &Path, running: &Config) -> Result<(Config, Vec<&'static str>), String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
     for w in &new.warnings {
         tracing::warn!("{w}");
