@@ -367,3 +367,65 @@ fn central_targets_reach_the_agent_bad_ones_are_rejected_and_a_restart_offline_k
     drop(agent);
     drop(collector);
 }
+
+/// The collector's `check` judges a `[[fleet.target]]` by the agent's rules: the same
+/// target, wrong the same way, gets the same message from both, each naming its
+/// table, key and line.
+#[test]
+fn collector_and_agent_check_a_target_with_the_same_rules_and_message() {
+    let dir = TempDir::new("central-check");
+    let target = "name = \"media\"\nlayer = \"provider\"\nprovider = \"voipco\"\n\
+                  kind = \"stamp\"\nhost = \"127.0.0.1\"\npps = 0\n";
+    let collector_toml = dir.path().join("collector.toml");
+    std::fs::write(&collector_toml, format!("[[fleet.target]]\n{target}")).unwrap();
+    let agent_toml = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "site = \"a\"\nisp = \"b\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[[target]]\n{target}"
+        ),
+    )
+    .unwrap();
+    let run = |bin: PathBuf, config: &Path| {
+        let out = Command::new(bin)
+            .args(["check", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    };
+    let from_collector = run(
+        env!("CARGO_BIN_EXE_faultline-collector").into(),
+        &collector_toml,
+    );
+    let from_agent = run(workspace_bin("faultline-agent"), &agent_toml);
+    let message = "pps: expected an integer 1-1000, got 0";
+    assert!(
+        from_collector.ends_with(&format!("collector.toml:7: fleet.target[0].{message}")),
+        "{from_collector}"
+    );
+    assert!(
+        from_agent.ends_with(&format!("agent.toml:11: target[0].{message}")),
+        "{from_agent}"
+    );
+
+    // Valid, `check` lists the fleet targets and their sites.
+    std::fs::write(
+        &collector_toml,
+        format!(
+            "[[fleet.target]]\n{}sites = [\"acme-*\"]\n",
+            target.replace("pps = 0\n", "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+        .args(["check", "--config"])
+        .arg(&collector_toml)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("fleet:  1 central targets"), "{stdout}");
+    assert!(stdout.contains("  media for sites acme-*"), "{stdout}");
+}
