@@ -5,6 +5,11 @@
 //! `Report` with the host's health, encodes it and hands it to [`Delivery`], which
 //! stores it durably and sends it, and never makes it wait. Reports an earlier run
 //! left undelivered in the spool are sent too. SIGTERM or SIGINT stops it cleanly.
+//!
+//! What is measured is a [`Plan`]: the file's targets and the central config's
+//! (`central`). A central config from the broker is judged as it arrives; a new plan
+//! replaces the probe tasks at the next window boundary, so each window is measured
+//! by one plan, and `seq` goes on.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

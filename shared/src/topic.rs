@@ -13,42 +13,18 @@ const VERSION: &str = "v1";
 /// A parsed topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
-    Report {
-        site: Id,
-    },
-    ReportJson {
-        site: Id,
-    },
-    Status {
-        site: Id,
-    },
-    SiteState {
-        site: Id,
-    },
-    ProviderState {
-        provider: Id,
-    },
-    IspState {
-        isp: Id,
-    },
-    RouteState {
-        isp: Id,
-        provider: Id,
-    },
+    Report { site: Id },
+    ReportJson { site: Id },
+    Status { site: Id },
+    SiteState { site: Id },
+    ProviderState { provider: Id },
+    IspState { isp: Id },
+    RouteState { isp: Id, provider: Id },
     Incidents,
-    Metrics {
-        site: Id,
-        target: Id,
-    },
+    Metrics { site: Id, target: Id },
     CollectorStatus,
-    /// A site's central config (collector → agent).
-    Config {
-        site: Id,
-    },
-    /// The agent's answer to its central config.
-    ConfigStatus {
-        site: Id,
-    },
+    Config { site: Id },
+    ConfigStatus { site: Id },
 }
 
 /// Why a topic string is not one of ours.
