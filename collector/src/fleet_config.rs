@@ -46,6 +46,10 @@ pub fn resolve(targets: &[FleetTarget], site: &Id) -> Vec<Fields> {
         .collect()
 }
 
+/// After replacing another publisher's config for a site, seconds before the next
+/// replacement that a config seen on the broker triggers.
+pub const HOLD_S: u64 = 30;
+
 /// A config to publish (retained) on `site`'s config topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
@@ -58,6 +62,8 @@ pub struct Publish {
 struct Known {
     version: u64,
     targets: Option<Vec<Fields>>,
+    /// A config of another publisher is not replaced again before then (seconds).
+    hold_until: u64,
 }
 
 /// Every site's config: desired (from the fleet targets) against the broker's.
@@ -97,16 +103,24 @@ impl SiteConfigs {
     /// A config seen on the broker (a retained copy, or our own coming back). An
     /// older version than known is ignored; one that differs from what the site
     /// should have is replaced.
+    ///
+    /// A newer version than known is another publisher's (a second collector, a
+    /// tool): replaced at once, then not again for [`HOLD_S`] (two publishers that
+    /// disagree then take turns at that pace, not in a tight loop); [`Self::recheck`]
+    /// and reloads still replace it.
     pub fn seen(&mut self, site: Id, payload: &[u8], now_s: u64) -> Option<Publish> {
         let known = self.sites.entry(site.clone()).or_default();
-        if payload.is_empty() {
+        let foreign = if payload.is_empty() {
             // A cleared topic: nothing there.
             known.targets = None;
+            false
         } else {
             match AgentConfig::decode(payload) {
                 Ok(c) if c.version >= known.version => {
+                    let newer = c.version > known.version;
                     known.version = c.version;
                     known.targets = Some(c.targets);
+                    newer
                 }
                 Ok(_) => return None,
                 Err(e) => {
@@ -115,10 +129,28 @@ impl SiteConfigs {
                         .version
                         .max(AgentConfig::version_of(payload).unwrap_or(0));
                     known.targets = None;
+                    true
                 }
             }
+        };
+        if foreign && now_s < known.hold_until {
+            tracing::debug!(%site, "another publisher's config: replaced again later");
+            return None;
         }
-        self.due(&site, now_s)
+        let publish = self.due(&site, now_s);
+        if foreign && publish.is_some() {
+            tracing::warn!(%site, "a config not published by this collector was replaced");
+            if let Some(known) = self.sites.get_mut(&site) {
+                known.hold_until = now_s + HOLD_S;
+            }
+        }
+        publish
+    }
+
+    /// Publishes what differs from the broker's (run now and then, it replaces
+    /// another publisher's config held back by [`Self::seen`]).
+    pub fn recheck(&mut self, now_s: u64) -> Vec<Publish> {
+        self.all_due(now_s)
     }
 
     /// The subscription to the config topics is (again) in place: forget what the
@@ -274,6 +306,33 @@ mod tests {
         let again = c.ready(30);
         assert_eq!(again.len(), 1);
         assert!(again[0].config.version > first[0].config.version);
+    }
+
+    #[test]
+    fn another_publishers_config_is_replaced_then_held_off() {
+        let mut c = SiteConfigs::new(vec![target("a", &["*"])]);
+        c.site(id("s"), 10);
+        let ours = c.ready(10);
+        let theirs = |version: u64| {
+            AgentConfig {
+                version,
+                window_seconds: None,
+                targets: vec![],
+            }
+            .encode()
+        };
+        let first = ours[0].config.version;
+        // Replaced at once (a stray config), newer than it.
+        let p = c.seen(id("s"), &theirs(first + 5), 11).unwrap();
+        assert!(p.config.version > first + 5);
+        // A second one soon after (a disagreeing collector): held off...
+        assert_eq!(c.seen(id("s"), &theirs(p.config.version + 1), 12), None);
+        // ...until the recheck (or a reload) puts ours back.
+        assert_eq!(c.recheck(13).len(), 1);
+        // After the hold, a stray one is replaced at once again.
+        let v = c.recheck(14).len();
+        assert_eq!(v, 0, "nothing differs");
+        assert!(c.seen(id("s"), &theirs(1 << 40), 12 + HOLD_S).is_some());
     }
 
     #[test]

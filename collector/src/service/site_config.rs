@@ -23,6 +23,10 @@ use crate::fleet_config::{FleetTarget, Publish, SiteConfigs};
 /// anything is published (they follow the SUBACK at once).
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// How often every known site's config is compared with the broker's again (what
+/// [`SiteConfigs::seen`] held back is replaced then).
+const RECHECK: Duration = Duration::from_secs(60);
+
 /// What the rest of the service tells this task.
 #[derive(Debug)]
 pub enum Event {
@@ -74,6 +78,8 @@ async fn drive(
         }
     };
     let mut settle: Option<tokio::time::Instant> = None;
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let until_settled = async {
             match settle {
@@ -102,6 +108,7 @@ async fn drive(
                 // The publisher is gone: the service is stopping.
                 None => return,
             },
+            _ = recheck.tick() => send(core.recheck(now_s())),
             () = until_settled => {
                 settle = None;
                 let ps = core.ready(now_s());
