@@ -170,10 +170,12 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
     let mut asm = Assembler::new(cfg.site.clone(), boot, plan.window_ms(), Vec::new());
     let mut host = HostSampler::new();
     let mut current = next_boundary(now_ms(), plan.window_ms());
+    let mut switched = false;
     'plans: loop {
         // One plan measures whole windows: a new one starts at a window boundary.
         let window_ms = plan.window_ms();
-        let (tasks, mut rx) = start_probes(&plan, current, window_ms).await?;
+        let (tasks, mut rx) = start_probes(&plan, current, window_ms, !switched).await?;
+        switched = true;
         asm.reconfigure(window_ms, blanks(&plan));
         let grace = window_ms / 2;
         let mut probes_alive = !tasks.is_empty();
@@ -315,23 +317,24 @@ async fn on_central(
 
 type Results = mpsc::Receiver<(u64, usize, ProbeResult)>;
 
-/// One task per target of `plan`, measuring from the window starting at `first`. A
-/// local target that cannot start stops the agent (as before central config); a
-/// central one is reported with the error instead.
+/// One task per target of `plan`, measuring from the window starting at `first`. At
+/// `startup` a local target that cannot start stops the agent (a fault in its own
+/// file); otherwise the target is logged and reported as missed, and the rest run.
 async fn start_probes(
     plan: &Plan,
     first: u64,
     window_ms: u64,
+    startup: bool,
 ) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Results)> {
     let (tx, rx) = mpsc::channel(plan.targets.len() * 4 + 4);
     let mut tasks = Vec::with_capacity(plan.targets.len());
     for (i, (t, origin)) in plan.targets.iter().enumerate() {
         match Prober::new(t.clone()).await {
             Ok(p) => tasks.push(tokio::spawn(probe_loop(i, p, first, window_ms, tx.clone()))),
-            Err(e) if *origin == Origin::Local => {
+            Err(e) if startup && *origin == Origin::Local => {
                 return Err(e.context(format!("target {}", t.name)));
             }
-            Err(e) => error!("central target {} cannot start: {e:#}", t.name),
+            Err(e) => error!("{origin} target {} cannot start: {e:#}", t.name),
         }
     }
     Ok((tasks, rx))
