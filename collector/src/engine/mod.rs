@@ -1156,6 +1156,110 @@ mod tests {
         assert_eq!(events(&out, IncidentEventKind::Closed), ["inc-000001"]);
     }
 
+    /// The same reports through a site-role engine, its summaries handed to a
+    /// fleet-role engine at the same times: the verdicts of the whole engine.
+    #[test]
+    fn the_site_and_fleet_roles_together_give_the_whole_engines_verdicts() {
+        let mut whole = Engine::new(cfg());
+        let mut site = Engine::new(EngineConfig {
+            role: Role::Site,
+            ..cfg()
+        });
+        let mut fleet = Engine::new(EngineConfig {
+            role: Role::Fleet,
+            ..cfg()
+        });
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        let step = |site: &mut Engine, fleet: &mut Engine, got: &mut Vec<Verdict>, now| {
+            advance(site, now);
+            advance(fleet, now);
+            for o in drain(site) {
+                match o {
+                    Output::Summary(s) => fleet.handle_summary(now, s),
+                    Output::Verdict(_) | Output::Incident(_) => panic!("site role: {o:?}"),
+                    _ => {}
+                }
+            }
+            advance(fleet, now);
+            got.extend(verdicts(&drain(fleet)).into_iter().cloned());
+        };
+        for w in 0..14u64 {
+            let down = (4..8).contains(&w);
+            for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    let st = Status::online(1, "t", id(isp), None);
+                    status(&mut whole, 0, s, &st, false);
+                    status(&mut site, 0, s, &st, false);
+                    step(&mut site, &mut fleet, &mut got, 0);
+                }
+                let now = w * 1000 + 500;
+                send(&mut whole, now, &report(s, w, down)).unwrap();
+                send(&mut site, now, &report(s, w, down)).unwrap();
+                step(&mut site, &mut fleet, &mut got, now);
+            }
+            let end = (w + 1) * 1000 + whole.evaluation_delay_ms();
+            advance(&mut whole, end);
+            want.extend(verdicts(&drain(&mut whole)).into_iter().cloned());
+            step(&mut site, &mut fleet, &mut got, end);
+        }
+        assert!(
+            want.iter()
+                .any(|v| v.scope == Scope::Provider && v.state == State::Outage),
+            "{want:?}"
+        );
+        assert_eq!(got, want);
+    }
+
+    /// A standby that takes over adopts history's incidents and counter: the
+    /// outage it kept warm closes under the id the old leader opened.
+    #[test]
+    fn a_standby_taking_over_keeps_the_leaders_incident() {
+        let fleet_cfg = || EngineConfig {
+            role: Role::Fleet,
+            ..cfg()
+        };
+        let mut site = Engine::new(EngineConfig {
+            role: Role::Site,
+            ..cfg()
+        });
+        let (mut leader, mut standby) = (Engine::new(fleet_cfg()), Engine::new(fleet_cfg()));
+        let mut published = Vec::new();
+        for w in 0..16u64 {
+            let down = (3..8).contains(&w);
+            for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
+                if w == 0 {
+                    status(&mut site, 0, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                send(&mut site, w * 1000 + 500, &report(s, w, down)).unwrap();
+            }
+            let end = (w + 1) * 1000 + 100;
+            advance(&mut site, end);
+            for o in drain(&mut site) {
+                if let Output::Summary(s) = o {
+                    leader.handle_summary(end, s.clone());
+                    standby.handle_summary(end, s);
+                }
+            }
+            advance(&mut leader, end);
+            advance(&mut standby, end);
+            published.extend(drain(&mut leader));
+            drain(&mut standby);
+            if w == 5 {
+                // The leader dies with the outage open; history holds what it published.
+                let restored = Restored {
+                    verdicts: leader.verdicts().cloned().collect(),
+                    open_incidents: leader.open_incidents().cloned().collect(),
+                    next_incident: 1,
+                    ..Restored::default()
+                };
+                standby.take_over(end, restored);
+                leader = std::mem::replace(&mut standby, Engine::new(fleet_cfg()));
+            }
+        }
+        assert_eq!(events(&published, IncidentEventKind::Opened), ["inc-000001"]);
+        assert_eq!(events(&published, IncidentEventKind::Closed), ["inc-000001"]);
+    }
+
     #[test]
     fn a_restart_neither_reopens_nor_forgets_an_incident() {
         let mut e = Engine::new(cfg());
