@@ -120,16 +120,20 @@ fn agents(
                 clients.push(c);
             }
             let n = clients.len();
-            let node_of = |i: usize, dead: &[bool]| {
-                (0..n).map(|k| (i + k) % n).find(|&k| !dead[k]).unwrap()
-            };
+            let node_of =
+                |i: usize, dead: &[bool]| (0..n).map(|k| (i + k) % n).find(|&k| !dead[k]).unwrap();
             let sites = fleet.sites().to_vec();
             for (i, s) in sites.iter().enumerate() {
                 let st = fleet.status(s);
                 let topic = topics.status(&s.id);
                 record(&rec, &topic, serde_json::to_value(&st).unwrap());
                 clients[i % n]
-                    .publish(topic, QoS::AtLeastOnce, true, serde_json::to_vec(&st).unwrap())
+                    .publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        serde_json::to_vec(&st).unwrap(),
+                    )
                     .await
                     .unwrap();
             }
@@ -247,7 +251,11 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     );
 
     let voipco = Id::new("voipco").unwrap();
-    let script = Script::new().with(Fault::ProviderDown { provider: voipco }, OUTAGE.start, OUTAGE.end);
+    let script = Script::new().with(
+        Fault::ProviderDown { provider: voipco },
+        OUTAGE.start,
+        OUTAGE.end,
+    );
     let start = now_ms();
     let fleet = Fleet::new(SITES, &Fleet::default_isps(), WINDOW_MS, start, 14).with_script(script);
     let dead = Arc::new(Mutex::new(vec![false; 3]));
@@ -265,7 +273,9 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     );
 
     let at = |w: u64| {
-        assert!(wait_until(Duration::from_secs(120), || progress.load(Ordering::SeqCst) >= w));
+        assert!(wait_until(Duration::from_secs(120), || progress
+            .load(Ordering::SeqCst)
+            >= w));
     };
     // Two windows into the outage: a site worker dies.
     at(OUTAGE.start + 2);
@@ -313,7 +323,10 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
             failures.push(what);
         }
     };
-    check(all_in, format!("history holds {} of {want} windows", stored()));
+    check(
+        all_in,
+        format!("history holds {} of {want} windows", stored()),
+    );
 
     let c = db(&dir);
     let (rows, distinct): (i64, i64) = c
@@ -337,7 +350,10 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     );
 
     // Handover times (reported, not asserted: this machine is shared and noisy).
-    check(fb.contains("lease taken"), "the standby never took over".into());
+    check(
+        fb.contains("lease taken"),
+        "the standby never took over".into(),
+    );
     eprintln!(
         "worker killed {:?} ago, correlator killed {:?} ago",
         killed_worker.elapsed(),
@@ -386,7 +402,11 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         .arg(&one)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let replayed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -427,12 +447,14 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     let extra: Vec<_> = cs.keys().filter(|k| !rs.contains_key(*k)).collect();
     check(
         differ.is_empty() && extra.is_empty(),
-        format!("cluster and one-node replay differ: {} verdicts ({:?}…), {} only in the cluster ({:?}…)",
-        differ.len(),
-        differ.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>()
-    ));
+        format!(
+            "cluster and one-node replay differ: {} verdicts ({:?}…), {} only in the cluster ({:?}…)",
+            differ.len(),
+            differ.iter().take(5).collect::<Vec<_>>(),
+            extra.len(),
+            extra.iter().take(5).collect::<Vec<_>>()
+        ),
+    );
 
     // One incident for the outage, never repeated or forked across the takeover.
     let ids: std::collections::BTreeSet<&str> = cluster
@@ -440,7 +462,10 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         .filter(|v| v["scope"] == "provider")
         .filter_map(|v| v["incident"].as_str())
         .collect();
-    check(ids.len() == 1, format!("voipco's verdicts name incidents {ids:?}"));
+    check(
+        ids.len() == 1,
+        format!("voipco's verdicts name incidents {ids:?}"),
+    );
     let (n, distinct_ids): (i64, i64) = c
         .query_row(
             "SELECT count(*), count(DISTINCT id) FROM incidents WHERE scope = 'provider'",

@@ -69,7 +69,10 @@ impl NatsCluster {
         for node in &c.nodes {
             for port in [node.client, node.mqtt] {
                 assert!(
-                    wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(30)),
+                    wait_for_tcp(
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        Duration::from_secs(30)
+                    ),
                     "nats-server did not listen on {port}"
                 );
             }

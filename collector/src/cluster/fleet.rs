@@ -117,7 +117,10 @@ pub async fn serve(
             }
         }
     }));
-    tracing::info!(name = cluster.name, "correlator on the bus (standby until it holds the lease)");
+    tracing::info!(
+        name = cluster.name,
+        "correlator on the bus (standby until it holds the lease)"
+    );
 
     let mut c = Correlator {
         engine,
@@ -168,7 +171,8 @@ pub async fn serve(
     }
     tracing::info!("stopping");
     if let Some(out) = c.out.take() {
-        out.finish((c.topics.collector_status(), status(false))).await;
+        out.finish((c.topics.collector_status(), status(false)))
+            .await;
     }
     if let Some(l) = c.leader.take() {
         l.release(&c.bus.leases).await;

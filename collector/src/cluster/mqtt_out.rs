@@ -60,7 +60,10 @@ impl MqttOut {
                             at = (at + 1) % listeners.len();
                             eventloop.mqtt_options = options(&client_id, &listeners[at], &will);
                             let d = backoff.next_delay(fastrand::f64());
-                            tracing::warn!("MQTT (verdicts): {e}; next {:?} in {d:?}", listeners[at]);
+                            tracing::warn!(
+                                "MQTT (verdicts): {e}; next {:?} in {d:?}",
+                                listeners[at]
+                            );
                             tokio::time::sleep(d).await;
                         }
                     }

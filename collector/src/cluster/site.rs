@@ -22,8 +22,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::{self, pull};
 use bytes::Bytes;
 use faultline_shared::{Id, SiteSummary, SummaryKind, Topics};
 use tokio::sync::mpsc;
@@ -230,7 +230,10 @@ pub async fn serve(
     client.flush().await.ok();
     tracing::info!(
         stored = w.stats.stored.load(std::sync::atomic::Ordering::Relaxed),
-        refused = w.stats.refused_duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        refused = w
+            .stats
+            .refused_duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
         "stopped"
     );
     Ok(())
@@ -375,7 +378,10 @@ impl Worker {
                 .collect();
             if !todo.is_empty() {
                 let d = backoff.next_delay(fastrand::f64());
-                tracing::warn!("{} of {before} summaries not taken; again in {d:?}", todo.len());
+                tracing::warn!(
+                    "{} of {before} summaries not taken; again in {d:?}",
+                    todo.len()
+                );
                 tokio::time::sleep(d).await;
             }
         }
@@ -399,7 +405,8 @@ impl Worker {
         };
         o.pull.abort();
         let n = self.cluster.partitions;
-        self.engine.retain_sites(|s| partition_of(s.as_str(), n) != p);
+        self.engine
+            .retain_sites(|s| partition_of(s.as_str(), n) != p);
     }
 
     /// Restores `p`'s sites from history (boots: de-dup; identities), replays their
@@ -513,7 +520,9 @@ async fn keep_leases(
             if held.len() >= share {
                 break;
             }
-            if let Some(l) = Lease::take(&bus.leases, &format!("part-{p}"), &c.name, c.lease_ms).await {
+            if let Some(l) =
+                Lease::take(&bus.leases, &format!("part-{p}"), &c.name, c.lease_ms).await
+            {
                 held.insert(p, l);
                 let _ = events.send(LeaseEvent::Take(p));
             }
@@ -543,7 +552,9 @@ async fn live_workers(bus: &Bus) -> u32 {
 fn msg_id(s: &SiteSummary) -> String {
     match &s.kind {
         SummaryKind::Window { boot, seq, .. } => format!("{}/{boot}/{seq}", s.site),
-        SummaryKind::Offline { since_ms, .. } => format!("{}/offline/{since_ms}/{}", s.site, s.at_ms),
+        SummaryKind::Offline { since_ms, .. } => {
+            format!("{}/offline/{since_ms}/{}", s.site, s.at_ms)
+        }
         SummaryKind::Announce => format!("{}/announce/{}", s.site, s.at_ms),
         SummaryKind::Online => format!("{}/online/{}", s.site, s.at_ms),
     }

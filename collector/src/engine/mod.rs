@@ -1228,7 +1228,13 @@ mod tests {
             let down = (3..8).contains(&w);
             for (s, isp) in [("a", "A"), ("b", "B"), ("c", "C")] {
                 if w == 0 {
-                    status(&mut site, 0, s, &Status::online(1, "t", id(isp), None), false);
+                    status(
+                        &mut site,
+                        0,
+                        s,
+                        &Status::online(1, "t", id(isp), None),
+                        false,
+                    );
                 }
                 send(&mut site, w * 1000 + 500, &report(s, w, down)).unwrap();
             }
@@ -1256,8 +1262,14 @@ mod tests {
                 leader = std::mem::replace(&mut standby, Engine::new(fleet_cfg()));
             }
         }
-        assert_eq!(events(&published, IncidentEventKind::Opened), ["inc-000001"]);
-        assert_eq!(events(&published, IncidentEventKind::Closed), ["inc-000001"]);
+        assert_eq!(
+            events(&published, IncidentEventKind::Opened),
+            ["inc-000001"]
+        );
+        assert_eq!(
+            events(&published, IncidentEventKind::Closed),
+            ["inc-000001"]
+        );
     }
 
     #[test]
