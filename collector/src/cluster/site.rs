@@ -536,15 +536,14 @@ async fn keep_leases(
     let _ = bus.workers.purge(&c.name).await;
 }
 
-/// Live site workers: the worker bucket keeps one message per worker that
-/// announced itself within a lease (one request; a worker that left counts until
-/// its purge marker ages out, a lease later).
+/// Live site workers: the keys in the worker bucket (each expires a lease after
+/// its worker's last announcement; a worker that stops purges its own at once).
 async fn live_workers(bus: &Bus) -> u32 {
-    let stream = format!("KV_{}", super::WORKER_BUCKET);
-    match bus.js.get_stream(stream).await {
-        Ok(s) => s.cached_info().state.messages as u32,
-        Err(_) => 1,
-    }
+    use futures_util::StreamExt;
+    let Ok(keys) = bus.workers.keys().await else {
+        return 1;
+    };
+    keys.filter(|k| std::future::ready(k.is_ok())).count().await as u32
 }
 
 /// The summary's de-dup id: the same window (or event) from a redelivered report
