@@ -77,9 +77,12 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The path of a workspace binary (`faultline-agent`, `faultline-collector`), built
-/// with `cargo build` if this test run has not built it yet.
+/// The path of a workspace binary (`faultline-agent`, `faultline-collector`), brought
+/// up to date with `cargo build` once per test process: `cargo test -p
+/// faultline-collector` does not rebuild the agent, and a stale one would test old
+/// code (a no-op build takes a moment).
 pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -87,13 +90,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile> directory");
     let bin = dir.join(name);
-    if !bin.is_file() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--bin", name])
-            .status()
-            .expect("run cargo build");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bin", name]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        // target/<triple>/<profile>: a cross build (its binaries are built by ci.sh).
+        if let Some(triple) = dir
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|t| t.to_str())
+            .filter(|t| t.contains("-linux-"))
+        {
+            cmd.args(["--target", triple]);
+        }
+        let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_owned());
     }
     assert!(bin.is_file(), "{} missing after build", bin.display());
     bin
