@@ -247,7 +247,7 @@ fn main() -> ExitCode {
             let mut c = load(config.as_ref())?;
             log_warnings(&c);
             if config.is_none() {
-                c.storage.path = "faultline-demo.db".into();
+                c.storage.location = config::StorageLocation::Sqlite("faultline-demo.db".into());
             }
             let opts = demo::DemoOptions {
                 simulated,
@@ -268,11 +268,16 @@ fn main() -> ExitCode {
             csv,
         } => (|| {
             let c = load(config.as_ref())?;
-            let path = db.unwrap_or(c.storage.path);
-            if !path.exists() {
+            let location = match db {
+                Some(path) => config::StorageLocation::Sqlite(path),
+                None => c.storage.location,
+            };
+            if let config::StorageLocation::Sqlite(path) = &location
+                && !path.exists()
+            {
                 anyhow::bail!("{}: no such history database", path.display());
             }
-            let store = store::Store::open(&path)?;
+            let store = store::Store::connect(&location)?;
             let to = to_ms.unwrap_or_else(service::now_ms);
             let from = match from_ms {
                 Some(f) => f,
