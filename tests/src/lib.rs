@@ -5,6 +5,8 @@
 //! - [`workspace_bin`]: the path of one of our binaries, built on demand.
 //! - [`Mosquitto`]: a real broker on an ephemeral loopback port, stoppable and
 //!   restartable with or without its persistent state.
+//! - [`Postgres`]: a real PostgreSQL server on an ephemeral loopback port, a fresh
+//!   database per test.
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
@@ -22,8 +24,10 @@ pub mod fleet;
 pub mod kamailio;
 pub mod lab;
 pub mod outbox;
+pub mod postgres;
 
 pub use faultline_lab::relay;
+pub use postgres::Postgres;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -94,8 +94,7 @@ pub trait Backend: Send + std::fmt::Debug {
     fn incident(&mut self, inc: &Incident, json: &str) -> anyhow::Result<()>;
     /// Raises the restored incident counter to at least `n`.
     fn next_incident(&mut self, n: i64) -> anyhow::Result<()>;
-    fn site(&mut self, site: &Id, isp: Option<&Id>, customer: Option<&str>)
-    -> anyhow::Result<()>;
+    fn site(&mut self, site: &Id, isp: Option<&Id>, customer: Option<&str>) -> anyhow::Result<()>;
     /// Inserts a window row unless (site, boot, seq) is stored: whether it was new.
     fn insert_window(&mut self, w: &WindowRow) -> anyhow::Result<bool>;
     fn site_target(
@@ -106,8 +105,12 @@ pub trait Backend: Send + std::fmt::Debug {
     ) -> anyhow::Result<()>;
     fn site_provider(&mut self, site: &Id, provider: &Id, at_ms: u64) -> anyhow::Result<()>;
     /// Adds a minute's chart sums to the stored ones (see [`merge_sums`]).
-    fn merge_minute(&mut self, site: &Id, minute_ms: u64, sums: Vec<PointSum>)
-    -> anyhow::Result<()>;
+    fn merge_minute(
+        &mut self,
+        site: &Id,
+        minute_ms: u64,
+        sums: Vec<PointSum>,
+    ) -> anyhow::Result<()>;
     /// Downsampling and retention in one transaction (see [`Store::maintain`]).
     fn maintain(&mut self, cuts: &Cuts) -> anyhow::Result<()>;
 
@@ -203,9 +206,9 @@ impl Store {
     pub fn connect(location: &StorageLocation) -> anyhow::Result<Store> {
         match location {
             StorageLocation::Sqlite(path) => Self::open(path),
-            StorageLocation::Postgres(pg) => Ok(Self::with(Box::new(postgres::Postgres::connect(
-                pg,
-            )?))),
+            StorageLocation::Postgres(pg) => {
+                Ok(Self::with(Box::new(postgres::Postgres::connect(pg)?)))
+            }
         }
     }
 
@@ -734,9 +737,9 @@ impl HourSums {
 
     /// (site, target, hour, its averages) for each hour summed.
     fn hours(&self) -> impl Iterator<Item = (&str, &str, i64, SeriesRow)> {
-        self.0
-            .iter()
-            .map(|((site, target, hour), sum)| (site.as_str(), target.as_str(), *hour, sum.point(u(*hour))))
+        self.0.iter().map(|((site, target, hour), sum)| {
+            (site.as_str(), target.as_str(), *hour, sum.point(u(*hour)))
+        })
     }
 }
 

@@ -22,8 +22,8 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, PointSum, SeriesRow,
-    WindowRow, boot_seen, i, incident_worst, merge_sums, parse_json, severity, site_row, u,
+    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, PointSum, SeriesRow, WindowRow,
+    boot_seen, i, incident_worst, merge_sums, parse_json, severity, site_row, u,
 };
 use crate::config::PgLocation;
 use crate::engine::Restored;
@@ -330,7 +330,13 @@ impl Backend for Postgres {
         )?;
         self.execute(
             "INSERT INTO verdict_changes(at_ms, scope, id, state, json) VALUES($1, $2, $3, $4, $5)",
-            &[&i(v.at_ms), &scope, &v.id.as_str(), &v.state.as_str(), &json],
+            &[
+                &i(v.at_ms),
+                &scope,
+                &v.id.as_str(),
+                &v.state.as_str(),
+                &json,
+            ],
         )?;
         Ok(())
     }
@@ -581,7 +587,9 @@ impl Backend for Postgres {
         let json = |sql: &'static str| -> anyhow::Result<Vec<String>> {
             Ok(self.query(sql, &[])?.iter().map(|r| r.get(0)).collect())
         };
-        r.verdicts = parse_json(json("SELECT json FROM verdicts_current ORDER BY scope, id")?)?;
+        r.verdicts = parse_json(json(
+            "SELECT json FROM verdicts_current ORDER BY scope, id",
+        )?)?;
         r.open_incidents = parse_json(json(
             "SELECT json FROM incidents WHERE closed_ms IS NULL ORDER BY id",
         )?)?;
@@ -589,8 +597,7 @@ impl Backend for Postgres {
             .query_opt("SELECT value FROM meta WHERE key = 'next_incident'", &[])?
             .map_or(0, |row| u(row.get(0)));
         for row in self.query("SELECT site, isp, customer FROM sites", &[])? {
-            r.sites
-                .extend(site_row(row.get(0), row.get(1), row.get(2)));
+            r.sites.extend(site_row(row.get(0), row.get(1), row.get(2)));
         }
         Ok(r)
     }
@@ -710,7 +717,7 @@ impl Backend for Postgres {
         let hourly = self
             .query(
                 "SELECT hour_ms + 1800000, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_hourly
-                   WHERE site = $1 AND target = $2 AND hour_ms >= $3 - 3600000 AND hour_ms < $4",
+                   WHERE site = $1 AND target = $2 AND hour_ms >= $3::bigint - 3600000 AND hour_ms < $4",
                 &[&site, &target, &i(from_ms), &i(to_ms)],
             )?
             .iter()
@@ -727,7 +734,7 @@ impl Backend for Postgres {
         let minutes = self
             .query(
                 "SELECT minute_ms, targets FROM target_minutes
-                   WHERE site = $1 AND minute_ms >= $2 - 60000 AND minute_ms < $3",
+                   WHERE site = $1 AND minute_ms >= $2::bigint - 60000 AND minute_ms < $3",
                 &[&site, &i(from_ms), &i(to_ms)],
             )?
             .iter()
@@ -740,14 +747,14 @@ impl Backend for Postgres {
         let mut c = Coverage::default();
         for r in self.query(
             "SELECT recv_ms, coalesce(window_ms, $4) FROM windows
-             WHERE site = $1 AND recv_ms >= $2 AND recv_ms < $3 + 3600000 ORDER BY recv_ms",
+             WHERE site = $1 AND recv_ms >= $2 AND recv_ms < $3::bigint + 3600000 ORDER BY recv_ms",
             &[&site, &i(from_ms), &i(to_ms), &i(DEFAULT_WINDOW_MS)],
         )? {
             c.add_row(r.get(0), r.get(1));
         }
         for r in self.query(
             "SELECT hour_ms, coalesce(watched_ms, windows * $4) FROM windows_hourly
-             WHERE site = $1 AND hour_ms >= $2 - 3600000 AND hour_ms < $3 ORDER BY hour_ms",
+             WHERE site = $1 AND hour_ms >= $2::bigint - 3600000 AND hour_ms < $3 ORDER BY hour_ms",
             &[&site, &i(from_ms), &i(to_ms), &i(DEFAULT_WINDOW_MS)],
         )? {
             c.add_hour(u(r.get(0)), u(r.get(1)));

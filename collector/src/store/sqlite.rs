@@ -12,8 +12,8 @@ use faultline_shared::{Id, Incident, State, Verdict};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, SeriesRow, WindowRow,
-    boot_seen, i, incident_worst, merge_sums, severity, site_row, u,
+    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, SeriesRow, WindowRow, boot_seen,
+    i, incident_worst, merge_sums, severity, site_row, u,
 };
 use crate::engine::Restored;
 use crate::engine::boots::{BootMeta, FORGET_AFTER_MS, SeqSet};
@@ -266,7 +266,9 @@ impl Backend for Sqlite {
     ) -> anyhow::Result<()> {
         let old: Option<Vec<u8>> = self
             .db
-            .prepare_cached("SELECT targets FROM target_minutes WHERE site = ?1 AND minute_ms = ?2")?
+            .prepare_cached(
+                "SELECT targets FROM target_minutes WHERE site = ?1 AND minute_ms = ?2",
+            )?
             .query_row(params![site.as_str(), i(minute_ms)], |r| r.get(0))
             .optional()?;
         self.db
@@ -912,7 +914,9 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(count(&s, "windows"), 4);
         let db = Connection::open(&path).unwrap();
-        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let r = s.restore(50).unwrap();
         let mut boots: Vec<_> = r
