@@ -1161,4 +1161,70 @@ mod tests {
         let c = Config::parse("[http]\nlisten = \"0.0.0.0:8080\"\n", &file).unwrap();
         assert!(c.warnings[0].contains("token_file"), "{:?}", c.warnings);
     }
+
+    #[test]
+    fn storage_is_sqlite_by_default_or_postgres_by_url_never_both() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert!(
+            matches!(&c.storage.location, StorageLocation::Sqlite(p) if p == Path::new(DEFAULT_STORAGE_PATH))
+        );
+        let d = dir_with(&[("pg", "s3cret\n")]);
+        let file = d.0.join("c.toml").display().to_string();
+        let c = Config::parse(
+            "[storage]\nurl = \"postgres://faultline@127.0.0.1:5432/faultline\"\npassword_file = \"pg\"\n",
+            &file,
+        )
+        .unwrap();
+        let StorageLocation::Postgres(pg) = &c.storage.location else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(pg.config.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(pg.config.get_dbname(), Some("faultline"));
+        assert_eq!(pg.shown, "postgres://faultline@127.0.0.1:5432/faultline");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // A password in the URL: never shown either.
+        let c = Config::parse(
+            "[storage]\nurl = \"postgres://faultline:s3cret@db.example/faultline?sslmode=disable\"\n",
+            &file,
+        )
+        .unwrap();
+        let StorageLocation::Postgres(pg) = &c.storage.location else {
+            panic!()
+        };
+        assert_eq!(pg.shown, "postgres://faultline@db.example/faultline");
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        for (text, field, line) in [
+            (
+                "[storage]\npath = \"h.db\"\nurl = \"postgres://u@h/db\"\n",
+                "storage.url",
+                3,
+            ),
+            ("[storage]\nurl = \"mysql://u@h/db\"\n", "storage.url", 2),
+            ("[storage]\nurl = \"postgres://u@h\"\n", "storage.url", 2),
+            (
+                "[storage]\npassword_file = \"pg\"\n",
+                "storage.password_file",
+                2,
+            ),
+            (
+                "[storage]\nurl = \"postgres://u:pw@h/db\"\npassword_file = \"pg\"\n",
+                "storage.password_file",
+                3,
+            ),
+            (
+                "[storage]\nurl = \"postgres://u@h/db\"\npassword_file = \"nope\"\n",
+                "storage.password_file",
+                3,
+            ),
+        ] {
+            let e = Config::parse(text, &file).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.line),
+                (field, Some(line)),
+                "{text}: {e}"
+            );
+            assert!(!e.to_string().contains(":pw@"), "{e}");
+        }
+    }
 }
