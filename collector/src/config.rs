@@ -207,7 +207,7 @@ pub enum StorageLocation {
     /// A SQLite file (`[storage] path`, the default).
     Sqlite(PathBuf),
     /// A PostgreSQL database (`[storage] url`), shared by a cluster's collectors.
-    Postgres(PgLocation),
+    Postgres(Box<PgLocation>),
 }
 
 /// A PostgreSQL database to connect to. Its `Debug` output (tokio-postgres's)
@@ -562,7 +562,9 @@ impl Validator<'_> {
                     "set either [storage] path (SQLite) or url (PostgreSQL), not both",
                 ));
             }
-            (_, Some(url)) => StorageLocation::Postgres(self.pg_location(url, &rs.password_file)?),
+            (_, Some(url)) => {
+                StorageLocation::Postgres(Box::new(self.pg_location(url, &rs.password_file)?))
+            }
             (path, None) => {
                 if let Some(f) = &rs.password_file {
                     return Err(self.err(

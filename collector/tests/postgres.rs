@@ -28,10 +28,10 @@ fn id(s: &str) -> Id {
 
 fn pg_location(url: &str) -> StorageLocation {
     let config: postgres::Config = url.parse().unwrap();
-    StorageLocation::Postgres(PgLocation {
+    StorageLocation::Postgres(Box::new(PgLocation {
         config,
         shown: "test".into(),
-    })
+    }))
 }
 
 fn connect(url: &str) -> Store {
@@ -52,7 +52,7 @@ fn target(name: &str, layer: Layer, provider: Option<&str>, loss: f32) -> Target
 }
 
 fn window(site: &str, boot: u32, seq: u64) -> WindowRow {
-    let bad = u32::from(seq % 7 == 0);
+    let bad = u32::from(seq.is_multiple_of(7));
     WindowRow {
         site: id(site),
         recv_ms: BASE + seq * 10_000,

@@ -114,7 +114,13 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Downsampling and retention in one transaction (see [`Store::maintain`]).
     fn maintain(&mut self, cuts: &Cuts) -> anyhow::Result<()>;
 
+    /// What the engine needs to carry on after a restart at `now_ms`: verdicts,
+    /// incidents, sites, and the boots the engine remembers (heard from within
+    /// [`crate::engine::boots::FORGET_AFTER_MS`], and each site's live one) with
+    /// their stored seqs.
     fn restore(&self, now_ms: u64) -> anyhow::Result<Restored>;
+    /// Incidents of `scope` (any, when `None`) overlapping [from, to), newest first,
+    /// each with the worst state it reached.
     fn incidents_worst(
         &self,
         scope: Option<&str>,
@@ -122,8 +128,11 @@ pub trait Backend: Send + std::fmt::Debug {
         to_ms: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<(Incident, State)>>;
+    /// One incident and its worst state.
     fn incident_by_id(&self, id: &str) -> anyhow::Result<Option<(Incident, State)>>;
+    /// The most recent verdict changes, newest first.
     fn recent_changes(&self, limit: u32) -> anyhow::Result<Vec<Verdict>>;
+    /// Verdict changes of `scope`/`id` (any id when `None`) in [from, to], oldest first.
     fn changes(
         &self,
         scope: &str,
@@ -132,16 +141,21 @@ pub trait Backend: Send + std::fmt::Debug {
         to_ms: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<Verdict>>;
+    /// Sites that probed `provider` in [from, to), each with the span it was seen.
     fn provider_sites(
         &self,
         provider: &str,
         from_ms: u64,
         to_ms: u64,
     ) -> anyhow::Result<Vec<(String, u64, u64)>>;
+    /// Every provider seen in history or with an incident.
     fn providers(&self) -> anyhow::Result<Vec<String>>;
+    /// Whether history knows `site` (its identity or any window of it).
     fn site_known(&self, site: &str) -> anyhow::Result<bool>;
+    /// A site's ISP and customer as history knows them.
     fn site_identity(&self, site: &str)
     -> anyhow::Result<Option<(Option<String>, Option<String>)>>;
+    /// Every target history has seen at `site`: (target, layer, provider), by name.
     fn site_targets(&self, site: &str) -> anyhow::Result<Vec<(String, String, Option<String>)>>;
     /// A target's hourly rows (at the hour's middle) and the minute rows holding it,
     /// as (minute, sums blob), overlapping [from, to).
@@ -151,12 +165,19 @@ pub trait Backend: Send + std::fmt::Debug {
         target: &str,
         from_ms: u64,
         to_ms: u64,
-    ) -> anyhow::Result<(Vec<SeriesRow>, Vec<(u64, Vec<u8>)>)>;
+    ) -> anyhow::Result<(Vec<SeriesRow>, MinuteBlobs)>;
+    /// What history holds of `site` being watched in [from, to): its raw windows as
+    /// (received, length) and its hourly rows as (hour, time watched in it).
     fn coverage(&self, site: &str, from_ms: u64, to_ms: u64) -> anyhow::Result<Coverage>;
+    /// When history's latest window arrived (any site; hourly rows count to their
+    /// hour's end), not after `to_ms`: where the collector's evidence ends.
     fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>>;
     /// Rows in one of history's tables (for tests and checks).
     fn count(&self, table: &str) -> anyhow::Result<i64>;
 }
+
+/// Minute rows as (minute, chart sums blob).
+pub type MinuteBlobs = Vec<(u64, Vec<u8>)>;
 
 /// Where maintenance cuts, in epoch milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -169,6 +190,9 @@ pub struct Cuts {
     pub incidents: i64,
 }
 
+/// History: the writer's half (`begin`, `window`, ..., `commit`) here; the reads
+/// pages and `report` make are the backend's `&self` methods, reached through
+/// `Deref` (the writer's caches never change what a read returns).
 #[derive(Debug)]
 pub struct Store {
     db: Box<dyn Backend>,
@@ -416,14 +440,6 @@ impl Store {
         Ok(())
     }
 
-    /// What the engine needs to carry on after a restart at `now_ms`: verdicts,
-    /// incidents, sites, and the boots the engine remembers (heard from within
-    /// [`crate::engine::boots::FORGET_AFTER_MS`], and each site's live one) with
-    /// their stored seqs.
-    pub fn restore(&self, now_ms: u64) -> anyhow::Result<Restored> {
-        self.db.restore(now_ms)
-    }
-
     /// Incidents of `scope` (any, when `None`) overlapping [from, to), newest first.
     pub fn incidents(
         &self,
@@ -434,76 +450,6 @@ impl Store {
     ) -> anyhow::Result<Vec<Incident>> {
         let rows = self.db.incidents_worst(scope, from_ms, to_ms, limit)?;
         Ok(rows.into_iter().map(|(inc, _)| inc).collect())
-    }
-
-    /// The most recent verdict changes, newest first.
-    pub fn recent_changes(&self, limit: u32) -> anyhow::Result<Vec<Verdict>> {
-        self.db.recent_changes(limit)
-    }
-
-    /// Sites that probed `provider` in [from, to), each with the span it was seen.
-    pub fn provider_sites(
-        &self,
-        provider: &str,
-        from_ms: u64,
-        to_ms: u64,
-    ) -> anyhow::Result<Vec<(String, u64, u64)>> {
-        self.db.provider_sites(provider, from_ms, to_ms)
-    }
-
-    /// Every provider seen in history or with an incident.
-    pub fn providers(&self) -> anyhow::Result<Vec<String>> {
-        self.db.providers()
-    }
-
-    /// Incidents of `scope` (any, when `None`) overlapping [from, to), newest first,
-    /// each with the worst state it reached.
-    pub fn incidents_worst(
-        &self,
-        scope: Option<&str>,
-        from_ms: u64,
-        to_ms: u64,
-        limit: u32,
-    ) -> anyhow::Result<Vec<(Incident, State)>> {
-        self.db.incidents_worst(scope, from_ms, to_ms, limit)
-    }
-
-    /// One incident and its worst state.
-    pub fn incident_by_id(&self, id: &str) -> anyhow::Result<Option<(Incident, State)>> {
-        self.db.incident_by_id(id)
-    }
-
-    /// Verdict changes of `scope`/`id` (any id when `None`) in [from, to], oldest first.
-    pub fn changes(
-        &self,
-        scope: &str,
-        id: Option<&str>,
-        from_ms: u64,
-        to_ms: u64,
-        limit: u32,
-    ) -> anyhow::Result<Vec<Verdict>> {
-        self.db.changes(scope, id, from_ms, to_ms, limit)
-    }
-
-    /// Whether history knows `site` (its identity or any window of it).
-    pub fn site_known(&self, site: &str) -> anyhow::Result<bool> {
-        self.db.site_known(site)
-    }
-
-    /// A site's ISP and customer as history knows them.
-    pub fn site_identity(
-        &self,
-        site: &str,
-    ) -> anyhow::Result<Option<(Option<String>, Option<String>)>> {
-        self.db.site_identity(site)
-    }
-
-    /// Every target history has seen at `site`: (target, layer, provider), by name.
-    pub fn site_targets(
-        &self,
-        site: &str,
-    ) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
-        self.db.site_targets(site)
     }
 
     /// One target's values at `site` in [from, to), oldest first: minute averages,
@@ -527,18 +473,6 @@ impl Store {
         Ok(out)
     }
 
-    /// What history holds of `site` being watched in [from, to): its raw windows as
-    /// (received, length) and its hourly rows as (hour, time watched in it).
-    pub fn coverage(&self, site: &str, from_ms: u64, to_ms: u64) -> anyhow::Result<Coverage> {
-        self.db.coverage(site, from_ms, to_ms)
-    }
-
-    /// When history's latest window arrived (any site; hourly rows count to their
-    /// hour's end), not after `to_ms`: where the collector's evidence ends.
-    pub fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>> {
-        self.db.evidence_end(to_ms)
-    }
-
     /// Rows in one of history's tables.
     pub fn count(&self, table: &str) -> anyhow::Result<i64> {
         anyhow::ensure!(
@@ -546,6 +480,14 @@ impl Store {
             "not a table name: {table:?}"
         );
         self.db.count(table)
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.db
     }
 }
 

@@ -22,8 +22,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, PointSum, SeriesRow, WindowRow,
-    boot_seen, i, incident_worst, merge_sums, parse_json, severity, site_row, u,
+    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, MinuteBlobs, PointSum,
+    SeriesRow, WindowRow, boot_seen, i, incident_worst, merge_sums, parse_json, severity, site_row,
+    u,
 };
 use crate::config::PgLocation;
 use crate::engine::Restored;
@@ -713,7 +714,7 @@ impl Backend for Postgres {
         target: &str,
         from_ms: u64,
         to_ms: u64,
-    ) -> anyhow::Result<(Vec<SeriesRow>, Vec<(u64, Vec<u8>)>)> {
+    ) -> anyhow::Result<(Vec<SeriesRow>, MinuteBlobs)> {
         let hourly = self
             .query(
                 "SELECT hour_ms + 1800000, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_hourly

@@ -12,8 +12,8 @@ use faultline_shared::{Id, Incident, State, Verdict};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, SeriesRow, WindowRow, boot_seen,
-    i, incident_worst, merge_sums, severity, site_row, u,
+    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, MinuteBlobs, SeriesRow,
+    WindowRow, boot_seen, i, incident_worst, merge_sums, severity, site_row, u,
 };
 use crate::engine::Restored;
 use crate::engine::boots::{BootMeta, FORGET_AFTER_MS, SeqSet};
@@ -537,7 +537,7 @@ impl Backend for Sqlite {
         target: &str,
         from_ms: u64,
         to_ms: u64,
-    ) -> anyhow::Result<(Vec<SeriesRow>, Vec<(u64, Vec<u8>)>)> {
+    ) -> anyhow::Result<(Vec<SeriesRow>, MinuteBlobs)> {
         let mut st = self.db.prepare(
             "SELECT hour_ms + 1800000, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_hourly
                WHERE site = ?1 AND target = ?2 AND hour_ms >= ?3 - 3600000 AND hour_ms < ?4",
