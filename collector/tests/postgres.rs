@@ -394,6 +394,22 @@ fn write_config(
     path
 }
 
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 fn report_json(site: &str, seq: u64, now_ms: u64) -> String {
     serde_json::json!({"v": 1, "site": site, "boot": 11, "seq": seq,
         "start_ms": now_ms - 1000, "window_ms": 1000,
@@ -474,8 +490,29 @@ fn a_collector_with_a_postgres_url_stores_reports_and_report_reads_them() {
         connect(&url).count("windows").unwrap() == 40
     });
     assert!(stored, "40 windows in PostgreSQL");
+    // The pages read history through the service's own PostgreSQL connection.
+    let series = http_get(
+        http,
+        &format!(
+            "/api/series?site=acme-hq&target=voipco-media&from_ms={}&to_ms={}",
+            now - 3_600_000,
+            now + 3_600_000
+        ),
+    );
+    let points: serde_json::Value = serde_json::from_str(&series).unwrap();
+    let windows: u64 = points["points"]
+        .as_array()
+        .unwrap_or_else(|| panic!("series: {series}"))
+        .iter()
+        .map(|p| p["windows"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(windows, 20, "{series}");
     collector.signal("TERM");
-    assert!(collector.wait_timeout(Duration::from_secs(30)).is_some());
+    let status = collector.wait_timeout(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a clean stop (the PostgreSQL client dropped off the async workers): {status:?}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
         .args(["report", "--json", "--since", "1h", "--config"])
         .arg(&config)
