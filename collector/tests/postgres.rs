@@ -507,6 +507,11 @@ fn a_collector_with_a_postgres_url_stores_reports_and_report_reads_them() {
         .map(|p| p["windows"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(windows, 20, "{series}");
+    for (path, key) in [("/api/history", "changes"), ("/api/incidents", "recent")] {
+        let body = http_get(http, path);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        assert!(v[key].is_array(), "{path}: {body}");
+    }
     collector.signal("TERM");
     let status = collector.wait_timeout(Duration::from_secs(30));
     assert!(
