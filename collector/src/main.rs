@@ -153,6 +153,14 @@ fn describe_broker(c: &Config) -> String {
 }
 
 /// Who may read the dashboard, for `check`.
+fn describe_history(c: &Config) -> String {
+    match &c.storage.location {
+        config::StorageLocation::Sqlite(path) => format!("SQLite {}", path.display()),
+        // Without the password.
+        config::StorageLocation::Postgres(pg) => format!("PostgreSQL {}", pg.shown),
+    }
+}
+
 fn describe_http(c: &Config) -> String {
     format!(
         "{}, {}, extra Host names: {}",
@@ -198,6 +206,7 @@ fn main() -> ExitCode {
                 );
                 println!("broker: {}", describe_broker(&c));
                 println!("http:   {}", describe_http(&c));
+                println!("history: {}", describe_history(&c));
                 Ok(())
             }
             Err(e) => {
