@@ -376,6 +376,36 @@ fn a_boot_record_keeps_the_seqs_of_both_writers() {
     assert_eq!(r.boots[0].1.seqs.to_string(), "0-19");
 }
 
+#[test]
+fn the_writer_and_the_pages_reconnect_after_the_server_restarts() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let url = pg.database();
+    let mut s = connect(&url);
+    s.begin().unwrap();
+    assert!(s.window(&window("acme", 7, 0)).unwrap());
+    s.commit().unwrap();
+    // Mid-transaction, a lost connection fails the batch (nothing half-committed).
+    s.begin().unwrap();
+    assert!(s.window(&window("acme", 7, 1)).unwrap());
+    pg.restart();
+    assert!(
+        s.window(&window("acme", 7, 2))
+            .and_then(|_| s.commit())
+            .is_err()
+    );
+    s.rollback();
+    // The writer's retry goes through on a new connection.
+    s.begin().unwrap();
+    for seq in 1..3 {
+        assert!(s.window(&window("acme", 7, seq)).unwrap());
+    }
+    s.commit().unwrap();
+    assert_eq!(s.count("windows").unwrap(), 3);
+    assert_eq!(s.restore(BASE).unwrap().boots[0].1.seqs.to_string(), "0-2");
+}
+
 fn write_config(
     dir: &Path,
     broker: &str,

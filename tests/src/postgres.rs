@@ -201,6 +201,14 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Stops the server and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();

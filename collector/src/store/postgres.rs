@@ -92,9 +92,24 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// Inside `BEGIN`..`COMMIT`: a lost connection is then an error, never replaced
+    /// (statements on a new one would commit without the lost ones).
+    in_transaction: bool,
 }
 
 impl Conn {
+    fn open(pg: &PgLocation) -> anyhow::Result<Conn> {
+        let client = pg
+            .config
+            .connect(NoTls)
+            .with_context(|| format!("connect to {}", pg.shown))?;
+        Ok(Conn {
+            client,
+            prepared: HashMap::new(),
+            in_transaction: false,
+        })
+    }
+
     fn statement(&mut self, sql: &'static str) -> anyhow::Result<Statement> {
         if let Some(st) = self.prepared.get(sql) {
             return Ok(st.clone());
@@ -122,6 +137,7 @@ impl Conn {
 
 /// A PostgreSQL history database.
 pub struct Postgres {
+    location: PgLocation,
     /// Reads come through `&self` (pages share one `Store`); `None` only while dropped.
     conn: Mutex<Option<Conn>>,
 }
@@ -147,28 +163,28 @@ impl Drop for Postgres {
 impl Postgres {
     /// Connects, then brings the schema up to [`SCHEMA_VERSION`].
     pub fn connect(pg: &PgLocation) -> anyhow::Result<Postgres> {
-        let client = pg
-            .config
-            .connect(NoTls)
-            .with_context(|| format!("connect to {}", pg.shown))?;
-        let mut conn = Conn {
-            client,
-            prepared: HashMap::new(),
-        };
+        let mut conn = Conn::open(pg)?;
         migrate(&mut conn.client).with_context(|| format!("migrate {}", pg.shown))?;
         Ok(Postgres {
+            location: pg.clone(),
             conn: Mutex::new(Some(conn)),
         })
     }
 
-    /// Runs `f` on the connection.
+    /// Runs `f` on the connection; outside a transaction a lost connection (the
+    /// server restarted) is replaced first.
     fn with<T>(&self, f: impl FnOnce(&mut Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let mut guard = self
             .conn
             .lock()
             .map_err(|_| anyhow::anyhow!("history connection poisoned"))?;
         // Some from `connect` until `drop`.
-        f(guard.as_mut().expect("connection present until dropped"))
+        let conn = guard.as_mut().expect("connection present until dropped");
+        if conn.client.is_closed() && !conn.in_transaction {
+            *conn = Conn::open(&self.location)?;
+            tracing::info!("history: reconnected to {}", self.location.shown);
+        }
+        f(conn)
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> anyhow::Result<u64> {
@@ -248,15 +264,27 @@ fn union_text(a: &SeqSet, b: &SeqSet) -> String {
 
 impl Backend for Postgres {
     fn begin(&mut self) -> anyhow::Result<()> {
-        self.with(|c| Ok(c.client.batch_execute("BEGIN")?))
+        self.with(|c| {
+            c.client.batch_execute("BEGIN")?;
+            c.in_transaction = true;
+            Ok(())
+        })
     }
 
     fn commit(&mut self) -> anyhow::Result<()> {
-        self.with(|c| Ok(c.client.batch_execute("COMMIT")?))
+        self.with(|c| {
+            // A failed COMMIT leaves the transaction to `rollback`.
+            c.client.batch_execute("COMMIT")?;
+            c.in_transaction = false;
+            Ok(())
+        })
     }
 
     fn rollback(&mut self) {
-        let _ = self.with(|c| Ok(c.client.batch_execute("ROLLBACK")?));
+        let _ = self.with(|c| {
+            c.in_transaction = false;
+            Ok(c.client.batch_execute("ROLLBACK")?)
+        });
     }
 
     fn boot(&mut self, site: &Id, m: &BootMeta) -> anyhow::Result<()> {
