@@ -16,7 +16,7 @@ use faultline_collector::store::Store;
 use faultline_shared::{
     Cause, Id, Incident, IncidentEvent, IncidentEventKind, Layer, Scope, State, Verdict,
 };
-use faultline_tests::{Child, Mosquitto, Postgres, TempDir, free_tcp_port, wait_for_tcp};
+use faultline_tests::{Child, Mosquitto, Postgres, TempDir, free_tcp_port, http_get, wait_for_tcp};
 
 const DAY_MS: u64 = 86_400_000;
 /// An hour boundary (2025-11-27T00:00Z): where the scenario's windows start.
@@ -422,22 +422,6 @@ fn write_config(
     )
     .unwrap();
     path
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 fn report_json(site: &str, seq: u64, now_ms: u64) -> String {

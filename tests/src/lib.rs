@@ -140,6 +140,25 @@ pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
     })
 }
 
+/// A GET over plain HTTP/1.1 (e.g. on the collector's server); the body, empty when
+/// the server cannot be reached.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
 pub struct Child {
