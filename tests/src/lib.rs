@@ -5,6 +5,8 @@
 //! - [`workspace_bin`]: the path of one of our binaries, built on demand.
 //! - [`Mosquitto`]: a real broker on an ephemeral loopback port, stoppable and
 //!   restartable with or without its persistent state.
+//! - [`Postgres`]: a real PostgreSQL server on an ephemeral loopback port, a fresh
+//!   database per test.
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
@@ -22,8 +24,10 @@ pub mod fleet;
 pub mod kamailio;
 pub mod lab;
 pub mod outbox;
+pub mod postgres;
 
 pub use faultline_lab::relay;
+pub use postgres::Postgres;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -150,6 +154,25 @@ pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
     wait_until(timeout, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
     })
+}
+
+/// A GET over plain HTTP/1.1 (e.g. on the collector's server); the body, empty when
+/// the server cannot be reached.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.
