@@ -73,8 +73,7 @@ pub async fn serve(
     let client = super::connect(&cluster).await?;
     let bus = Bus::open(client.clone(), &cluster).await?;
 
-    let writer = Store::open(&cfg.storage.path)?;
-    let reader = Store::open(&cfg.storage.path)?;
+    let (writer, reader) = super::open_history(&cfg).await?;
     let (store_tx, store_rx) = std_mpsc::channel();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     history::spawn_writer(
@@ -97,7 +96,7 @@ pub async fn serve(
     ecfg.role = Role::Fleet;
     let mut engine = Engine::new(ecfg);
     let start = now_ms();
-    engine.restore(start, reader.restore(start).context("restore history")?);
+    engine.restore(start, tokio::task::block_in_place(|| reader.restore(start)).context("restore history")?);
 
     let consumer = super::fresh_consumer(
         &bus,
@@ -204,7 +203,7 @@ impl Correlator {
             return;
         };
         let now = now_ms();
-        let restored = match self.reader.restore(now) {
+        let restored = match tokio::task::block_in_place(|| self.reader.restore(now)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot read history to take over: {e:#}");

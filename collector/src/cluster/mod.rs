@@ -470,6 +470,21 @@ pub async fn forward<T: Send + 'static>(
     }
 }
 
+/// History's writer and a reader (PostgreSQL: `[storage] url`, shared by every
+/// collector of the cluster; or one SQLite file on one host). Connecting blocks.
+pub async fn open_history(
+    cfg: &crate::config::Config,
+) -> anyhow::Result<(crate::store::Store, crate::store::Store)> {
+    let location = cfg.storage.location.clone();
+    tokio::task::spawn_blocking(move || {
+        Ok((
+            crate::store::Store::connect(&location)?,
+            crate::store::Store::connect(&location)?,
+        ))
+    })
+    .await?
+}
+
 /// Runs the cluster role `role` until SIGINT/SIGTERM.
 pub fn run(cfg: crate::config::Config, role: ClusterRole) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

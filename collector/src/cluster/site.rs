@@ -92,8 +92,7 @@ pub async fn serve(
     let bus = Bus::open(client.clone(), &cluster).await?;
     tracing::info!(name = cluster.name, "site worker on the bus");
 
-    let writer = Store::open(&cfg.storage.path)?;
-    let reader = Store::open(&cfg.storage.path)?;
+    let (writer, reader) = super::open_history(&cfg).await?;
     let stats = Arc::new(HistoryStats::default());
     let (store_tx, store_rx) = std_mpsc::channel();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
@@ -414,7 +413,7 @@ impl Worker {
     async fn take_partition(&mut self, p: u32) -> anyhow::Result<()> {
         let n = self.cluster.partitions;
         let now = now_ms();
-        let all = self.reader.restore(now).context("restore history")?;
+        let all = tokio::task::block_in_place(|| self.reader.restore(now)).context("restore history")?;
         let mine = |s: &Id| partition_of(s.as_str(), n) == p;
         let restored = Restored {
             boots: all.boots.into_iter().filter(|(s, _)| mine(s)).collect(),

@@ -107,9 +107,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let link = crate::link::Link::open(&cfg)?;
     let start = now_ms();
-    let writer = Store::open(&cfg.storage.path)?;
-    let restored = writer.restore(start).context("restore history")?;
-    let history_store = Store::open(&cfg.storage.path)?;
+    // Blocking work (PostgreSQL's client runs its own runtime): off the async workers.
+    let location = cfg.storage.location.clone();
+    let (writer, restored, history_store) = tokio::task::spawn_blocking(move || {
+        let writer = Store::connect(&location)?;
+        let restored = writer.restore(start).context("restore history")?;
+        let history_store = Store::connect(&location)?;
+        anyhow::Ok((writer, restored, history_store))
+    })
+    .await
+    .context("open history")??;
     let history_stats = Arc::new(HistoryStats::default());
     let (store_tx, store_rx) = std_mpsc::channel();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
