@@ -96,7 +96,10 @@ pub async fn serve(
     ecfg.role = Role::Fleet;
     let mut engine = Engine::new(ecfg);
     let start = now_ms();
-    engine.restore(start, tokio::task::block_in_place(|| reader.restore(start)).context("restore history")?);
+    engine.restore(
+        start,
+        tokio::task::block_in_place(|| reader.restore(start)).context("restore history")?,
+    );
 
     let consumer = super::fresh_consumer(
         &bus,

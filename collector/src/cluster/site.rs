@@ -144,11 +144,13 @@ pub async fn serve(
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let (lease_tx, mut leases) = mpsc::unbounded_channel();
+    let (give_back, given_back) = mpsc::unbounded_channel();
     let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel();
     let keeper = tokio::spawn(keep_leases(
         w.bus.clone(),
         cluster.clone(),
         lease_tx,
+        given_back,
         keeper_stopped,
     ));
     let mut batch = Vec::with_capacity(BATCH);
@@ -169,7 +171,12 @@ pub async fn serve(
             Some(ev) = leases.recv() => match ev {
                 LeaseEvent::Take(p) => match w.take_partition(p).await {
                     Ok(()) => tracing::info!(partition = p, "partition taken"),
-                    Err(e) => tracing::warn!(partition = p, "cannot consume partition: {e:#}"),
+                    Err(e) => {
+                        // Held but not consumed would stall its sites: let it go.
+                        tracing::warn!(partition = p, "cannot consume partition, giving it back: {e:#}");
+                        w.drop_partition(p);
+                        let _ = give_back.send(p);
+                    }
                 },
                 LeaseEvent::Drop(p) => {
                     w.drop_partition(p);
@@ -413,7 +420,8 @@ impl Worker {
     async fn take_partition(&mut self, p: u32) -> anyhow::Result<()> {
         let n = self.cluster.partitions;
         let now = now_ms();
-        let all = tokio::task::block_in_place(|| self.reader.restore(now)).context("restore history")?;
+        let all =
+            tokio::task::block_in_place(|| self.reader.restore(now)).context("restore history")?;
         let mine = |s: &Id| partition_of(s.as_str(), n) == p;
         let restored = Restored {
             boots: all.boots.into_iter().filter(|(s, _)| mine(s)).collect(),
@@ -476,11 +484,13 @@ async fn partition_consumer(
 /// what it holds (a failed renewal is a `Drop` at once), gives back what is over
 /// its fair share (`ceil(partitions / live workers)`) and takes free partitions up
 /// to it. It runs beside the owner so a long batch never lets a lease lapse; on
-/// `stop` it gives every lease back (the others take them at their next tick).
+/// `stop` it gives every lease back (the others take them at their next tick), and
+/// it lets go of those the owner hands back (`given_back`).
 async fn keep_leases(
     bus: Bus,
     c: Cluster,
     events: mpsc::UnboundedSender<LeaseEvent>,
+    mut given_back: mpsc::UnboundedReceiver<u32>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut held: BTreeMap<u32, Lease> = BTreeMap::new();
@@ -492,6 +502,13 @@ async fn keep_leases(
             _ = tick.tick() => {}
         }
         let _ = bus.workers.put(&c.name, Bytes::from(c.name.clone())).await;
+        // Partitions the owner could not consume: free for anyone (this worker too,
+        // at a later tick).
+        while let Ok(p) = given_back.try_recv() {
+            if let Some(l) = held.remove(&p) {
+                l.release(&bus.leases).await;
+            }
+        }
         let mut lost = Vec::new();
         for (p, l) in held.iter_mut() {
             if !l.renew(&bus.leases, &c.name, c.lease_ms).await {
