@@ -318,6 +318,16 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     let all_in = wait_until(Duration::from_secs(90), || stored() >= want);
     // Let the correlator evaluate the last windows.
     std::thread::sleep(Duration::from_millis(u64::from(WINDOW_MS) * 2));
+    // What an MQTT dashboard sees on a surviving node: the retained verdict.
+    let retained = faultline_tests::require("mosquitto_sub", "mosquitto-clients").map(|sub| {
+        let port = nats.nodes[0].mqtt.to_string();
+        let out = Command::new(sub)
+            .args(["-h", "127.0.0.1", "-p", &port, "-C", "1", "-W", "20"])
+            .args(["-t", "faultline/v1/state/providers/voipco"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
     for name in ["worker-b", "fleet-b"] {
         let p = procs.get_mut(name).unwrap();
         p.signal("TERM");
@@ -338,6 +348,13 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         all_in,
         format!("history holds {} of {want} windows", stored()),
     );
+    if let Some(r) = &retained {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();
+        check(
+            v["state"] == "ok" && v["scope"] == "provider",
+            format!("retained voipco verdict on a surviving node: {r:?}"),
+        );
+    }
 
     // PostgreSQL's key on (site, boot, seq) refuses a second copy; counted anyway.
     let rows = count(&url, &format!("SELECT count(*) {below}"));
