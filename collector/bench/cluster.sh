@@ -7,6 +7,8 @@
 #   bash collector/bench/cluster.sh              # N=60000 reports, 500 sites
 #   N=5000 WORKERS="1 2" bash collector/bench/cluster.sh
 #   KEEP=1 ...  keeps the work directory (configs, logs, history) for a look
+#   PG=1 ...    history in PostgreSQL (a server of its own, fsync on, a new
+#               database per row) instead of one SQLite file shared by the workers
 #
 # Each row: a fresh cluster and a fresh history; one worker starts and stops so
 # the 16 durable partition consumers exist (the listener's QoS 1 stream keeps a
@@ -32,6 +34,7 @@ PARTITIONS=16
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/faultline-cluster-bench.XXXXXX")
 PIDS=()
 cleanup() {
+    if [[ -n ${PG_PID:-} ]]; then kill -INT "$PG_PID" 2>/dev/null || true; wait "$PG_PID" 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     if [[ -n ${KEEP:-} ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
@@ -48,6 +51,37 @@ now_ns() { date +%s%N; }
 rows() { python3 -c 'import sqlite3,sys
 try: print(sqlite3.connect(sys.argv[1], timeout=30).execute("SELECT count(*) FROM windows").fetchone()[0])
 except Exception: print(0)' "$1"; }
+
+# PG=1: a PostgreSQL server of the bench's own (as the `postgres` user when root).
+STORAGE=sqlite
+if [[ -n ${PG:-} && ${PG:-} != 0 ]]; then
+    STORAGE=postgresql
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    [[ -x $PGBIN/initdb ]] || { log "PostgreSQL not found: install postgresql"; exit 1; }
+    as_pg() { if ((EUID == 0)); then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+    mkdir -p "$WORK/pg/sock"
+    chmod 755 "$WORK"
+    if ((EUID == 0)); then chown -R postgres:postgres "$WORK/pg"; fi
+    as_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U faultline --auth-local=trust --auth-host=trust --no-instructions >/dev/null
+    PGPORT=$(port)
+    as_pg "$PGBIN/postgres" -D "$WORK/pg/data" -p "$PGPORT" -k "$WORK/pg/sock" -c listen_addresses=127.0.0.1 \
+        -c max_connections=100 2>"$WORK/pg/log" &
+    PG_PID=$!
+    for _ in $(seq 100); do as_pg "$PGBIN/pg_isready" -q -h "$WORK/pg/sock" -p "$PGPORT" && break; sleep 0.2; done
+    pg_rows() { as_pg "$PGBIN/psql" -qtA -h "$WORK/pg/sock" -p "$PGPORT" -U faultline -d "$1" \
+        -c "SELECT count(*) FROM windows" 2>/dev/null || echo 0; }
+fi
+# `storage_line DIR`: the [storage] line of a row's collectors.
+storage_line() {
+    if [[ $STORAGE == postgresql ]]; then
+        echo "url = \"postgres://faultline@127.0.0.1:$PGPORT/$(basename "$1")\""
+    else
+        echo "path = \"$1/history.db\""
+    fi
+}
+count_rows() {
+    if [[ $STORAGE == postgresql ]]; then pg_rows "$(basename "$1")"; else rows "$1/history.db"; fi
+}
 
 flag=()
 [[ $PROFILE == release ]] && flag=(--release)
@@ -96,7 +130,7 @@ worker() {
     cat >"$dir/$name.toml" <<EOF
 window_seconds = 10
 [storage]
-path = "$dir/history.db"
+$(storage_line "$dir")
 [cluster]
 role = "site"
 name = "$name"
@@ -121,11 +155,18 @@ for k in $WORKERS; do
     mkdir -p "$dir"
     log "$k worker(s): cluster"
     cluster "$dir"
+    if [[ $STORAGE == postgresql ]]; then
+        as_pg "$PGBIN/createdb" -h "$WORK/pg/sock" -p "$PGPORT" -U faultline "k$k"
+    fi
     # The durable partition consumers, made once, before the reports.
     worker "$dir" setup
     for _ in $(seq 600); do [[ $(taken "$dir/setup.log") -ge $PARTITIONS ]] && break; sleep 0.1; done
     kill -TERM "$WPID"; wait "$WPID" 2>/dev/null || true
     rm -f "$dir/history.db"*
+    if [[ $STORAGE == postgresql ]]; then
+        as_pg "$PGBIN/dropdb" -h "$WORK/pg/sock" -p "$PGPORT" -U faultline --if-exists "k$k" 2>/dev/null || true
+        as_pg "$PGBIN/createdb" -h "$WORK/pg/sock" -p "$PGPORT" -U faultline "k$k"
+    fi
     log "$k worker(s): publishing $N reports"
     windows=$(( (N + SITES - 1) / SITES ))
     t0=$(now_ns)
@@ -139,7 +180,7 @@ for k in $WORKERS; do
     # and sharing them out as workers announce themselves, takes a lease or two).
     first="" last=""
     for _ in $(seq 6000); do
-        n=$(rows "$dir/history.db")
+        n=$(count_rows "$dir")
         if [[ -z $first ]] && (($(held "$dir"/w*.log) == PARTITIONS)); then first=$(now_ns); n0=$n; fi
         if [[ $n -ge $total ]]; then last=$(now_ns); break; fi
         sleep 0.2
@@ -159,5 +200,6 @@ for k in $WORKERS; do
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     PIDS=()
 done
-printf '\n%s cores, %s; N=%s, %s sites, %s partitions, profile %s.\n' "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" "$N" "$SITES" "$PARTITIONS" "$PROFILE"
+printf '\n%s cores, %s; N=%s, %s sites, %s partitions, history in %s, profile %s.\n' "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" "$N" "$SITES" "$PARTITIONS" "$STORAGE" "$PROFILE"
+if [[ -n ${PG_PID:-} ]]; then kill -INT "$PG_PID" 2>/dev/null || true; wait "$PG_PID" 2>/dev/null || true; fi
