@@ -61,6 +61,9 @@ pub enum StoreMsg {
     Incident(faultline_shared::IncidentEvent),
     Site(Id, Option<Id>, Option<String>),
     Maintain(u64),
+    /// Sites another writer may store from now on (a cluster's site worker gave
+    /// their partition up): what this writer cached of them goes, after the commit.
+    ForgetSites(Vec<Id>),
     /// One delivery handled: its pipeline place is free once everything sent
     /// before it is committed, and its acknowledgement (QoS 1 or 2) is sent then.
     Delivered(Option<AckToken>),
@@ -142,6 +145,7 @@ pub fn spawn_writer(
                             tokens.extend(t);
                         }
                         StoreMsg::Maintain(now) => maintain = Some(now),
+                        StoreMsg::ForgetSites(sites) => store.forget_sites(&sites),
                         StoreMsg::Flush(done) => {
                             let _ = acks.send(AckMsg::Acks(std::mem::take(&mut tokens)));
                             let _ = acks.send(AckMsg::Done(done));
@@ -183,7 +187,10 @@ fn write_batch(store: &mut Store, batch: &[StoreMsg]) -> anyhow::Result<(u64, u6
             StoreMsg::Incident(e) => store.incident(e)?,
             StoreMsg::Site(s, isp, c) => store.site(s, isp.as_ref(), c.as_deref())?,
             StoreMsg::Forget(v) => store.forget_verdict(v)?,
-            StoreMsg::Maintain(_) | StoreMsg::Delivered(_) | StoreMsg::Flush(_) => {}
+            StoreMsg::Maintain(_)
+            | StoreMsg::ForgetSites(_)
+            | StoreMsg::Delivered(_)
+            | StoreMsg::Flush(_) => {}
         }
     }
     store.commit()?;

@@ -281,6 +281,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets what this writer cached of `sites` (outside a transaction): another
+    /// writer may store their windows now, and the boots read next come from history.
+    pub fn forget_sites(&mut self, sites: &[Id]) {
+        for s in sites {
+            self.boots.remove(s);
+            self.seen_targets.remove(s);
+        }
+        self.seen_providers.retain(|(s, _), _| !sites.contains(s));
+    }
+
     /// Abandons the open transaction (after a failed write), and with it what the
     /// writer believed stored in it.
     pub fn rollback(&mut self) {
