@@ -17,7 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::alerts::{AlertsConfig, Endpoint, WebhookConfig};
 use crate::engine::Thresholds;
+use crate::maintenance::{Origin, Window};
 use crate::passwd::PasswordFile;
 
 /// Default evaluation window, matching the agents' default.
@@ -75,6 +77,36 @@ struct RawConfig {
     thresholds: Option<Thresholds>,
     #[serde(default)]
     providers: BTreeMap<String, Spanned<RawProvider>>,
+    alerts: Option<RawAlerts>,
+    #[serde(default)]
+    maintenance: Vec<Spanned<RawMaintenance>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    alertmanager: Option<Spanned<String>>,
+    #[serde(default)]
+    webhook: Vec<Spanned<RawWebhook>>,
+    public_url: Option<Spanned<String>>,
+    queue: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    secret_file: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaintenance {
+    scope: Spanned<String>,
+    id: Spanned<String>,
+    from: Spanned<String>,
+    to: Spanned<String>,
+    note: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +182,10 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// Provider → its configured alternate (if any).
     pub providers: BTreeMap<Id, Option<Id>>,
+    /// `[alerts]`: webhooks and Alertmanager.
+    pub alerts: AlertsConfig,
+    /// `[[maintenance]]` windows (HTTP adds more at run time).
+    pub maintenance: Vec<Window>,
     /// Things that work but should be fixed (each names file, line and field).
     pub warnings: Vec<String>,
 }
@@ -518,6 +554,13 @@ impl Validator<'_> {
             };
             providers.insert(id, alt);
         }
+        let alerts = self.alerts(raw.alerts.unwrap_or_default(), &mut warnings)?;
+        let maintenance = raw
+            .maintenance
+            .iter()
+            .enumerate()
+            .map(|(n, m)| self.maintenance(n, m))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             window_ms,
             topics,
@@ -534,7 +577,90 @@ impl Validator<'_> {
             broker_logins,
             thresholds,
             providers,
+            alerts,
+            maintenance,
             warnings,
+        })
+    }
+
+    fn alerts(&self, a: RawAlerts, warnings: &mut Vec<String>) -> Result<AlertsConfig, ConfigError> {
+        let url = |v: &Spanned<String>, field: &str| {
+            Endpoint::parse(v.get_ref()).map_err(|m| self.err(Some(v.span()), field, m))
+        };
+        let alertmanager = a
+            .alertmanager
+            .as_ref()
+            .map(|v| url(v, "alerts.alertmanager"))
+            .transpose()?;
+        let mut webhooks: Vec<WebhookConfig> = Vec::new();
+        for w in &a.webhook {
+            let w = w.get_ref();
+            let endpoint = url(&w.url, "alerts.webhook.url")?;
+            if webhooks.iter().any(|o| o.url == endpoint) {
+                return Err(self.err(
+                    Some(w.url.span()),
+                    "alerts.webhook.url",
+                    format!("{endpoint} is listed twice"),
+                ));
+            }
+            let secret = self.secret_file(&w.secret_file, "alerts.webhook.secret_file")?;
+            if secret.expose().len() < MIN_TOKEN_LEN {
+                return Err(self.err(
+                    Some(w.secret_file.span()),
+                    "alerts.webhook.secret_file",
+                    format!(
+                        "the secret must be at least {MIN_TOKEN_LEN} characters \
+                         (e.g. head -c 32 /dev/urandom | base64)"
+                    ),
+                ));
+            }
+            if !endpoint.is_tls() {
+                warnings.push(self.warn(
+                    w.url.span(),
+                    "alerts.webhook.url",
+                    format!("{endpoint} is not https: incident events cross the network unencrypted"),
+                ));
+            }
+            webhooks.push(WebhookConfig {
+                url: endpoint,
+                secret,
+            });
+        }
+        let public_url = match &a.public_url {
+            None => None,
+            Some(v) => {
+                url(v, "alerts.public_url")?;
+                Some(v.get_ref().trim_end_matches('/').to_owned())
+            }
+        };
+        Ok(AlertsConfig {
+            alertmanager,
+            webhooks,
+            public_url,
+            queue: a.queue.as_ref().map(|q| self.path(q)),
+        })
+    }
+
+    fn maintenance(&self, n: usize, m: &Spanned<RawMaintenance>) -> Result<Window, ConfigError> {
+        let r = m.get_ref();
+        let scope = crate::maintenance::parse_scope(r.scope.get_ref())
+            .map_err(|e| self.err(Some(r.scope.span()), "maintenance.scope", e))?;
+        let id = crate::maintenance::parse_subject(scope, r.id.get_ref())
+            .map_err(|e| self.err(Some(r.id.span()), "maintenance.id", e))?;
+        let time = |v: &Spanned<String>, field: &str| {
+            crate::maintenance::parse_time(v.get_ref()).map_err(|e| self.err(Some(v.span()), field, e))
+        };
+        let (from_ms, to_ms) = (time(&r.from, "maintenance.from")?, time(&r.to, "maintenance.to")?);
+        crate::maintenance::check_bounds(from_ms, to_ms)
+            .map_err(|e| self.err(Some(r.to.span()), "maintenance.to", e))?;
+        Ok(Window {
+            window: format!("config-{}", n + 1),
+            scope,
+            id,
+            from_ms,
+            to_ms,
+            note: r.note.clone(),
+            origin: Origin::Config,
         })
     }
 

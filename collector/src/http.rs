@@ -642,6 +642,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         "faultline_collector_open_incidents {}",
         e.open_incidents().count()
     );
+    crate::alerts::write_metrics(&mut o, &shared.alerts);
     let _ = writeln!(
         o,
         "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in."

@@ -6,6 +6,8 @@
 //! - [`replay`]: the engine driven by a file's clock.
 //! - [`service`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
 //! - [`report`]: provider availability from history.
+//! - [`alerts`]: signed webhooks and Alertmanager, through an on-disk outbox.
+//! - [`maintenance`]: planned-work windows (no alerts, left out of availability).
 //! - [`link`]: how the collector reaches its broker (TLS, logins, the embedded one).
 //! - [`snapshot`]: the state pages read, published by the engine's owner.
 //! - [`supervise`]: a panic anywhere ends the process (so systemd restarts it).
@@ -15,10 +17,12 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod alerts;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod link;
+pub mod maintenance;
 pub mod passwd;
 pub mod replay;
 pub mod report;

@@ -1191,6 +1191,7 @@ mod tests {
                 sites: vec![id("a"), id("b")],
                 incident: Some("inc-000007".into()),
                 recommendation: None,
+                maintenance: None,
             })
             .unwrap();
             s.site(&id("a"), Some(&id("IspA")), None).unwrap();

@@ -36,7 +36,7 @@ pub use reject::RejectReason;
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
     Cause, CollectorStatus, Incident, IncidentEvent, IncidentEventKind, OfflineReason,
-    Recommendation, Scope, State, Status, StatusState, Verdict,
+    Maintenance, Recommendation, Scope, State, Status, StatusState, Verdict,
 };
 pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};
 pub use topic::{Topic, Topics};

@@ -27,8 +27,10 @@ use anyhow::Context;
 use faultline_shared::Topics;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::alerts::{AlertStats, Alerts};
 use crate::config::Config;
 use crate::engine::{Engine, Output};
+use crate::maintenance::{Book, Marks};
 use crate::snapshot::SnapshotCell;
 use crate::store::Store;
 use history::{HistoryStats, StoreMsg};
@@ -86,6 +88,10 @@ pub struct Shared {
     pub started_ms: u64,
     /// The engine's state as of its latest evaluation, and its counters.
     pub snapshot: SnapshotCell,
+    /// Alert deliveries per receiver kind.
+    pub alerts: Arc<AlertStats>,
+    /// Maintenance windows in force (config and HTTP).
+    pub maintenance: Arc<Book>,
 }
 
 /// Runs the collector until SIGINT/SIGTERM.
@@ -132,10 +138,30 @@ pub async fn serve(
         history_stats: history_stats.clone(),
         started_ms: start,
         snapshot: SnapshotCell::default(),
+        alerts: Arc::new(AlertStats::default()),
+        maintenance: Arc::new(Book::new(cfg.maintenance.clone())),
     });
     shared.snapshot.set(Arc::new(engine.snapshot()));
 
     let (stop_tx, _) = broadcast::channel::<()>(1);
+    let alerts = if cfg.alerts.is_enabled() {
+        let open: Vec<_> = engine.open_incidents().cloned().collect();
+        let verdicts: Vec<_> = engine.verdicts().cloned().collect();
+        let path = cfg.alerts.queue_path(&cfg.storage.path);
+        let a = Alerts::start(
+            &cfg.alerts,
+            &path,
+            &open,
+            &verdicts,
+            shared.maintenance.clone(),
+            shared.alerts.clone(),
+            &stop_tx,
+        )
+        .with_context(|| format!("alert queue {}", path.display()))?;
+        Some(a)
+    } else {
+        None
+    };
     crate::http::serve(
         cfg.http_listen,
         shared.clone(),
@@ -167,6 +193,8 @@ pub async fn serve(
                 pubs,
                 metrics,
                 last_maintain_ms: 0,
+                alerts,
+                marks: Marks::default(),
             };
             owner.drive(inputs).await;
         })
@@ -202,6 +230,9 @@ struct Owner {
     pubs: mpsc::UnboundedSender<Publication>,
     metrics: mpsc::Sender<Arc<faultline_shared::Report>>,
     last_maintain_ms: u64,
+    alerts: Option<Alerts>,
+    /// Which published verdicts say `maintenance`.
+    marks: Marks,
 }
 
 impl Owner {
@@ -275,6 +306,7 @@ impl Owner {
             st.evaluation_max = st.evaluation_max.max(took);
         }
         self.dispatch();
+        self.maintenance(now);
         if now.saturating_sub(self.last_maintain_ms) >= MAINTAIN_EVERY_MS {
             self.last_maintain_ms = now;
             let _ = self.store_tx.send(StoreMsg::Maintain(now));
@@ -307,6 +339,18 @@ impl Owner {
         }
     }
 
+    /// Re-publishes verdicts whose maintenance mark changed (a window started or
+    /// ended) and alerts incidents held back by a window that has ended.
+    fn maintenance(&mut self, now: u64) {
+        let windows = self.shared.maintenance.get();
+        for v in self.marks.changed(&windows, self.engine.verdicts(), now) {
+            let _ = self.pubs.send(Publication::Verdict(v));
+        }
+        if let Some(a) = &mut self.alerts {
+            a.tick(now);
+        }
+    }
+
     /// Hands every output on, in order.
     fn dispatch(&mut self) {
         while let Some(o) = self.engine.poll_output() {
@@ -318,12 +362,21 @@ impl Owner {
                     isp,
                     customer,
                 } => StoreMsg::Site(site, isp, customer),
-                Output::Verdict(v) => {
+                Output::Verdict(mut v) => {
+                    let windows = self.shared.maintenance.get();
+                    self.marks.mark(&windows, &mut v, now_ms());
+                    if let Some(a) = &mut self.alerts {
+                        a.verdict(&v);
+                    }
                     let _ = self.pubs.send(Publication::Verdict(v.clone()));
                     StoreMsg::Verdict(v)
                 }
                 Output::Incident(e) => {
                     let _ = self.pubs.send(Publication::Incident(e.clone()));
+                    // Durable (fsync'd) before the report that caused it is acknowledged.
+                    if let Some(a) = &mut self.alerts {
+                        a.take(&e, now_ms());
+                    }
                     StoreMsg::Incident(e)
                 }
                 Output::Forget(v) => {
