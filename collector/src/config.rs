@@ -1163,6 +1163,63 @@ mod tests {
     }
 
     #[test]
+    fn alerts_and_maintenance_are_checked_with_field_and_line() {
+        let d = dir_with(&[("wh", "0123456789abcdef-secret\n"), ("short", "abc\n")]);
+        let file = d.0.join("c.toml").display().to_string();
+        let c = Config::parse(
+            "[alerts]\nalertmanager = \"http://127.0.0.1:9093\"\npublic_url = \"https://dash.example/\"\n\
+             [[alerts.webhook]]\nurl = \"https://psa.example/hooks/faultline\"\nsecret_file = \"wh\"\n\
+             [[maintenance]]\nscope = \"provider\"\nid = \"voipco\"\n\
+             from = \"2026-12-01T02:00:00Z\"\nto = \"2026-12-01T04:00:00Z\"\n",
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.alerts.webhooks.len(), 1);
+        assert_eq!(c.alerts.webhooks[0].secret.expose(), "0123456789abcdef-secret");
+        assert_eq!(c.alerts.public_url.as_deref(), Some("https://dash.example"));
+        assert_eq!(c.maintenance[0].to_ms - c.maintenance[0].from_ms, 7_200_000);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        for (text, field, line) in [
+            ("[alerts]\nalertmanager = \"ftp://x\"\n", "alerts.alertmanager", 2),
+            (
+                "[alerts]\n[[alerts.webhook]]\nurl = \"https://a/\"\nsecret_file = \"short\"\n",
+                "alerts.webhook.secret_file",
+                4,
+            ),
+            (
+                "[alerts]\n[[alerts.webhook]]\nurl = \"https://a/\"\nsecret_file = \"missing\"\n",
+                "alerts.webhook.secret_file",
+                4,
+            ),
+            (
+                "[[maintenance]]\nscope = \"provider\"\nid = \"voipco\"\nfrom = \"2026-12-01T02:00:00Z\"\n\
+                 to = \"2026-12-01T01:00:00Z\"\n",
+                "maintenance.to",
+                5,
+            ),
+            (
+                "[[maintenance]]\nscope = \"carrier\"\nid = \"x\"\nfrom = \"a\"\nto = \"b\"\n",
+                "maintenance.scope",
+                2,
+            ),
+            (
+                "[[maintenance]]\nscope = \"site\"\nid = \"a\"\nfrom = \"tomorrow\"\nto = \"b\"\n",
+                "maintenance.from",
+                4,
+            ),
+        ] {
+            let e = Config::parse(text, &file).unwrap_err();
+            assert_eq!((e.field.as_str(), e.line), (field, Some(line)), "{e}");
+        }
+        let c = Config::parse(
+            "[[alerts.webhook]]\nurl = \"http://psa.example/\"\nsecret_file = \"wh\"\n",
+            &file,
+        )
+        .unwrap();
+        assert!(c.warnings[0].contains("not https"), "{:?}", c.warnings);
+    }
+
+    #[test]
     fn http_token_and_hosts() {
         let d = dir_with(&[
             ("token", "0123456789abcdef-long-enough\n"),

@@ -234,7 +234,8 @@ fn to_body(alerts: &[Value]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faultline_shared::{Action, Cause, Id, State, Subject};
+    use faultline_shared::state::Action;
+    use faultline_shared::{Cause, Id, State, Subject};
 
     #[test]
     fn an_alert_carries_the_contract_labels_and_annotations() {
