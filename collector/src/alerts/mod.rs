@@ -39,7 +39,7 @@ use crate::maintenance::{self, Book};
 
 /// Shortest and longest wait between failed attempts to one receiver.
 const RETRY_MIN_MS: u64 = 1_000;
-const RETRY_MAX_MS: u64 = 300_000;
+const RETRY_MAX_MS: u64 = 60_000;
 
 /// `[alerts]`, validated.
 #[derive(Debug, Clone, Default)]
