@@ -160,9 +160,13 @@ impl Marks {
         verdicts: impl Iterator<Item = &'a Verdict>,
         now_ms: u64,
     ) -> Vec<Verdict> {
-        if windows.is_empty() && self.marked.is_empty() {
+        // Only windows in force matter; with none and nothing marked there is no
+        // need to look at the (possibly 100,000) verdicts.
+        let active: Vec<Window> = windows.iter().filter(|w| w.covers(now_ms)).cloned().collect();
+        if active.is_empty() && self.marked.is_empty() {
             return Vec::new();
         }
+        let windows = &active[..];
         let mut out = Vec::new();
         for v in verdicts {
             let now = verdict_until(windows, v, now_ms);
