@@ -522,12 +522,12 @@ pub fn metrics_text(shared: &Shared) -> String {
     }
     let _ = writeln!(
         o,
-        "# HELP faultline_collector_missing_windows_total Windows provably missing: gaps in a boot's seq, less those a backlog has filled since (so it can fall)."
+        "# HELP faultline_collector_missing_windows Windows provably missing: gaps in a boot's seq, less those a backlog has filled since (so it can fall)."
     );
-    let _ = writeln!(o, "# TYPE faultline_collector_missing_windows_total gauge");
+    let _ = writeln!(o, "# TYPE faultline_collector_missing_windows gauge");
     let _ = writeln!(
         o,
-        "faultline_collector_missing_windows_total {}",
+        "faultline_collector_missing_windows {}",
         c.missing_windows
     );
     {
@@ -565,6 +565,10 @@ pub fn metrics_text(shared: &Shared) -> String {
             let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
         }
     }
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_late_reports_total Reports accepted for windows that ended long before they arrived (a backlog)."
+    );
     let _ = writeln!(o, "# TYPE faultline_collector_late_reports_total counter");
     let _ = writeln!(o, "faultline_collector_late_reports_total {}", c.late);
     let _ = writeln!(
@@ -580,8 +584,16 @@ pub fn metrics_text(shared: &Shared) -> String {
         "faultline_collector_clock_skew_reports_total {}",
         c.skewed
     );
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_evaluations_total Evaluations of the fleet (cross-site verdicts) run."
+    );
     let _ = writeln!(o, "# TYPE faultline_collector_evaluations_total counter");
     let _ = writeln!(o, "faultline_collector_evaluations_total {}", c.evaluations);
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_skipped_evaluations_total Periodic evaluations skipped because the collector fell behind."
+    );
     let _ = writeln!(
         o,
         "# TYPE faultline_collector_skipped_evaluations_total counter"
@@ -591,13 +603,37 @@ pub fn metrics_text(shared: &Shared) -> String {
         "faultline_collector_skipped_evaluations_total {}",
         c.skipped_evaluations
     );
+    for (name, help, v) in [
+        (
+            "faultline_collector_summaries_total",
+            "Site summaries (one per site window, offline, announce, online) handed to the fleet stage.",
+            c.summaries,
+        ),
+        (
+            "faultline_collector_providers_over_cap_total",
+            "Probes naming an unconfigured provider not tracked because the fleet already tracks the most allowed.",
+            c.providers_over_cap,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        let _ = writeln!(o, "{name} {v}");
+    }
     {
         let st = shared.stats.lock().expect("stats lock");
+        let _ = writeln!(
+            o,
+            "# HELP faultline_collector_mqtt_connected 1 while the collector holds its broker connection."
+        );
         let _ = writeln!(o, "# TYPE faultline_collector_mqtt_connected gauge");
         let _ = writeln!(
             o,
             "faultline_collector_mqtt_connected {}",
             u8::from(st.connected)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP faultline_collector_published_total Messages published (verdicts, incident events) and per-probe metrics dropped or skipped."
         );
         let _ = writeln!(o, "# TYPE faultline_collector_published_total counter");
         let _ = writeln!(
@@ -636,6 +672,10 @@ pub fn metrics_text(shared: &Shared) -> String {
             st.evaluation_max.as_secs_f64()
         );
     }
+    let _ = writeln!(
+        o,
+        "# HELP faultline_collector_open_incidents Incidents open now."
+    );
     let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");
     let _ = writeln!(
         o,
@@ -670,10 +710,13 @@ pub fn metrics_text(shared: &Shared) -> String {
             "Share of probes lost in the latest window.",
         ),
         (
-            "faultline_probe_rtt_p50_ms",
+            "faultline_probe_rtt_p50_seconds",
             "Median round-trip time in the latest window.",
         ),
-        ("faultline_probe_jitter_ms", "Jitter in the latest window."),
+        (
+            "faultline_probe_jitter_seconds",
+            "Jitter in the latest window.",
+        ),
         (
             "faultline_probe_mos",
             "Estimated MOS of voice probes in the latest window.",
@@ -686,8 +729,9 @@ pub fn metrics_text(shared: &Shared) -> String {
             for t in s.targets.iter() {
                 let v = match i {
                     0 => t.health.map(|_| t.loss),
-                    1 => t.rtt_p50_ms,
-                    2 => t.jitter_ms,
+                    // Prometheus's base unit: seconds.
+                    1 => t.rtt_p50_ms.map(|ms| ms / 1000.0),
+                    2 => t.jitter_ms.map(|ms| ms / 1000.0),
                     _ => t.mos,
                 };
                 let Some(v) = v else { continue };

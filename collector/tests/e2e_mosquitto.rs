@@ -480,7 +480,7 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
         assert!(!m[k].is_null(), "metrics JSON lacks {k}: {m}");
     }
     // Probe values are as of the latest evaluation (HTTP reads a snapshot).
-    let probe = "faultline_probe_rtt_p50_ms{site=\"acme-hq\",target=\"gw\"";
+    let probe = "faultline_probe_rtt_p50_seconds{site=\"acme-hq\",target=\"gw\"";
     assert!(
         wait_until(LONG, || http_get(c.http, "/metrics").contains(probe)),
         "{}",

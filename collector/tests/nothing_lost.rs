@@ -341,10 +341,7 @@ fn a_collector_away_or_stalled_loses_nothing_through_the_shipped_broker_config()
     c.wait_stored(2_000 + 2_000 + 900);
     let counters = c.counters();
     assert_eq!(counters["missing_windows"], 0, "{counters}");
-    assert_eq!(
-        c.metric("faultline_collector_missing_windows_total"),
-        Some(0.0)
-    );
+    assert_eq!(c.metric("faultline_collector_missing_windows"), Some(0.0));
     c.kill();
 }
 
@@ -367,11 +364,10 @@ fn a_broker_that_drops_reports_shows_as_missing_windows_until_they_come() {
     agents.windows(0..SITES, 100..101);
     c.wait_stored(1_020);
     assert!(
-        wait_until(LONG, || c
-            .metric("faultline_collector_missing_windows_total")
+        wait_until(LONG, || c.metric("faultline_collector_missing_windows")
             == Some(1_000.0)),
         "{:?}",
-        c.metric("faultline_collector_missing_windows_total")
+        c.metric("faultline_collector_missing_windows")
     );
     // Pages read the state as of the latest evaluation (at most a window behind).
     let per_site = || {
@@ -390,10 +386,7 @@ fn a_broker_that_drops_reports_shows_as_missing_windows_until_they_come() {
     // The missing windows arrive after all (a spool that still had them): taken back.
     agents.windows(0..SITES, 50..100);
     c.wait_stored(2_020);
-    assert_eq!(
-        c.metric("faultline_collector_missing_windows_total"),
-        Some(0.0)
-    );
+    assert_eq!(c.metric("faultline_collector_missing_windows"), Some(0.0));
     c.kill();
 }
 
