@@ -153,6 +153,27 @@ impl Marks {
         }
     }
 
+    /// True when no verdict is marked.
+    pub fn is_empty(&self) -> bool {
+        self.marked.is_empty()
+    }
+
+    /// Marks the snapshot's verdicts as they were published (pages show the same).
+    pub fn annotate(&self, s: &mut crate::snapshot::Snapshot) {
+        let mark = |v: &mut Verdict| {
+            v.maintenance = self
+                .marked
+                .get(&(v.scope, v.id.to_string()))
+                .map(|&until_ms| Maintenance { until_ms });
+        };
+        s.providers
+            .iter_mut()
+            .chain(s.isps.iter_mut())
+            .chain(s.routes.iter_mut())
+            .chain(s.site_verdicts.values_mut())
+            .for_each(mark);
+    }
+
     /// The `verdicts` (as last published) whose mark is no longer right, marked anew.
     pub fn changed<'a>(
         &mut self,

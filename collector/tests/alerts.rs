@@ -522,6 +522,17 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
         .latest("faultline/v1/state/sites/acme-hq")
         .is_some_and(|s| s["cause"] == "provider" && s["maintenance"].is_object())));
     assert!(wait_until(LONG, || !seen.events("opened").is_empty()));
+    // Pages and the API show it as the state topics do.
+    let state: Value = serde_json::from_str(&http(http_addr, "GET", "/api/state")).unwrap();
+    let p = state["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "voipco")
+        .unwrap();
+    assert!(p["maintenance"]["until_ms"].as_u64().is_some(), "{p}");
+    let page = http(http_addr, "GET", "/providers/voipco");
+    assert!(page.contains("in maintenance until"), "{page}");
     fleet.down.store(false, Ordering::SeqCst);
     assert!(wait_until(LONG, || !seen.events("closed").is_empty()), "the incident did not close");
     assert!(metric(http_addr, "faultline_collector_alerts_held_total") >= 1.0);

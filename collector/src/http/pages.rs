@@ -73,6 +73,16 @@ fn pill(state: &str) -> String {
     format!("<span class=\"pill {0}\">{0}</span>", esc(state))
 }
 
+/// " · in maintenance until …" when the verdict is in a maintenance window.
+fn maintenance_note(v: Option<&Verdict>) -> String {
+    v.and_then(|v| v.maintenance).map_or(String::new(), |m| {
+        format!(
+            " · <span class=\"muted\">in maintenance until {} (no alerts)</span>",
+            utc(m.until_ms)
+        )
+    })
+}
+
 /// A whole page around `body`.
 pub fn page(title: &str, body: &str) -> String {
     format!(
@@ -479,10 +489,11 @@ pub fn site_html(p: &SitePage) -> String {
         .unwrap_or_default();
     let _ = write!(
         b,
-        "<section><h2>Site {}</h2><p>{}{} · ISP {} · customer {} · {}</p>",
+        "<section><h2>Site {}</h2><p>{}{}{} · ISP {} · customer {} · {}</p>",
         esc(&p.site),
         pill(state),
         cause,
+        maintenance_note(p.verdict.as_ref()),
         esc(p.isp.as_deref().unwrap_or("?")),
         esc(p.customer.as_deref().unwrap_or("?")),
         esc(p
@@ -608,9 +619,10 @@ pub fn provider_html(p: &ProviderPage) -> String {
     let state = p.verdict.as_ref().map_or("ok", |v| v.state.as_str());
     let _ = write!(
         b,
-        "<section><h2>Provider {}</h2><p>{}{}</p>",
+        "<section><h2>Provider {}</h2><p>{}{}{}</p>",
         esc(&p.provider),
         pill(state),
+        maintenance_note(p.verdict.as_ref()),
         p.verdict
             .as_ref()
             .and_then(|v| v.recommendation.as_ref())

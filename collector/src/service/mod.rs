@@ -355,12 +355,28 @@ impl Owner {
     /// ended) and alerts incidents held back by a window that has ended.
     fn maintenance(&mut self, now: u64) {
         let windows = self.shared.maintenance.get();
-        for v in self.marks.changed(&windows, self.engine.verdicts(), now) {
+        let changed = self.marks.changed(&windows, self.engine.verdicts(), now);
+        if !changed.is_empty() {
+            let (s, _) = self.shared.snapshot.get();
+            self.set_snapshot(s);
+        }
+        for v in changed {
             let _ = self.pubs.send(Publication::Verdict(v));
         }
         if let Some(a) = &mut self.alerts {
             a.tick(now);
         }
+    }
+
+    /// Hands pages a snapshot whose verdicts carry the maintenance marks published.
+    fn set_snapshot(&self, s: Arc<crate::snapshot::Snapshot>) {
+        if self.marks.is_empty() && s.verdicts().all(|v| v.maintenance.is_none()) {
+            self.shared.snapshot.set(s);
+            return;
+        }
+        let mut s = (*s).clone();
+        self.marks.annotate(&mut s);
+        self.shared.snapshot.set(Arc::new(s));
     }
 
     /// Hands every output on, in order.
@@ -406,7 +422,7 @@ impl Owner {
                     continue;
                 }
                 Output::Snapshot(s) => {
-                    self.shared.snapshot.set(s);
+                    self.set_snapshot(s);
                     continue;
                 }
             };
