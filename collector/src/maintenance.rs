@@ -129,6 +129,36 @@ pub fn incident_until(
     own.max(verdict.and_then(|v| verdict_until(windows, v, now_ms)))
 }
 
+/// The parts of [`from_ms`, `to_ms`) outside every window on (`scope`, `id`), in
+/// time order: what `report` counts (a maintenance period is neither watched nor
+/// affected).
+pub fn outside(
+    windows: &[Window],
+    scope: Scope,
+    id: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Vec<(u64, u64)> {
+    let mut cuts: Vec<(u64, u64)> = windows
+        .iter()
+        .filter(|w| w.scope == scope && w.id == id && w.to_ms > from_ms && w.from_ms < to_ms)
+        .map(|w| (w.from_ms.max(from_ms), w.to_ms.min(to_ms)))
+        .collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = from_ms;
+    for (a, b) in cuts {
+        if a > at {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < to_ms {
+        out.push((at, to_ms));
+    }
+    out
+}
+
 /// Which published verdicts carry a maintenance mark: the engine's owner marks each
 /// verdict it publishes, and re-publishes those whose mark changes when a window
 /// starts or ends (the engine itself knows nothing of maintenance).
@@ -332,6 +362,22 @@ mod tests {
         let ended = marks.changed(&ws, [&v].into_iter(), 2_000);
         assert_eq!(ended[0].maintenance, None);
         assert!(marks.changed(&[], [&ended[0]].into_iter(), 2_500).is_empty());
+    }
+
+    #[test]
+    fn outside_cuts_overlapping_windows_out_of_a_period() {
+        let ws = [
+            w(Scope::Provider, "voipco", 20, 30),
+            w(Scope::Provider, "voipco", 25, 40),
+            w(Scope::Provider, "voipco", 90, 200),
+            w(Scope::Provider, "other", 0, 100),
+        ];
+        assert_eq!(
+            outside(&ws, Scope::Provider, "voipco", 0, 100),
+            vec![(0, 20), (40, 90)]
+        );
+        assert_eq!(outside(&ws, Scope::Provider, "voipco", 30, 35), vec![]);
+        assert_eq!(outside(&[], Scope::Provider, "voipco", 5, 9), vec![(5, 9)]);
     }
 
     #[test]

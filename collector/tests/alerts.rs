@@ -539,3 +539,57 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
     assert_eq!(metric(http_addr, "faultline_collector_alerts_pending{receiver=\"webhook\"}"), 0.0);
     assert!(got.lock().unwrap().is_empty(), "alerted in maintenance: {:?}", got.lock().unwrap());
 }
+
+#[test]
+fn an_incident_still_open_when_its_window_ends_is_alerted_then() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("alerts-window-ends");
+    let http_addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let hook_port = free_tcp_port();
+    let got = receiver(hook_port);
+    let t = |ms: u64| {
+        time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // The window ends 30 s from now: the outage opens inside it and outlasts it.
+    let (from, to) = (t(now_ms() - 3_600_000), t(now_ms() + 30_000));
+    let config = write_config(
+        dir.path(),
+        &broker.url(),
+        http_addr,
+        &format!(
+            "[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n\
+             secret_file = \"webhook.secret\"\n\
+             [[maintenance]]\nscope = \"provider\"\nid = \"voipco\"\nfrom = \"{from}\"\nto = \"{to}\"\n"
+        ),
+    );
+    let _c = start_collector(&config, http_addr);
+    let seen = subscriber(broker.port, &["faultline/v1/events/incidents"]);
+    let fleet = Fleet::start(broker.port);
+    fleet.down.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(LONG, || metric(http_addr, "faultline_collector_alerts_held_total") >= 1.0),
+        "the incident was not held back by the window"
+    );
+    assert!(got.lock().unwrap().is_empty(), "alerted inside the window");
+    // Once the window is over, the still-open incident is alerted as opened.
+    assert!(
+        wait_until(LONG, || !got.lock().unwrap().is_empty()),
+        "not alerted after the window"
+    );
+    fleet.down.store(false, Ordering::SeqCst);
+    assert!(wait_until(LONG, || !seen.events("closed").is_empty()));
+    assert!(wait_until(LONG, || got.lock().unwrap().len() >= 2));
+    let hooks = got.lock().unwrap().clone();
+    let events: Vec<Value> = hooks
+        .iter()
+        .map(|h| serde_json::from_slice(&h.body).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "opened", "{events:?}");
+    assert_eq!(events.last().unwrap()["event"], "closed", "{events:?}");
+    assert!(hooks.iter().all(|h| signature_verifies(&h.signature, &h.body)));
+}
