@@ -583,7 +583,11 @@ impl Validator<'_> {
         })
     }
 
-    fn alerts(&self, a: RawAlerts, warnings: &mut Vec<String>) -> Result<AlertsConfig, ConfigError> {
+    fn alerts(
+        &self,
+        a: RawAlerts,
+        warnings: &mut Vec<String>,
+    ) -> Result<AlertsConfig, ConfigError> {
         let url = |v: &Spanned<String>, field: &str| {
             Endpoint::parse(v.get_ref()).map_err(|m| self.err(Some(v.span()), field, m))
         };
@@ -618,7 +622,9 @@ impl Validator<'_> {
                 warnings.push(self.warn(
                     w.url.span(),
                     "alerts.webhook.url",
-                    format!("{endpoint} is not https: incident events cross the network unencrypted"),
+                    format!(
+                        "{endpoint} is not https: incident events cross the network unencrypted"
+                    ),
                 ));
             }
             webhooks.push(WebhookConfig {
@@ -648,9 +654,13 @@ impl Validator<'_> {
         let id = crate::maintenance::parse_subject(scope, r.id.get_ref())
             .map_err(|e| self.err(Some(r.id.span()), "maintenance.id", e))?;
         let time = |v: &Spanned<String>, field: &str| {
-            crate::maintenance::parse_time(v.get_ref()).map_err(|e| self.err(Some(v.span()), field, e))
+            crate::maintenance::parse_time(v.get_ref())
+                .map_err(|e| self.err(Some(v.span()), field, e))
         };
-        let (from_ms, to_ms) = (time(&r.from, "maintenance.from")?, time(&r.to, "maintenance.to")?);
+        let (from_ms, to_ms) = (
+            time(&r.from, "maintenance.from")?,
+            time(&r.to, "maintenance.to")?,
+        );
         crate::maintenance::check_bounds(from_ms, to_ms)
             .map_err(|e| self.err(Some(r.to.span()), "maintenance.to", e))?;
         Ok(Window {
@@ -1175,12 +1185,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.alerts.webhooks.len(), 1);
-        assert_eq!(c.alerts.webhooks[0].secret.expose(), "0123456789abcdef-secret");
+        assert_eq!(
+            c.alerts.webhooks[0].secret.expose(),
+            "0123456789abcdef-secret"
+        );
         assert_eq!(c.alerts.public_url.as_deref(), Some("https://dash.example"));
         assert_eq!(c.maintenance[0].to_ms - c.maintenance[0].from_ms, 7_200_000);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         for (text, field, line) in [
-            ("[alerts]\nalertmanager = \"ftp://x\"\n", "alerts.alertmanager", 2),
+            (
+                "[alerts]\nalertmanager = \"ftp://x\"\n",
+                "alerts.alertmanager",
+                2,
+            ),
             (
                 "[alerts]\n[[alerts.webhook]]\nurl = \"https://a/\"\nsecret_file = \"short\"\n",
                 "alerts.webhook.secret_file",

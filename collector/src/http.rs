@@ -65,10 +65,10 @@ pub async fn serve(
                                 Json(n): Json<maintenance::NewWindow>| {
         maintenance::add(s, has_token, n)
     };
-    let maintenance_remove =
-        move |AxState(s): AxState<Arc<Shared>>, Path(w): maintenance::WindowPath| {
-            maintenance::remove(s, has_token, w)
-        };
+    let maintenance_remove = move |AxState(s): AxState<Arc<Shared>>,
+                                   Path(w): maintenance::WindowPath| {
+        maintenance::remove(s, has_token, w)
+    };
     let app = Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/login", get(login_page).post(login_post))

@@ -15,9 +15,9 @@
 //! The `demo` subcommand belongs to the binary (`src/demo.rs`); its relays and
 //! simulated fleet come from `faultline-lab`, never from the test kit.
 
+pub mod alerts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
-pub mod alerts;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -170,6 +170,27 @@ fn describe_http(c: &Config) -> String {
     )
 }
 
+/// Where incidents are sent, for `check` (secrets were read; never printed).
+fn describe_alerts(c: &Config) -> String {
+    let a = &c.alerts;
+    if !a.is_enabled() {
+        return "none".to_owned();
+    }
+    let mut parts: Vec<String> = a
+        .webhooks
+        .iter()
+        .map(|w| format!("webhook {} (signed)", w.url))
+        .collect();
+    if let Some(am) = &a.alertmanager {
+        parts.push(format!("alertmanager {am}"));
+    }
+    format!(
+        "{}; outbox {}",
+        parts.join(", "),
+        a.queue_path(&c.storage.path).display()
+    )
+}
+
 fn init_tracing() {
     // rumqttc logs through `log`: bridge it.
     let _ = tracing_log::LogTracer::init();
@@ -198,6 +219,10 @@ fn main() -> ExitCode {
                 );
                 println!("broker: {}", describe_broker(&c));
                 println!("http:   {}", describe_http(&c));
+                println!("alerts: {}", describe_alerts(&c));
+                if !c.maintenance.is_empty() {
+                    println!("maintenance: {} window(s) in the file", c.maintenance.len());
+                }
                 Ok(())
             }
             Err(e) => {

@@ -103,16 +103,16 @@ pub fn verdict_until(windows: &[Window], v: &Verdict, now_ms: u64) -> Option<u64
     let mut also = |scope, id: &Id| {
         found = found.max(until(windows, scope, id.as_str(), now_ms));
     };
-    if v.scope == Scope::Route {
-        if let Some(isp) = &v.isp {
-            also(Scope::Isp, isp);
-        }
+    if v.scope == Scope::Route
+        && let Some(isp) = &v.isp
+    {
+        also(Scope::Isp, isp);
     }
     let points_at_provider = matches!(v.cause, Some(Cause::Path | Cause::Provider));
-    if v.scope == Scope::Route || (v.scope == Scope::Site && points_at_provider) {
-        if let Some(p) = &v.provider {
-            also(Scope::Provider, p);
-        }
+    if (v.scope == Scope::Route || (v.scope == Scope::Site && points_at_provider))
+        && let Some(p) = &v.provider
+    {
+        also(Scope::Provider, p);
     }
     found
 }
@@ -213,7 +213,11 @@ impl Marks {
     ) -> Vec<Verdict> {
         // Only windows in force matter; with none and nothing marked there is no
         // need to look at the (possibly 100,000) verdicts.
-        let active: Vec<Window> = windows.iter().filter(|w| w.covers(now_ms)).cloned().collect();
+        let active: Vec<Window> = windows
+            .iter()
+            .filter(|w| w.covers(now_ms))
+            .cloned()
+            .collect();
         if active.is_empty() && self.marked.is_empty() {
             return Vec::new();
         }
@@ -309,7 +313,10 @@ mod tests {
 
     #[test]
     fn times_scopes_and_subjects_parse() {
-        assert_eq!(parse_time("2026-12-01T02:00:00Z").unwrap(), 1_796_090_400_000);
+        assert_eq!(
+            parse_time("2026-12-01T02:00:00Z").unwrap(),
+            1_796_090_400_000
+        );
         assert_eq!(
             parse_time("2026-12-01T03:00:00+01:00").unwrap(),
             1_796_090_400_000
@@ -319,7 +326,10 @@ mod tests {
         assert!(parse_scope("carrier").is_err());
         assert!(parse_subject(Scope::Route, "voipco").is_err());
         assert!(parse_subject(Scope::Provider, "a~b").is_err());
-        assert_eq!(parse_subject(Scope::Route, "IspA~voipco").unwrap(), "IspA~voipco");
+        assert_eq!(
+            parse_subject(Scope::Route, "IspA~voipco").unwrap(),
+            "IspA~voipco"
+        );
         assert!(check_bounds(2, 1).is_err());
     }
 
@@ -335,7 +345,12 @@ mod tests {
         assert_eq!(until(&ws, Scope::Provider, "voipco", 1_600), Some(3_000));
         assert_eq!(until(&ws, Scope::Provider, "voipco", 3_000), None);
         // A site whose cause is the provider in maintenance.
-        let site = verdict(Scope::Site, "acme-hq", Some(Cause::Provider), Some("voipco"));
+        let site = verdict(
+            Scope::Site,
+            "acme-hq",
+            Some(Cause::Provider),
+            Some("voipco"),
+        );
         assert_eq!(verdict_until(&ws, &site, 1_200), Some(2_000));
         let lan = verdict(Scope::Site, "acme-hq", Some(Cause::Lan), Some("voipco"));
         assert_eq!(verdict_until(&ws, &lan, 1_200), None);
@@ -356,12 +371,19 @@ mod tests {
         assert!(marks.changed(&ws, [&v].into_iter(), 900).is_empty());
         let started = marks.changed(&ws, [&v].into_iter(), 1_000);
         assert_eq!(started.len(), 1);
-        assert_eq!(started[0].maintenance, Some(Maintenance { until_ms: 2_000 }));
+        assert_eq!(
+            started[0].maintenance,
+            Some(Maintenance { until_ms: 2_000 })
+        );
         let v = started[0].clone();
         assert!(marks.changed(&ws, [&v].into_iter(), 1_500).is_empty());
         let ended = marks.changed(&ws, [&v].into_iter(), 2_000);
         assert_eq!(ended[0].maintenance, None);
-        assert!(marks.changed(&[], [&ended[0]].into_iter(), 2_500).is_empty());
+        assert!(
+            marks
+                .changed(&[], [&ended[0]].into_iter(), 2_500)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -115,7 +115,10 @@ struct Seen(Arc<Mutex<Vec<(String, Value)>>>);
 impl Seen {
     fn latest(&self, topic: &str) -> Option<Value> {
         let g = self.0.lock().unwrap();
-        g.iter().rev().find(|(t, _)| t == topic).map(|(_, v)| v.clone())
+        g.iter()
+            .rev()
+            .find(|(t, _)| t == topic)
+            .map(|(_, v)| v.clone())
     }
     fn events(&self, kind: &str) -> Vec<Value> {
         let g = self.0.lock().unwrap();
@@ -265,7 +268,8 @@ fn receiver(port: u16) -> Arc<Mutex<Vec<Hook>>> {
                 event_id: id,
                 body,
             });
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     got
@@ -307,8 +311,14 @@ impl Alertmanager {
         let child = Child::spawn(
             "alertmanager",
             Command::new(bin)
-                .arg(format!("--config.file={}", dir.path().join("am.yml").display()))
-                .arg(format!("--storage.path={}", dir.path().join("data").display()))
+                .arg(format!(
+                    "--config.file={}",
+                    dir.path().join("am.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.path={}",
+                    dir.path().join("data").display()
+                ))
                 .arg(format!("--web.listen-address={addr}"))
                 .arg("--cluster.listen-address=")
                 .stdout(Stdio::null())
@@ -365,7 +375,10 @@ fn alertmanager_holds_the_incident_while_open_then_resolved() {
         .unwrap()
         .to_owned();
     assert!(
-        wait_until(LONG, || am.active().iter().any(|a| a["labels"]["incident"] == incident.as_str())),
+        wait_until(LONG, || am
+            .active()
+            .iter()
+            .any(|a| a["labels"]["incident"] == incident.as_str())),
         "the alert never became active in Alertmanager"
     );
     let a = am
@@ -379,10 +392,22 @@ fn alertmanager_holds_the_incident_while_open_then_resolved() {
         (Some("provider"), Some("voipco"), Some("provider")),
         "{a}"
     );
-    assert!(matches!(l["state"].as_str(), Some("outage" | "degraded")), "{a}");
+    assert!(
+        matches!(l["state"].as_str(), Some("outage" | "degraded")),
+        "{a}"
+    );
     assert_eq!(a["status"]["state"], "active", "{a}");
-    assert!(a["annotations"]["sites"].as_str().unwrap().contains("acme-hq"), "{a}");
-    assert_eq!(a["annotations"]["recommendation"], "failover to voipco2", "{a}");
+    assert!(
+        a["annotations"]["sites"]
+            .as_str()
+            .unwrap()
+            .contains("acme-hq"),
+        "{a}"
+    );
+    assert_eq!(
+        a["annotations"]["recommendation"], "failover to voipco2",
+        "{a}"
+    );
     assert_eq!(
         a["generatorURL"],
         format!("https://dash.msp.example/incidents/{incident}")
@@ -395,11 +420,19 @@ fn alertmanager_holds_the_incident_while_open_then_resolved() {
     );
     // resolve_timeout is an hour: gone within the test means our endsAt resolved it.
     assert!(
-        wait_until(LONG, || !am.active().iter().any(|a| a["labels"]["incident"] == incident.as_str())),
+        wait_until(LONG, || !am
+            .active()
+            .iter()
+            .any(|a| a["labels"]["incident"] == incident.as_str())),
         "the alert was not resolved: {:?}",
         am.active()
     );
-    assert!(metric(http_addr, "faultline_collector_alerts_delivered_total{receiver=\"alertmanager\"}") >= 2.0);
+    assert!(
+        metric(
+            http_addr,
+            "faultline_collector_alerts_delivered_total{receiver=\"alertmanager\"}"
+        ) >= 2.0
+    );
 }
 
 #[test]
@@ -423,17 +456,31 @@ fn a_webhook_down_at_the_opening_gets_every_event_in_order_across_a_collector_ki
     let seen = subscriber(broker.port, &["faultline/v1/events/incidents"]);
     let fleet = Fleet::start(broker.port);
     fleet.down.store(true, Ordering::SeqCst);
-    assert!(wait_until(LONG, || !seen.events("opened").is_empty()), "no incident opened");
+    assert!(
+        wait_until(LONG, || !seen.events("opened").is_empty()),
+        "no incident opened"
+    );
     // The receiver is down: attempts fail, the event waits on disk.
     let failed = "faultline_collector_alerts_failed_total{receiver=\"webhook\"}";
-    assert!(wait_until(LONG, || metric(http_addr, failed) >= 1.0), "no failed attempt counted");
-    assert!(metric(http_addr, "faultline_collector_alerts_pending{receiver=\"webhook\"}") >= 1.0);
+    assert!(
+        wait_until(LONG, || metric(http_addr, failed) >= 1.0),
+        "no failed attempt counted"
+    );
+    assert!(
+        metric(
+            http_addr,
+            "faultline_collector_alerts_pending{receiver=\"webhook\"}"
+        ) >= 1.0
+    );
 
     // Killed with the event undelivered; started again, the outage ends meanwhile.
     c.kill();
     let _c = start_collector(&config, http_addr);
     fleet.down.store(false, Ordering::SeqCst);
-    assert!(wait_until(LONG, || !seen.events("closed").is_empty()), "the incident did not close");
+    assert!(
+        wait_until(LONG, || !seen.events("closed").is_empty()),
+        "the incident did not close"
+    );
     let incident = seen.events("opened")[0]["incident"]["id"]
         .as_str()
         .unwrap()
@@ -446,7 +493,9 @@ fn a_webhook_down_at_the_opening_gets_every_event_in_order_across_a_collector_ki
             .lock()
             .unwrap()
             .iter()
-            .any(|h| h.event_id.ends_with(":closed:") || h.event_id.contains(":closed:"))),
+            .any(
+                |h| h.event_id.ends_with(":closed:") || h.event_id.contains(":closed:")
+            )),
         "closed never arrived: {:?}",
         got.lock().unwrap()
     );
@@ -456,10 +505,18 @@ fn a_webhook_down_at_the_opening_gets_every_event_in_order_across_a_collector_ki
         .map(|h| serde_json::from_slice(&h.body).unwrap())
         .collect();
     for (h, e) in hooks.iter().zip(&events) {
-        assert!(signature_verifies(&h.signature, &h.body), "bad signature on {}", h.event_id);
+        assert!(
+            signature_verifies(&h.signature, &h.body),
+            "bad signature on {}",
+            h.event_id
+        );
         assert_eq!(e["incident"]["id"], incident.as_str(), "{e}");
         let kind = e["event"].as_str().unwrap();
-        assert!(h.event_id.starts_with(&format!("{incident}:{kind}:")), "{}", h.event_id);
+        assert!(
+            h.event_id.starts_with(&format!("{incident}:{kind}:")),
+            "{}",
+            h.event_id
+        );
     }
     let ids: std::collections::BTreeSet<&str> = hooks.iter().map(|h| h.event_id.as_str()).collect();
     assert_eq!(ids.len(), hooks.len(), "an id arrived twice: {hooks:?}");
@@ -512,7 +569,9 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
     fleet.down.store(true, Ordering::SeqCst);
     let prov = "faultline/v1/state/providers/voipco";
     assert!(
-        wait_until(LONG, || seen.latest(prov).is_some_and(|v| v["state"] != "ok")),
+        wait_until(LONG, || seen
+            .latest(prov)
+            .is_some_and(|v| v["state"] != "ok")),
         "no provider verdict"
     );
     let v = seen.latest(prov).unwrap();
@@ -520,7 +579,9 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
     // A site whose cause is the provider in maintenance is in maintenance too.
     assert!(wait_until(LONG, || seen
         .latest("faultline/v1/state/sites/acme-hq")
-        .is_some_and(|s| s["cause"] == "provider" && s["maintenance"].is_object())));
+        .is_some_and(
+            |s| s["cause"] == "provider" && s["maintenance"].is_object()
+        )));
     assert!(wait_until(LONG, || !seen.events("opened").is_empty()));
     // Pages and the API show it as the state topics do.
     let state: Value = serde_json::from_str(&http(http_addr, "GET", "/api/state")).unwrap();
@@ -534,10 +595,23 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
     let page = http(http_addr, "GET", "/providers/voipco");
     assert!(page.contains("in maintenance until"), "{page}");
     fleet.down.store(false, Ordering::SeqCst);
-    assert!(wait_until(LONG, || !seen.events("closed").is_empty()), "the incident did not close");
+    assert!(
+        wait_until(LONG, || !seen.events("closed").is_empty()),
+        "the incident did not close"
+    );
     assert!(metric(http_addr, "faultline_collector_alerts_held_total") >= 1.0);
-    assert_eq!(metric(http_addr, "faultline_collector_alerts_pending{receiver=\"webhook\"}"), 0.0);
-    assert!(got.lock().unwrap().is_empty(), "alerted in maintenance: {:?}", got.lock().unwrap());
+    assert_eq!(
+        metric(
+            http_addr,
+            "faultline_collector_alerts_pending{receiver=\"webhook\"}"
+        ),
+        0.0
+    );
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "alerted in maintenance: {:?}",
+        got.lock().unwrap()
+    );
 }
 
 #[test]
@@ -572,7 +646,10 @@ fn an_incident_still_open_when_its_window_ends_is_alerted_then() {
     let fleet = Fleet::start(broker.port);
     fleet.down.store(true, Ordering::SeqCst);
     assert!(
-        wait_until(LONG, || metric(http_addr, "faultline_collector_alerts_held_total") >= 1.0),
+        wait_until(LONG, || metric(
+            http_addr,
+            "faultline_collector_alerts_held_total"
+        ) >= 1.0),
         "the incident was not held back by the window"
     );
     assert!(got.lock().unwrap().is_empty(), "alerted inside the window");
@@ -591,5 +668,9 @@ fn an_incident_still_open_when_its_window_ends_is_alerted_then() {
         .collect();
     assert_eq!(events[0]["event"], "opened", "{events:?}");
     assert_eq!(events.last().unwrap()["event"], "closed", "{events:?}");
-    assert!(hooks.iter().all(|h| signature_verifies(&h.signature, &h.body)));
+    assert!(
+        hooks
+            .iter()
+            .all(|h| signature_verifies(&h.signature, &h.body))
+    );
 }

@@ -16,7 +16,13 @@ const LONG: Duration = Duration::from_secs(60);
 const TOKEN: &str = "s3cret-token-for-the-tests-0123";
 
 /// One request; returns the status and body.
-fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, json: &str) -> (u16, String) {
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LONG)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -24,7 +30,10 @@ fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, json
         req += &format!("Authorization: Bearer {t}\r\n");
     }
     if !json.is_empty() {
-        req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", json.len());
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            json.len()
+        );
     }
     req += "\r\n";
     req += json;
@@ -43,7 +52,11 @@ fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, json
 fn start(dir: &Path, token: bool) -> (Child, SocketAddr) {
     std::fs::write(dir.join("http.token"), format!("{TOKEN}\n")).unwrap();
     let (v4, v5, http) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
-    let token_line = if token { "token_file = \"http.token\"\n" } else { "" };
+    let token_line = if token {
+        "token_file = \"http.token\"\n"
+    } else {
+        ""
+    };
     std::fs::write(
         dir.join("c.toml"),
         format!(
@@ -88,7 +101,17 @@ fn windows_over_http_need_the_token_and_survive_a_restart() {
     assert_eq!(listed[0]["from"], "2026-12-01T02:00:00Z");
 
     assert_eq!(request(addr, "POST", "/api/maintenance", None, NEW).0, 401);
-    assert_eq!(request(addr, "POST", "/api/maintenance", Some("wrong-token-0123456789"), NEW).0, 401);
+    assert_eq!(
+        request(
+            addr,
+            "POST",
+            "/api/maintenance",
+            Some("wrong-token-0123456789"),
+            NEW
+        )
+        .0,
+        401
+    );
     for (bad, field) in [
         (NEW.replace("provider", "carrier"), "scope"),
         (NEW.replace("\"voipco\"", "\"a b\""), "id"),
@@ -103,7 +126,10 @@ fn windows_over_http_need_the_token_and_survive_a_restart() {
     assert_eq!(status, 201, "{body}");
     let made: Value = serde_json::from_str(&body).unwrap();
     let handle = made["window"].as_str().unwrap().to_owned();
-    assert_eq!((made["scope"].as_str(), made["id"].as_str()), (Some("provider"), Some("voipco")));
+    assert_eq!(
+        (made["scope"].as_str(), made["id"].as_str()),
+        (Some("provider"), Some("voipco"))
+    );
     assert_eq!(made["active"], true);
     assert_eq!(windows(addr).len(), 2);
 
@@ -112,7 +138,10 @@ fn windows_over_http_need_the_token_and_survive_a_restart() {
     assert!(c.wait_timeout(LONG).is_some());
     let (_c, addr) = start(dir.path(), true);
     let listed = windows(addr);
-    assert!(listed.iter().any(|w| w["window"] == handle.as_str()), "{listed:?}");
+    assert!(
+        listed.iter().any(|w| w["window"] == handle.as_str()),
+        "{listed:?}"
+    );
 
     let config_window = listed.iter().find(|w| w["origin"] == "config").unwrap()["window"]
         .as_str()

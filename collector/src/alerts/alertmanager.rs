@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faultline_shared::{Incident, IncidentEvent, IncidentEventKind, Recommendation, Scope, Verdict};
+use faultline_shared::{
+    Incident, IncidentEvent, IncidentEventKind, Recommendation, Scope, Verdict,
+};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
@@ -42,10 +44,7 @@ pub fn labels(inc: &Incident) -> BTreeMap<&'static str, String> {
         ("alertname", "FaultlineIncident".to_owned()),
         ("scope", inc.scope.as_str().to_owned()),
         ("id", inc.target_id.to_string()),
-        (
-            "cause",
-            inc.cause.map_or("none", |c| c.as_str()).to_owned(),
-        ),
+        ("cause", inc.cause.map_or("none", |c| c.as_str()).to_owned()),
         ("state", inc.state.as_str().to_owned()),
         ("incident", inc.id.clone()),
     ])
@@ -80,7 +79,8 @@ pub fn alert(
             format_args!(" at {} site(s)", inc.sites.len()),
         );
     }
-    let mut annotations = json!({"summary": summary, "sites": sites, "opened": rfc3339(inc.opened_ms)});
+    let mut annotations =
+        json!({"summary": summary, "sites": sites, "opened": rfc3339(inc.opened_ms)});
     if let Some(r) = rec {
         annotations["recommendation"] = json!(format!("failover to {}", r.to));
     }
@@ -93,7 +93,11 @@ pub fn alert(
         a["endsAt"] = json!(rfc3339(end));
     }
     if let Some(base) = public_url {
-        a["generatorURL"] = json!(format!("{}/incidents/{}", base.trim_end_matches('/'), inc.id));
+        a["generatorURL"] = json!(format!(
+            "{}/incidents/{}",
+            base.trim_end_matches('/'),
+            inc.id
+        ));
     }
     a
 }
@@ -189,7 +193,11 @@ impl Worker {
             }
             if let Err(e) = self.client.post(&self.url, &[], to_body(&batch)).await {
                 self.stats.failed(Kind::Alertmanager);
-                tracing::warn!(event_id = entry.event_id, "alertmanager {}: {e}; kept", self.url);
+                tracing::warn!(
+                    event_id = entry.event_id,
+                    "alertmanager {}: {e}; kept",
+                    self.url
+                );
                 return false;
             }
             if let Err(e) = queue.remove(entry.seq) {

@@ -60,12 +60,9 @@ impl AlertsConfig {
 
     /// Where the outbox lives: `queue`, else `alerts.db` beside `history`.
     pub fn queue_path(&self, history: &Path) -> PathBuf {
-        self.queue.clone().unwrap_or_else(|| {
-            history
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join("alerts.db")
-        })
+        self.queue
+            .clone()
+            .unwrap_or_else(|| history.parent().unwrap_or(Path::new("")).join("alerts.db"))
     }
 }
 
@@ -107,10 +104,9 @@ pub struct AlertStats {
 impl AlertStats {
     fn delivered(&self, k: Kind) {
         self.delivered[k as usize].fetch_add(1, Ordering::Relaxed);
-        let _ = self.pending[k as usize]
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
+        let _ = self.pending[k as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
     }
 
     fn failed(&self, k: Kind) {
@@ -226,7 +222,10 @@ impl Alerts {
         let keys: Vec<String> = receivers.iter().map(|(k, _)| k.clone()).collect();
         let dropped = queue.drop_unknown(&keys)?;
         if dropped > 0 {
-            tracing::warn!(dropped, "alerts queued for receivers no longer configured were dropped");
+            tracing::warn!(
+                dropped,
+                "alerts queued for receivers no longer configured were dropped"
+            );
         }
         for (key, kind) in &receivers {
             stats.pending[*kind as usize].fetch_add(queue.pending(key)?, Ordering::Relaxed);
@@ -236,16 +235,16 @@ impl Alerts {
         for w in &cfg.webhooks {
             let wake = Arc::new(Notify::new());
             wakes.push(wake.clone());
-            tokio::spawn(webhook::deliver(
-                format!("webhook:{}", w.url),
-                w.url.clone(),
-                w.secret.clone(),
-                queue_path.to_owned(),
-                client.clone(),
+            let worker = webhook::Worker {
+                key: format!("webhook:{}", w.url),
+                url: w.url.clone(),
+                secret: w.secret.clone(),
+                queue_path: queue_path.to_owned(),
+                client: client.clone(),
                 wake,
-                stats.clone(),
-                stop.subscribe(),
-            ));
+                stats: stats.clone(),
+            };
+            tokio::spawn(worker.run(stop.subscribe()));
         }
         let mut alerted = BTreeMap::new();
         let mut held = BTreeMap::new();

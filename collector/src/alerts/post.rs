@@ -42,12 +42,12 @@ impl Endpoint {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| format!("{url:?} has no host"))?;
         // `Uri` keeps IPv6 brackets in the host; the socket and SNI want them off.
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         Ok(Self {
             tls,
             host,
@@ -59,7 +59,12 @@ impl Endpoint {
     /// The same server with `path` appended to this URL's path (Alertmanager's API
     /// under its base URL, which may itself sit under a prefix).
     pub fn join(&self, path: &str) -> Self {
-        let base = self.path.split('?').next().unwrap_or("").trim_end_matches('/');
+        let base = self
+            .path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('/');
         Self {
             path: format!("{base}{path}"),
             ..self.clone()
@@ -226,7 +231,10 @@ mod tests {
         let e = Endpoint::parse("http://am.example/prefix/").unwrap();
         assert_eq!(e.join("/api/v2/alerts").path, "/prefix/api/v2/alerts");
         let e = Endpoint::parse("http://[::1]:8080/x").unwrap();
-        assert_eq!((e.host.as_str(), e.authority()), ("::1", "[::1]:8080".into()));
+        assert_eq!(
+            (e.host.as_str(), e.authority()),
+            ("::1", "[::1]:8080".into())
+        );
         for bad in ["ftp://x/", "psa.example/hook", "http:///nohost", ""] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }

@@ -156,9 +156,9 @@ impl Queue {
             .collect::<Result<Vec<_>, _>>()?;
         let mut dropped = 0;
         for r in present.iter().filter(|r| !known.contains(r.as_str())) {
-            dropped += self
-                .db
-                .execute("DELETE FROM outbox WHERE receiver = ?1", [r])? as u64;
+            dropped +=
+                self.db
+                    .execute("DELETE FROM outbox WHERE receiver = ?1", [r])? as u64;
         }
         Ok(dropped)
     }
@@ -210,10 +210,19 @@ mod tests {
         {
             let mut q = Queue::open(&path).unwrap();
             use IncidentEventKind::*;
-            assert_eq!(q.push(&event("inc-1", Opened), &rs, 0).unwrap(), "inc-1:opened:1");
+            assert_eq!(
+                q.push(&event("inc-1", Opened), &rs, 0).unwrap(),
+                "inc-1:opened:1"
+            );
             assert!(q.alerted("inc-1").unwrap());
-            assert_eq!(q.push(&event("inc-1", Updated), &rs, 0).unwrap(), "inc-1:updated:2");
-            assert_eq!(q.push(&event("inc-1", Closed), &rs, 0).unwrap(), "inc-1:closed:3");
+            assert_eq!(
+                q.push(&event("inc-1", Updated), &rs, 0).unwrap(),
+                "inc-1:updated:2"
+            );
+            assert_eq!(
+                q.push(&event("inc-1", Closed), &rs, 0).unwrap(),
+                "inc-1:closed:3"
+            );
             assert!(!q.alerted("inc-1").unwrap());
             let h = q.head("a").unwrap().unwrap();
             assert_eq!(h.event_id, "inc-1:opened:1");

@@ -27,68 +27,81 @@ pub fn signature(secret: &Secret, body: &[u8]) -> String {
     out
 }
 
-/// One webhook receiver's delivery loop, until `stop`.
-pub(super) async fn deliver(
-    key: String,
-    url: Endpoint,
-    secret: Secret,
-    queue_path: PathBuf,
-    client: Client,
-    wake: Arc<Notify>,
-    stats: Arc<AlertStats>,
-    mut stop: broadcast::Receiver<()>,
-) {
-    let mut backoff = super::retry_backoff();
-    let queue = match Queue::open(&queue_path) {
-        Ok(q) => q,
-        Err(e) => {
-            tracing::error!("webhook {url}: cannot open the alert queue: {e:#}");
-            return;
-        }
-    };
-    loop {
-        let head = match queue.head(&key) {
-            Ok(h) => h,
+/// One webhook receiver: its queue key, where and how it signs.
+pub(super) struct Worker {
+    pub key: String,
+    pub url: Endpoint,
+    pub secret: Secret,
+    pub queue_path: PathBuf,
+    pub client: Client,
+    pub wake: Arc<Notify>,
+    pub stats: Arc<AlertStats>,
+}
+
+impl Worker {
+    /// The delivery loop, until `stop`.
+    pub async fn run(self, mut stop: broadcast::Receiver<()>) {
+        let Self {
+            key,
+            url,
+            secret,
+            queue_path,
+            client,
+            wake,
+            stats,
+        } = self;
+        let mut backoff = super::retry_backoff();
+        let queue = match Queue::open(&queue_path) {
+            Ok(q) => q,
             Err(e) => {
-                tracing::warn!("webhook {url}: alert queue: {e:#}");
-                if super::pause(&mut backoff, &mut stop).await {
-                    return;
-                }
-                continue;
+                tracing::error!("webhook {url}: cannot open the alert queue: {e:#}");
+                return;
             }
         };
-        let Some(entry) = head else {
-            tokio::select! {
-                () = wake.notified() => continue,
+        loop {
+            let head = match queue.head(&key) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!("webhook {url}: alert queue: {e:#}");
+                    if super::pause(&mut backoff, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(entry) = head else {
+                tokio::select! {
+                    () = wake.notified() => continue,
+                    _ = stop.recv() => return,
+                }
+            };
+            let headers = [
+                ("x-faultline-signature", signature(&secret, &entry.body)),
+                ("x-faultline-event-id", entry.event_id.clone()),
+            ];
+            let sent = tokio::select! {
+                r = client.post(&url, &headers, entry.body.clone()) => r,
                 _ = stop.recv() => return,
-            }
-        };
-        let headers = [
-            ("x-faultline-signature", signature(&secret, &entry.body)),
-            ("x-faultline-event-id", entry.event_id.clone()),
-        ];
-        let sent = tokio::select! {
-            r = client.post(&url, &headers, entry.body.clone()) => r,
-            _ = stop.recv() => return,
-        };
-        match sent {
-            Ok(()) => {
-                backoff.reset();
-                if let Err(e) = queue.remove(entry.seq) {
-                    // Sent again after a restart: the id lets the receiver drop it.
-                    tracing::warn!("webhook {url}: cannot remove a delivered entry: {e:#}");
+            };
+            match sent {
+                Ok(()) => {
+                    backoff.reset();
+                    if let Err(e) = queue.remove(entry.seq) {
+                        // Sent again after a restart: the id lets the receiver drop it.
+                        tracing::warn!("webhook {url}: cannot remove a delivered entry: {e:#}");
+                    }
+                    stats.delivered(Kind::Webhook);
+                    tracing::debug!(event_id = entry.event_id, "webhook {url}: delivered");
                 }
-                stats.delivered(Kind::Webhook);
-                tracing::debug!(event_id = entry.event_id, "webhook {url}: delivered");
-            }
-            Err(e) => {
-                stats.failed(Kind::Webhook);
-                tracing::warn!(
-                    event_id = entry.event_id,
-                    "webhook {url}: {e}; kept for the next attempt"
-                );
-                if super::pause(&mut backoff, &mut stop).await {
-                    return;
+                Err(e) => {
+                    stats.failed(Kind::Webhook);
+                    tracing::warn!(
+                        event_id = entry.event_id,
+                        "webhook {url}: {e}; kept for the next attempt"
+                    );
+                    if super::pause(&mut backoff, &mut stop).await {
+                        return;
+                    }
                 }
             }
         }

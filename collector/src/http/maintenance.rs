@@ -136,7 +136,10 @@ pub async fn remove(shared: Arc<Shared>, has_token: bool, handle: String) -> Res
         Some(_) => {
             if let Err(e) = shared.delete_maintenance(&handle) {
                 tracing::error!("cannot delete a maintenance window: {e:#}");
-                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "cannot delete the window");
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot delete the window",
+                );
             }
             shared.maintenance.remove(&handle);
             tracing::info!(window = handle, "maintenance window removed");
