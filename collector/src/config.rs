@@ -97,6 +97,8 @@ struct RawAlerts {
 struct RawWebhook {
     url: Spanned<String>,
     secret_file: Spanned<String>,
+    /// A private CA for this receiver (default: the system's CAs).
+    ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -618,6 +620,17 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            let roots = match &w.ca_file {
+                None => None,
+                Some(f) if !endpoint.is_tls() => {
+                    return Err(self.err(
+                        Some(f.span()),
+                        "alerts.webhook.ca_file",
+                        "needs an https:// url",
+                    ));
+                }
+                Some(f) => Some(self.ca_roots(f, "alerts.webhook.ca_file")?),
+            };
             if !endpoint.is_tls() {
                 warnings.push(self.warn(
                     w.url.span(),
@@ -630,6 +643,7 @@ impl Validator<'_> {
             webhooks.push(WebhookConfig {
                 url: endpoint,
                 secret,
+                roots,
             });
         }
         let public_url = match &a.public_url {
@@ -645,6 +659,38 @@ impl Validator<'_> {
             public_url,
             queue: a.queue.as_ref().map(|q| self.path(q)),
         })
+    }
+
+    /// The CA certificates in a PEM file, as roots to trust.
+    fn ca_roots(
+        &self,
+        v: &Spanned<String>,
+        field: &str,
+    ) -> Result<rustls::RootCertStore, ConfigError> {
+        let path = self.path(v);
+        let bytes =
+            read_file(&path, MAX_PEM_FILE).map_err(|m| self.err(Some(v.span()), field, m))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&bytes) {
+            let c = c.map_err(|e| {
+                self.err(
+                    Some(v.span()),
+                    field,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            roots
+                .add(c)
+                .map_err(|e| self.err(Some(v.span()), field, format!("{}: {e}", path.display())))?;
+        }
+        if roots.is_empty() {
+            return Err(self.err(
+                Some(v.span()),
+                field,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(roots)
     }
 
     fn maintenance(&self, n: usize, m: &Spanned<RawMaintenance>) -> Result<Window, ConfigError> {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use faultline_tests::certs::TestPki;
 use faultline_tests::{
     Child, Mosquitto, TempDir, free_tcp_port, require, wait_for_tcp, wait_until,
 };
@@ -235,6 +236,38 @@ struct Hook {
     body: Vec<u8>,
 }
 
+/// Reads one POST from `s`, answers 200 and returns what it carried.
+fn take_request(s: &mut (impl Read + Write)) -> Option<Hook> {
+    let mut r = BufReader::new(&mut *s);
+    let (mut len, mut sig, mut id) = (0, String::new(), String::new());
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap_or(("", ""));
+        let v = v.trim().to_owned();
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => len = v.parse().unwrap_or(0),
+            "x-faultline-signature" => sig = v,
+            "x-faultline-event-id" => id = v,
+            _ => {}
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    drop(r);
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = s.flush();
+    Some(Hook {
+        signature: sig,
+        event_id: id,
+        body,
+    })
+}
+
 /// A webhook receiver on `port`: answers 200 to every POST and records it.
 fn receiver(port: u16) -> Arc<Mutex<Vec<Hook>>> {
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -243,33 +276,45 @@ fn receiver(port: u16) -> Arc<Mutex<Vec<Hook>>> {
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let (mut len, mut sig, mut id) = (0, String::new(), String::new());
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let (k, v) = line.split_once(':').unwrap_or(("", ""));
-                let v = v.trim().to_owned();
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => len = v.parse().unwrap_or(0),
-                    "x-faultline-signature" => sig = v,
-                    "x-faultline-event-id" => id = v,
-                    _ => {}
-                }
+            if let Some(h) = take_request(&mut s) {
+                g.lock().unwrap().push(h);
             }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            g.lock().unwrap().push(Hook {
-                signature: sig,
-                event_id: id,
-                body,
-            });
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    got
+}
+
+/// The same over TLS with the test PKI's server certificate (rustls on ring).
+fn tls_receiver(port: u16, pki: &TestPki) -> Arc<Mutex<Vec<Hook>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&pki.server_cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            if let Some(h) = take_request(&mut tls) {
+                g.lock().unwrap().push(h);
+            }
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
         }
     });
     got
@@ -673,4 +718,38 @@ fn an_incident_still_open_when_its_window_ends_is_alerted_then() {
             .iter()
             .all(|h| signature_verifies(&h.signature, &h.body))
     );
+}
+
+#[test]
+fn an_https_webhook_behind_a_private_ca_gets_signed_events() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("alerts-https");
+    let Some(pki) = TestPki::new(dir.path()) else {
+        return;
+    };
+    let http_addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let hook_port = free_tcp_port();
+    let got = tls_receiver(hook_port, &pki);
+    let config = write_config(
+        dir.path(),
+        &broker.url(),
+        http_addr,
+        &format!(
+            "[[alerts.webhook]]\nurl = \"https://127.0.0.1:{hook_port}/hook\"\n\
+             secret_file = \"webhook.secret\"\nca_file = \"{}\"\n",
+            pki.ca.display()
+        ),
+    );
+    let _c = start_collector(&config, http_addr);
+    let fleet = Fleet::start(broker.port);
+    fleet.down.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(LONG, || !got.lock().unwrap().is_empty()),
+        "nothing arrived over https"
+    );
+    let h = got.lock().unwrap()[0].clone();
+    assert!(signature_verifies(&h.signature, &h.body));
+    assert!(h.event_id.contains(":opened:1"), "{}", h.event_id);
 }

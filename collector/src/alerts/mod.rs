@@ -71,6 +71,9 @@ impl AlertsConfig {
 pub struct WebhookConfig {
     pub url: Endpoint,
     pub secret: Secret,
+    /// `ca_file`: trust exactly these CAs (a PSA behind a private CA); `None`: the
+    /// system's CA certificates.
+    pub roots: Option<rustls::RootCertStore>,
 }
 
 /// A receiver kind, as `/metrics` labels it.
@@ -240,7 +243,10 @@ impl Alerts {
                 url: w.url.clone(),
                 secret: w.secret.clone(),
                 queue_path: queue_path.to_owned(),
-                client: client.clone(),
+                client: match &w.roots {
+                    Some(r) => Client::with_roots(r.clone()),
+                    None => client.clone(),
+                },
                 wake,
                 stats: stats.clone(),
             };
