@@ -130,26 +130,29 @@ impl Worker {
         let mut backoff = super::retry_backoff();
         let mut next_repost = Instant::now();
         loop {
-            let mut wait = REPOST_EVERY;
-            let drained = self.drain(&mut queue).await;
-            if drained && !self.open.is_empty() {
-                if Instant::now() >= next_repost {
-                    let all: Vec<Value> = self.open.values().map(|i| self.alert(i, None)).collect();
-                    match self.client.post(&self.url, &[], to_body(&all)).await {
-                        Ok(()) => next_repost = Instant::now() + REPOST_EVERY,
-                        Err(e) => {
-                            self.stats.failed(Kind::Alertmanager);
-                            tracing::warn!("alertmanager {}: {e}; posting again later", self.url);
-                        }
+            // Queued events first, in order; then the open set when it is due.
+            let mut ok = self.drain(&mut queue).await;
+            if ok && !self.open.is_empty() && Instant::now() >= next_repost {
+                let all: Vec<Value> = self.open.values().map(|i| self.alert(i, None)).collect();
+                match self.client.post(&self.url, &[], to_body(&all)).await {
+                    Ok(()) => next_repost = Instant::now() + REPOST_EVERY,
+                    Err(e) => {
+                        ok = false;
+                        self.stats.failed(Kind::Alertmanager);
+                        tracing::warn!("alertmanager {}: {e}; posting again later", self.url);
                     }
                 }
-                wait = next_repost.saturating_duration_since(Instant::now());
             }
-            if drained && Instant::now() < next_repost {
-                backoff.reset();
+            let wait = if !ok {
+                backoff.next_delay(fastrand::f64())
             } else {
-                wait = wait.min(backoff.next_delay(fastrand::f64()));
-            }
+                backoff.reset();
+                if self.open.is_empty() {
+                    REPOST_EVERY
+                } else {
+                    next_repost.saturating_duration_since(Instant::now())
+                }
+            };
             tokio::select! {
                 () = self.wake.notified() => {}
                 Some(v) = self.verdicts.recv() => {
