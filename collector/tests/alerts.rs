@@ -657,6 +657,24 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
         "alerted in maintenance: {:?}",
         got.lock().unwrap()
     );
+    // `report` lists the outage but leaves the window out of availability: all of
+    // the evidence is inside it, so nothing was watched and nothing counts.
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+        .args(["report", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["provider"] == "voipco")
+        .unwrap();
+    assert_eq!(r["outages"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["maintenance"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!((r["site_ms"].as_u64(), r["availability"].as_f64()), (Some(0), Some(1.0)), "{r}");
 }
 
 #[test]
