@@ -8,7 +8,8 @@
 //! not touched (`host = "gateway"` is valid whatever the routes are now).
 
 pub mod error;
-pub mod target;
+
+pub use faultline_shared::target;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +29,7 @@ use self::target::{Fields, Target};
 /// Window length when `window_seconds` is absent.
 pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
 /// Longest window accepted.
-pub const MAX_WINDOW_SECONDS: u64 = 3600;
+pub const MAX_WINDOW_SECONDS: u64 = faultline_shared::agent_config::MAX_WINDOW_SECONDS;
 /// Outbox capacity when `outbox_capacity` is absent: 24 h of default windows.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8640;
 /// Where the durable outbox lives when `state_dir` is absent (systemd's StateDirectory).
@@ -91,7 +92,7 @@ pub struct Config {
     pub window: Duration,
     pub format: Format,
     pub outbox_capacity: usize,
-    /// The durable outbox (and, next, the last central config) live here.
+    /// The durable outbox and the last applied central config live here.
     pub state_dir: PathBuf,
     pub mqtt: MqttConfig,
     pub targets: Vec<Target>,
@@ -525,7 +526,7 @@ pub fn default_client_id(site: &Id) -> String {
 }
 
 impl fmt::Display for Config {
-    /// The resolved plan, as `check` prints it.
+    /// The resolved settings, as `check` prints them before the targets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.mqtt;
         let window_s = self.window.as_secs();
@@ -584,10 +585,7 @@ impl fmt::Display for Config {
             self.outbox_capacity,
             self.state_dir.join(OUTBOX_DIR).display()
         )?;
-        writeln!(f, "targets  {}", self.targets.len())?;
-        for t in &self.targets {
-            writeln!(f, "  {t}")?;
-        }
+        // The targets follow from `central::Plan` (local and central together).
         Ok(())
     }
 }
@@ -705,9 +703,12 @@ mod tests {
         // `parse` reads nothing but the text: valid on any machine.
         let c = check(&src).unwrap();
         assert!(c.targets.iter().all(Target::uses_gateway));
-        let plan = c.to_string();
-        assert!(plan.contains("kind=icmp host=gateway count=1/s"), "{plan}");
-        assert!(plan.contains("kind=sip host=gateway:5060"), "{plan}");
+        let plan: Vec<String> = c.targets.iter().map(Target::to_string).collect();
+        assert!(
+            plan[0].contains("kind=icmp host=gateway count=1/s"),
+            "{plan:?}"
+        );
+        assert!(plan[1].contains("kind=sip host=gateway:5060"), "{plan:?}");
     }
 
     #[test]

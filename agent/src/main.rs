@@ -1,6 +1,7 @@
 //! `faultline-agent`: the gateway agent. This file only parses the command line and
 //! dispatches; each subcommand lives in its own module.
 
+mod central;
 mod cli;
 mod cmd_probe;
 mod config;

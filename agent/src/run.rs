@@ -5,6 +5,11 @@
 //! `Report` with the host's health, encodes it and hands it to [`Delivery`], which
 //! stores it durably and sends it, and never makes it wait. Reports an earlier run
 //! left undelivered in the spool are sent too. SIGTERM or SIGINT stops it cleanly.
+//!
+//! What is measured is a [`Plan`]: the file's targets and the central config's
+//! (`central`). A central config from the broker is judged as it arrives; a new plan
+//! replaces the probe tasks at the next window boundary, so each window is measured
+//! by one plan, and `seq` goes on.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +20,7 @@ use faultline_shared::{ProbeResult, Report};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::config::target::Target;
+use crate::central::{self, Central, Offer, Origin, Plan, Stored};
 use crate::config::{self, Config, Format};
 use crate::host::HostSampler;
 use crate::net::delivery::Delivery;
@@ -24,6 +29,7 @@ use crate::net::spool::{Record, Spool};
 use crate::probe::Prober;
 use crate::probe::peer::NO_DEFAULT_ROUTE;
 use crate::window::{Assembler, following_start, guard_ms, next_boundary};
+use faultline_shared::CentralConfig;
 
 /// How long the exit waits for blocking work (a name lookup) still running.
 const SHUTDOWN_LOOKUP_WAIT: Duration = Duration::from_millis(500);
@@ -79,7 +85,20 @@ pub fn check(args: CheckArgs) -> ExitCode {
     match config::load(&args.config) {
         Ok(c) => {
             print!("{c}");
-            if c.targets.iter().any(Target::uses_gateway) {
+            let stored = Stored::new(&c);
+            let central = match stored.load() {
+                Ok(central) => central,
+                Err(e) => {
+                    println!("central  {} ignored: {e:#}", stored.path().display());
+                    None
+                }
+            };
+            let plan = Plan::resolve(&c.targets, c.window, central.as_ref());
+            print!(
+                "{}",
+                central::describe(&plan, central.as_ref(), stored.path())
+            );
+            if plan.targets.iter().any(|(t, _)| t.uses_gateway()) {
                 println!("{}", gateway_note(gateway::default_gateway()));
             }
             ExitCode::SUCCESS
@@ -123,99 +142,207 @@ async fn agent(cfg: Config) -> anyhow::Result<()> {
     // The only provider compiled in; a second install attempt fails harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let boot = fastrand::u32(..);
-    let window_ms = cfg.window.as_millis() as u64;
+    let stored = Stored::new(&cfg);
+    let mut central = Central::new(load_stored(&stored));
+    let mut plan = Plan::resolve(&cfg.targets, cfg.window, central.applied());
     info!(
-        "faultline-agent {} starting: site {}, boot {boot}, {} targets, {} s windows, broker {}",
+        "faultline-agent {} starting: site {}, boot {boot}, {} targets ({} central), {} s windows, broker {}",
         env!("CARGO_PKG_VERSION"),
         cfg.site,
-        cfg.targets.len(),
-        cfg.window.as_secs(),
+        plan.targets.len(),
+        plan.targets
+            .iter()
+            .filter(|(_, o)| *o != Origin::Local)
+            .count(),
+        plan.window.as_secs(),
         cfg.mqtt.broker
     );
-    if cfg.targets.is_empty() {
-        warn!("no targets configured: reports carry host health only");
+    if plan.targets.is_empty() {
+        warn!(
+            "no targets configured: reports carry host health only until a central config arrives"
+        );
     }
     let mut signals = Signals::new().context("installing signal handlers")?;
     let spool = open_spool(&cfg)?;
-    let delivery = Delivery::start(&cfg, boot, spool)?;
+    let (config_tx, mut config_rx) = mpsc::unbounded_channel();
+    let delivery = Delivery::start(&cfg, boot, spool, config_tx)?;
 
-    let mut probers = Vec::with_capacity(cfg.targets.len());
-    for t in cfg.targets {
-        let name = t.name.clone();
-        probers.push(
-            Prober::new(t)
-                .await
-                .with_context(|| format!("target {name}"))?,
-        );
-    }
-    let blanks: Vec<ProbeResult> = probers
-        .iter()
-        .map(|p| {
-            let t = p.target();
-            ProbeResult::new(t.name.clone(), t.layer, t.provider.clone(), t.kind)
-        })
-        .collect();
-
-    let first = next_boundary(now_ms(), window_ms);
-    let (tx, mut rx) = mpsc::channel(probers.len() * 4 + 4);
-    let tasks: Vec<_> = probers
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| tokio::spawn(probe_loop(i, p, first, window_ms, tx.clone())))
-        .collect();
-    drop(tx);
-
-    let mut asm = Assembler::new(cfg.site.clone(), boot, window_ms, blanks);
+    let mut asm = Assembler::new(cfg.site.clone(), boot, plan.window_ms(), Vec::new());
     let mut host = HostSampler::new();
-    let grace = window_ms / 2;
-    let mut current = first;
-    let mut probes_alive = !tasks.is_empty();
-    'windows: loop {
-        // Wait until every target reported for `current` (and the window is over) or
-        // its deadline passed; keep results for later windows.
-        let end = current + window_ms - guard_ms(window_ms);
-        let deadline = current + window_ms + grace;
+    let mut current = next_boundary(now_ms(), plan.window_ms());
+    let mut switched = false;
+    'plans: loop {
+        // One plan measures whole windows: a new one starts at a window boundary.
+        let window_ms = plan.window_ms();
+        let (tasks, mut rx) = start_probes(&plan, current, window_ms, !switched).await?;
+        switched = true;
+        asm.reconfigure(window_ms, blanks(&plan));
+        let grace = window_ms / 2;
+        let mut probes_alive = !tasks.is_empty();
+        let mut next_plan: Option<Plan> = None;
         loop {
+            // Wait until every target reported for `current` (and the window is
+            // over) or its deadline passed; keep results for later windows.
+            let end = current + window_ms - guard_ms(window_ms);
+            let deadline = current + window_ms + grace;
+            loop {
+                let now = now_ms();
+                if (asm.is_complete(current) && now >= end) || now >= deadline {
+                    break;
+                }
+                let wake = if asm.is_complete(current) {
+                    end
+                } else {
+                    deadline
+                };
+                tokio::select! {
+                    msg = rx.recv(), if probes_alive => match msg {
+                        Some((start, i, r)) if start >= current => asm.add(start, i, r),
+                        Some((start, i, _)) => debug!("late result of target {i} for window {start} dropped"),
+                        None => probes_alive = false,
+                    },
+                    Some(payload) = config_rx.recv() => {
+                        if let Some(p) = on_central(&mut central, &stored, &cfg, &delivery, &payload).await {
+                            next_plan = (!p.measures_like(&plan)).then_some(p);
+                        }
+                    }
+                    _ = sleep_until_ms(wake) => {}
+                    _ = signals.recv() => {
+                        tasks.iter().for_each(|t| t.abort());
+                        break 'plans;
+                    }
+                }
+            }
+            let report = asm.finish(current, Some(host.sample()));
+            publish(&delivery, report, cfg.format);
+
+            current += window_ms;
             let now = now_ms();
-            if (asm.is_complete(current) && now >= end) || now >= deadline {
-                break;
+            if now > current + 2 * window_ms || now + window_ms < current {
+                let to = next_boundary(now, window_ms);
+                warn!(
+                    "the clock jumped (expected about {current} ms, now {now} ms): resuming at window {to}"
+                );
+                asm.discard_before(u64::MAX);
+                current = to;
             }
-            let wake = if asm.is_complete(current) {
-                end
-            } else {
-                deadline
-            };
-            tokio::select! {
-                msg = rx.recv(), if probes_alive => match msg {
-                    Some((start, i, r)) if start >= current => asm.add(start, i, r),
-                    Some((start, i, _)) => debug!("late result of target {i} for window {start} dropped"),
-                    None => probes_alive = false,
-                },
-                _ = sleep_until_ms(wake) => {}
-                _ = signals.recv() => break 'windows,
+            asm.discard_before(current);
+            if let Some(p) = next_plan.take() {
+                tasks.iter().for_each(|t| t.abort());
+                info!(
+                    "central config v{} applied: {} targets, {} s windows",
+                    central.applied().map_or(0, |c| c.version),
+                    p.targets.len(),
+                    p.window.as_secs()
+                );
+                plan = p;
+                current = next_boundary(now_ms().max(current) - 1, plan.window_ms());
+                continue 'plans;
             }
         }
-        let report = asm.finish(current, Some(host.sample()));
-        publish(&delivery, report, cfg.format);
-
-        current += window_ms;
-        let now = now_ms();
-        if now > current + 2 * window_ms || now + window_ms < current {
-            let to = next_boundary(now, window_ms);
-            warn!(
-                "the clock jumped (expected about {current} ms, now {now} ms): resuming at window {to}"
-            );
-            asm.discard_before(u64::MAX);
-            current = to;
-        }
-        asm.discard_before(current);
-    }
-
-    for t in &tasks {
-        t.abort();
     }
     delivery.shutdown(SHUTDOWN_FLUSH).await;
     Ok(())
+}
+
+/// The stored central config, or none (a damaged one is logged and left aside).
+fn load_stored(stored: &Stored) -> Option<CentralConfig> {
+    match stored.load() {
+        Ok(Some(c)) => {
+            info!(
+                "central config v{} from {} ({} targets) until the broker says otherwise",
+                c.version,
+                stored.path().display(),
+                c.targets.len()
+            );
+            Some(c)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(
+                "ignoring the stored central config {}: {e:#}",
+                stored.path().display()
+            );
+            None
+        }
+    }
+}
+
+/// Judges a central config from the broker: a new one is stored and its plan given
+/// back; every answer goes to `config/status`.
+async fn on_central(
+    central: &mut Central,
+    stored: &Stored,
+    cfg: &Config,
+    delivery: &Delivery,
+    payload: &[u8],
+) -> Option<Plan> {
+    match central.offer(payload) {
+        Offer::Apply {
+            config,
+            valid,
+            status,
+        } => {
+            let file = stored.clone();
+            let saved = tokio::task::spawn_blocking(move || file.save(&config)).await;
+            match saved {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(
+                    "central config v{} applied but not stored in {}: {e}",
+                    valid.version,
+                    stored.path().display()
+                ),
+                Err(e) => warn!("central config v{} not stored: {e}", valid.version),
+            }
+            delivery.config_status(status.encode());
+            Some(Plan::resolve(&cfg.targets, cfg.window, Some(&valid)))
+        }
+        Offer::Keep(status) => {
+            if status.state == faultline_shared::ConfigState::Rejected {
+                warn!(
+                    "central config v{} rejected: {}",
+                    status.version,
+                    status.error.as_deref().unwrap_or("")
+                );
+            }
+            delivery.config_status(status.encode());
+            None
+        }
+        Offer::Unreadable(e) => {
+            warn!("central config unreadable, ignored: {e}");
+            None
+        }
+    }
+}
+
+type Results = mpsc::Receiver<(u64, usize, ProbeResult)>;
+
+/// One task per target of `plan`, measuring from the window starting at `first`. At
+/// `startup` a local target that cannot start stops the agent (a fault in its own
+/// file); otherwise the target is logged and reported as missed, and the rest run.
+async fn start_probes(
+    plan: &Plan,
+    first: u64,
+    window_ms: u64,
+    startup: bool,
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Results)> {
+    let (tx, rx) = mpsc::channel(plan.targets.len() * 4 + 4);
+    let mut tasks = Vec::with_capacity(plan.targets.len());
+    for (i, (t, origin)) in plan.targets.iter().enumerate() {
+        match Prober::new(t.clone()).await {
+            Ok(p) => tasks.push(tokio::spawn(probe_loop(i, p, first, window_ms, tx.clone()))),
+            Err(e) if startup && *origin == Origin::Local => {
+                return Err(e.context(format!("target {}", t.name)));
+            }
+            Err(e) => error!("{origin} target {} cannot start: {e:#}", t.name),
+        }
+    }
+    Ok((tasks, rx))
+}
+
+/// Each target's empty result, in plan order.
+fn blanks(plan: &Plan) -> Vec<ProbeResult> {
+    plan.targets.iter().map(|(t, _)| t.result()).collect()
 }
 
 /// Opens the durable outbox and says what earlier runs left in it.

@@ -81,6 +81,14 @@ impl Assembler {
         }
     }
 
+    /// Switches to a new target set and window length (a central config applied
+    /// between windows): pending results are dropped, `seq` goes on.
+    pub fn reconfigure(&mut self, window_ms: u64, blanks: Vec<ProbeResult>) {
+        self.window_ms = window_ms;
+        self.blanks = blanks;
+        self.pending.clear();
+    }
+
     /// Forgets results for windows before `start_ms` (they came too late).
     pub fn discard_before(&mut self, start_ms: u64) -> usize {
         let keep = self.pending.split_off(&start_ms);
@@ -132,6 +140,19 @@ mod tests {
 
     fn blank(name: &str) -> ProbeResult {
         ProbeResult::new(id(name), Layer::Lan, None, Kind::Tcp)
+    }
+
+    #[test]
+    fn reconfiguring_keeps_seq_and_takes_the_new_targets() {
+        let mut asm = Assembler::new(id("s"), 1, 10_000, vec![blank("a")]);
+        asm.add(0, 0, blank("a"));
+        assert_eq!(asm.finish(0, None).seq, 0);
+        asm.add(10_000, 0, blank("a"));
+        asm.reconfigure(2_000, vec![blank("b"), blank("c")]);
+        assert!(!asm.is_complete(12_000));
+        let r = asm.finish(12_000, None);
+        assert_eq!((r.seq, r.window_ms, r.probes.len()), (1, 2_000, 2));
+        assert_eq!(r.probes[0].target, "b");
     }
 
     #[test]

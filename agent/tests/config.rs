@@ -180,3 +180,50 @@ fn the_example_config_is_valid_apart_from_its_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_prints_stored_central_targets_and_where_each_comes_from() {
+    let dir = TempDir::new("agent-check-central");
+    let state = dir.path().join("state");
+    // Only site, isp and [mqtt] (and where its state lives): valid, no targets yet.
+    let minimal = format!(
+        "site = \"acme-hq\"\nisp = \"Comcast\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
+        state.display()
+    );
+    let cfg = write(dir.path(), "agent.toml", &minimal);
+    let out = agent(&["check"], &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("central  none stored yet"), "{stdout}");
+    assert!(
+        stdout.contains("targets  0 (0 local, 0 central)"),
+        "{stdout}"
+    );
+
+    // The last applied central config, as the agent stores it; `web` is local too.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("central.json"),
+        r#"{"version":3,"window_seconds":2,"targets":[
+            {"name":"web","layer":"lan","kind":"tcp","host":"127.0.0.1:1"},
+            {"name":"media","layer":"provider","provider":"voipco","kind":"stamp","host":"127.0.0.1"}]}"#,
+    )
+    .unwrap();
+    let with_web = format!(
+        "{minimal}[[target]]\nname = \"web\"\nlayer = \"internet\"\nkind = \"tcp\"\nhost = \"127.0.0.1:443\"\n"
+    );
+    let cfg = write(dir.path(), "agent.toml", &with_web);
+    let out = agent(&["check"], &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        "central  v3 stored in",
+        "window   2 s from central v3",
+        "targets  2 (1 local, 1 central)",
+        "  web layer=internet kind=tcp host=127.0.0.1:443 (local)",
+        "  media layer=provider provider=voipco kind=stamp host=127.0.0.1:862",
+        "(central v3)",
+    ] {
+        assert!(stdout.contains(want), "plan lacks {want:?}:\n{stdout}");
+    }
+}

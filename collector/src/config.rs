@@ -19,6 +19,7 @@ use toml::Spanned;
 
 use crate::alerts::{AlertsConfig, Endpoint, WebhookConfig};
 use crate::engine::Thresholds;
+use crate::fleet_config::FleetTarget;
 use crate::maintenance::{Origin, Window};
 use crate::passwd::PasswordFile;
 
@@ -77,6 +78,7 @@ struct RawConfig {
     thresholds: Option<Thresholds>,
     #[serde(default)]
     providers: BTreeMap<String, Spanned<RawProvider>>,
+    fleet: Option<RawFleet>,
     alerts: Option<RawAlerts>,
     #[serde(default)]
     maintenance: Vec<Spanned<RawMaintenance>>,
@@ -110,6 +112,17 @@ struct RawMaintenance {
     to: Spanned<String>,
     note: Option<String>,
 }
+
+/// `[fleet]`: central config pushed to the agents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    #[serde(default)]
+    target: Vec<Spanned<RawFleetTarget>>,
+}
+
+/// One `[[fleet.target]]`: an agent.toml `[[target]]`'s keys plus `sites`.
+type RawFleetTarget = BTreeMap<String, Spanned<toml::Value>>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +201,10 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `[[maintenance]]` windows (HTTP adds more at run time).
     pub maintenance: Vec<Window>,
+    /// `[[fleet.target]]`: central targets for the matching sites' agents (live on SIGHUP).
+    pub fleet_targets: Vec<FleetTarget>,
+    /// The file this config was read from (`None`: defaults), read again on SIGHUP.
+    pub source: Option<PathBuf>,
     /// Things that work but should be fixed (each names file, line and field).
     pub warnings: Vec<String>,
 }
@@ -282,7 +299,9 @@ impl Config {
             field: "-".into(),
             msg: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut c = Config::parse(&text, &path.display().to_string())?;
+        c.source = Some(path.to_owned());
+        Ok(c)
     }
 
     /// Validates `text` (the contents of `file`; files it names are relative to
@@ -563,6 +582,10 @@ impl Validator<'_> {
             .enumerate()
             .map(|(n, m)| self.maintenance(n, m))
             .collect::<Result<Vec<_>, _>>()?;
+        let fleet_targets = match &raw.fleet {
+            Some(f) => self.fleet_targets(&f.target)?,
+            None => Vec::new(),
+        };
         Ok(Config {
             window_ms,
             topics,
@@ -581,6 +604,8 @@ impl Validator<'_> {
             providers,
             alerts,
             maintenance,
+            fleet_targets,
+            source: None,
             warnings,
         })
     }
@@ -718,6 +743,102 @@ impl Validator<'_> {
             note: r.note.clone(),
             origin: Origin::Config,
         })
+    }
+
+    /// Every `[[fleet.target]]` through the agent's target builder (same rules, same
+    /// messages), with `sites` checked here.
+    fn fleet_targets(
+        &self,
+        raw: &[Spanned<RawFleetTarget>],
+    ) -> Result<Vec<FleetTarget>, ConfigError> {
+        use faultline_shared::agent_config::MAX_TARGETS;
+        use faultline_shared::target::{self, Fields, Value};
+        if let Some(t) = raw.get(MAX_TARGETS) {
+            return Err(self.err(
+                Some(t.span()),
+                "fleet.target",
+                format!("more than {MAX_TARGETS} targets (an agent takes at most {MAX_TARGETS})"),
+            ));
+        }
+        let mut all_fields = Vec::with_capacity(raw.len());
+        let mut all_sites = Vec::with_capacity(raw.len());
+        for (i, table) in raw.iter().enumerate() {
+            let mut fields = Fields::new();
+            let mut sites = vec![glob::Pattern::new("*").expect("a valid pattern")];
+            for (key, v) in table.get_ref() {
+                if key == "sites" {
+                    sites = self.site_patterns(v, &format!("fleet.target[{i}].sites"))?;
+                    continue;
+                }
+                let value = match v.get_ref() {
+                    toml::Value::String(s) => Value::String(s.clone()),
+                    toml::Value::Integer(n) => Value::Integer(*n),
+                    toml::Value::Float(x) => Value::Float(*x),
+                    toml::Value::Boolean(b) => Value::Boolean(*b),
+                    toml::Value::Array(_) => Value::Other("list"),
+                    toml::Value::Table(_) => Value::Other("table"),
+                    toml::Value::Datetime(_) => Value::Other("date"),
+                };
+                fields.insert(key, value);
+            }
+            all_fields.push(fields);
+            all_sites.push(sites);
+        }
+        let built = target::build_all(&all_fields).map_err(|(i, e)| {
+            let table = &raw[i];
+            let span = table
+                .get_ref()
+                .get(&e.field)
+                .map_or(table.span(), Spanned::span);
+            self.err(
+                Some(span),
+                &format!("fleet.target[{i}].{}", e.field),
+                e.message,
+            )
+        })?;
+        Ok(built
+            .into_iter()
+            .zip(all_fields)
+            .zip(all_sites)
+            .map(|((t, fields), sites)| FleetTarget {
+                name: t.name,
+                fields,
+                sites,
+            })
+            .collect())
+    }
+
+    /// `sites = ["acme-hq", "bobs-*"]`: site ids or glob patterns, at least one.
+    fn site_patterns(
+        &self,
+        v: &Spanned<toml::Value>,
+        field: &str,
+    ) -> Result<Vec<glob::Pattern>, ConfigError> {
+        let bad = || {
+            self.err(
+                Some(v.span()),
+                field,
+                "expected a list of site ids or glob patterns, e.g. sites = [\"acme-*\"] \
+                 (omit it for every site)",
+            )
+        };
+        let toml::Value::Array(list) = v.get_ref() else {
+            return Err(bad());
+        };
+        if list.is_empty() {
+            return Err(bad());
+        }
+        list.iter()
+            .map(|p| {
+                let p = p.as_str().ok_or_else(bad)?;
+                let glob = p.contains(['*', '?', '[']);
+                if !glob {
+                    Id::validate(p).map_err(|e| self.err(Some(v.span()), field, e))?;
+                }
+                glob::Pattern::new(p)
+                    .map_err(|e| self.err(Some(v.span()), field, format!("{p:?}: {e}")))
+            })
+            .collect()
     }
 
     /// Without a url the embedded broker runs: the external broker's keys make no sense.
@@ -966,6 +1087,51 @@ fn value_span(text: &str, path: &[&str]) -> Option<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_targets_take_the_agents_keys_and_rules() {
+        let text = "[[fleet.target]]\nname = \"voipco-media\"\nlayer = \"provider\"\n\
+                    provider = \"voipco\"\nkind = \"stamp\"\nhost = \"203.0.113.10:862\"\n\
+                    sites = [\"acme-*\", \"bobs\"]\n\
+                    [[fleet.target]]\nname = \"web\"\nlayer = \"internet\"\nkind = \"tcp\"\n\
+                    host = \"192.0.2.1:443\"\n";
+        let c = Config::parse(text, "c.toml").unwrap();
+        assert_eq!(c.fleet_targets.len(), 2);
+        let acme = Id::new("acme-hq").unwrap();
+        let city = Id::new("city").unwrap();
+        assert!(c.fleet_targets[0].matches(&acme) && !c.fleet_targets[0].matches(&city));
+        assert!(c.fleet_targets[1].matches(&city), "no sites: every site");
+        assert!(c.fleet_targets[0].fields.get("sites").is_none());
+
+        // The agent's message, with the table, key and line.
+        let bad = text.replace("192.0.2.1:443", "192.0.2.1");
+        let e = Config::parse(&bad, "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("fleet.target[1].host", Some(12))
+        );
+        assert!(e.msg.contains("tcp needs a port"), "{e}");
+        let e = Config::parse(
+            &text.replace("kind = \"stamp\"", "kind = \"stamp\"\npps = 0"),
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("fleet.target[0].pps", Some(6)));
+        assert_eq!(e.msg, "expected an integer 1-1000, got 0");
+        let e = Config::parse(&text.replace("\"bobs\"", "\"bad site\""), "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("fleet.target[0].sites", Some(7))
+        );
+        let e = Config::parse(&text.replace("\"web\"", "\"voipco-media\""), "c.toml").unwrap_err();
+        assert_eq!(e.field, "fleet.target[1].name");
+        assert!(e.msg.contains("duplicate target name"), "{e}");
+        let e = Config::parse("[[fleet.target]]\nname = \"x\"\n", "c.toml").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("fleet.target[0].layer", Some(1))
+        );
+    }
 
     #[test]
     fn empty_file_gives_documented_defaults() {

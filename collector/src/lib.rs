@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: the sans-IO diagnosis engine (site stage, fleet stage), one owner.
 //! - [`config`]: collector.toml, validated.
+//! - [`fleet_config`]: which central targets each site's agent gets, and when to publish.
 //! - [`replay`]: the engine driven by a file's clock.
 //! - [`service`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
 //! - [`report`]: provider availability from history.
@@ -20,6 +21,7 @@ pub mod alerts;
 pub mod broker;
 pub mod config;
 pub mod engine;
+pub mod fleet_config;
 pub mod http;
 pub mod link;
 pub mod maintenance;

@@ -153,6 +153,19 @@ fn describe_broker(c: &Config) -> String {
 }
 
 /// Who may read the dashboard, for `check`.
+/// The `[[fleet.target]]`s as `check` prints them: each target and its sites.
+fn describe_fleet(c: &Config) -> String {
+    let mut s = format!(
+        "fleet:  {} central targets (pushed to the matching sites' agents; live on SIGHUP)\n",
+        c.fleet_targets.len()
+    );
+    for t in &c.fleet_targets {
+        let sites: Vec<&str> = t.sites.iter().map(|p| p.as_str()).collect();
+        s += &format!("  {} for sites {}\n", t.name, sites.join(", "));
+    }
+    s
+}
+
 fn describe_http(c: &Config) -> String {
     format!(
         "{}, {}, extra Host names: {}",
@@ -219,6 +232,7 @@ fn main() -> ExitCode {
                 );
                 println!("broker: {}", describe_broker(&c));
                 println!("http:   {}", describe_http(&c));
+                print!("{}", describe_fleet(&c));
                 println!("alerts: {}", describe_alerts(&c));
                 if !c.maintenance.is_empty() {
                     println!("maintenance: {} window(s) in the file", c.maintenance.len());

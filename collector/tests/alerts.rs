@@ -664,7 +664,11 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = rows
         .as_array()
@@ -674,7 +678,11 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
         .unwrap();
     assert_eq!(r["outages"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(r["maintenance"].as_array().unwrap().len(), 1, "{r}");
-    assert_eq!((r["site_ms"].as_u64(), r["availability"].as_f64()), (Some(0), Some(1.0)), "{r}");
+    assert_eq!(
+        (r["site_ms"].as_u64(), r["availability"].as_f64()),
+        (Some(0), Some(1.0)),
+        "{r}"
+    );
 }
 
 #[test]

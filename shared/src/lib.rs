@@ -14,8 +14,11 @@
 //! - [`reject`]: why the collector drops a message (its metrics labels).
 //! - [`mqtt_url`]: the broker URL of both configs (`mqtt://`, `mqtts://`).
 //! - [`measure`]: jitter, sequence tracking, latency summaries and the E-model.
+//! - [`agent_config`]: the central agent config and the agent's answer to it.
+//! - [`target`]: the typed target builder agent.toml, central config and collector.toml share.
 //! - [`backoff`]: exponential backoff with jitter for retry loops (the caller draws and sleeps).
 
+pub mod agent_config;
 pub mod backoff;
 pub mod id;
 pub mod measure;
@@ -25,9 +28,11 @@ pub mod reject;
 pub mod report;
 pub mod state;
 pub mod summary;
+pub mod target;
 pub mod topic;
 pub mod wire;
 
+pub use agent_config::{AgentConfig, AgentConfigError, CentralConfig, ConfigState, ConfigStatus};
 pub use backoff::{Backoff, BackoffError};
 pub use id::{Id, IdError, Subject};
 pub use metrics::MetricsJson;

@@ -23,6 +23,8 @@ pub enum Topic {
     Incidents,
     Metrics { site: Id, target: Id },
     CollectorStatus,
+    Config { site: Id },
+    ConfigStatus { site: Id },
 }
 
 /// Why a topic string is not one of ours.
@@ -78,6 +80,16 @@ impl Topics {
 
     pub fn status(&self, site: &Id) -> String {
         self.sites(site, "status")
+    }
+
+    /// A site's central config (retained).
+    pub fn config(&self, site: &Id) -> String {
+        self.sites(site, "config")
+    }
+
+    /// The agent's answer to its central config (retained).
+    pub fn config_status(&self, site: &Id) -> String {
+        self.sites(site, "config/status")
     }
 
     pub fn site_state(&self, site: &Id) -> String {
@@ -141,6 +153,11 @@ impl Topics {
         format!("{}/sites/+/status", self.root)
     }
 
+    /// Filter matching every site's central config.
+    pub fn all_configs(&self) -> String {
+        format!("{}/sites/+/config", self.root)
+    }
+
     /// Filter matching every retained verdict.
     pub fn all_states(&self) -> String {
         format!("{}/state/#", self.root)
@@ -168,6 +185,8 @@ impl Topics {
             ["sites", site, "report"] => Topic::Report { site: id(site)? },
             ["sites", site, "report", "json"] => Topic::ReportJson { site: id(site)? },
             ["sites", site, "status"] => Topic::Status { site: id(site)? },
+            ["sites", site, "config"] => Topic::Config { site: id(site)? },
+            ["sites", site, "config", "status"] => Topic::ConfigStatus { site: id(site)? },
             ["state", "sites", site] => Topic::SiteState { site: id(site)? },
             ["state", "providers", p] => Topic::ProviderState { provider: id(p)? },
             ["state", "isps", isp] => Topic::IspState { isp: id(isp)? },
@@ -198,6 +217,8 @@ impl Topics {
             Topic::Incidents => self.incidents(),
             Topic::Metrics { site, target } => self.metrics(site, target),
             Topic::CollectorStatus => self.collector_status(),
+            Topic::Config { site } => self.config(site),
+            Topic::ConfigStatus { site } => self.config_status(site),
         }
     }
 }
@@ -230,6 +251,12 @@ mod tests {
         assert_eq!(t.metrics(&s, &id("gw")), "faultline/v1/metrics/acme-hq/gw");
         assert_eq!(t.collector_status(), "faultline/v1/collector/status");
         assert_eq!(t.all_reports(), "faultline/v1/sites/+/report");
+        assert_eq!(t.config(&s), "faultline/v1/sites/acme-hq/config");
+        assert_eq!(
+            t.config_status(&s),
+            "faultline/v1/sites/acme-hq/config/status"
+        );
+        assert_eq!(t.all_configs(), "faultline/v1/sites/+/config");
         assert_eq!(
             Topics::shared(&id("collectors"), &t.all_reports()),
             "$share/collectors/faultline/v1/sites/+/report"
@@ -252,6 +279,8 @@ mod tests {
                 target: id("gw"),
             },
             Topic::CollectorStatus,
+            Topic::Config { site: id("a") },
+            Topic::ConfigStatus { site: id("a") },
         ];
         for topic in all {
             assert_eq!(t.parse(&t.build(&topic)).unwrap(), topic);

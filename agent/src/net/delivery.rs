@@ -13,6 +13,9 @@
 //!   discarded and the outbox sends everything unacknowledged again, so what is sent
 //!   never depends on what rumqttc kept (duplicates are harmless: the collector
 //!   counts each (site, boot, seq) once).
+//! - The site's central config topic is subscribed (QoS 1) on every connect; what
+//!   arrives there goes to the run loop, and the run loop's answer is published
+//!   retained on `config/status` (again after a reconnect).
 //! - Reconnects sleep on a [`Backoff`] with jitter (rumqttc itself retries at once).
 //! - A broker that stops answering is left: anything sent that waits longer than the
 //!   keepalive for an answer ends the connection (rumqttc's own pings catch an idle
@@ -67,6 +70,8 @@ pub struct Delivery {
 #[derive(Debug)]
 enum Command {
     Report(Record),
+    /// The answer to a central config, published retained (kept for reconnects).
+    ConfigStatus(Vec<u8>),
     /// Flush for at most this long while connected, then disconnect and stop.
     Stop(Duration),
 }
@@ -147,8 +152,13 @@ fn mqtt_options(cfg: &Config, status_topic: &str) -> anyhow::Result<MqttOptions>
 
 impl Delivery {
     /// Starts the delivery task for `cfg` with what `spool` holds; `boot` goes into the
-    /// online status.
-    pub fn start(cfg: &Config, boot: u32, spool: Spool) -> anyhow::Result<Self> {
+    /// online status. Payloads arriving on the site's config topic go to `configs`.
+    pub fn start(
+        cfg: &Config,
+        boot: u32,
+        spool: Spool,
+        configs: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
         let topics = &cfg.mqtt.topics;
         let status_topic = topics.status(&cfg.site);
         let options = mqtt_options(cfg, &status_topic)?;
@@ -182,6 +192,10 @@ impl Delivery {
             report_topic: topics.report(&cfg.site),
             report_json_topic: topics.report_json(&cfg.site),
             status_topic,
+            config_topic: topics.config(&cfg.site),
+            config_status_topic: topics.config_status(&cfg.site),
+            config_status: None,
+            configs,
             online: status_json(&online),
             broker: cfg.mqtt.broker.clone(),
             client_id: cfg.mqtt.client_id.clone(),
@@ -203,6 +217,13 @@ impl Delivery {
     pub fn enqueue(&self, record: Record) {
         if self.tx.send(Command::Report(record)).is_err() {
             error!("the delivery task is gone: a report was not stored");
+        }
+    }
+
+    /// Publishes the answer to a central config (retained), now or once connected.
+    pub fn config_status(&self, payload: Vec<u8>) {
+        if self.tx.send(Command::ConfigStatus(payload)).is_err() {
+            error!("the delivery task is gone: a config status was not published");
         }
     }
 
@@ -233,6 +254,11 @@ struct Driver {
     report_topic: String,
     report_json_topic: String,
     status_topic: String,
+    config_topic: String,
+    config_status_topic: String,
+    /// The latest answer to a central config, published on every connect.
+    config_status: Option<Vec<u8>>,
+    configs: mpsc::UnboundedSender<Vec<u8>>,
     online: Vec<u8>,
     broker: Broker,
     client_id: String,
@@ -285,6 +311,12 @@ impl Driver {
             tokio::select! {
                 cmd = rx.recv(), if self.stop_by.is_none() => match cmd {
                     Some(Command::Report(r)) => self.store(r).await,
+                    Some(Command::ConfigStatus(payload)) => {
+                        self.config_status = Some(payload);
+                        if self.connected {
+                            self.publish_config_status();
+                        }
+                    }
                     Some(Command::Stop(flush)) => self.begin_stop(flush),
                     None => self.begin_stop(Duration::ZERO),
                 },
@@ -370,9 +402,22 @@ impl Driver {
     }
 
     fn publish_status(&mut self, payload: Vec<u8>) {
+        let topic = self.status_topic.clone();
+        self.publish_retained(topic, payload);
+    }
+
+    fn publish_config_status(&mut self) {
+        if let Some(payload) = self.config_status.clone() {
+            let topic = self.config_status_topic.clone();
+            self.publish_retained(topic, payload);
+        }
+    }
+
+    /// A retained QoS 1 publish outside the report stream (its PUBACK pairs as a status).
+    fn publish_retained(&mut self, topic: String, payload: Vec<u8>) {
         match self
             .client
-            .try_publish(self.status_topic.as_str(), QoS::AtLeastOnce, true, payload)
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
         {
             Ok(()) => {
                 self.outbox.status_handed_over();
@@ -422,6 +467,17 @@ impl Driver {
                     self.outbox.len()
                 );
                 self.publish_status(self.online.clone());
+                if let Err(e) = self
+                    .client
+                    .try_subscribe(self.config_topic.as_str(), QoS::AtLeastOnce)
+                {
+                    warn!("central config not subscribed: {e}");
+                }
+                self.publish_config_status();
+            }
+            Event::Incoming(Incoming::Publish(p)) if p.topic == self.config_topic => {
+                debug!(bytes = p.payload.len(), "central config received");
+                let _ = self.configs.send(p.payload.to_vec());
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
                 match self.outbox.on_puback(ack.pkid) {

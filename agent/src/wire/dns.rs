@@ -9,8 +9,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// DNS's port.
-pub const PORT: u16 = 53;
+pub use faultline_shared::target::dns::{PORT, RecordType, validate_name};
 pub const HEADER_LEN: usize = 12;
 /// Longest name on the wire (RFC 1035 §2.3.4): 255 bytes with its length octets.
 pub const MAX_NAME_LEN: usize = 255;
@@ -33,65 +32,6 @@ const FLAG_TC: u16 = 0x0200;
 const FLAG_RD: u16 = 0x0100;
 const CLASS_IN: u16 = 1;
 const TYPE_CNAME: u16 = 5;
-
-/// The record types a probe asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordType {
-    A,
-    Aaaa,
-    Srv,
-}
-
-impl RecordType {
-    pub fn code(self) -> u16 {
-        match self {
-            RecordType::A => 1,
-            RecordType::Aaaa => 28,
-            RecordType::Srv => 33,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RecordType::A => "a",
-            RecordType::Aaaa => "aaaa",
-            RecordType::Srv => "srv",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "a" => Some(RecordType::A),
-            "aaaa" => Some(RecordType::Aaaa),
-            "srv" => Some(RecordType::Srv),
-            _ => None,
-        }
-    }
-
-    /// SRV for service names (`_sip._udp.example.com`), else A.
-    pub fn default_for(name: &str) -> Self {
-        if name.starts_with('_') {
-            RecordType::Srv
-        } else {
-            RecordType::A
-        }
-    }
-}
-
-/// Checks that `name` is a DNS name we can put in a query (1–253 characters, labels of
-/// 1–63 ASCII characters without spaces; a trailing dot allowed).
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let n = name.strip_suffix('.').unwrap_or(name);
-    if n.is_empty() || n.len() > 253 {
-        return Err(format!("{name:?} is not a DNS name (1-253 characters)"));
-    }
-    for label in n.split('.') {
-        if label.is_empty() || label.len() > 63 || !label.is_ascii() || label.contains(' ') {
-            return Err(format!("{name:?} is not a DNS name (bad label {label:?})"));
-        }
-    }
-    Ok(())
-}
 
 /// A recursive query for one name and type.
 #[derive(Debug, Clone, PartialEq, Eq)]

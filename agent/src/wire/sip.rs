@@ -7,34 +7,9 @@
 
 use std::net::SocketAddr;
 
-/// SIP's default port.
-pub const PORT: u16 = 5060;
+pub use faultline_shared::target::sip::{PORT, Transport};
 /// Largest SIP message accepted.
 pub const MAX_MESSAGE: usize = 65_535;
-
-/// The transport a request travels over (its Via says which).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "udp" => Some(Transport::Udp),
-            "tcp" => Some(Transport::Tcp),
-            _ => None,
-        }
-    }
-}
 
 /// One OPTIONS transaction: what the request says and what identifies its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

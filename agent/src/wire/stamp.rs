@@ -19,12 +19,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// STAMP's well-known UDP port.
-pub const PORT: u16 = 862;
-/// Length of an unauthenticated STAMP test packet, both directions.
-pub const BASE_LEN: usize = 44;
-/// Largest test packet: one unfragmented UDP datagram on a 1500-byte MTU path.
-pub const MAX_LEN: usize = 1472;
+pub use faultline_shared::target::stamp::{BASE_LEN, MAX_LEN, PORT};
 /// Seconds from 1900 (NTP era 0) to 1970.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// Error Estimate: S=0 (not synchronised to UTC), Z=0 (NTP format), Scale 22 and

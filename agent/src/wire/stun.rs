@@ -8,8 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// STUN's default port.
-pub const PORT: u16 = 3478;
+pub use faultline_shared::target::stun::PORT;
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
 pub const HEADER_LEN: usize = 20;
 

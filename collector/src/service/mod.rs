@@ -8,7 +8,8 @@
 //!   snapshots to the pages;
 //! - [`history`]: the writer thread (durable commits) and the acker;
 //! - [`publish`]: the writing MQTT connection (verdicts, events, metrics, status);
-//! - [`crate::http`]: the dashboard, API and metrics, reading snapshots.
+//! - [`crate::http`]: the dashboard, API and metrics, reading snapshots;
+//! - [`site_config`]: each site's central agent config, and SIGHUP reloads.
 //!
 //! A clean stop stops taking deliveries, lets the owner finish what it took,
 //! commits and acknowledges it, publishes what the engine said, then leaves both
@@ -17,6 +18,7 @@
 pub mod history;
 pub mod ingest;
 pub mod publish;
+pub mod site_config;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
@@ -26,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use faultline_shared::Topics;
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 
 use crate::alerts::{AlertStats, Alerts};
 use crate::config::Config;
@@ -141,6 +144,7 @@ pub async fn serve(
     let mut engine = Engine::new(crate::engine_config(&cfg));
     let n_inc = restored.open_incidents.len();
     let n_boots = restored.boots.len();
+    let known_sites = restored.sites.iter().map(|(s, _, _)| s.clone()).collect();
     engine.restore(start, restored);
     tracing::info!(open_incidents = n_inc, boots = n_boots, "history restored");
     let shared = Arc::new(Shared {
@@ -192,6 +196,8 @@ pub async fn serve(
         ack_rx,
         stop_tx.subscribe(),
     );
+    let (site_events, site_tasks) =
+        site_config::start(&cfg, known_sites, outlets.configs, outlets.outputs.clone());
     let (pubs, metrics) = (outlets.outputs, outlets.metrics);
     let owner = {
         let shared = shared.clone();
@@ -204,6 +210,7 @@ pub async fn serve(
                 store_tx,
                 pubs,
                 metrics,
+                site_events,
                 last_maintain_ms: 0,
                 alerts,
                 marks: Marks::default(),
@@ -223,6 +230,8 @@ pub async fn serve(
         );
     }
     reader.finish(STOP_DRAIN).await;
+    // They hold the publisher's queue open.
+    site_tasks.iter().for_each(JoinHandle::abort);
     publisher.finish().await;
     tracing::info!(
         stored = history_stats.stored.load(Ordering::Relaxed),
@@ -241,6 +250,8 @@ struct Owner {
     store_tx: std_mpsc::Sender<StoreMsg>,
     pubs: mpsc::UnboundedSender<Publication>,
     metrics: mpsc::Sender<Arc<faultline_shared::Report>>,
+    /// Sites heard, for their central config.
+    site_events: mpsc::UnboundedSender<site_config::Event>,
     last_maintain_ms: u64,
     alerts: Option<Alerts>,
     /// Which published verdicts say `maintenance`.
@@ -389,7 +400,12 @@ impl Owner {
                     site,
                     isp,
                     customer,
-                } => StoreMsg::Site(site, isp, customer),
+                } => {
+                    let _ = self
+                        .site_events
+                        .send(site_config::Event::Site(site.clone()));
+                    StoreMsg::Site(site, isp, customer)
+                }
                 Output::Verdict(mut v) => {
                     let windows = self.shared.maintenance.get();
                     self.marks.mark(&windows, &mut v, now_ms());

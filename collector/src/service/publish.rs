@@ -2,6 +2,8 @@
 //! metrics and the collector's own status (its last will says `offline`). It only
 //! writes, so metrics never slow the reading side; metrics are QoS 0 and dropped
 //! (counted) when the broker cannot take them, verdicts and events are never dropped.
+//! It also publishes each site's central config (retained) and reads every site's
+//! retained config back ([`BrokerConfig`]), so `site_config` knows what the broker holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,19 @@ pub enum Publication {
     Incident(IncidentEvent),
     /// Clears a retained verdict no longer tracked.
     Forget(Verdict),
+    /// A site's central config (retained).
+    SiteConfig(crate::fleet_config::Publish),
+}
+
+/// What the broker holds on the sites' config topics, as this connection reads it.
+#[derive(Debug)]
+pub enum BrokerConfig {
+    /// The subscription is in place: retained copies follow at once.
+    Subscribed,
+    Seen {
+        site: faultline_shared::Id,
+        payload: Vec<u8>,
+    },
 }
 
 /// The writing connection's tasks.
@@ -48,6 +63,8 @@ pub struct Publisher {
 pub struct Outlets {
     pub outputs: mpsc::UnboundedSender<Publication>,
     pub metrics: mpsc::Sender<Arc<Report>>,
+    /// The sites' configs as the broker holds them (for `site_config`).
+    pub configs: mpsc::UnboundedReceiver<BrokerConfig>,
 }
 
 fn status(online: bool) -> Vec<u8> {
@@ -74,6 +91,8 @@ impl Publisher {
         // Bounded: when the broker cannot take metrics as fast as they come, they
         // are dropped and counted rather than queued without limit.
         let (client, mut eventloop) = AsyncClient::new(opts, OUT_QUEUE);
+        let (configs_tx, configs) = mpsc::unbounded_channel();
+        let configs_filter = cfg.topics.all_configs();
         // Reconnects with backoff, announces the collector, ends once the broker
         // closes the connection after its goodbye.
         let connection = {
@@ -91,6 +110,19 @@ impl Publisher {
                                 true,
                                 status(true),
                             );
+                            let _ = client.try_subscribe(configs_filter.clone(), QoS::AtLeastOnce);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = configs_tx.send(BrokerConfig::Subscribed);
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let parsed = std::str::from_utf8(&p.topic)
+                                .ok()
+                                .and_then(|t| shared.topics.parse(t).ok());
+                            if let Some(faultline_shared::Topic::Config { site }) = parsed {
+                                let payload = p.payload.to_vec();
+                                let _ = configs_tx.send(BrokerConfig::Seen { site, payload });
+                            }
                         }
                         Ok(Event::Outgoing(Outgoing::Disconnect)) => bye = true,
                         Ok(_) => {}
@@ -124,6 +156,7 @@ impl Publisher {
                         ),
                         // An empty retained message clears the topic.
                         Publication::Forget(v) => (t.verdict(v), true, Vec::new()),
+                        Publication::SiteConfig(c) => (t.config(&c.site), true, c.config.encode()),
                     };
                     if client
                         .publish(topic, QoS::AtLeastOnce, retain, body)
@@ -133,6 +166,7 @@ impl Publisher {
                         let mut st = shared.stats.lock().expect("stats lock");
                         match p {
                             Publication::Incident(_) => st.published_events += 1,
+                            Publication::SiteConfig(_) => {}
                             _ => st.published_verdicts += 1,
                         }
                     }
@@ -172,6 +206,7 @@ impl Publisher {
             Outlets {
                 outputs: out_tx,
                 metrics: metrics_tx,
+                configs,
             },
         )
     }

@@ -1,7 +1,9 @@
 //! Targets: the one typed builder that turns a target's key/value data ([`Fields`]: an
-//! agent.toml `[[target]]` table, the `probe` command's arguments, or — next — a
-//! central config's JSON, which takes exactly the same keys) into a validated
-//! [`Target`] that cannot hold a bad state.
+//! agent.toml `[[target]]` table, the agent's `probe` command arguments, a central
+//! config's JSON ([`crate::agent_config`]) or a collector.toml `[[fleet.target]]`,
+//! which all take exactly the same keys) into a validated [`Target`] that cannot hold
+//! a bad state. It lives here so the agent and the collector's `check` apply the same
+//! rules with the same messages.
 //!
 //! Errors ([`FieldError`]) name the key; the caller says where the data came from (the
 //! file and line, the command-line flag, the JSON path). Nothing here does I/O: names
@@ -25,11 +27,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use faultline_shared::measure::Codec;
-use faultline_shared::{Id, Kind, Layer, ProbeResult};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use faultline_agent::wire::{dns, sip, stamp, stun};
+use crate::measure::Codec;
+use crate::{Id, Kind, Layer, ProbeResult};
 
 /// Default voice cadence of a STAMP stream, packets per second (20 ms frames).
 pub const DEFAULT_PPS: u32 = 50;
@@ -65,6 +66,19 @@ impl fmt::Display for Value {
             Value::Boolean(b) => write!(f, "{b}"),
             Value::Other("null") => f.write_str("null"),
             Value::Other(what) => write!(f, "a {what}"),
+        }
+    }
+}
+
+impl Serialize for Value {
+    /// As written (`Other` has no value to write: null).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::String(v) => s.serialize_str(v),
+            Value::Integer(v) => s.serialize_i64(*v),
+            Value::Float(v) => s.serialize_f64(*v),
+            Value::Boolean(v) => s.serialize_bool(*v),
+            Value::Other(_) => s.serialize_unit(),
         }
     }
 }
@@ -116,7 +130,7 @@ impl<'de> Deserialize<'de> for Value {
 }
 
 /// One target as key/value data (stage 1): every key a `[[target]]` table may hold.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Fields(BTreeMap<String, Value>);
 
@@ -662,6 +676,118 @@ impl fmt::Display for Target {
                     Some(a) => write!(f, " server={a}")?,
                     None => write!(f, " server=system")?,
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The protocol facts targets are checked against (ports, packet sizes, names); the
+/// agent's wire codecs re-export them, so both sides agree by construction.
+pub mod stamp {
+    /// STAMP's well-known UDP port.
+    pub const PORT: u16 = 862;
+    /// Length of an unauthenticated STAMP test packet, both directions.
+    pub const BASE_LEN: usize = 44;
+    /// Largest test packet: one unfragmented UDP datagram on a 1500-byte MTU path.
+    pub const MAX_LEN: usize = 1472;
+}
+
+/// STUN's port (see [`stamp`]).
+pub mod stun {
+    /// STUN's default port.
+    pub const PORT: u16 = 3478;
+}
+
+/// SIP's port and transports (see [`stamp`]).
+pub mod sip {
+    /// SIP's default port.
+    pub const PORT: u16 = 5060;
+
+    /// The transport a request travels over (its Via says which).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Transport {
+        Udp,
+        Tcp,
+    }
+
+    impl Transport {
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Transport::Udp => "udp",
+                Transport::Tcp => "tcp",
+            }
+        }
+
+        pub fn from_name(s: &str) -> Option<Self> {
+            match s.to_ascii_lowercase().as_str() {
+                "udp" => Some(Transport::Udp),
+                "tcp" => Some(Transport::Tcp),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// DNS's port, record types and name rules (see [`stamp`]).
+pub mod dns {
+    /// DNS's port.
+    pub const PORT: u16 = 53;
+
+    /// The record types a probe asks for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RecordType {
+        A,
+        Aaaa,
+        Srv,
+    }
+
+    impl RecordType {
+        pub fn code(self) -> u16 {
+            match self {
+                RecordType::A => 1,
+                RecordType::Aaaa => 28,
+                RecordType::Srv => 33,
+            }
+        }
+
+        pub fn name(self) -> &'static str {
+            match self {
+                RecordType::A => "a",
+                RecordType::Aaaa => "aaaa",
+                RecordType::Srv => "srv",
+            }
+        }
+
+        pub fn from_name(s: &str) -> Option<Self> {
+            match s.to_ascii_lowercase().as_str() {
+                "a" => Some(RecordType::A),
+                "aaaa" => Some(RecordType::Aaaa),
+                "srv" => Some(RecordType::Srv),
+                _ => None,
+            }
+        }
+
+        /// SRV for service names (`_sip._udp.example.com`), else A.
+        pub fn default_for(name: &str) -> Self {
+            if name.starts_with('_') {
+                RecordType::Srv
+            } else {
+                RecordType::A
+            }
+        }
+    }
+
+    /// Checks that `name` is a DNS name we can put in a query (1–253 characters, labels of
+    /// 1–63 ASCII characters without spaces; a trailing dot allowed).
+    pub fn validate_name(name: &str) -> Result<(), String> {
+        let n = name.strip_suffix('.').unwrap_or(name);
+        if n.is_empty() || n.len() > 253 {
+            return Err(format!("{name:?} is not a DNS name (1-253 characters)"));
+        }
+        for label in n.split('.') {
+            if label.is_empty() || label.len() > 63 || !label.is_ascii() || label.contains(' ') {
+                return Err(format!("{name:?} is not a DNS name (bad label {label:?})"));
             }
         }
         Ok(())
