@@ -39,7 +39,11 @@ start_shipped_broker() {
 
 # `collector_conf FILE DB HTTP_PORT [EXTRA]`: a collector.toml for the broker on
 # MQTT_PORT, history in DB, HTTP on HTTP_PORT, EXTRA top-level lines first.
+# With BENCH_PG_URL set, history goes to that PostgreSQL database instead of the
+# SQLite file DB (every run appends to the same database).
 collector_conf() {
+    local storage="path = \"$2\""
+    if [[ -n ${BENCH_PG_URL:-} ]]; then storage="url = \"$BENCH_PG_URL\""; fi
     cat >"$1" <<CONF
 ${4:-}
 [mqtt]
@@ -47,7 +51,7 @@ url = "mqtt://127.0.0.1:$MQTT_PORT"
 [http]
 listen = "127.0.0.1:$3"
 [storage]
-path = "$2"
+$storage
 CONF
 }
 

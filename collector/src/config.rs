@@ -152,7 +152,10 @@ struct RawHttp {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
-    path: Option<String>,
+    path: Option<Spanned<String>>,
+    /// `postgres://user[:password]@host[:port]/database`: history in PostgreSQL.
+    url: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
     raw_days: Option<u32>,
     hourly_days: Option<u32>,
     incident_days: Option<u32>,
@@ -246,11 +249,29 @@ pub struct BrokerLogins {
 
 #[derive(Debug, Clone)]
 pub struct Storage {
-    pub path: PathBuf,
+    pub location: StorageLocation,
     /// Per-window summaries kept at full resolution for this many days, then hourly.
     pub raw_days: u32,
     pub hourly_days: u32,
     pub incident_days: u32,
+}
+
+/// Where history lives.
+#[derive(Debug, Clone)]
+pub enum StorageLocation {
+    /// A SQLite file (`[storage] path`, the default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`[storage] url`), shared by a cluster's collectors.
+    Postgres(Box<PgLocation>),
+}
+
+/// A PostgreSQL database to connect to. Its `Debug` output (tokio-postgres's)
+/// redacts the password.
+#[derive(Debug, Clone)]
+pub struct PgLocation {
+    pub config: postgres::Config,
+    /// The URL without its password, for messages.
+    pub shown: String,
 }
 
 /// A password or token that never shows in logs or `Debug` output.
@@ -377,6 +398,63 @@ impl Validator<'_> {
             ));
         }
         Ok(Secret(s.to_owned()))
+    }
+
+    /// `[storage] url` (and `password_file`), parsed and checked.
+    fn pg_location(
+        &self,
+        url: &Spanned<String>,
+        password_file: &Option<Spanned<String>>,
+    ) -> Result<PgLocation, ConfigError> {
+        let text = url.get_ref();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            return Err(self.err(
+                Some(url.span()),
+                "storage.url",
+                "expected postgres://user@host[:port]/database",
+            ));
+        }
+        // The parser's message may quote the URL, password included: keep it out.
+        let mut config: postgres::Config = text.parse().map_err(|_| {
+            self.err(
+                Some(url.span()),
+                "storage.url",
+                "not a PostgreSQL URL (postgres://user@host[:port]/database)",
+            )
+        })?;
+        if config.get_dbname().is_none() {
+            return Err(self.err(
+                Some(url.span()),
+                "storage.url",
+                "name the database: postgres://user@host/faultline",
+            ));
+        }
+        if let Some(f) = password_file {
+            if config.get_password().is_some() {
+                return Err(self.err(
+                    Some(f.span()),
+                    "storage.password_file",
+                    "the url has a password already: keep it in one place",
+                ));
+            }
+            config.password(self.secret_file(f, "storage.password_file")?.expose());
+        }
+        let shown = match (config.get_password(), text.split_once("://")) {
+            (Some(_), Some((scheme, rest))) => match rest.split_once('@') {
+                Some((login, host)) => {
+                    let user = login.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}@{host}")
+                }
+                None => text.clone(),
+            },
+            _ => text.clone(),
+        };
+        // A password only in the query string (`?password=`) is not shown either.
+        let shown = match shown.split_once('?') {
+            Some((base, _)) => base.to_owned(),
+            None => shown,
+        };
+        Ok(PgLocation { config, shown })
     }
 
     fn addr(
@@ -533,8 +611,33 @@ impl Validator<'_> {
         }
 
         let rs = raw.storage.unwrap_or_default();
+        let location = match (&rs.path, &rs.url) {
+            (Some(_), Some(url)) => {
+                return Err(self.err(
+                    Some(url.span()),
+                    "storage.url",
+                    "set either [storage] path (SQLite) or url (PostgreSQL), not both",
+                ));
+            }
+            (_, Some(url)) => {
+                StorageLocation::Postgres(Box::new(self.pg_location(url, &rs.password_file)?))
+            }
+            (path, None) => {
+                if let Some(f) = &rs.password_file {
+                    return Err(self.err(
+                        Some(f.span()),
+                        "storage.password_file",
+                        "only a PostgreSQL [storage] url takes a password",
+                    ));
+                }
+                StorageLocation::Sqlite(PathBuf::from(
+                    path.as_ref()
+                        .map_or(DEFAULT_STORAGE_PATH, |p| p.get_ref().as_str()),
+                ))
+            }
+        };
         let storage = Storage {
-            path: PathBuf::from(rs.path.unwrap_or_else(|| DEFAULT_STORAGE_PATH.into())),
+            location,
             raw_days: rs.raw_days.unwrap_or(2),
             hourly_days: rs.hourly_days.unwrap_or(90),
             incident_days: rs.incident_days.unwrap_or(400),
@@ -1471,5 +1574,71 @@ mod tests {
         assert_eq!((e.field.as_str(), e.line), ("http.hosts", Some(3)));
         let c = Config::parse("[http]\nlisten = \"0.0.0.0:8080\"\n", &file).unwrap();
         assert!(c.warnings[0].contains("token_file"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn storage_is_sqlite_by_default_or_postgres_by_url_never_both() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert!(
+            matches!(&c.storage.location, StorageLocation::Sqlite(p) if p == Path::new(DEFAULT_STORAGE_PATH))
+        );
+        let d = dir_with(&[("pg", "s3cret\n")]);
+        let file = d.0.join("c.toml").display().to_string();
+        let c = Config::parse(
+            "[storage]\nurl = \"postgres://faultline@127.0.0.1:5432/faultline\"\npassword_file = \"pg\"\n",
+            &file,
+        )
+        .unwrap();
+        let StorageLocation::Postgres(pg) = &c.storage.location else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(pg.config.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(pg.config.get_dbname(), Some("faultline"));
+        assert_eq!(pg.shown, "postgres://faultline@127.0.0.1:5432/faultline");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // A password in the URL: never shown either.
+        let c = Config::parse(
+            "[storage]\nurl = \"postgres://faultline:s3cret@db.example/faultline?sslmode=disable\"\n",
+            &file,
+        )
+        .unwrap();
+        let StorageLocation::Postgres(pg) = &c.storage.location else {
+            panic!()
+        };
+        assert_eq!(pg.shown, "postgres://faultline@db.example/faultline");
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        for (text, field, line) in [
+            (
+                "[storage]\npath = \"h.db\"\nurl = \"postgres://u@h/db\"\n",
+                "storage.url",
+                3,
+            ),
+            ("[storage]\nurl = \"mysql://u@h/db\"\n", "storage.url", 2),
+            ("[storage]\nurl = \"postgres://u@h\"\n", "storage.url", 2),
+            (
+                "[storage]\npassword_file = \"pg\"\n",
+                "storage.password_file",
+                2,
+            ),
+            (
+                "[storage]\nurl = \"postgres://u:pw@h/db\"\npassword_file = \"pg\"\n",
+                "storage.password_file",
+                3,
+            ),
+            (
+                "[storage]\nurl = \"postgres://u@h/db\"\npassword_file = \"nope\"\n",
+                "storage.password_file",
+                3,
+            ),
+        ] {
+            let e = Config::parse(text, &file).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.line),
+                (field, Some(line)),
+                "{text}: {e}"
+            );
+            assert!(!e.to_string().contains(":pw@"), "{e}");
+        }
     }
 }

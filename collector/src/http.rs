@@ -195,16 +195,15 @@ async fn api_state(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
     Json(state_json(&shared))
 }
 
-async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
-    let (snapshot, _) = shared.snapshot.get();
-    let open = &snapshot.open_incidents;
-    let recent = shared
-        .history
-        .lock()
-        .expect("history lock")
-        .incidents(None, 0, u64::MAX / 2, 100)
-        .unwrap_or_default();
-    Json(json!({"open": open, "recent": recent}))
+async fn api_incidents(AxState(shared): AxState<Arc<Shared>>) -> Response {
+    let res = with_history(shared, |store, snapshot| {
+        let recent = store
+            .incidents(None, 0, u64::MAX / 2, 100)
+            .unwrap_or_default();
+        Ok(json!({"open": snapshot.open_incidents, "recent": recent}))
+    })
+    .await;
+    res.map_or_else(Fail::json, |v| Json(v).into_response())
 }
 
 /// Ingest counters only: cheap to poll.
@@ -222,14 +221,13 @@ async fn api_counters(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
     }))
 }
 
-async fn api_history(AxState(shared): AxState<Arc<Shared>>) -> Json<Value> {
-    let changes = shared
-        .history
-        .lock()
-        .expect("history lock")
-        .recent_changes(200)
-        .unwrap_or_default();
-    Json(json!({"changes": changes}))
+async fn api_history(AxState(shared): AxState<Arc<Shared>>) -> Response {
+    let res = with_history(shared, |store, _| {
+        let changes = store.recent_changes(200).unwrap_or_default();
+        Ok(json!({"changes": changes}))
+    })
+    .await;
+    res.map_or_else(Fail::json, |v| Json(v).into_response())
 }
 
 /// Why a page or API answer could not be made.

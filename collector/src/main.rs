@@ -152,7 +152,6 @@ fn describe_broker(c: &Config) -> String {
     }
 }
 
-/// Who may read the dashboard, for `check`.
 /// The `[[fleet.target]]`s as `check` prints them: each target and its sites.
 fn describe_fleet(c: &Config) -> String {
     let mut s = format!(
@@ -166,6 +165,16 @@ fn describe_fleet(c: &Config) -> String {
     s
 }
 
+/// Where history is kept, for `check`.
+fn describe_history(c: &Config) -> String {
+    match &c.storage.location {
+        config::StorageLocation::Sqlite(path) => format!("SQLite {}", path.display()),
+        // Without the password.
+        config::StorageLocation::Postgres(pg) => format!("PostgreSQL {}", pg.shown),
+    }
+}
+
+/// Who may read the dashboard, for `check`.
 fn describe_http(c: &Config) -> String {
     format!(
         "{}, {}, extra Host names: {}",
@@ -200,7 +209,7 @@ fn describe_alerts(c: &Config) -> String {
     format!(
         "{}; outbox {}",
         parts.join(", "),
-        a.queue_path(&c.storage.path).display()
+        a.queue_path(&c.storage.location).display()
     )
 }
 
@@ -232,6 +241,7 @@ fn main() -> ExitCode {
                 );
                 println!("broker: {}", describe_broker(&c));
                 println!("http:   {}", describe_http(&c));
+                println!("history: {}", describe_history(&c));
                 print!("{}", describe_fleet(&c));
                 println!("alerts: {}", describe_alerts(&c));
                 if !c.maintenance.is_empty() {
@@ -286,7 +296,7 @@ fn main() -> ExitCode {
             let mut c = load(config.as_ref())?;
             log_warnings(&c);
             if config.is_none() {
-                c.storage.path = "faultline-demo.db".into();
+                c.storage.location = config::StorageLocation::Sqlite("faultline-demo.db".into());
             }
             let opts = demo::DemoOptions {
                 simulated,
@@ -307,11 +317,16 @@ fn main() -> ExitCode {
             csv,
         } => (|| {
             let c = load(config.as_ref())?;
-            let path = db.unwrap_or(c.storage.path);
-            if !path.exists() {
+            let location = match db {
+                Some(path) => config::StorageLocation::Sqlite(path),
+                None => c.storage.location,
+            };
+            if let config::StorageLocation::Sqlite(path) = &location
+                && !path.exists()
+            {
                 anyhow::bail!("{}: no such history database", path.display());
             }
-            let store = store::Store::open(&path)?;
+            let store = store::Store::connect(&location)?;
             let to = to_ms.unwrap_or_else(service::now_ms);
             let from = match from_ms {
                 Some(f) => f,

@@ -22,8 +22,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -802,20 +802,7 @@ impl Lab {
 
     /// A GET on the collector's HTTP server; the body.
     pub fn http_get(&self, path: &str) -> String {
-        let Ok(mut s) = TcpStream::connect(self.http) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-        let _ = write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
-        );
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default()
+        crate::http_get(self.http, path)
     }
 
     /// One series from the collector's `/metrics` (`None` when absent).

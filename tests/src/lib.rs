@@ -5,6 +5,8 @@
 //! - [`workspace_bin`]: the path of one of our binaries, built on demand.
 //! - [`Mosquitto`]: a real broker on an ephemeral loopback port, stoppable and
 //!   restartable with or without its persistent state.
+//! - [`Postgres`]: a real PostgreSQL server on an ephemeral loopback port, a fresh
+//!   database per test.
 //! - [`Child`]: a spawned process killed when dropped.
 //! - [`wait_until`]: poll a condition instead of sleeping a fixed time.
 //! - [`dns::DnsServer`]: a small authoritative DNS server (UDP and TCP) on loopback.
@@ -22,8 +24,10 @@ pub mod fleet;
 pub mod kamailio;
 pub mod lab;
 pub mod outbox;
+pub mod postgres;
 
 pub use faultline_lab::relay;
+pub use postgres::Postgres;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -77,9 +81,12 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The path of a workspace binary (`faultline-agent`, `faultline-collector`), built
-/// with `cargo build` if this test run has not built it yet.
+/// The path of a workspace binary (`faultline-agent`, `faultline-collector`), brought
+/// up to date with `cargo build` once per test process: `cargo test -p
+/// faultline-collector` does not rebuild the agent, and a stale one would test old
+/// code (a no-op build takes a moment).
 pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -87,13 +94,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile> directory");
     let bin = dir.join(name);
-    if !bin.is_file() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--bin", name])
-            .status()
-            .expect("run cargo build");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bin", name]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        // target/<triple>/<profile>: a cross build (its binaries are built by ci.sh).
+        if let Some(triple) = dir
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|t| t.to_str())
+            .filter(|t| t.contains("-linux-"))
+        {
+            cmd.args(["--target", triple]);
+        }
+        let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_owned());
     }
     assert!(bin.is_file(), "{} missing after build", bin.display());
     bin
@@ -134,6 +154,25 @@ pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
     wait_until(timeout, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
     })
+}
+
+/// A GET over plain HTTP/1.1 (e.g. on the collector's server); the body, empty when
+/// the server cannot be reached.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 pub use post::{Client, Endpoint};
 use queue::Queue;
 
-use crate::config::Secret;
+use crate::config::{Secret, StorageLocation};
 use crate::maintenance::{self, Book};
 
 /// Shortest and longest wait between failed attempts to one receiver.
@@ -49,7 +49,8 @@ pub struct AlertsConfig {
     pub webhooks: Vec<WebhookConfig>,
     /// The dashboard's public base URL, for links back to `/incidents/{id}`.
     pub public_url: Option<String>,
-    /// The outbox file; `None`: `alerts.db` beside the SQLite history.
+    /// The outbox file; `None`: `alerts.db` beside the SQLite history (with
+    /// PostgreSQL: in the working directory).
     pub queue: Option<PathBuf>,
 }
 
@@ -58,11 +59,14 @@ impl AlertsConfig {
         self.alertmanager.is_some() || !self.webhooks.is_empty()
     }
 
-    /// Where the outbox lives: `queue`, else `alerts.db` beside `history`.
-    pub fn queue_path(&self, history: &Path) -> PathBuf {
-        self.queue
-            .clone()
-            .unwrap_or_else(|| history.parent().unwrap_or(Path::new("")).join("alerts.db"))
+    /// Where the outbox lives: `queue`, else `alerts.db` beside a SQLite history,
+    /// else (PostgreSQL) `alerts.db` in the working directory.
+    pub fn queue_path(&self, history: &StorageLocation) -> PathBuf {
+        let beside = match history {
+            StorageLocation::Sqlite(p) => p.parent().unwrap_or(Path::new("")),
+            StorageLocation::Postgres(_) => Path::new(""),
+        };
+        self.queue.clone().unwrap_or_else(|| beside.join("alerts.db"))
     }
 }
 

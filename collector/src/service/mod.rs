@@ -125,9 +125,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let link = crate::link::Link::open(&cfg)?;
     let start = now_ms();
-    let writer = Store::open(&cfg.storage.path)?;
-    let restored = writer.restore(start).context("restore history")?;
-    let history_store = Store::open(&cfg.storage.path)?;
+    // Blocking work (PostgreSQL's client runs its own runtime): off the async workers.
+    let location = cfg.storage.location.clone();
+    let (writer, restored, history_store) = tokio::task::spawn_blocking(move || {
+        let writer = Store::connect(&location)?;
+        let restored = writer.restore(start).context("restore history")?;
+        let history_store = Store::connect(&location)?;
+        anyhow::Ok((writer, restored, history_store))
+    })
+    .await
+    .context("open history")??;
     let history_stats = Arc::new(HistoryStats::default());
     let (store_tx, store_rx) = std_mpsc::channel();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -163,7 +170,7 @@ pub async fn serve(
     let alerts = if cfg.alerts.is_enabled() {
         let open: Vec<_> = engine.open_incidents().cloned().collect();
         let verdicts: Vec<_> = engine.verdicts().cloned().collect();
-        let path = cfg.alerts.queue_path(&cfg.storage.path);
+        let path = cfg.alerts.queue_path(&cfg.storage.location);
         let a = Alerts::start(
             &cfg.alerts,
             &path,

@@ -1,85 +1,35 @@
-//! History in SQLite: incidents, verdict changes, the verdicts in force (restored
-//! after a restart), per-window summaries with retention and hourly downsampling,
-//! and every boot's counted windows (`boots`), so de-dup survives a restart.
+//! History in SQLite (one node, the default): the [`Backend`] SQL for a history
+//! file, and its `user_version` migrations.
 //!
-//! A window is stored at most once: `windows` is unique on (site, boot, seq), and
-//! the writer also checks each boot's record of stored seqs, which outlives the raw
-//! rows (they are downsampled after `raw_days`). That record is written in the same
-//! transaction as the rows, so after a crash it says exactly what was committed.
-//!
-//! [`Store`] is plain synchronous rusqlite; `run` owns it on a writer thread fed by a
-//! channel, so a slow disk never stalls ingest. Commits are durable (`synchronous =
-//! FULL`): `run` acknowledges a report to the broker only after its commit.
+//! One writer at a time: the writer thread's transaction (`BEGIN`..`COMMIT`, one per
+//! batch, statements prepared once and cached). Commits are durable (`synchronous =
+//! FULL`).
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::Context;
-use faultline_shared::{Id, Incident, IncidentEvent, State, Verdict};
+use faultline_shared::{Id, Incident, State, Verdict};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::{
+    Backend, Coverage, Cuts, DEFAULT_WINDOW_MS, HOUR_MS, HourSums, MinuteBlobs, SeriesRow,
+    WindowRow, boot_seen, i, incident_worst, merge_sums, severity, site_row, u,
+};
 use crate::engine::Restored;
-use crate::engine::boots::{BootMeta, BootSeen, FORGET_AFTER_MS, SeqSet};
+use crate::engine::boots::{BootMeta, FORGET_AFTER_MS, SeqSet};
 
 /// The schema this build writes (`PRAGMA user_version`); older files are migrated
 /// when opened.
 pub const SCHEMA_VERSION: i64 = 2;
-/// Boots whose stored seqs the writer keeps in memory before it starts over (each
-/// is read back from `boots` when next needed).
-const BOOT_CACHE: usize = 50_000;
-/// (site, provider) pairs whose `site_providers` write the writer remembers before it
-/// starts over (forgetting only costs a write): a site naming new providers in every
-/// report cannot grow it without bound.
-const PROVIDER_CACHE: usize = 200_000;
 
-const DAY_MS: u64 = 86_400_000;
-const HOUR_MS: u64 = 3_600_000;
-/// A window's length when history does not say (rows from before schema 2).
-pub const DEFAULT_WINDOW_MS: u64 = 10_000;
-
-/// States from least to most severe, as SQL (an incident keeps its worst).
-const SEVERITY: &str = "CASE {} WHEN 'outage' THEN 4 WHEN 'down' THEN 3 WHEN 'offline' THEN 2 \
-                        WHEN 'degraded' THEN 1 ELSE 0 END";
-
-fn severity(col: &str) -> String {
-    SEVERITY.replace("{}", col)
-}
-
-/// One site's window as kept in history (judged by the engine's own rules).
-pub use crate::engine::WindowRow;
-
+/// A SQLite history file.
 #[derive(Debug)]
-pub struct Store {
+pub struct Sqlite {
     db: Connection,
-    /// (site, provider) → when `site_providers` was last advanced: written at most
-    /// once a minute per pair.
-    seen_providers: HashMap<(Id, Id), u64>,
-    /// Site → when its targets in `site_targets` were last advanced: all of a
-    /// window's targets at once, at most once a minute per site.
-    seen_targets: HashMap<Id, u64>,
-    /// Chart points being summed: (site, minute) → each target's sums, written
-    /// (merged into `target_minutes`) at each commit.
-    minutes: HashMap<(Id, u64), Vec<PointSum>>,
-    /// Site → boot → the seqs stored (committed, or in the open transaction).
-    boots: HashMap<Id, HashMap<u32, StoredBoot>>,
-    /// Boots whose seqs changed in the open transaction.
-    dirty: Vec<(Id, u32)>,
 }
 
-/// One boot's stored seqs as the writer knows them.
-#[derive(Debug, Default)]
-struct StoredBoot {
-    seqs: SeqSet,
-    last_ms: u64,
-    dirty: bool,
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-impl Store {
-    pub fn open(path: &Path) -> anyhow::Result<Store> {
+impl Sqlite {
+    pub fn open(path: &Path) -> anyhow::Result<Sqlite> {
         let mut db = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
         db.busy_timeout(std::time::Duration::from_secs(30))?;
         db.execute_batch(
@@ -115,70 +65,26 @@ impl Store {
                min_mos REAL, PRIMARY KEY(site, hour_ms));",
         )?;
         migrate(&mut db).with_context(|| format!("migrate {}", path.display()))?;
-        Ok(Store {
-            db,
-            seen_providers: HashMap::new(),
-            seen_targets: HashMap::new(),
-            minutes: HashMap::new(),
-            boots: HashMap::new(),
-            dirty: Vec::new(),
-        })
+        Ok(Sqlite { db })
     }
+}
 
-    pub fn begin(&mut self) -> anyhow::Result<()> {
+impl Backend for Sqlite {
+    fn begin(&mut self) -> anyhow::Result<()> {
         self.db.execute_batch("BEGIN")?;
         Ok(())
     }
 
-    /// Writes the boots whose seqs changed, then commits.
-    pub fn commit(&mut self) -> anyhow::Result<()> {
-        self.flush_minutes()?;
-        for (site, boot) in &self.dirty {
-            let Some(b) = self.boots.get(site).and_then(|m| m.get(boot)) else {
-                continue;
-            };
-            self.db
-                .prepare_cached(
-                    "INSERT INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
-                     VALUES(?1, ?2, 0, 0, NULL, ?3, ?4)
-                     ON CONFLICT(site, boot) DO UPDATE SET seqs = excluded.seqs,
-                       last_ms = max(last_ms, excluded.last_ms)",
-                )?
-                .execute(params![
-                    site.as_str(),
-                    boot,
-                    b.seqs.to_string(),
-                    i(b.last_ms)
-                ])?;
-        }
+    fn commit(&mut self) -> anyhow::Result<()> {
         self.db.execute_batch("COMMIT")?;
-        for (site, boot) in self.dirty.drain(..) {
-            if let Some(b) = self.boots.get_mut(&site).and_then(|m| m.get_mut(&boot)) {
-                b.dirty = false;
-            }
-        }
-        if self.boots.values().map(HashMap::len).sum::<usize>() > BOOT_CACHE {
-            self.boots.clear();
-        }
-        if self.seen_providers.len() > PROVIDER_CACHE {
-            self.seen_providers.clear();
-        }
         Ok(())
     }
 
-    /// Abandons the open transaction (after a failed write), and with it what the
-    /// writer believed stored in it.
-    pub fn rollback(&mut self) {
+    fn rollback(&mut self) {
         let _ = self.db.execute_batch("ROLLBACK");
-        self.boots.clear();
-        self.dirty.clear();
-        self.seen_providers.clear();
-        self.seen_targets.clear();
-        self.minutes.clear();
     }
 
-    /// What history keeps of a boot beside its seqs (from the engine).
-    pub fn boot(&mut self, site: &Id, m: &BootMeta) -> anyhow::Result<()> {
+    fn boot(&mut self, site: &Id, m: &BootMeta) -> anyhow::Result<()> {
         self.db
             .prepare_cached(
                 "INSERT INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
@@ -198,37 +104,36 @@ impl Store {
         Ok(())
     }
 
-    /// The writer's record of a boot's stored seqs, read from `boots` when not cached.
-    fn stored_boot(&mut self, site: &Id, boot: u32) -> anyhow::Result<&mut StoredBoot> {
-        if !self.boots.get(site).is_some_and(|m| m.contains_key(&boot)) {
-            let row: Option<(String, i64)> = self
-                .db
-                .prepare_cached("SELECT seqs, last_ms FROM boots WHERE site = ?1 AND boot = ?2")?
-                .query_row(params![site.as_str(), boot], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let b = match row {
-                Some((text, last_ms)) => StoredBoot {
-                    seqs: SeqSet::parse(&text).unwrap_or_else(|e| {
-                        tracing::error!(site = %site, boot, "history: {e}; starting it over");
-                        SeqSet::new()
-                    }),
-                    last_ms: last_ms.max(0) as u64,
-                    dirty: false,
-                },
-                None => StoredBoot::default(),
-            };
-            self.boots.entry(site.clone()).or_default().insert(boot, b);
-        }
-        // Present: inserted just above when it was missing.
+    fn boot_seqs(&mut self, site: &Id, boot: u32) -> anyhow::Result<Option<(String, u64)>> {
         Ok(self
-            .boots
-            .get_mut(site)
-            .and_then(|m| m.get_mut(&boot))
-            .unwrap())
+            .db
+            .prepare_cached("SELECT seqs, last_ms FROM boots WHERE site = ?1 AND boot = ?2")?
+            .query_row(params![site.as_str(), boot], |r| {
+                Ok((r.get(0)?, u(r.get(1)?)))
+            })
+            .optional()?)
     }
 
-    pub fn verdict(&mut self, v: &Verdict) -> anyhow::Result<()> {
-        let json = serde_json::to_string(v)?;
+    fn save_boot_seqs(
+        &mut self,
+        site: &Id,
+        boot: u32,
+        seqs: &SeqSet,
+        last_ms: u64,
+    ) -> anyhow::Result<()> {
+        // One writer at a time (SQLite's lock): the writer's record is the stored one.
+        self.db
+            .prepare_cached(
+                "INSERT INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
+                 VALUES(?1, ?2, 0, 0, NULL, ?3, ?4)
+                 ON CONFLICT(site, boot) DO UPDATE SET seqs = excluded.seqs,
+                   last_ms = max(last_ms, excluded.last_ms)",
+            )?
+            .execute(params![site.as_str(), boot, seqs.to_string(), i(last_ms)])?;
+        Ok(())
+    }
+
+    fn verdict(&mut self, v: &Verdict, json: &str) -> anyhow::Result<()> {
         let scope = v.scope.as_str();
         self.db
             .prepare_cached(
@@ -244,17 +149,14 @@ impl Store {
         Ok(())
     }
 
-    /// Drops a verdict no longer tracked from the current verdicts (its changes stay).
-    pub fn forget_verdict(&mut self, v: &Verdict) -> anyhow::Result<()> {
+    fn forget_verdict(&mut self, v: &Verdict) -> anyhow::Result<()> {
         self.db
             .prepare_cached("DELETE FROM verdicts_current WHERE scope = ?1 AND id = ?2")?
             .execute(params![v.scope.as_str(), v.id.as_str()])?;
         Ok(())
     }
 
-    pub fn incident(&mut self, ev: &IncidentEvent) -> anyhow::Result<()> {
-        let inc = &ev.incident;
-        let json = serde_json::to_string(inc)?;
+    fn incident(&mut self, inc: &Incident, json: &str) -> anyhow::Result<()> {
         self.db
             .prepare_cached(
                 &format!(
@@ -277,27 +179,20 @@ impl Store {
                 inc.closed_ms.map(i),
                 json
             ])?;
-        if let Some(n) = inc
-            .id
-            .strip_prefix("inc-")
-            .and_then(|n| n.parse::<i64>().ok())
-        {
-            self.db
-                .prepare_cached(
-                    "INSERT INTO meta(key, value) VALUES('next_incident', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-                )?
-                .execute(params![n])?;
-        }
         Ok(())
     }
 
-    pub fn site(
-        &mut self,
-        site: &Id,
-        isp: Option<&Id>,
-        customer: Option<&str>,
-    ) -> anyhow::Result<()> {
+    fn next_incident(&mut self, n: i64) -> anyhow::Result<()> {
+        self.db
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES('next_incident', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute(params![n])?;
+        Ok(())
+    }
+
+    fn site(&mut self, site: &Id, isp: Option<&Id>, customer: Option<&str>) -> anyhow::Result<()> {
         self.db
             .prepare_cached(
                 "INSERT INTO sites(site, isp, customer) VALUES(?1, ?2, ?3)
@@ -308,13 +203,8 @@ impl Store {
         Ok(())
     }
 
-    /// Stores one window unless (site, boot, seq) already is: returns whether it was
-    /// new.
-    pub fn window(&mut self, w: &WindowRow) -> anyhow::Result<bool> {
-        if self.stored_boot(&w.site, w.boot)?.seqs.contains(w.seq) {
-            return Ok(false);
-        }
-        let inserted = self
+    fn insert_window(&mut self, w: &WindowRow) -> anyhow::Result<bool> {
+        Ok(self
             .db
             .prepare_cached(
                 "INSERT OR IGNORE INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms)
@@ -332,122 +222,69 @@ impl Store {
                 w.min_mos,
                 w.window_ms
             ])?
-            == 1;
-        let b = self.stored_boot(&w.site, w.boot)?;
-        // No run limit here: history records whatever the engine let through.
-        let _ = b.seqs.insert(w.seq, usize::MAX);
-        b.last_ms = b.last_ms.max(w.recv_ms);
-        let newly_dirty = !b.dirty;
-        b.dirty = true;
-        if newly_dirty {
-            self.dirty.push((w.site.clone(), w.boot));
-        }
-        if !inserted {
-            return Ok(false);
-        }
-        // Chart points: summed per site and minute of arrival.
-        let sums = self
-            .minutes
-            .entry((w.site.clone(), w.recv_ms / MINUTE_MS * MINUTE_MS))
-            .or_default();
-        for (k, t) in w.targets.iter().enumerate() {
-            // Reports list their targets in the same order: try the same place first.
-            let at = match sums.get(k) {
-                Some(s) if s.target == t.target => Some(k),
-                _ => sums.iter().position(|s| s.target == t.target),
-            };
-            match at.map(|k| &mut sums[k]) {
-                Some(s) => s.add(t),
-                None => {
-                    let mut s = PointSum::new(&t.target);
-                    s.add(t);
-                    sums.push(s);
-                }
-            }
-        }
-        let due = match self.seen_targets.get_mut(&w.site) {
-            Some(last) if w.recv_ms < last.saturating_add(60_000) => false,
-            Some(last) => {
-                *last = w.recv_ms;
-                true
-            }
-            None => {
-                self.seen_targets.insert(w.site.clone(), w.recv_ms);
-                true
-            }
-        };
-        for t in w.targets.iter().filter(|_| due) {
-            self.db
-                .prepare_cached(
-                    "INSERT INTO site_targets(site, target, layer, provider, first_ms, last_ms)
-                     VALUES(?1, ?2, ?3, ?4, ?5, ?5)
-                     ON CONFLICT(site, target) DO UPDATE SET layer = excluded.layer,
-                       provider = excluded.provider, last_ms = max(last_ms, excluded.last_ms)",
-                )?
-                .execute(params![
-                    w.site.as_str(),
-                    t.target.as_str(),
-                    t.layer.as_str(),
-                    t.provider.as_ref().map(Id::as_str),
-                    i(w.recv_ms)
-                ])?;
-        }
-        for p in &w.providers {
-            let key = (w.site.clone(), p.clone());
-            match self.seen_providers.get_mut(&key) {
-                Some(last) if w.recv_ms < last.saturating_add(60_000) => continue,
-                Some(last) => *last = w.recv_ms,
-                None => {
-                    self.seen_providers.insert(key, w.recv_ms);
-                }
-            }
-            self.db
-                .prepare_cached(
-                    "INSERT INTO site_providers(site, provider, first_ms, last_ms) VALUES(?1, ?2, ?3, ?3)
-                     ON CONFLICT(site, provider) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
-                )?
-                .execute(params![w.site.as_str(), p.as_str(), i(w.recv_ms)])?;
-        }
-        Ok(true)
+            == 1)
     }
 
-    /// Downsamples windows older than `raw_days` into hourly rows, then drops what
-    /// is past retention.
-    /// Merges the chart points summed since the last commit into `target_minutes`.
-    fn flush_minutes(&mut self) -> anyhow::Result<()> {
-        for ((site, minute), sums) in self.minutes.drain() {
-            let old: Option<Vec<u8>> = self
-                .db
-                .prepare_cached(
-                    "SELECT targets FROM target_minutes WHERE site = ?1 AND minute_ms = ?2",
-                )?
-                .query_row(params![site.as_str(), i(minute)], |r| r.get(0))
-                .optional()?;
-            let mut merged = old.map(|b| decode_sums(&b)).unwrap_or_default();
-            for s in sums {
-                match merged.iter_mut().find(|m| m.target == s.target) {
-                    Some(m) => m.merge(&s),
-                    None => merged.push(s),
-                }
-            }
-            self.db
-                .prepare_cached(
-                    "INSERT INTO target_minutes(site, minute_ms, targets) VALUES(?1, ?2, ?3)
-                     ON CONFLICT(site, minute_ms) DO UPDATE SET targets = excluded.targets",
-                )?
-                .execute(params![site.as_str(), i(minute), encode_sums(&merged)])?;
-        }
+    fn site_target(
+        &mut self,
+        site: &Id,
+        t: &crate::engine::TargetPoint,
+        at_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.db
+            .prepare_cached(
+                "INSERT INTO site_targets(site, target, layer, provider, first_ms, last_ms)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT(site, target) DO UPDATE SET layer = excluded.layer,
+                   provider = excluded.provider, last_ms = max(last_ms, excluded.last_ms)",
+            )?
+            .execute(params![
+                site.as_str(),
+                t.target.as_str(),
+                t.layer.as_str(),
+                t.provider.as_ref().map(Id::as_str),
+                i(at_ms)
+            ])?;
         Ok(())
     }
 
-    pub fn maintain(
+    fn site_provider(&mut self, site: &Id, provider: &Id, at_ms: u64) -> anyhow::Result<()> {
+        self.db
+            .prepare_cached(
+                "INSERT INTO site_providers(site, provider, first_ms, last_ms) VALUES(?1, ?2, ?3, ?3)
+                 ON CONFLICT(site, provider) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+            )?
+            .execute(params![site.as_str(), provider.as_str(), i(at_ms)])?;
+        Ok(())
+    }
+
+    fn merge_minute(
         &mut self,
-        now_ms: u64,
-        raw_days: u32,
-        hourly_days: u32,
-        incident_days: u32,
+        site: &Id,
+        minute_ms: u64,
+        sums: Vec<super::PointSum>,
     ) -> anyhow::Result<()> {
-        let cut = i(now_ms.saturating_sub(u64::from(raw_days) * DAY_MS) / HOUR_MS * HOUR_MS);
+        let old: Option<Vec<u8>> = self
+            .db
+            .prepare_cached(
+                "SELECT targets FROM target_minutes WHERE site = ?1 AND minute_ms = ?2",
+            )?
+            .query_row(params![site.as_str(), i(minute_ms)], |r| r.get(0))
+            .optional()?;
+        self.db
+            .prepare_cached(
+                "INSERT INTO target_minutes(site, minute_ms, targets) VALUES(?1, ?2, ?3)
+                 ON CONFLICT(site, minute_ms) DO UPDATE SET targets = excluded.targets",
+            )?
+            .execute(params![
+                site.as_str(),
+                i(minute_ms),
+                merge_sums(old.as_deref(), sums)
+            ])?;
+        Ok(())
+    }
+
+    fn maintain(&mut self, cuts: &Cuts) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         tx.execute(
             "INSERT INTO windows_hourly(site, hour_ms, windows, bad_windows, avg_loss, max_rtt_ms, min_mos, watched_ms)
@@ -461,35 +298,27 @@ impl Store {
                bad_windows = bad_windows + excluded.bad_windows,
                max_rtt_ms = max(coalesce(max_rtt_ms, excluded.max_rtt_ms), coalesce(excluded.max_rtt_ms, max_rtt_ms)),
                min_mos = min(coalesce(min_mos, excluded.min_mos), coalesce(excluded.min_mos, min_mos))",
-            params![cut, i(HOUR_MS), i(DEFAULT_WINDOW_MS)],
+            params![cuts.raw, i(HOUR_MS), i(DEFAULT_WINDOW_MS)],
         )?;
         // Per-target averages, from the minutes' sums; an hour's averages merge
         // weighted by their windows.
-        let mut hours: BTreeMap<(String, Id, i64), PointSum> = BTreeMap::new();
+        let mut hours = HourSums::default();
         {
             let mut st = tx.prepare(
                 "SELECT site, minute_ms, targets FROM target_minutes WHERE minute_ms < ?1",
             )?;
-            let mut rows = st.query(params![cut])?;
+            let mut rows = st.query(params![cuts.raw])?;
             while let Some(r) = rows.next()? {
                 let site: String = r.get(0)?;
-                let hour = r.get::<_, i64>(1)? / i(HOUR_MS) * i(HOUR_MS);
                 let blob: Vec<u8> = r.get(2)?;
-                for p in decode_sums(&blob) {
-                    hours
-                        .entry((site.clone(), p.target.clone(), hour))
-                        .or_insert_with(|| PointSum::new(&p.target))
-                        .merge(&p);
-                }
+                hours.add_minute(&site, r.get(1)?, &blob);
             }
         }
         tx.execute(
             "DELETE FROM target_minutes WHERE minute_ms < ?1",
-            params![cut],
+            params![cuts.raw],
         )?;
-        for ((site, target, hour), sum) in &hours {
-            let n = sum.n as f64;
-            let avg = |(s, c): (f64, u64)| (c > 0).then(|| s / c as f64);
+        for (site, target, hour, p) in hours.hours() {
             tx.execute(
                 "INSERT INTO target_hourly(site, target, hour_ms, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos)
                  VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -502,35 +331,33 @@ impl Store {
                    windows = windows + excluded.windows",
                 params![
                     site,
-                    target.as_str(),
+                    target,
                     hour,
-                    i(sum.n),
-                    avg(sum.p50),
-                    avg(sum.p95),
-                    avg(sum.jitter),
-                    sum.loss / n.max(1.0),
-                    avg(sum.mos)
+                    i(p.windows),
+                    p.rtt_p50_ms,
+                    p.rtt_p95_ms,
+                    p.jitter_ms,
+                    p.loss,
+                    p.mos
                 ],
             )?;
         }
-        tx.execute("DELETE FROM windows WHERE recv_ms < ?1", params![cut])?;
-        let hcut = i(now_ms.saturating_sub(u64::from(hourly_days) * DAY_MS));
+        tx.execute("DELETE FROM windows WHERE recv_ms < ?1", params![cuts.raw])?;
         tx.execute(
             "DELETE FROM windows_hourly WHERE hour_ms < ?1",
-            params![hcut],
+            params![cuts.hourly],
         )?;
         tx.execute(
             "DELETE FROM target_hourly WHERE hour_ms < ?1",
-            params![hcut],
+            params![cuts.hourly],
         )?;
-        let icut = i(now_ms.saturating_sub(u64::from(incident_days) * DAY_MS));
         tx.execute(
             "DELETE FROM incidents WHERE closed_ms IS NOT NULL AND closed_ms < ?1",
-            params![icut],
+            params![cuts.incidents],
         )?;
         tx.execute(
             "DELETE FROM verdict_changes WHERE at_ms < ?1",
-            params![icut],
+            params![cuts.incidents],
         )?;
         // A boot's record of stored seqs outlives its raw rows (so a late copy of a
         // downsampled window is still known) as long as hourly rows are kept; each
@@ -538,59 +365,40 @@ impl Store {
         tx.execute(
             "DELETE FROM boots WHERE last_ms < ?1
              AND ordinal < (SELECT max(ordinal) FROM boots b WHERE b.site = boots.site)",
-            params![hcut],
+            params![cuts.hourly],
         )?;
         tx.commit()?;
-        self.boots.clear();
         Ok(())
     }
 
-    /// What the engine needs to carry on after a restart at `now_ms`: verdicts,
-    /// incidents, sites, and the boots the engine remembers (heard from within
-    /// [`FORGET_AFTER_MS`], and each site's live one) with their stored seqs.
-    pub fn restore(&self, now_ms: u64) -> anyhow::Result<Restored> {
+    fn restore(&self, now_ms: u64) -> anyhow::Result<Restored> {
         let mut r = Restored::default();
         let mut st = self.db.prepare(
             "SELECT site, boot, ordinal, announced, floor, seqs, last_ms FROM boots b
              WHERE last_ms >= ?1 OR ordinal = (SELECT max(ordinal) FROM boots WHERE site = b.site)",
         )?;
-        let rows = st.query_map(params![i(now_ms.saturating_sub(FORGET_AFTER_MS))], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, bool>(3)?,
-                row.get::<_, Option<i64>>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, i64>(6)?,
-            ))
-        })?;
-        for row in rows {
-            let (site, boot, ordinal, announced, floor, seqs, last_ms) = row?;
-            let Ok(site) = Id::new(site) else { continue };
-            let seqs = SeqSet::parse(&seqs).with_context(|| format!("boots: {site} {boot}"))?;
-            let meta = BootMeta {
-                boot,
-                ordinal: ordinal.max(0) as u64,
-                announced,
-                floor: floor.map(|f| f.max(0) as u64),
-                last_ms: last_ms.max(0) as u64,
-            };
-            r.boots.push((site, BootSeen { meta, seqs }));
+        let mut rows = st.query(params![i(now_ms.saturating_sub(FORGET_AFTER_MS))])?;
+        while let Some(row) = rows.next()? {
+            let seqs: String = row.get(5)?;
+            r.boots.extend(boot_seen(
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                &seqs,
+                row.get(6)?,
+            )?);
         }
         let mut st = self
             .db
             .prepare("SELECT json FROM verdicts_current ORDER BY scope, id")?;
-        for row in st.query_map([], |row| row.get::<_, String>(0))? {
-            r.verdicts.push(serde_json::from_str(&row?)?);
-        }
+        r.verdicts = json_rows(&mut st, [])?;
         let mut st = self
             .db
             .prepare("SELECT json FROM incidents WHERE closed_ms IS NULL ORDER BY id")?;
-        for row in st.query_map([], |row| row.get::<_, String>(0))? {
-            r.open_incidents.push(serde_json::from_str(&row?)?);
-        }
-        r.next_incident = self
+        r.open_incidents = json_rows(&mut st, [])?;
+        r.next_incident = u(self
             .db
             .query_row(
                 "SELECT value FROM meta WHERE key = 'next_incident'",
@@ -598,87 +406,16 @@ impl Store {
                 |row| row.get::<_, i64>(0),
             )
             .optional()?
-            .unwrap_or(0)
-            .max(0) as u64;
+            .unwrap_or(0));
         let mut st = self.db.prepare("SELECT site, isp, customer FROM sites")?;
-        for row in st.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, Option<String>>(1)?,
-                row.get::<_, Option<String>>(2)?,
-            ))
-        })? {
+        for row in st.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))? {
             let (site, isp, customer) = row?;
-            let (Ok(site), isp) = (Id::new(site), isp.and_then(|i| Id::new(i).ok())) else {
-                continue;
-            };
-            r.sites.push((site, isp, customer));
+            r.sites.extend(site_row(site, isp, customer));
         }
         Ok(r)
     }
 
-    /// Incidents of `scope`/`target` (any, when `None`) overlapping [from, to), newest first.
-    pub fn incidents(
-        &self,
-        scope: Option<&str>,
-        from_ms: u64,
-        to_ms: u64,
-        limit: u32,
-    ) -> anyhow::Result<Vec<Incident>> {
-        let mut st = self.db.prepare(
-            "SELECT json FROM incidents WHERE (?1 IS NULL OR scope = ?1)
-             AND opened_ms < ?3 AND (closed_ms IS NULL OR closed_ms >= ?2)
-             ORDER BY opened_ms DESC LIMIT ?4",
-        )?;
-        json_rows(&mut st, params![scope, i(from_ms), i(to_ms), limit])
-    }
-
-    /// The most recent verdict changes, newest first.
-    pub fn recent_changes(&self, limit: u32) -> anyhow::Result<Vec<Verdict>> {
-        let mut st = self
-            .db
-            .prepare("SELECT json FROM verdict_changes ORDER BY rowid DESC LIMIT ?1")?;
-        json_rows(&mut st, params![limit])
-    }
-
-    /// Sites that probed `provider` in [from, to), each with the span it was seen.
-    pub fn provider_sites(
-        &self,
-        provider: &str,
-        from_ms: u64,
-        to_ms: u64,
-    ) -> anyhow::Result<Vec<(String, u64, u64)>> {
-        let mut st = self.db.prepare(
-            "SELECT site, first_ms, last_ms FROM site_providers
-             WHERE provider = ?1 AND first_ms < ?3 AND last_ms >= ?2 ORDER BY site",
-        )?;
-        let rows = st.query_map(params![provider, i(from_ms), i(to_ms)], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (s, a, b) = r?;
-            out.push((s, a.max(0) as u64, b.max(0) as u64));
-        }
-        Ok(out)
-    }
-
-    /// Every provider seen in history or with an incident.
-    pub fn providers(&self) -> anyhow::Result<Vec<String>> {
-        let mut st = self.db.prepare(
-            "SELECT provider FROM site_providers UNION SELECT target_id FROM incidents WHERE scope = 'provider' ORDER BY 1",
-        )?;
-        let rows = st.query_map([], |row| row.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Incidents of `scope` (any, when `None`) overlapping [from, to), newest first,
-    /// each with the worst state it reached.
-    pub fn incidents_worst(
+    fn incidents_worst(
         &self,
         scope: Option<&str>,
         from_ms: u64,
@@ -696,15 +433,12 @@ impl Store {
         let mut out = Vec::new();
         for r in rows {
             let (json, worst) = r?;
-            let inc: Incident = serde_json::from_str(&json)?;
-            let worst = state_named(&worst).unwrap_or(inc.state);
-            out.push((inc, worst));
+            out.push(incident_worst(&json, &worst)?);
         }
         Ok(out)
     }
 
-    /// One incident and its worst state.
-    pub fn incident_by_id(&self, id: &str) -> anyhow::Result<Option<(Incident, State)>> {
+    fn incident_by_id(&self, id: &str) -> anyhow::Result<Option<(Incident, State)>> {
         let row: Option<(String, String)> = self
             .db
             .query_row(
@@ -713,16 +447,18 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((json, worst)) = row else {
-            return Ok(None);
-        };
-        let inc: Incident = serde_json::from_str(&json)?;
-        let worst = state_named(&worst).unwrap_or(inc.state);
-        Ok(Some((inc, worst)))
+        row.map(|(json, worst)| incident_worst(&json, &worst))
+            .transpose()
     }
 
-    /// Verdict changes of `scope`/`id` (any id when `None`) in [from, to], oldest first.
-    pub fn changes(
+    fn recent_changes(&self, limit: u32) -> anyhow::Result<Vec<Verdict>> {
+        let mut st = self
+            .db
+            .prepare("SELECT json FROM verdict_changes ORDER BY rowid DESC LIMIT ?1")?;
+        json_rows(&mut st, params![limit])
+    }
+
+    fn changes(
         &self,
         scope: &str,
         id: Option<&str>,
@@ -737,8 +473,31 @@ impl Store {
         json_rows(&mut st, params![scope, id, i(from_ms), i(to_ms), limit])
     }
 
-    /// Whether history knows `site` (its identity or any window of it).
-    pub fn site_known(&self, site: &str) -> anyhow::Result<bool> {
+    fn provider_sites(
+        &self,
+        provider: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> anyhow::Result<Vec<(String, u64, u64)>> {
+        let mut st = self.db.prepare(
+            "SELECT site, first_ms, last_ms FROM site_providers
+             WHERE provider = ?1 AND first_ms < ?3 AND last_ms >= ?2 ORDER BY site",
+        )?;
+        let rows = st.query_map(params![provider, i(from_ms), i(to_ms)], |row| {
+            Ok((row.get(0)?, u(row.get(1)?), u(row.get(2)?)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn providers(&self) -> anyhow::Result<Vec<String>> {
+        let mut st = self.db.prepare(
+            "SELECT provider FROM site_providers UNION SELECT target_id FROM incidents WHERE scope = 'provider' ORDER BY 1",
+        )?;
+        let rows = st.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn site_known(&self, site: &str) -> anyhow::Result<bool> {
         Ok(self
             .db
             .query_row(
@@ -750,8 +509,7 @@ impl Store {
             .is_some())
     }
 
-    /// A site's ISP and customer as history knows them.
-    pub fn site_identity(
+    fn site_identity(
         &self,
         site: &str,
     ) -> anyhow::Result<Option<(Option<String>, Option<String>)>> {
@@ -765,11 +523,7 @@ impl Store {
             .optional()?)
     }
 
-    /// Every target history has seen at `site`: (target, layer, provider), by name.
-    pub fn site_targets(
-        &self,
-        site: &str,
-    ) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+    fn site_targets(&self, site: &str) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
         let mut st = self.db.prepare(
             "SELECT target, layer, provider FROM site_targets WHERE site = ?1 ORDER BY target",
         )?;
@@ -777,23 +531,21 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// One target's values at `site` in [from, to), oldest first: raw windows, and
-    /// hourly averages where raw windows were downsampled.
-    pub fn series(
+    fn series_rows(
         &self,
         site: &str,
         target: &str,
         from_ms: u64,
         to_ms: u64,
-    ) -> anyhow::Result<Vec<SeriesRow>> {
+    ) -> anyhow::Result<(Vec<SeriesRow>, MinuteBlobs)> {
         let mut st = self.db.prepare(
             "SELECT hour_ms + 1800000, windows, rtt_p50_ms, rtt_p95_ms, jitter_ms, loss, mos FROM target_hourly
                WHERE site = ?1 AND target = ?2 AND hour_ms >= ?3 - 3600000 AND hour_ms < ?4",
         )?;
         let hourly = st.query_map(params![site, target, i(from_ms), i(to_ms)], |r| {
             Ok(SeriesRow {
-                at_ms: r.get::<_, i64>(0)?.max(0) as u64,
-                windows: r.get::<_, i64>(1)?.max(0) as u64,
+                at_ms: u(r.get(0)?),
+                windows: u(r.get(1)?),
                 rtt_p50_ms: r.get(2)?,
                 rtt_p95_ms: r.get(3)?,
                 jitter_ms: r.get(4)?,
@@ -801,37 +553,18 @@ impl Store {
                 mos: r.get(6)?,
             })
         })?;
-        let mut out = hourly.collect::<Result<Vec<_>, _>>()?;
-        // Minutes: each row's sums, this target's picked out, at the minute's middle.
+        let hourly = hourly.collect::<Result<Vec<_>, _>>()?;
         let mut st = self.db.prepare_cached(
             "SELECT minute_ms, targets FROM target_minutes
                WHERE site = ?1 AND minute_ms >= ?2 - 60000 AND minute_ms < ?3",
         )?;
-        let mut rows = st.query(params![site, i(from_ms), i(to_ms)])?;
-        while let Some(r) = rows.next()? {
-            let minute = r.get::<_, i64>(0)?.max(0) as u64;
-            let blob: Vec<u8> = r.get(1)?;
-            if let Some(p) = decode_sums(&blob).into_iter().find(|p| p.target == target) {
-                let avg = |(s, c): (f64, u64)| (c > 0).then(|| s / c as f64);
-                out.push(SeriesRow {
-                    at_ms: minute + MINUTE_MS / 2,
-                    windows: p.n,
-                    rtt_p50_ms: avg(p.p50),
-                    rtt_p95_ms: avg(p.p95),
-                    jitter_ms: avg(p.jitter),
-                    loss: p.loss / (p.n.max(1) as f64),
-                    mos: avg(p.mos),
-                });
-            }
-        }
-        out.retain(|r| r.at_ms >= from_ms && r.at_ms < to_ms);
-        out.sort_by_key(|r| r.at_ms);
-        Ok(out)
+        let minutes = st.query_map(params![site, i(from_ms), i(to_ms)], |r| {
+            Ok((u(r.get(0)?), r.get(1)?))
+        })?;
+        Ok((hourly, minutes.collect::<Result<_, _>>()?))
     }
 
-    /// What history holds of `site` being watched in [from, to): its raw windows as
-    /// (received, length) and its hourly rows as (hour, time watched in it).
-    pub fn coverage(&self, site: &str, from_ms: u64, to_ms: u64) -> anyhow::Result<Coverage> {
+    fn coverage(&self, site: &str, from_ms: u64, to_ms: u64) -> anyhow::Result<Coverage> {
         let mut c = Coverage::default();
         let mut st = self.db.prepare_cached(
             "SELECT recv_ms, coalesce(window_ms, ?4) FROM windows
@@ -843,8 +576,7 @@ impl Store {
         )?;
         for r in rows {
             let (recv, w) = r?;
-            let recv = recv.max(0) as u64;
-            c.add_window(recv.saturating_sub(w.max(0) as u64), recv);
+            c.add_row(recv, w);
         }
         let mut st = self.db.prepare_cached(
             "SELECT hour_ms, coalesce(watched_ms, windows * ?4) FROM windows_hourly
@@ -856,96 +588,25 @@ impl Store {
         )?;
         for r in rows {
             let (hour, watched) = r?;
-            c.add_hour(hour.max(0) as u64, watched.max(0) as u64);
+            c.add_hour(u(hour), u(watched));
         }
         Ok(c)
     }
 
-    /// When history's latest window arrived (any site; hourly rows count to their
-    /// hour's end), not after `to_ms`: where the collector's evidence ends.
-    pub fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>> {
+    fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>> {
         let v: Option<i64> = self.db.query_row(
             "SELECT max(m) FROM (SELECT max(recv_ms) AS m FROM windows WHERE recv_ms <= ?1
                UNION ALL SELECT max(hour_ms) + 3600000 FROM windows_hourly WHERE hour_ms < ?1)",
             params![i(to_ms)],
             |r| r.get(0),
         )?;
-        Ok(v.map(|v| (v.max(0) as u64).min(to_ms)))
-    }
-}
-
-/// A state by its name.
-fn state_named(s: &str) -> Option<State> {
-    [
-        State::Ok,
-        State::Degraded,
-        State::Down,
-        State::Offline,
-        State::Outage,
-    ]
-    .into_iter()
-    .find(|x| x.as_str() == s)
-}
-
-/// One point of a target's series: a raw window (`windows` = 1) or an hourly average.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SeriesRow {
-    pub at_ms: u64,
-    pub windows: u64,
-    pub rtt_p50_ms: Option<f64>,
-    pub rtt_p95_ms: Option<f64>,
-    pub jitter_ms: Option<f64>,
-    pub loss: f64,
-    pub mos: Option<f64>,
-}
-
-/// When one site was being watched: the spans its windows covered (merged), and
-/// hours known only from hourly rows with the share of each that was watched.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Coverage {
-    /// Disjoint, sorted [from, to) spans.
-    spans: Vec<(u64, u64)>,
-    /// (hour start, share of the hour watched in 0..=1).
-    hours: Vec<(u64, f64)>,
-}
-
-impl Coverage {
-    /// Adds the span [from, to) one window covered (windows in time order). A gap
-    /// shorter than half a window before it (a report arriving a little late) is
-    /// not a gap.
-    pub fn add_window(&mut self, from: u64, to: u64) {
-        if to <= from {
-            return;
-        }
-        match self.spans.last_mut() {
-            Some(last) if from <= last.1 + (to - from) / 2 => last.1 = last.1.max(to),
-            _ => self.spans.push((from, to)),
-        }
+        Ok(v.map(|v| u(v).min(to_ms)))
     }
 
-    /// Adds an hour that hourly rows say was watched for `watched_ms`.
-    pub fn add_hour(&mut self, hour_ms: u64, watched_ms: u64) {
-        let share = (watched_ms as f64 / HOUR_MS as f64).clamp(0.0, 1.0);
-        self.hours.push((hour_ms, share));
-    }
-
-    /// Milliseconds watched within [from, to) (hourly rows count pro rata).
-    pub fn watched(&self, from: u64, to: u64) -> u64 {
-        let overlap = |a: u64, b: u64| b.min(to).saturating_sub(a.max(from));
-        let raw: u64 = self.spans.iter().map(|&(a, b)| overlap(a, b)).sum();
-        let hourly: f64 = self
-            .hours
-            .iter()
-            .map(|&(h, share)| overlap(h, h + HOUR_MS) as f64 * share)
-            .sum();
-        raw + hourly.round() as u64
-    }
-
-    /// The end of the last span or hour watched.
-    pub fn last_ms(&self) -> Option<u64> {
-        let a = self.spans.last().map(|s| s.1);
-        let b = self.hours.iter().map(|h| h.0 + HOUR_MS).max();
-        a.max(b)
+    fn count(&self, table: &str) -> anyhow::Result<i64> {
+        Ok(self
+            .db
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
     }
 }
 
@@ -1061,99 +722,15 @@ fn json_rows<T: serde::de::DeserializeOwned>(
     }
     Ok(out)
 }
-
-/// Chart points are kept per site and minute of arrival (`target_minutes`): a
-/// window's ten targets would otherwise be ten more rows (or a blob) on the
-/// acknowledgement's critical path for every report; a minute's sums are one row
-/// per site, rewritten at each commit while the minute is current.
-const MINUTE_MS: u64 = 60_000;
-
-/// One target's sums over the windows of a minute (or an hour): postcard, in
-/// `target_minutes.targets`. Means are sums over counts (a value may be absent).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct PointSum {
-    target: Id,
-    n: u64,
-    p50: (f64, u64),
-    p95: (f64, u64),
-    jitter: (f64, u64),
-    loss: f64,
-    mos: (f64, u64),
-}
-
-impl PointSum {
-    fn new(target: &Id) -> Self {
-        Self {
-            target: target.clone(),
-            n: 0,
-            p50: (0.0, 0),
-            p95: (0.0, 0),
-            jitter: (0.0, 0),
-            loss: 0.0,
-            mos: (0.0, 0),
-        }
-    }
-
-    fn add(&mut self, p: &crate::engine::TargetPoint) {
-        let add = |acc: &mut (f64, u64), v: Option<f32>| {
-            if let Some(v) = v {
-                acc.0 += f64::from(v);
-                acc.1 += 1;
-            }
-        };
-        self.n += 1;
-        add(&mut self.p50, p.rtt_p50_ms);
-        add(&mut self.p95, p.rtt_p95_ms);
-        add(&mut self.jitter, p.jitter_ms);
-        add(&mut self.mos, p.mos);
-        self.loss += f64::from(p.loss);
-    }
-
-    fn merge(&mut self, o: &PointSum) {
-        let m = |a: &mut (f64, u64), b: (f64, u64)| {
-            a.0 += b.0;
-            a.1 += b.1;
-        };
-        self.n += o.n;
-        m(&mut self.p50, o.p50);
-        m(&mut self.p95, o.p95);
-        m(&mut self.jitter, o.jitter);
-        m(&mut self.mos, o.mos);
-        self.loss += o.loss;
-    }
-}
-
-fn encode_sums(sums: &[PointSum]) -> Vec<u8> {
-    // Plain data into a Vec: cannot fail.
-    postcard::to_allocvec(sums).unwrap_or_default()
-}
-
-/// A row's sums; a damaged blob reads as none (a chart gap, not an error).
-fn decode_sums(blob: &[u8]) -> Vec<PointSum> {
-    postcard::from_bytes(blob).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faultline_shared::{Cause, IncidentEventKind, Scope, State};
+    use crate::engine::boots::BootMeta;
+    use crate::store::{DAY_MS, Store};
+    use faultline_shared::{Cause, IncidentEvent, IncidentEventKind, Scope, State};
 
     fn id(s: &str) -> Id {
         Id::new(s).unwrap()
-    }
-
-    #[test]
-    fn coverage_merges_windows_and_counts_hourly_rows_pro_rata() {
-        let mut c = Coverage::default();
-        c.add_window(0, 10_000);
-        c.add_window(10_004, 20_004); // 4 ms late: no gap
-        c.add_window(40_000, 50_000); // 20 s of silence before it
-        assert_eq!(c.watched(0, 100_000), 30_004);
-        assert_eq!(c.watched(15_000, 45_000), 10_004);
-        c.add_hour(HOUR_MS, HOUR_MS / 2);
-        assert_eq!(c.watched(HOUR_MS, 2 * HOUR_MS), HOUR_MS / 2);
-        assert_eq!(c.watched(HOUR_MS, HOUR_MS + 600_000), 300_000);
-        assert_eq!(c.last_ms(), Some(2 * HOUR_MS));
     }
 
     #[test]
@@ -1219,9 +796,7 @@ mod tests {
         assert_eq!(r.open_incidents.len(), 1);
         assert_eq!(r.verdicts.len(), 1);
         assert_eq!(r.sites, vec![(id("a"), Some(id("IspA")), None)]);
-        let n: i64 =
-            s.db.query_row("SELECT count(*) FROM windows_hourly", [], |r| r.get(0))
-                .unwrap();
+        let n = s.count("windows_hourly").unwrap();
         assert_eq!(n, 1, "old windows downsampled to hourly rows");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1251,8 +826,8 @@ mod tests {
         (dir, path)
     }
 
-    fn count(s: &Store, sql: &str) -> i64 {
-        s.db.query_row(sql, [], |r| r.get(0)).unwrap()
+    fn count(s: &Store, table: &str) -> i64 {
+        s.count(table).unwrap()
     }
 
     #[test]
@@ -1300,12 +875,12 @@ mod tests {
         assert_eq!(b.missing(), 5);
         // Raw rows downsampled: the boot's record still knows every window.
         s.maintain(10 * DAY_MS, 2, 90, 400).unwrap();
-        assert_eq!(count(&s, "SELECT count(*) FROM windows"), 0);
+        assert_eq!(count(&s, "windows"), 0);
         s.begin().unwrap();
         assert!(!s.window(&row("a", 7, 5, 11 * DAY_MS)).unwrap());
         assert!(s.window(&row("a", 7, 3, 11 * DAY_MS)).unwrap());
         s.commit().unwrap();
-        assert_eq!(count(&s, "SELECT count(*) FROM windows"), 1);
+        assert_eq!(count(&s, "windows"), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1338,8 +913,12 @@ mod tests {
             }
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(count(&s, "SELECT count(*) FROM windows"), 4);
-        assert_eq!(count(&s, "PRAGMA user_version"), SCHEMA_VERSION);
+        assert_eq!(count(&s, "windows"), 4);
+        let db = Connection::open(&path).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
         let r = s.restore(50).unwrap();
         let mut boots: Vec<_> = r
             .boots
@@ -1348,7 +927,7 @@ mod tests {
             .collect();
         boots.sort();
         assert_eq!(boots, [(1, 1, "0-1,3".to_owned()), (2, 2, "0".to_owned())]);
-        let dup = s.db.execute(
+        let dup = db.execute(
             "INSERT INTO windows VALUES('a', 50, 0, 1, 3, 0, 0.0, NULL, NULL)",
             [],
         );
@@ -1356,7 +935,7 @@ mod tests {
         drop(s);
         // Opening again changes nothing.
         let s = Store::open(&path).unwrap();
-        assert_eq!(count(&s, "SELECT count(*) FROM boots"), 2);
+        assert_eq!(count(&s, "boots"), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
