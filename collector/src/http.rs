@@ -413,8 +413,9 @@ async fn provider_data(
         return Err(Fail::BadRequest(format!("since: {e}")));
     }
     let now = now_ms();
+    let windows = shared.maintenance.get();
     with_history(shared, move |store, snap| {
-        pages::provider_page(store, snap, &id, &since, now)?
+        pages::provider_page(store, snap, &id, &since, now, &windows)?
             .ok_or_else(|| Fail::NotFound(format!("No provider {id:?}")))
     })
     .await

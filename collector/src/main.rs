@@ -332,7 +332,10 @@ fn main() -> ExitCode {
                 Some(f) => f,
                 None => to.saturating_sub(report::parse_span(&since).map_err(anyhow::Error::msg)?),
             };
-            let rows = report::availability(&store, from, to, provider.as_deref())?;
+            // The file's maintenance windows and those made over HTTP.
+            let mut windows = c.maintenance.clone();
+            windows.extend(store.maintenance()?);
+            let rows = report::availability(&store, from, to, provider.as_deref(), &windows)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if csv {

@@ -66,7 +66,9 @@ impl AlertsConfig {
             StorageLocation::Sqlite(p) => p.parent().unwrap_or(Path::new("")),
             StorageLocation::Postgres(_) => Path::new(""),
         };
-        self.queue.clone().unwrap_or_else(|| beside.join("alerts.db"))
+        self.queue
+            .clone()
+            .unwrap_or_else(|| beside.join("alerts.db"))
     }
 }
 

@@ -108,7 +108,12 @@ pub async fn add(shared: Arc<Shared>, has_token: bool, n: NewWindow) -> Response
             format!("{MAX_HTTP_WINDOWS} windows are held: delete some first"),
         );
     }
-    if let Err(e) = shared.save_maintenance(&w) {
+    // Kept in history before it takes effect.
+    let store = {
+        let w = w.clone();
+        move |s: &mut crate::store::Store| s.save_maintenance(&w)
+    };
+    if let Err(e) = with_writable_history(&shared, store).await {
         tracing::error!("cannot store a maintenance window: {e:#}");
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the window");
     }
@@ -134,7 +139,11 @@ pub async fn remove(shared: Arc<Shared>, has_token: bool, handle: String) -> Res
             format!("{handle} is in collector.toml: change it there"),
         ),
         Some(_) => {
-            if let Err(e) = shared.delete_maintenance(&handle) {
+            let forget = {
+                let handle = handle.clone();
+                move |s: &mut crate::store::Store| s.delete_maintenance(&handle).map(|_| ())
+            };
+            if let Err(e) = with_writable_history(&shared, forget).await {
                 tracing::error!("cannot delete a maintenance window: {e:#}");
                 return refuse(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -146,6 +155,18 @@ pub async fn remove(shared: Arc<Shared>, has_token: bool, handle: String) -> Res
             StatusCode::NO_CONTENT.into_response()
         }
     }
+}
+
+/// Runs `f` on the history connection the pages read through, off the async
+/// workers (the PostgreSQL client blocks).
+async fn with_writable_history(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut crate::store::Store) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&mut shared.history.lock().expect("history lock")))
+        .await
+        .map_err(|e| anyhow::anyhow!("history task: {e}"))?
 }
 
 /// Axum's path extractor, for the route.

@@ -566,6 +566,7 @@ pub fn provider_page(
     provider: &str,
     since: &str,
     now_ms: u64,
+    windows: &[crate::maintenance::Window],
 ) -> anyhow::Result<Option<ProviderPage>> {
     let span = report::parse_span(since).map_err(anyhow::Error::msg)?;
     let from_ms = now_ms.saturating_sub(span);
@@ -585,7 +586,7 @@ pub fn provider_page(
             }
         }
     }
-    let availability = report::availability(store, from_ms, now_ms, Some(provider))?
+    let availability = report::availability(store, from_ms, now_ms, Some(provider), windows)?
         .into_iter()
         .next();
     let availability = match availability {
@@ -600,6 +601,7 @@ pub fn provider_page(
             availability: 1.0,
             outages: vec![],
             routes: vec![],
+            maintenance: vec![],
         },
         None => return Ok(None),
     };
@@ -684,6 +686,20 @@ pub fn provider_html(p: &ProviderPage) -> String {
                     .map(|s| site_link(s))
                     .collect::<Vec<_>>()
                     .join(", ")
+            );
+        }
+        b.push_str("</table>");
+    }
+    if !a.maintenance.is_empty() {
+        b.push_str("<h3>Maintenance (not counted)</h3><table><tr><th>from</th><th>to</th><th>lasted</th><th>note</th></tr>");
+        for m in &a.maintenance {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                utc(m.from_ms),
+                utc(m.to_ms),
+                dur(m.to_ms - m.from_ms),
+                esc(m.note.as_deref().unwrap_or(""))
             );
         }
         b.push_str("</table>");

@@ -97,18 +97,6 @@ pub struct Shared {
     pub maintenance: Arc<Book>,
 }
 
-impl Shared {
-    /// Keeps an HTTP-made maintenance window across restarts.
-    pub fn save_maintenance(&self, _w: &crate::maintenance::Window) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    /// Forgets an HTTP-made maintenance window.
-    pub fn delete_maintenance(&self, _window: &str) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 /// Runs the collector until SIGINT/SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -127,11 +115,14 @@ pub async fn serve(
     let start = now_ms();
     // Blocking work (PostgreSQL's client runs its own runtime): off the async workers.
     let location = cfg.storage.location.clone();
-    let (writer, restored, history_store) = tokio::task::spawn_blocking(move || {
+    let (writer, restored, history_store, kept_windows) = tokio::task::spawn_blocking(move || {
         let writer = Store::connect(&location)?;
         let restored = writer.restore(start).context("restore history")?;
         let history_store = Store::connect(&location)?;
-        anyhow::Ok((writer, restored, history_store))
+        let kept_windows = history_store
+            .maintenance()
+            .context("restore maintenance windows")?;
+        anyhow::Ok((writer, restored, history_store, kept_windows))
     })
     .await
     .context("open history")??;
@@ -162,7 +153,13 @@ pub async fn serve(
         started_ms: start,
         snapshot: SnapshotCell::default(),
         alerts: Arc::new(AlertStats::default()),
-        maintenance: Arc::new(Book::new(cfg.maintenance.clone())),
+        maintenance: Arc::new(Book::new(
+            cfg.maintenance
+                .iter()
+                .cloned()
+                .chain(kept_windows)
+                .collect(),
+        )),
     });
     shared.snapshot.set(Arc::new(engine.snapshot()));
 
