@@ -27,7 +27,8 @@ pub struct NewWindow {
     note: Option<String>,
 }
 
-/// The most windows HTTP may hold (a typo in a script must not grow memory forever).
+/// The most running or planned windows HTTP may hold (a script in a loop must not
+/// grow memory without bound).
 const MAX_HTTP_WINDOWS: usize = 1_000;
 /// Longest note kept.
 const MAX_NOTE: usize = 500;
@@ -102,10 +103,16 @@ pub async fn add(shared: Arc<Shared>, has_token: bool, n: NewWindow) -> Response
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     let held = shared.maintenance.get();
-    if held.iter().filter(|w| w.origin == Origin::Http).count() >= MAX_HTTP_WINDOWS {
+    // Past windows stay (report needs them for past periods); only those still
+    // to come or running are capped.
+    let pending = held
+        .iter()
+        .filter(|w| w.origin == Origin::Http && w.to_ms > now)
+        .count();
+    if pending >= MAX_HTTP_WINDOWS {
         return refuse(
             StatusCode::INSUFFICIENT_STORAGE,
-            format!("{MAX_HTTP_WINDOWS} windows are held: delete some first"),
+            format!("{MAX_HTTP_WINDOWS} windows are running or planned: delete some first"),
         );
     }
     // Kept in history before it takes effect.
