@@ -419,12 +419,16 @@ fn alertmanager_holds_the_incident_while_open_then_resolved() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Active with the provider's failover advice (which reaches Alertmanager with
+    // the opening or, when the verdict comes just after it, one re-post later).
     assert!(
         wait_until(LONG, || am
             .active()
             .iter()
-            .any(|a| a["labels"]["incident"] == incident.as_str())),
-        "the alert never became active in Alertmanager"
+            .any(|a| a["labels"]["incident"] == incident.as_str()
+                && a["annotations"]["recommendation"] == "failover to voipco2")),
+        "the alert never became active in Alertmanager with its advice: {:?}",
+        am.active()
     );
     let a = am
         .active()

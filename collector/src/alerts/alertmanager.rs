@@ -130,6 +130,12 @@ impl Worker {
         let mut backoff = super::retry_backoff();
         let mut next_repost = Instant::now();
         loop {
+            // Advice already sent by the owner goes with the events it came with.
+            while let Ok(v) = self.verdicts.try_recv() {
+                if self.take_verdict(&v) {
+                    next_repost = Instant::now();
+                }
+            }
             // Queued events first, in order; then the open set when it is due.
             let mut ok = self.drain(&mut queue).await;
             if ok && !self.open.is_empty() && Instant::now() >= next_repost {
