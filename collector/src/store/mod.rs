@@ -174,6 +174,12 @@ pub trait Backend: Send + std::fmt::Debug {
     fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>>;
     /// Rows in one of history's tables (for tests and checks).
     fn count(&self, table: &str) -> anyhow::Result<i64>;
+    /// Keeps an HTTP-made maintenance window (its JSON), replacing one of that name.
+    fn save_maintenance(&mut self, window: &str, to_ms: u64, json: &str) -> anyhow::Result<()>;
+    /// Forgets a maintenance window; whether there was one.
+    fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool>;
+    /// Every kept maintenance window's JSON.
+    fn maintenance_json(&self) -> anyhow::Result<Vec<String>>;
 }
 
 /// Minute rows as (minute, chart sums blob).
@@ -492,6 +498,30 @@ impl std::ops::Deref for Store {
 }
 
 /// A state by its name.
+impl Store {
+    /// Keeps an HTTP-made maintenance window across restarts (outside the writer's
+    /// transactions: its own statement, committed at once).
+    pub fn save_maintenance(&mut self, w: &crate::maintenance::Window) -> anyhow::Result<()> {
+        self.db
+            .save_maintenance(&w.window, w.to_ms, &serde_json::to_string(w)?)
+    }
+
+    /// Forgets an HTTP-made maintenance window; whether there was one.
+    pub fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool> {
+        self.db.delete_maintenance(window)
+    }
+
+    /// The HTTP-made maintenance windows kept (rows that no longer parse are skipped).
+    pub fn maintenance(&self) -> anyhow::Result<Vec<crate::maintenance::Window>> {
+        Ok(self
+            .db
+            .maintenance_json()?
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+}
+
 fn state_named(s: &str) -> Option<State> {
     [
         State::Ok,

@@ -36,9 +36,10 @@ const MAINTAIN_LOCK: i64 = 0x4641_554c_5402;
 
 /// The schema, one migration per version, applied in order (each in its own
 /// transaction, recorded in `schema_migrations`). Append; never edit a shipped one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);
      CREATE TABLE incidents(
        id TEXT PRIMARY KEY, scope TEXT NOT NULL, target_id TEXT NOT NULL,
        cause TEXT, state TEXT NOT NULL, opened_ms BIGINT NOT NULL,
@@ -81,7 +82,13 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE TABLE site_targets(
        site TEXT NOT NULL, target TEXT NOT NULL, layer TEXT NOT NULL, provider TEXT,
        first_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL, PRIMARY KEY(site, target));",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE maintenance(
+           window_id TEXT PRIMARY KEY, to_ms BIGINT NOT NULL, json TEXT NOT NULL);",
+    ),
+];
 
 /// The schema this build writes (the last migration's version).
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -697,6 +704,24 @@ impl Backend for Postgres {
             .iter()
             .map(|r| (r.get(0), u(r.get(1)), u(r.get(2))))
             .collect())
+    }
+
+    fn save_maintenance(&mut self, window: &str, to_ms: u64, json: &str) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO maintenance(window_id, to_ms, json) VALUES($1, $2, $3)
+             ON CONFLICT(window_id) DO UPDATE SET to_ms = excluded.to_ms, json = excluded.json",
+            &[&window, &i(to_ms), &json],
+        )?;
+        Ok(())
+    }
+
+    fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool> {
+        Ok(self.execute("DELETE FROM maintenance WHERE window_id = $1", &[&window])? > 0)
+    }
+
+    fn maintenance_json(&self) -> anyhow::Result<Vec<String>> {
+        let rows = self.query("SELECT json FROM maintenance ORDER BY window_id", &[])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn providers(&self) -> anyhow::Result<Vec<String>> {
