@@ -8,7 +8,7 @@
 //! Skips (with the reason) when Mosquitto or Alertmanager is missing.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use faultline_tests::certs::TestPki;
 use faultline_tests::{
-    Child, Mosquitto, TempDir, free_tcp_port, require, wait_for_tcp, wait_until,
+    Child, Collector, Mosquitto, TempDir, Watcher, free_tcp_port, http_get, metric, mqtt_client,
+    require, wait_for_tcp, wait_until,
 };
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(90);
@@ -33,59 +34,23 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-fn metric(addr: SocketAddr, series: &str) -> f64 {
-    http(addr, "GET", "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
-        .unwrap_or(-1.0)
-}
-
 /// The collector's config: 1 s windows, three sites' worth of providers, `extra`
 /// appended (the [alerts] and [[maintenance]] under test).
 fn write_config(dir: &Path, broker: &str, http: SocketAddr, extra: &str) -> PathBuf {
     std::fs::write(dir.join("webhook.secret"), format!("{SECRET}\n")).unwrap();
-    let path = dir.join("collector.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "window_seconds = 1\n[mqtt]\nurl = \"{broker}\"\n[http]\nlisten = \"{http}\"\n\
-             [storage]\npath = \"{}\"\n[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n\
-             [thresholds]\nsilence_windows = 15\n{extra}",
-            dir.join("history.db").display()
+    Collector::write_config(
+        dir,
+        broker,
+        http,
+        &format!(
+            "[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n\
+             [thresholds]\nsilence_windows = 15\n{extra}"
         ),
     )
-    .unwrap();
-    path
 }
 
-fn start_collector(config: &Path, http: SocketAddr) -> Child {
-    let child = Child::spawn(
-        "faultline-collector",
-        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    )
-    .unwrap();
-    assert!(wait_for_tcp(http, LONG), "collector HTTP did not come up");
-    child
+fn start_collector(config: &Path, http: SocketAddr) -> Collector {
+    Collector::start(env!("CARGO_BIN_EXE_faultline-collector"), config, http)
 }
 
 fn report(site: &str, seq: u64, voipco_down: bool) -> Value {
@@ -109,53 +74,8 @@ fn report(site: &str, seq: u64, voipco_down: bool) -> Value {
     ]})
 }
 
-/// Every message seen on the subscribed filters.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Value)>>>);
-
-impl Seen {
-    fn latest(&self, topic: &str) -> Option<Value> {
-        let g = self.0.lock().unwrap();
-        g.iter()
-            .rev()
-            .find(|(t, _)| t == topic)
-            .map(|(_, v)| v.clone())
-    }
-    fn events(&self, kind: &str) -> Vec<Value> {
-        let g = self.0.lock().unwrap();
-        g.iter()
-            .filter(|(t, v)| t.ends_with("/events/incidents") && v["event"] == kind)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-}
-
-fn subscriber(port: u16, filters: &[&str]) -> Seen {
-    let seen = Seen::default();
-    let mut opts = MqttOptions::new(format!("watcher-{}", fastrand::u32(..)), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(opts, 100);
-    let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for f in &filters {
-                        let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                    s.0.lock().unwrap().push((p.topic.clone(), v));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    seen
+fn subscriber(port: u16, filters: &[&str]) -> Watcher {
+    Watcher::subscribe(port, filters)
 }
 
 /// Three sites on three ISPs reporting every 500 ms; `down` fails voipco at all.
@@ -167,16 +87,7 @@ struct Fleet {
 
 impl Fleet {
     fn start(port: u16) -> Fleet {
-        let mut opts = MqttOptions::new("fleet", "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut conn) = Client::new(opts, 1000);
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                if ev.is_err() {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        });
+        let client = mqtt_client(port, "fleet");
         let sites = [
             ("acme-hq", "IspA"),
             ("bobs-bakery", "IspB"),
@@ -380,7 +291,7 @@ impl Alertmanager {
 
     /// Faultline's alerts Alertmanager holds as active (resolved ones are not listed).
     fn active(&self) -> Vec<Value> {
-        let body = http(self.addr, "GET", "/api/v2/alerts?active=true");
+        let body = http_get(self.addr, "/api/v2/alerts?active=true");
         let all: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
         all.into_iter()
             .filter(|a| a["labels"]["alertname"] == "FaultlineIncident")
@@ -523,7 +434,7 @@ fn a_webhook_down_at_the_opening_gets_every_event_in_order_across_a_collector_ki
     );
 
     // Killed with the event undelivered; started again, the outage ends meanwhile.
-    c.kill();
+    c.child.kill();
     let _c = start_collector(&config, http_addr);
     fleet.down.store(false, Ordering::SeqCst);
     assert!(
@@ -633,7 +544,7 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
         )));
     assert!(wait_until(LONG, || !seen.events("opened").is_empty()));
     // Pages and the API show it as the state topics do.
-    let state: Value = serde_json::from_str(&http(http_addr, "GET", "/api/state")).unwrap();
+    let state: Value = serde_json::from_str(&http_get(http_addr, "/api/state")).unwrap();
     let p = state["providers"]
         .as_array()
         .unwrap()
@@ -641,7 +552,7 @@ fn an_outage_inside_a_maintenance_window_alerts_nobody_and_says_maintenance() {
         .find(|p| p["id"] == "voipco")
         .unwrap();
     assert!(p["maintenance"]["until_ms"].as_u64().is_some(), "{p}");
-    let page = http(http_addr, "GET", "/providers/voipco");
+    let page = http_get(http_addr, "/providers/voipco");
     assert!(page.contains("in maintenance until"), "{page}");
     fleet.down.store(false, Ordering::SeqCst);
     assert!(
