@@ -344,9 +344,10 @@ fn a_window_is_stored_once_with_a_second_writer_on_the_same_database() {
     let Some(pg) = Postgres::start() else { return };
     let url = pg.database();
     // Both writers store the same 600 windows, in batches, as the history thread
-    // does (a failed batch, e.g. a deadlock, is rolled back and retried).
+    // does (a failed batch, e.g. a deadlock, is rolled back and retried): one a
+    // window at a time, the other a batch in one statement.
     let writers: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|writer| {
             let url = url.clone();
             std::thread::spawn(move || {
                 let mut s = connect(&url);
@@ -356,8 +357,15 @@ fn a_window_is_stored_once_with_a_second_writer_on_the_same_database() {
                         let mut n = 0;
                         let res = (|| {
                             s.begin()?;
-                            for seq in batch * 50..(batch + 1) * 50 {
-                                n += u64::from(s.window(&window("acme", 7, seq))?);
+                            let rows: Vec<_> = (batch * 50..(batch + 1) * 50)
+                                .map(|seq| window("acme", 7, seq))
+                                .collect();
+                            if writer == 0 {
+                                for w in &rows {
+                                    n += u64::from(s.window(w)?);
+                                }
+                            } else {
+                                n += s.windows(&rows.iter().collect::<Vec<_>>())?.0;
                             }
                             s.commit()
                         })();
