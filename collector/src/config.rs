@@ -17,8 +17,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::alerts::{AlertsConfig, Endpoint, WebhookConfig};
 use crate::engine::Thresholds;
 use crate::fleet_config::FleetTarget;
+use crate::maintenance::{Origin, Window};
 use crate::passwd::PasswordFile;
 
 /// Default evaluation window, matching the agents' default.
@@ -79,6 +81,38 @@ struct RawConfig {
     fleet: Option<RawFleet>,
     /// Cluster mode (see [`crate::cluster`]).
     cluster: Option<Spanned<crate::cluster::RawCluster>>,
+    alerts: Option<RawAlerts>,
+    #[serde(default)]
+    maintenance: Vec<Spanned<RawMaintenance>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    alertmanager: Option<Spanned<String>>,
+    #[serde(default)]
+    webhook: Vec<Spanned<RawWebhook>>,
+    public_url: Option<Spanned<String>>,
+    queue: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    secret_file: Spanned<String>,
+    /// A private CA for this receiver (default: the system's CAs).
+    ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaintenance {
+    scope: Spanned<String>,
+    id: Spanned<String>,
+    from: Spanned<String>,
+    to: Spanned<String>,
+    note: Option<String>,
 }
 
 /// `[fleet]`: central config pushed to the agents.
@@ -168,6 +202,10 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// Provider → its configured alternate (if any).
     pub providers: BTreeMap<Id, Option<Id>>,
+    /// `[alerts]`: webhooks and Alertmanager.
+    pub alerts: AlertsConfig,
+    /// `[[maintenance]]` windows (HTTP adds more at run time).
+    pub maintenance: Vec<Window>,
     /// `[[fleet.target]]`: central targets for the matching sites' agents (live on SIGHUP).
     pub fleet_targets: Vec<FleetTarget>,
     /// The file this config was read from (`None`: defaults), read again on SIGHUP.
@@ -644,6 +682,13 @@ impl Validator<'_> {
             };
             providers.insert(id, alt);
         }
+        let alerts = self.alerts(raw.alerts.unwrap_or_default(), &mut warnings)?;
+        let maintenance = raw
+            .maintenance
+            .iter()
+            .enumerate()
+            .map(|(n, m)| self.maintenance(n, m))
+            .collect::<Result<Vec<_>, _>>()?;
         let fleet_targets = match &raw.fleet {
             Some(f) => self.fleet_targets(&f.target)?,
             None => Vec::new(),
@@ -675,10 +720,147 @@ impl Validator<'_> {
             broker_logins,
             thresholds,
             providers,
+            alerts,
+            maintenance,
             fleet_targets,
             source: None,
             warnings,
             cluster,
+        })
+    }
+
+    fn alerts(
+        &self,
+        a: RawAlerts,
+        warnings: &mut Vec<String>,
+    ) -> Result<AlertsConfig, ConfigError> {
+        let url = |v: &Spanned<String>, field: &str| {
+            Endpoint::parse(v.get_ref()).map_err(|m| self.err(Some(v.span()), field, m))
+        };
+        let alertmanager = a
+            .alertmanager
+            .as_ref()
+            .map(|v| url(v, "alerts.alertmanager"))
+            .transpose()?;
+        let mut webhooks: Vec<WebhookConfig> = Vec::new();
+        for w in &a.webhook {
+            let w = w.get_ref();
+            let endpoint = url(&w.url, "alerts.webhook.url")?;
+            if webhooks.iter().any(|o| o.url == endpoint) {
+                return Err(self.err(
+                    Some(w.url.span()),
+                    "alerts.webhook.url",
+                    format!("{endpoint} is listed twice"),
+                ));
+            }
+            let secret = self.secret_file(&w.secret_file, "alerts.webhook.secret_file")?;
+            if secret.expose().len() < MIN_TOKEN_LEN {
+                return Err(self.err(
+                    Some(w.secret_file.span()),
+                    "alerts.webhook.secret_file",
+                    format!(
+                        "the secret must be at least {MIN_TOKEN_LEN} characters \
+                         (e.g. head -c 32 /dev/urandom | base64)"
+                    ),
+                ));
+            }
+            let roots = match &w.ca_file {
+                None => None,
+                Some(f) if !endpoint.is_tls() => {
+                    return Err(self.err(
+                        Some(f.span()),
+                        "alerts.webhook.ca_file",
+                        "needs an https:// url",
+                    ));
+                }
+                Some(f) => Some(self.ca_roots(f, "alerts.webhook.ca_file")?),
+            };
+            if !endpoint.is_tls() {
+                warnings.push(self.warn(
+                    w.url.span(),
+                    "alerts.webhook.url",
+                    format!(
+                        "{endpoint} is not https: incident events cross the network unencrypted"
+                    ),
+                ));
+            }
+            webhooks.push(WebhookConfig {
+                url: endpoint,
+                secret,
+                roots,
+            });
+        }
+        let public_url = match &a.public_url {
+            None => None,
+            Some(v) => {
+                url(v, "alerts.public_url")?;
+                Some(v.get_ref().trim_end_matches('/').to_owned())
+            }
+        };
+        Ok(AlertsConfig {
+            alertmanager,
+            webhooks,
+            public_url,
+            queue: a.queue.as_ref().map(|q| self.path(q)),
+        })
+    }
+
+    /// The CA certificates in a PEM file, as roots to trust.
+    fn ca_roots(
+        &self,
+        v: &Spanned<String>,
+        field: &str,
+    ) -> Result<rustls::RootCertStore, ConfigError> {
+        let path = self.path(v);
+        let bytes =
+            read_file(&path, MAX_PEM_FILE).map_err(|m| self.err(Some(v.span()), field, m))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&bytes) {
+            let c = c.map_err(|e| {
+                self.err(
+                    Some(v.span()),
+                    field,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            roots
+                .add(c)
+                .map_err(|e| self.err(Some(v.span()), field, format!("{}: {e}", path.display())))?;
+        }
+        if roots.is_empty() {
+            return Err(self.err(
+                Some(v.span()),
+                field,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(roots)
+    }
+
+    fn maintenance(&self, n: usize, m: &Spanned<RawMaintenance>) -> Result<Window, ConfigError> {
+        let r = m.get_ref();
+        let scope = crate::maintenance::parse_scope(r.scope.get_ref())
+            .map_err(|e| self.err(Some(r.scope.span()), "maintenance.scope", e))?;
+        let id = crate::maintenance::parse_subject(scope, r.id.get_ref())
+            .map_err(|e| self.err(Some(r.id.span()), "maintenance.id", e))?;
+        let time = |v: &Spanned<String>, field: &str| {
+            crate::maintenance::parse_time(v.get_ref())
+                .map_err(|e| self.err(Some(v.span()), field, e))
+        };
+        let (from_ms, to_ms) = (
+            time(&r.from, "maintenance.from")?,
+            time(&r.to, "maintenance.to")?,
+        );
+        crate::maintenance::check_bounds(from_ms, to_ms)
+            .map_err(|e| self.err(Some(r.to.span()), "maintenance.to", e))?;
+        Ok(Window {
+            window: format!("config-{}", n + 1),
+            scope,
+            id,
+            from_ms,
+            to_ms,
+            note: r.note.clone(),
+            origin: Origin::Config,
         })
     }
 
@@ -1319,6 +1501,70 @@ mod tests {
             (e.field.as_str(), e.line),
             ("broker.password_file", Some(2))
         );
+    }
+
+    #[test]
+    fn alerts_and_maintenance_are_checked_with_field_and_line() {
+        let d = dir_with(&[("wh", "0123456789abcdef-secret\n"), ("short", "abc\n")]);
+        let file = d.0.join("c.toml").display().to_string();
+        let c = Config::parse(
+            "[alerts]\nalertmanager = \"http://127.0.0.1:9093\"\npublic_url = \"https://dash.example/\"\n\
+             [[alerts.webhook]]\nurl = \"https://psa.example/hooks/faultline\"\nsecret_file = \"wh\"\n\
+             [[maintenance]]\nscope = \"provider\"\nid = \"voipco\"\n\
+             from = \"2026-12-01T02:00:00Z\"\nto = \"2026-12-01T04:00:00Z\"\n",
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.alerts.webhooks.len(), 1);
+        assert_eq!(
+            c.alerts.webhooks[0].secret.expose(),
+            "0123456789abcdef-secret"
+        );
+        assert_eq!(c.alerts.public_url.as_deref(), Some("https://dash.example"));
+        assert_eq!(c.maintenance[0].to_ms - c.maintenance[0].from_ms, 7_200_000);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        for (text, field, line) in [
+            (
+                "[alerts]\nalertmanager = \"ftp://x\"\n",
+                "alerts.alertmanager",
+                2,
+            ),
+            (
+                "[alerts]\n[[alerts.webhook]]\nurl = \"https://a/\"\nsecret_file = \"short\"\n",
+                "alerts.webhook.secret_file",
+                4,
+            ),
+            (
+                "[alerts]\n[[alerts.webhook]]\nurl = \"https://a/\"\nsecret_file = \"missing\"\n",
+                "alerts.webhook.secret_file",
+                4,
+            ),
+            (
+                "[[maintenance]]\nscope = \"provider\"\nid = \"voipco\"\nfrom = \"2026-12-01T02:00:00Z\"\n\
+                 to = \"2026-12-01T01:00:00Z\"\n",
+                "maintenance.to",
+                5,
+            ),
+            (
+                "[[maintenance]]\nscope = \"carrier\"\nid = \"x\"\nfrom = \"a\"\nto = \"b\"\n",
+                "maintenance.scope",
+                2,
+            ),
+            (
+                "[[maintenance]]\nscope = \"site\"\nid = \"a\"\nfrom = \"tomorrow\"\nto = \"b\"\n",
+                "maintenance.from",
+                4,
+            ),
+        ] {
+            let e = Config::parse(text, &file).unwrap_err();
+            assert_eq!((e.field.as_str(), e.line), (field, Some(line)), "{e}");
+        }
+        let c = Config::parse(
+            "[[alerts.webhook]]\nurl = \"http://psa.example/\"\nsecret_file = \"wh\"\n",
+            &file,
+        )
+        .unwrap();
+        assert!(c.warnings[0].contains("not https"), "{:?}", c.warnings);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod chart;
 pub mod guard;
+pub mod maintenance;
 pub mod pages;
 
 use std::fmt::Write as _;
@@ -59,6 +60,15 @@ pub async fn serve(
         let g = guard.clone();
         move |headers: HeaderMap, Form(f): Form<LoginForm>| async move { login(&g, &headers, &f) }
     };
+    let has_token = guard.has_token();
+    let maintenance_add = move |AxState(s): AxState<Arc<Shared>>,
+                                Json(n): Json<maintenance::NewWindow>| {
+        maintenance::add(s, has_token, n)
+    };
+    let maintenance_remove = move |AxState(s): AxState<Arc<Shared>>,
+                                   Path(w): maintenance::WindowPath| {
+        maintenance::remove(s, has_token, w)
+    };
     let app = Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/login", get(login_page).post(login_post))
@@ -75,6 +85,14 @@ pub async fn serve(
         .route("/api/providers/:id", get(api_provider))
         .route("/incidents/:id", get(incident_page))
         .route("/api/incidents/:id", get(api_incident))
+        .route(
+            "/api/maintenance",
+            get(maintenance::list).post(maintenance_add),
+        )
+        .route(
+            "/api/maintenance/:window",
+            axum::routing::delete(maintenance_remove),
+        )
         .fallback(not_found)
         .route("/metrics", get(metrics))
         .with_state(shared)
@@ -395,8 +413,9 @@ async fn provider_data(
         return Err(Fail::BadRequest(format!("since: {e}")));
     }
     let now = now_ms();
+    let windows = shared.maintenance.get();
     with_history(shared, move |store, snap| {
-        pages::provider_page(store, snap, &id, &since, now)?
+        pages::provider_page(store, snap, &id, &since, now, &windows)?
             .ok_or_else(|| Fail::NotFound(format!("No provider {id:?}")))
     })
     .await
@@ -680,6 +699,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         "faultline_collector_open_incidents {}",
         e.open_incidents().count()
     );
+    crate::alerts::write_metrics(&mut o, &shared.alerts);
     let _ = writeln!(
         o,
         "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in."

@@ -7,6 +7,8 @@
 //! - [`replay`]: the engine driven by a file's clock.
 //! - [`service`], [`http`], [`store`]: the service shell — MQTT, HTTP, SQLite history.
 //! - [`report`]: provider availability from history.
+//! - [`alerts`]: signed webhooks and Alertmanager, through an on-disk outbox.
+//! - [`maintenance`]: planned-work windows (no alerts, left out of availability).
 //! - [`link`]: how the collector reaches its broker (TLS, logins, the embedded one).
 //! - [`snapshot`]: the state pages read, published by the engine's owner.
 //! - [`supervise`]: a panic anywhere ends the process (so systemd restarts it).
@@ -14,6 +16,7 @@
 //! The `demo` subcommand belongs to the binary (`src/demo.rs`); its relays and
 //! simulated fleet come from `faultline-lab`, never from the test kit.
 
+pub mod alerts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cluster;
@@ -22,6 +25,7 @@ pub mod engine;
 pub mod fleet_config;
 pub mod http;
 pub mod link;
+pub mod maintenance;
 pub mod passwd;
 pub mod replay;
 pub mod report;

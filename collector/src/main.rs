@@ -196,6 +196,27 @@ fn describe_http(c: &Config) -> String {
     )
 }
 
+/// Where incidents are sent, for `check` (secrets were read; never printed).
+fn describe_alerts(c: &Config) -> String {
+    let a = &c.alerts;
+    if !a.is_enabled() {
+        return "none".to_owned();
+    }
+    let mut parts: Vec<String> = a
+        .webhooks
+        .iter()
+        .map(|w| format!("webhook {} (signed)", w.url))
+        .collect();
+    if let Some(am) = &a.alertmanager {
+        parts.push(format!("alertmanager {am}"));
+    }
+    format!(
+        "{}; outbox {}",
+        parts.join(", "),
+        a.queue_path(&c.storage.location).display()
+    )
+}
+
 fn init_tracing() {
     // rumqttc logs through `log`: bridge it.
     let _ = tracing_log::LogTracer::init();
@@ -239,6 +260,10 @@ fn main() -> ExitCode {
                 println!("http:   {}", describe_http(&c));
                 println!("history: {}", describe_history(&c));
                 print!("{}", describe_fleet(&c));
+                println!("alerts: {}", describe_alerts(&c));
+                if !c.maintenance.is_empty() {
+                    println!("maintenance: {} window(s) in the file", c.maintenance.len());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -332,7 +357,10 @@ fn main() -> ExitCode {
                 Some(f) => f,
                 None => to.saturating_sub(report::parse_span(&since).map_err(anyhow::Error::msg)?),
             };
-            let rows = report::availability(&store, from, to, provider.as_deref())?;
+            // The file's maintenance windows and those made over HTTP.
+            let mut windows = c.maintenance.clone();
+            windows.extend(store.maintenance()?);
+            let rows = report::availability(&store, from, to, provider.as_deref(), &windows)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if csv {

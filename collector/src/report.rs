@@ -8,17 +8,19 @@
 //! its sites stop counting as affected where their own windows stop. Each outage
 //! shows the worst state it reached. Route faults (one ISP's path to the provider:
 //! scope `route`) are listed beside the provider but do not count against it: the
-//! provider was up for everyone else.
+//! provider was up for everyone else. A provider's maintenance windows are left out
+//! of the period: inside them its sites are neither watched nor affected.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use faultline_shared::Incident;
+use faultline_shared::{Incident, Scope};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
+use crate::maintenance::{self, Window};
 use crate::store::{Coverage, Store};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -49,6 +51,19 @@ pub struct Availability {
     pub outages: Vec<Outage>,
     /// Route incidents `{isp}~{provider}` in the period (not counted above).
     pub routes: Vec<RouteFault>,
+    /// The provider's maintenance windows within the period (left out above).
+    #[serde(default)]
+    pub maintenance: Vec<MaintenancePeriod>,
+}
+
+/// A maintenance window, clipped to the report's period.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MaintenancePeriod {
+    pub window: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A fault between one ISP and the provider.
@@ -92,12 +107,14 @@ pub fn affected_ms(
         .sum()
 }
 
-/// Computes availability for every provider in history (or just `only`).
+/// Computes availability for every provider in history (or just `only`), leaving
+/// each provider's maintenance `windows` out.
 pub fn availability(
     store: &Store,
     from_ms: u64,
     to_ms: u64,
     only: Option<&str>,
+    windows: &[Window],
 ) -> anyhow::Result<Vec<Availability>> {
     let mut out = Vec::new();
     let incidents = store.incidents_worst(Some("provider"), from_ms, to_ms, u32::MAX)?;
@@ -112,16 +129,36 @@ pub fn availability(
         for (site, _, _) in &sites {
             coverage.insert(site.clone(), store.coverage(site, from_ms, to_ms)?);
         }
-        let site_ms: u64 = coverage.values().map(|c| c.watched(from_ms, to_ms)).sum();
+        // What is counted: the period less the provider's maintenance windows.
+        let counted = maintenance::outside(windows, Scope::Provider, &provider, from_ms, to_ms);
+        let site_ms: u64 = counted
+            .iter()
+            .map(|&(a, b)| coverage.values().map(|c| c.watched(a, b)).sum::<u64>())
+            .sum();
         let mut affected = 0u64;
         let mut outages = Vec::new();
         for (inc, worst) in incidents
             .iter()
             .filter(|(i, _)| i.target_id == provider.as_str())
         {
-            affected += affected_ms(inc, &coverage, from_ms, to_ms, evidence_end);
+            affected += counted
+                .iter()
+                .map(|&(a, b)| affected_ms(inc, &coverage, a, b, evidence_end))
+                .sum::<u64>();
             outages.push(outage(inc, *worst, evidence_end));
         }
+        let mut maintenance: Vec<MaintenancePeriod> = windows
+            .iter()
+            .filter(|w| w.scope == Scope::Provider && w.id == provider.as_str())
+            .filter(|w| w.to_ms > from_ms && w.from_ms < to_ms)
+            .map(|w| MaintenancePeriod {
+                window: w.window.clone(),
+                from_ms: w.from_ms.max(from_ms),
+                to_ms: w.to_ms.min(to_ms),
+                note: w.note.clone(),
+            })
+            .collect();
+        maintenance.sort_by_key(|m| m.from_ms);
         outages.sort_by_key(|o| o.start_ms);
         let mut route_faults: Vec<RouteFault> = routes
             .iter()
@@ -149,6 +186,7 @@ pub fn availability(
             availability,
             outages,
             routes: route_faults,
+            maintenance,
         });
     }
     Ok(out)
@@ -208,6 +246,16 @@ pub fn table(rows: &[Availability]) -> String {
                 utc(x.start_ms),
                 end,
                 x.sites.join(",")
+            );
+        }
+        for m in &r.maintenance {
+            let _ = writeln!(
+                o,
+                "    maintenance {} .. {} ({}) not counted{}",
+                utc(m.from_ms),
+                utc(m.to_ms),
+                dur(m.to_ms - m.from_ms),
+                m.note.as_ref().map_or(String::new(), |n| format!(": {n}"))
             );
         }
         for r in &r.routes {
@@ -289,7 +337,7 @@ mod tests {
         assert!(parse_span("x").is_err());
     }
 
-    use faultline_shared::{Id, IncidentEvent, IncidentEventKind, Scope, State, Subject};
+    use faultline_shared::{Id, IncidentEvent, IncidentEventKind, State, Subject};
 
     fn id(s: &str) -> Id {
         Id::new(s).unwrap()
@@ -355,7 +403,7 @@ mod tests {
         incident(&mut store, State::Outage, 300, None);
         incident(&mut store, State::Degraded, 300, None);
         store.commit().unwrap();
-        let r = &availability(&store, 0, 1_000_000, Some("voipco")).unwrap()[0];
+        let r = &availability(&store, 0, 1_000_000, Some("voipco"), &[]).unwrap()[0];
         assert_eq!(r.site_ms, 1_200_000);
         assert_eq!(r.affected_site_ms, 600_000);
         assert_eq!(r.availability, 0.5);
@@ -364,7 +412,7 @@ mod tests {
         assert_eq!(o.end_ms, None);
         assert_eq!(o.duration_ms, 300_000);
         // Later periods change nothing: no evidence, no watching.
-        let later = &availability(&store, 0, 9_000_000, Some("voipco")).unwrap()[0];
+        let later = &availability(&store, 0, 9_000_000, Some("voipco"), &[]).unwrap()[0];
         assert_eq!(later.availability, 0.5);
         assert!(table(std::slice::from_ref(later)).contains("5m00s"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -380,14 +428,14 @@ mod tests {
         windows(&mut store, "b", 600);
         incident(&mut store, State::Outage, 300, Some(500));
         store.commit().unwrap();
-        let r = &availability(&store, 0, 1_000_000, Some("voipco")).unwrap()[0];
+        let r = &availability(&store, 0, 1_000_000, Some("voipco"), &[]).unwrap()[0];
         assert_eq!(r.site_ms, 1_000_000);
         assert_eq!(r.affected_site_ms, 300_000);
         assert!((r.availability - 0.7).abs() < 1e-12);
         assert_eq!(r.outages[0].duration_ms, 200_000);
         // Clipped to a period: [350 s, 450 s) watches both for 50 + 100 s… of which
         // a is affected 350..400 and b 350..450.
-        let r = &availability(&store, 350_000, 450_000, Some("voipco")).unwrap()[0];
+        let r = &availability(&store, 350_000, 450_000, Some("voipco"), &[]).unwrap()[0];
         assert_eq!(r.site_ms, 50_000 + 100_000);
         assert_eq!(r.affected_site_ms, 50_000 + 100_000);
         assert_eq!(r.availability, 0.0);
@@ -424,7 +472,7 @@ mod tests {
             })
             .unwrap();
         store.commit().unwrap();
-        let rows = availability(&store, 0, 100_000, Some("voipco")).unwrap();
+        let rows = availability(&store, 0, 100_000, Some("voipco"), &[]).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
             rows[0].availability, 1.0,
@@ -433,6 +481,51 @@ mod tests {
         assert_eq!(rows[0].routes.len(), 1);
         assert_eq!(rows[0].routes[0].isp, "IspA");
         assert!(table(&rows).contains("route from ISP IspA"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn maintenance_is_neither_watched_nor_affected() {
+        // a and b report from 0 to 600 s; the incident (300 s .. 500 s) names both;
+        // voipco is in maintenance from 400 s to 600 s. Period 0 .. 1000 s.
+        // Counted: [0, 400) and [600, 1000). Watched: 2 × 400 s = 800 s (nothing
+        // after 600 s). Affected: 2 × (300..400) = 200 s. Availability 1 − 200/800.
+        // Without the window: 1 − 400/1200.
+        let (dir, mut store) = temp_store("maintenance");
+        store.begin().unwrap();
+        windows(&mut store, "a", 600);
+        windows(&mut store, "b", 600);
+        incident(&mut store, State::Outage, 300, Some(500));
+        store.commit().unwrap();
+        let w = Window {
+            window: "config-1".into(),
+            scope: Scope::Provider,
+            id: Subject::from(id("voipco")),
+            from_ms: 400_000,
+            to_ms: 600_000,
+            note: Some("SBC upgrade".into()),
+            origin: crate::maintenance::Origin::Config,
+        };
+        let other = Window {
+            id: Subject::from(id("voipco2")),
+            ..w.clone()
+        };
+        let r = &availability(&store, 0, 1_000_000, Some("voipco"), &[w, other]).unwrap()[0];
+        assert_eq!(r.site_ms, 800_000);
+        assert_eq!(r.affected_site_ms, 200_000);
+        assert_eq!(r.availability, 0.75);
+        assert_eq!(r.maintenance.len(), 1);
+        assert_eq!(
+            (r.maintenance[0].from_ms, r.maintenance[0].to_ms),
+            (400_000, 600_000)
+        );
+        assert!(
+            table(std::slice::from_ref(r)).contains("maintenance"),
+            "{}",
+            table(std::slice::from_ref(r))
+        );
+        let r = &availability(&store, 0, 1_000_000, Some("voipco"), &[]).unwrap()[0];
+        assert_eq!((r.site_ms, r.affected_site_ms), (1_200_000, 400_000));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

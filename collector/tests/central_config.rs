@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use faultline_tests::{
-    Child, Mosquitto, TempDir, free_tcp_port, wait_for_tcp, wait_until, workspace_bin,
+    Child, Collector, Mosquitto, TempDir, free_tcp_port, wait_until, workspace_bin,
 };
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -129,32 +129,11 @@ fn write_collector_config(
     http: SocketAddr,
     fleet: &str,
 ) -> PathBuf {
-    let path = dir.join("collector.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "window_seconds = 1\n[mqtt]\nurl = \"{}\"\n[http]\nlisten = \"{http}\"\n\
-             [storage]\npath = \"{}\"\n{fleet}",
-            broker.url(),
-            dir.join("history.db").display()
-        ),
-    )
-    .unwrap();
-    path
+    Collector::write_config(dir, &broker.url(), http, fleet)
 }
 
-fn start_collector(config: &Path, http: SocketAddr) -> Child {
-    let child = Child::spawn(
-        "faultline-collector",
-        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    )
-    .unwrap();
-    assert!(wait_for_tcp(http, LONG), "collector HTTP did not come up");
-    child
+fn start_collector(config: &Path, http: SocketAddr) -> Collector {
+    Collector::start(env!("CARGO_BIN_EXE_faultline-collector"), config, http)
 }
 
 /// agent.toml without central keys beyond site, isp, [mqtt] and its local `web`
@@ -263,7 +242,7 @@ fn central_targets_reach_the_agent_bad_ones_are_rejected_and_a_restart_offline_k
     );
     write_collector_config(dir.path(), &broker, http, &fleet_b);
     let mark = seen.mark();
-    collector.signal("HUP");
+    collector.child.signal("HUP");
     let r = wait_for_targets(&seen, mark, &["web", "central-a", "central-b"]);
     assert_eq!(probe(&r, "central-b").unwrap()["received"], 1, "{r}");
     let config = seen.all(&topic("config")).pop().unwrap();
@@ -281,7 +260,7 @@ fn central_targets_reach_the_agent_bad_ones_are_rejected_and_a_restart_offline_k
     let bad_toml = format!("{fleet_b}{}", fleet_target("bad", 1, "[\"acme-hq\"]"))
         .replace("host = \"127.0.0.1:1\"", "host = \"127.0.0.1\"");
     write_collector_config(dir.path(), &broker, http, &bad_toml);
-    collector.signal("HUP");
+    collector.child.signal("HUP");
 
     // (b) A bad central config (published by hand, newer than the collector's): the
     // agent rejects it naming target and key, and keeps measuring what it had.

@@ -5,13 +5,13 @@
 //! the collector exports.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use faultline_tests::{Child, TempDir, free_tcp_port, require, wait_for_tcp, wait_until};
+use faultline_tests::{Collector, TempDir, free_tcp_port, require, wait_for_tcp, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -73,21 +73,6 @@ fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     if require("promtool", "prometheus").is_none() {
@@ -111,26 +96,18 @@ fn rules_and_dashboard_query_only_what_the_collector_exports() {
     // A collector (embedded broker) that has seen one site's report, so the probe
     // and verdict series carry samples, not only their TYPE lines.
     let dir = TempDir::new("deploy");
-    let (v4, v5, http) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let (v4, v5, http) = (free_tcp_port(), free_tcp_port(), Collector::free_http());
+    // The embedded broker: no [mqtt] url.
+    let config = dir.path().join("c.toml");
     std::fs::write(
-        dir.path().join("c.toml"),
+        &config,
         format!(
-            "window_seconds = 1\n[http]\nlisten = \"127.0.0.1:{http}\"\n[storage]\npath = \"h.db\"\n\
+            "window_seconds = 1\n[http]\nlisten = \"{http}\"\n[storage]\npath = \"h.db\"\n\
              [broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n"
         ),
     )
     .unwrap();
-    let _collector = Child::spawn(
-        "faultline-collector",
-        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
-            .args(["run", "--config", "c.toml"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    )
-    .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], http));
-    assert!(wait_for_tcp(addr, LONG), "collector HTTP did not come up");
+    let collector = Collector::start(env!("CARGO_BIN_EXE_faultline-collector"), &config, http);
     assert!(wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], v4)), LONG));
     // Reports until one shows (the collector subscribes a moment after its broker
     // listens, and a QoS 1 message with no subscriber yet is dropped).
@@ -160,7 +137,7 @@ fn rules_and_dashboard_query_only_what_the_collector_exports() {
             .unwrap();
         assert!(st.success());
         std::thread::sleep(Duration::from_millis(500));
-        metrics = http_get(addr, "/metrics");
+        metrics = collector.get("/metrics");
         metrics.contains("faultline_probe_mos{site=\"deploy-site\"")
             && metrics.contains("faultline_verdict_state{scope=\"site\",id=\"deploy-site\"")
     });

@@ -2,17 +2,19 @@
 //! events out; a restart keeps the incident; bad messages are counted and dropped
 //! while good traffic flows. Skips (with the reason) when Mosquitto is missing.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use faultline_tests::{Child, Mosquitto, TempDir, free_tcp_port, wait_for_tcp, wait_until};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use faultline_tests::{
+    Collector, Mosquitto, TempDir, Watcher, free_tcp_port, http_get, metric, mqtt_client,
+    wait_until,
+};
+use rumqttc::QoS;
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -24,134 +26,27 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-struct Collector {
-    child: Child,
-    http: SocketAddr,
-}
-
 fn write_config(dir: &Path, broker: &str, http: SocketAddr) -> std::path::PathBuf {
-    let path = dir.join("collector.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "window_seconds = 1\n[mqtt]\nurl = \"{broker}\"\n[http]\nlisten = \"{http}\"\n\
-             [storage]\npath = \"{}\"\n[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n\
-             # Silence is not under test: a loaded CI box must not fake it.\n\
-             [thresholds]\nsilence_windows = 15\n",
-            dir.join("history.db").display()
-        ),
+    Collector::write_config(
+        dir,
+        broker,
+        http,
+        "[providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n\
+         # Silence is not under test: a loaded CI box must not fake it.\n\
+         [thresholds]\nsilence_windows = 15\n",
     )
-    .unwrap();
-    path
 }
 
 fn start_collector(config: &Path, http: SocketAddr) -> Collector {
-    let child = Child::spawn(
-        "faultline-collector",
-        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    )
-    .unwrap();
-    assert!(wait_for_tcp(http, LONG), "collector HTTP did not come up");
-    Collector { child, http }
+    Collector::start(env!("CARGO_BIN_EXE_faultline-collector"), config, http)
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-/// Reads one counter from `/metrics`.
-fn metric(addr: SocketAddr, series: &str) -> f64 {
-    http_get(addr, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
-        .unwrap_or(-1.0)
-}
-
-/// Every message seen on the subscribed filters.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Value)>>>);
-
-impl Seen {
-    fn latest(&self, topic: &str) -> Option<Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|(t, _)| t == topic)
-            .map(|(_, v)| v.clone())
-    }
-    fn events(&self, kind: &str, target: &str) -> Vec<Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, v)| {
-                t == "faultline/v1/events/incidents"
-                    && v["event"] == kind
-                    && v["incident"]["target_id"] == target
-            })
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-}
-
-fn subscriber(port: u16, id: &str, filters: &[&str]) -> Seen {
-    let seen = Seen::default();
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(opts, 100);
-    let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for f in &filters {
-                        let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                    s.0.lock().unwrap().push((p.topic.clone(), v));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    seen
-}
-
-fn publisher(port: u16, id: &str) -> Client {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(opts, 1000);
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            if ev.is_err() {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    });
-    client
+/// Incident events of one kind about one target.
+fn events(seen: &Watcher, kind: &str, target: &str) -> Vec<Value> {
+    seen.events(kind)
+        .into_iter()
+        .filter(|v| v["incident"]["target_id"] == target)
+        .collect()
 }
 
 fn report(site: &str, boot: u32, seq: u64, voipco_down: bool) -> Value {
@@ -189,7 +84,7 @@ impl Fleet {
         let stop = Arc::new(AtomicBool::new(false));
         let down = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let client = publisher(port, "fleet");
+        let client = mqtt_client(port, "fleet");
         let sites = [
             ("acme-hq", "IspA"),
             ("bobs-bakery", "IspB"),
@@ -249,9 +144,8 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     let dir = TempDir::new("collector-e2e");
     let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let config = write_config(dir.path(), &broker.url(), http);
-    let seen = subscriber(
+    let seen = Watcher::subscribe(
         broker.port,
-        "watcher",
         &[
             "faultline/v1/state/#",
             "faultline/v1/events/incidents",
@@ -284,12 +178,12 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
     assert_eq!(v["recommendation"]["to"], "voipco2");
     assert_eq!(v["sites"], json!(["acme-hq", "bobs-bakery", "city-dental"]));
     let incident = v["incident"].as_str().unwrap().to_owned();
-    assert!(wait_until(LONG, || seen.events("opened", "voipco").len() == 1));
+    assert!(wait_until(LONG, || events(&seen, "opened", "voipco").len() == 1));
     let site = seen.latest("faultline/v1/state/sites/acme-hq").unwrap();
     assert_eq!(site["cause"], "provider");
     assert_eq!(site["incident"], incident.as_str());
     // Retained: a newcomer sees the verdict at once.
-    let late = subscriber(broker.port, "latecomer", &[prov]);
+    let late = Watcher::subscribe(broker.port, &[prov]);
     assert!(wait_until(LONG, || late
         .latest(prov)
         .is_some_and(|v| v["state"] == "outage")));
@@ -315,12 +209,12 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
         "faultline_collector_evaluations_total"
     ) >= 5.0));
     assert_eq!(
-        seen.events("opened", "voipco").len(),
+        events(&seen, "opened", "voipco").len(),
         1,
         "re-opened after restart"
     );
     assert!(
-        seen.events("closed", "voipco").is_empty(),
+        events(&seen, "closed", "voipco").is_empty(),
         "forgotten after restart"
     );
     let api = http_get(c.http, "/api/incidents");
@@ -346,7 +240,7 @@ fn verdicts_and_incidents_out_and_a_restart_keeps_the_incident() {
             .is_some_and(|v| v["state"] == "ok")),
         "outage did not clear"
     );
-    let closed = seen.events("closed", "voipco");
+    let closed = events(&seen, "closed", "voipco");
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0]["incident"]["id"], incident.as_str());
 
@@ -409,7 +303,7 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
     let dir = TempDir::new("collector-bad");
     let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let config = write_config(dir.path(), &broker.url(), http);
-    let seen = subscriber(broker.port, "metrics-watcher", &["faultline/v1/metrics/#"]);
+    let seen = Watcher::subscribe(broker.port, &["faultline/v1/metrics/#"]);
     let c = start_collector(&config, http);
     let fleet = Fleet::start(broker.port);
     assert!(wait_until(LONG, || metric(
@@ -417,7 +311,7 @@ fn bad_messages_are_counted_and_dropped_while_good_traffic_flows() {
         "faultline_collector_messages_total{kind=\"report\"}"
     ) >= 3.0));
 
-    let p = publisher(broker.port, "stranger");
+    let p = mqtt_client(broker.port, "stranger");
     let q = QoS::AtLeastOnce;
     let site_topic = "faultline/v1/sites/acme-hq/report/json";
     p.publish(site_topic, q, false, b"{not json".to_vec())

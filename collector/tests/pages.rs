@@ -51,6 +51,7 @@ fn verdict(at_ms: u64, scope: Scope, who: &str, state: State, incident: Option<&
         },
         incident: incident.map(str::to_owned),
         recommendation: None,
+        maintenance: None,
     }
 }
 

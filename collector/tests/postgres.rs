@@ -3,6 +3,7 @@
 //! windows are stored exactly once with a second writer on the same database;
 //! migrations apply once, also when two collectors open at once; and a collector
 //! run with `[storage] url` stores what Mosquitto delivers and `report` reads it.
+//! HTTP-made maintenance windows are kept alike (and `report` leaves them out).
 //! Skips (with the reason) when PostgreSQL is not installed.
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use faultline_collector::config::{PgLocation, StorageLocation};
 use faultline_collector::engine::{BootMeta, TargetPoint, WindowRow};
+use faultline_collector::maintenance::{Origin, Window};
 use faultline_collector::report;
 use faultline_collector::store::Store;
 use faultline_shared::{
@@ -109,6 +111,20 @@ fn verdict(at_ms: u64, state: State) -> Verdict {
         sites: vec![id("acme"), id("bobs")],
         incident: Some("inc-000007".into()),
         recommendation: None,
+        maintenance: None,
+    }
+}
+
+/// An HTTP-made maintenance window on voipco.
+fn maintenance_window(name: &str, from_ms: u64, to_ms: u64) -> Window {
+    Window {
+        window: name.into(),
+        scope: Scope::Provider,
+        id: id("voipco").into(),
+        from_ms,
+        to_ms,
+        note: Some("SBC upgrade".into()),
+        origin: Origin::Http,
     }
 }
 
@@ -155,6 +171,16 @@ fn fill(s: &mut Store) {
         .unwrap();
     s.verdict(&verdict(BASE + 600_000, State::Ok)).unwrap();
     s.commit().unwrap();
+
+    // Maintenance windows: kept, replaced by name, deleted.
+    s.save_maintenance(&maintenance_window("mw-1", BASE, BASE + 60_000))
+        .unwrap();
+    s.save_maintenance(&maintenance_window("mw-1", BASE + 100_000, BASE + 200_000))
+        .unwrap();
+    s.save_maintenance(&maintenance_window("mw-2", BASE, BASE + 1))
+        .unwrap();
+    assert!(s.delete_maintenance("mw-2").unwrap());
+    assert!(!s.delete_maintenance("mw-2").unwrap());
 }
 
 /// Everything pages and `report` read, as text to compare across backends.
@@ -206,7 +232,9 @@ fn reads(s: &Store) -> String {
         format!("{:?}", s.coverage("bobs", 0, to).unwrap().watched(0, to)),
     );
     add("evidence_end", format!("{:?}", s.evidence_end(to).unwrap()));
-    let rows = report::availability(s, BASE, to, Some("voipco")).unwrap();
+    let windows = s.maintenance().unwrap();
+    add("maintenance", format!("{windows:?}"));
+    let rows = report::availability(s, BASE, to, Some("voipco"), &windows).unwrap();
     add("report", serde_json::to_string(&rows).unwrap());
     for t in [
         "windows",
@@ -263,6 +291,16 @@ fn postgres_reads_what_sqlite_reads_for_the_same_writes() {
     );
     assert!(sqlite.0.contains("runs: [(0, 119)]"), "{}", sqlite.0);
     assert!(sqlite.1.contains("windows_hourly: 2\n"), "{}", sqlite.1);
+    assert!(
+        sqlite.0.contains("window: \"mw-1\"") && !sqlite.0.contains("mw-2"),
+        "{}",
+        sqlite.0
+    );
+    assert!(
+        sqlite.0.contains("\"maintenance\":[{\"window\":\"mw-1\""),
+        "{}",
+        sqlite.0
+    );
 }
 
 #[test]
@@ -286,14 +324,18 @@ fn migrations_apply_once_even_when_two_collectors_open_at_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Each migration once.
     assert_eq!(
         versions,
-        [faultline_collector::store::postgres::SCHEMA_VERSION]
+        (1..=faultline_collector::store::postgres::SCHEMA_VERSION).collect::<Vec<_>>()
     );
     drop(stores);
     // Reopening changes nothing.
     let s = connect(&url);
-    assert_eq!(s.count("schema_migrations").unwrap(), 1);
+    assert_eq!(
+        s.count("schema_migrations").unwrap(),
+        i64::from(faultline_collector::store::postgres::SCHEMA_VERSION)
+    );
     assert_eq!(s.count("windows").unwrap(), 0);
 }
 
@@ -302,9 +344,10 @@ fn a_window_is_stored_once_with_a_second_writer_on_the_same_database() {
     let Some(pg) = Postgres::start() else { return };
     let url = pg.database();
     // Both writers store the same 600 windows, in batches, as the history thread
-    // does (a failed batch, e.g. a deadlock, is rolled back and retried).
+    // does (a failed batch, e.g. a deadlock, is rolled back and retried): one a
+    // window at a time, the other a batch in one statement.
     let writers: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|writer| {
             let url = url.clone();
             std::thread::spawn(move || {
                 let mut s = connect(&url);
@@ -314,8 +357,15 @@ fn a_window_is_stored_once_with_a_second_writer_on_the_same_database() {
                         let mut n = 0;
                         let res = (|| {
                             s.begin()?;
-                            for seq in batch * 50..(batch + 1) * 50 {
-                                n += u64::from(s.window(&window("acme", 7, seq))?);
+                            let rows: Vec<_> = (batch * 50..(batch + 1) * 50)
+                                .map(|seq| window("acme", 7, seq))
+                                .collect();
+                            if writer == 0 {
+                                for w in &rows {
+                                    n += u64::from(s.window(w)?);
+                                }
+                            } else {
+                                n += s.windows(&rows.iter().collect::<Vec<_>>())?.0;
                             }
                             s.commit()
                         })();

@@ -40,7 +40,7 @@ pub use mqtt_url::{MqttUrl, MqttUrlError, MqttUrlErrorKind};
 pub use reject::RejectReason;
 pub use report::{HostHealth, Kind, Layer, ProbeResult, Report, RttStats};
 pub use state::{
-    Cause, CollectorStatus, Incident, IncidentEvent, IncidentEventKind, OfflineReason,
+    Cause, CollectorStatus, Incident, IncidentEvent, IncidentEventKind, Maintenance, OfflineReason,
     Recommendation, Scope, State, Status, StatusState, Verdict,
 };
 pub use summary::{Health, OfflineWhy, SiteHealth, SiteSummary, SummaryKind};

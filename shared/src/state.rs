@@ -189,6 +189,17 @@ pub struct Verdict {
     pub incident: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommendation: Option<Recommendation>,
+    /// Present while the subject (or the provider, ISP or route its cause points
+    /// at) is in a maintenance window: the verdict stands, nobody is alerted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// A verdict's maintenance window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// When the window ends (epoch milliseconds).
+    pub until_ms: u64,
 }
 
 /// What the MSP should do about a provider fault.

@@ -19,6 +19,7 @@
 //!   they are re-exported here under their old paths.
 
 pub mod certs;
+pub mod collector;
 pub mod coturn;
 pub mod dns;
 pub mod fleet;
@@ -28,6 +29,7 @@ pub mod nats;
 pub mod outbox;
 pub mod postgres;
 
+pub use collector::{Collector, Watcher, metric, mqtt_client};
 pub use faultline_lab::relay;
 pub use postgres::Postgres;
 

@@ -819,6 +819,7 @@ fn publish<'a, K: 'a>(
             sites: t.shown.sites.clone(),
             incident: t.incident.clone(),
             recommendation: t.shown.recommendation.clone(),
+            maintenance: None,
         };
         t.published = Some(v.clone());
         out.push(Change::Verdict(v));

@@ -73,6 +73,16 @@ fn pill(state: &str) -> String {
     format!("<span class=\"pill {0}\">{0}</span>", esc(state))
 }
 
+/// " · in maintenance until …" when the verdict is in a maintenance window.
+fn maintenance_note(v: Option<&Verdict>) -> String {
+    v.and_then(|v| v.maintenance).map_or(String::new(), |m| {
+        format!(
+            " · <span class=\"muted\">in maintenance until {} (no alerts)</span>",
+            utc(m.until_ms)
+        )
+    })
+}
+
 /// A whole page around `body`.
 pub fn page(title: &str, body: &str) -> String {
     format!(
@@ -479,10 +489,11 @@ pub fn site_html(p: &SitePage) -> String {
         .unwrap_or_default();
     let _ = write!(
         b,
-        "<section><h2>Site {}</h2><p>{}{} · ISP {} · customer {} · {}</p>",
+        "<section><h2>Site {}</h2><p>{}{}{} · ISP {} · customer {} · {}</p>",
         esc(&p.site),
         pill(state),
         cause,
+        maintenance_note(p.verdict.as_ref()),
         esc(p.isp.as_deref().unwrap_or("?")),
         esc(p.customer.as_deref().unwrap_or("?")),
         esc(p
@@ -555,6 +566,7 @@ pub fn provider_page(
     provider: &str,
     since: &str,
     now_ms: u64,
+    windows: &[crate::maintenance::Window],
 ) -> anyhow::Result<Option<ProviderPage>> {
     let span = report::parse_span(since).map_err(anyhow::Error::msg)?;
     let from_ms = now_ms.saturating_sub(span);
@@ -574,7 +586,7 @@ pub fn provider_page(
             }
         }
     }
-    let availability = report::availability(store, from_ms, now_ms, Some(provider))?
+    let availability = report::availability(store, from_ms, now_ms, Some(provider), windows)?
         .into_iter()
         .next();
     let availability = match availability {
@@ -589,6 +601,7 @@ pub fn provider_page(
             availability: 1.0,
             outages: vec![],
             routes: vec![],
+            maintenance: vec![],
         },
         None => return Ok(None),
     };
@@ -608,9 +621,10 @@ pub fn provider_html(p: &ProviderPage) -> String {
     let state = p.verdict.as_ref().map_or("ok", |v| v.state.as_str());
     let _ = write!(
         b,
-        "<section><h2>Provider {}</h2><p>{}{}</p>",
+        "<section><h2>Provider {}</h2><p>{}{}{}</p>",
         esc(&p.provider),
         pill(state),
+        maintenance_note(p.verdict.as_ref()),
         p.verdict
             .as_ref()
             .and_then(|v| v.recommendation.as_ref())
@@ -672,6 +686,20 @@ pub fn provider_html(p: &ProviderPage) -> String {
                     .map(|s| site_link(s))
                     .collect::<Vec<_>>()
                     .join(", ")
+            );
+        }
+        b.push_str("</table>");
+    }
+    if !a.maintenance.is_empty() {
+        b.push_str("<h3>Maintenance (not counted)</h3><table><tr><th>from</th><th>to</th><th>lasted</th><th>note</th></tr>");
+        for m in &a.maintenance {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                utc(m.from_ms),
+                utc(m.to_ms),
+                dur(m.to_ms - m.from_ms),
+                esc(m.note.as_deref().unwrap_or(""))
             );
         }
         b.push_str("</table>");

@@ -30,8 +30,10 @@ use faultline_shared::Topics;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::alerts::{AlertStats, Alerts};
 use crate::config::Config;
 use crate::engine::{Engine, Output};
+use crate::maintenance::{Book, Marks};
 use crate::snapshot::SnapshotCell;
 use crate::store::Store;
 use history::{HistoryStats, StoreMsg};
@@ -89,6 +91,10 @@ pub struct Shared {
     pub started_ms: u64,
     /// The engine's state as of its latest evaluation, and its counters.
     pub snapshot: SnapshotCell,
+    /// Alert deliveries per receiver kind.
+    pub alerts: Arc<AlertStats>,
+    /// Maintenance windows in force (config and HTTP).
+    pub maintenance: Arc<Book>,
 }
 
 /// Runs the collector until SIGINT/SIGTERM.
@@ -109,11 +115,14 @@ pub async fn serve(
     let start = now_ms();
     // Blocking work (PostgreSQL's client runs its own runtime): off the async workers.
     let location = cfg.storage.location.clone();
-    let (writer, restored, history_store) = tokio::task::spawn_blocking(move || {
+    let (writer, restored, history_store, kept_windows) = tokio::task::spawn_blocking(move || {
         let writer = Store::connect(&location)?;
         let restored = writer.restore(start).context("restore history")?;
         let history_store = Store::connect(&location)?;
-        anyhow::Ok((writer, restored, history_store))
+        let kept_windows = history_store
+            .maintenance()
+            .context("restore maintenance windows")?;
+        anyhow::Ok((writer, restored, history_store, kept_windows))
     })
     .await
     .context("open history")??;
@@ -143,10 +152,36 @@ pub async fn serve(
         history_stats: history_stats.clone(),
         started_ms: start,
         snapshot: SnapshotCell::default(),
+        alerts: Arc::new(AlertStats::default()),
+        maintenance: Arc::new(Book::new(
+            cfg.maintenance
+                .iter()
+                .cloned()
+                .chain(kept_windows)
+                .collect(),
+        )),
     });
     shared.snapshot.set(Arc::new(engine.snapshot()));
 
     let (stop_tx, _) = broadcast::channel::<()>(1);
+    let alerts = if cfg.alerts.is_enabled() {
+        let open: Vec<_> = engine.open_incidents().cloned().collect();
+        let verdicts: Vec<_> = engine.verdicts().cloned().collect();
+        let path = cfg.alerts.queue_path(&cfg.storage.location);
+        let a = Alerts::start(
+            &cfg.alerts,
+            &path,
+            &open,
+            &verdicts,
+            shared.maintenance.clone(),
+            shared.alerts.clone(),
+            &stop_tx,
+        )
+        .with_context(|| format!("alert queue {}", path.display()))?;
+        Some(a)
+    } else {
+        None
+    };
     crate::http::serve(
         cfg.http_listen,
         shared.clone(),
@@ -181,6 +216,8 @@ pub async fn serve(
                 metrics,
                 site_events,
                 last_maintain_ms: 0,
+                alerts,
+                marks: Marks::default(),
             };
             owner.drive(inputs).await;
         })
@@ -220,6 +257,9 @@ struct Owner {
     /// Sites heard, for their central config.
     site_events: mpsc::UnboundedSender<site_config::Event>,
     last_maintain_ms: u64,
+    alerts: Option<Alerts>,
+    /// Which published verdicts say `maintenance`.
+    marks: Marks,
 }
 
 impl Owner {
@@ -293,6 +333,7 @@ impl Owner {
             st.evaluation_max = st.evaluation_max.max(took);
         }
         self.dispatch();
+        self.maintenance(now);
         if now.saturating_sub(self.last_maintain_ms) >= MAINTAIN_EVERY_MS {
             self.last_maintain_ms = now;
             let _ = self.store_tx.send(StoreMsg::Maintain(now));
@@ -325,6 +366,34 @@ impl Owner {
         }
     }
 
+    /// Re-publishes verdicts whose maintenance mark changed (a window started or
+    /// ended) and alerts incidents held back by a window that has ended.
+    fn maintenance(&mut self, now: u64) {
+        let windows = self.shared.maintenance.get();
+        let changed = self.marks.changed(&windows, self.engine.verdicts(), now);
+        if !changed.is_empty() {
+            let (s, _) = self.shared.snapshot.get();
+            self.set_snapshot(s);
+        }
+        for v in changed {
+            let _ = self.pubs.send(Publication::Verdict(v));
+        }
+        if let Some(a) = &mut self.alerts {
+            a.tick(now);
+        }
+    }
+
+    /// Hands pages a snapshot whose verdicts carry the maintenance marks published.
+    fn set_snapshot(&self, s: Arc<crate::snapshot::Snapshot>) {
+        if self.marks.is_empty() && s.verdicts().all(|v| v.maintenance.is_none()) {
+            self.shared.snapshot.set(s);
+            return;
+        }
+        let mut s = (*s).clone();
+        self.marks.annotate(&mut s);
+        self.shared.snapshot.set(Arc::new(s));
+    }
+
     /// Hands every output on, in order.
     fn dispatch(&mut self) {
         while let Some(o) = self.engine.poll_output() {
@@ -341,12 +410,21 @@ impl Owner {
                         .send(site_config::Event::Site(site.clone()));
                     StoreMsg::Site(site, isp, customer)
                 }
-                Output::Verdict(v) => {
+                Output::Verdict(mut v) => {
+                    let windows = self.shared.maintenance.get();
+                    self.marks.mark(&windows, &mut v, now_ms());
+                    if let Some(a) = &mut self.alerts {
+                        a.verdict(&v);
+                    }
                     let _ = self.pubs.send(Publication::Verdict(v.clone()));
                     StoreMsg::Verdict(v)
                 }
                 Output::Incident(e) => {
                     let _ = self.pubs.send(Publication::Incident(e.clone()));
+                    // Durable (fsync'd) before the report that caused it is acknowledged.
+                    if let Some(a) = &mut self.alerts {
+                        a.take(&e, now_ms());
+                    }
                     StoreMsg::Incident(e)
                 }
                 Output::Forget(v) => {
@@ -364,7 +442,7 @@ impl Owner {
                     continue;
                 }
                 Output::Snapshot(s) => {
-                    self.shared.snapshot.set(s);
+                    self.set_snapshot(s);
                     continue;
                 }
                 // Only a site worker's engine (cluster mode) says this.

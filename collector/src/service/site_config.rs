@@ -187,6 +187,8 @@ fn reload(path: &Path, running: &Config) -> Result<(Config, Vec<&'static str>), 
             changed(&running.thresholds, &new.thresholds),
         ),
         ("[providers]", running.providers != new.providers),
+        ("[alerts]", changed(&running.alerts, &new.alerts)),
+        ("[[maintenance]]", running.maintenance != new.maintenance),
     ] {
         if differs {
             restart.push(name);

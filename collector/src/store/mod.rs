@@ -97,6 +97,11 @@ pub trait Backend: Send + std::fmt::Debug {
     fn site(&mut self, site: &Id, isp: Option<&Id>, customer: Option<&str>) -> anyhow::Result<()>;
     /// Inserts a window row unless (site, boot, seq) is stored: whether it was new.
     fn insert_window(&mut self, w: &WindowRow) -> anyhow::Result<bool>;
+    /// [`Backend::insert_window`] for each row, in one go where the backend can (a
+    /// round trip per row is what a network database cannot afford).
+    fn insert_windows(&mut self, rows: &[&WindowRow]) -> anyhow::Result<Vec<bool>> {
+        rows.iter().map(|w| self.insert_window(w)).collect()
+    }
     fn site_target(
         &mut self,
         site: &Id,
@@ -111,6 +116,22 @@ pub trait Backend: Send + std::fmt::Debug {
         minute_ms: u64,
         sums: Vec<PointSum>,
     ) -> anyhow::Result<()>;
+    /// [`Backend::merge_minute`] for each (site, minute), given in one order for every
+    /// writer; in one go where the backend can.
+    fn merge_minutes(&mut self, minutes: Vec<((Id, u64), Vec<PointSum>)>) -> anyhow::Result<()> {
+        for ((site, minute), sums) in minutes {
+            self.merge_minute(&site, minute, sums)?;
+        }
+        Ok(())
+    }
+    /// [`Backend::save_boot_seqs`] for each boot, given in one order for every
+    /// writer; in one go where the backend can.
+    fn save_boots(&mut self, boots: &[(&Id, u32, &SeqSet, u64)]) -> anyhow::Result<()> {
+        for &(site, boot, seqs, last_ms) in boots {
+            self.save_boot_seqs(site, boot, seqs, last_ms)?;
+        }
+        Ok(())
+    }
     /// Downsampling and retention in one transaction (see [`Store::maintain`]).
     fn maintain(&mut self, cuts: &Cuts) -> anyhow::Result<()>;
 
@@ -174,6 +195,12 @@ pub trait Backend: Send + std::fmt::Debug {
     fn evidence_end(&self, to_ms: u64) -> anyhow::Result<Option<u64>>;
     /// Rows in one of history's tables (for tests and checks).
     fn count(&self, table: &str) -> anyhow::Result<i64>;
+    /// Keeps an HTTP-made maintenance window (its JSON), replacing one of that name.
+    fn save_maintenance(&mut self, window: &str, to_ms: u64, json: &str) -> anyhow::Result<()>;
+    /// Forgets a maintenance window; whether there was one.
+    fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool>;
+    /// Every kept maintenance window's JSON.
+    fn maintenance_json(&self) -> anyhow::Result<Vec<String>>;
 }
 
 /// Minute rows as (minute, chart sums blob).
@@ -256,16 +283,17 @@ impl Store {
         let mut minutes: Vec<_> = self.minutes.drain().collect();
         // One order for every writer: concurrent transactions lock rows alike.
         minutes.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((site, minute), sums) in minutes {
-            self.db.merge_minute(&site, minute, sums)?;
-        }
+        self.db.merge_minutes(minutes)?;
         self.dirty.sort();
-        for (site, boot) in &self.dirty {
-            let Some(b) = self.boots.get(site).and_then(|m| m.get(boot)) else {
-                continue;
-            };
-            self.db.save_boot_seqs(site, *boot, &b.seqs, b.last_ms)?;
-        }
+        let boots: Vec<_> = self
+            .dirty
+            .iter()
+            .filter_map(|(site, boot)| {
+                let b = self.boots.get(site)?.get(boot)?;
+                Some((site, *boot, &b.seqs, b.last_ms))
+            })
+            .collect();
+        self.db.save_boots(&boots)?;
         self.db.commit()?;
         for (site, boot) in self.dirty.drain(..) {
             if let Some(b) = self.boots.get_mut(&site).and_then(|m| m.get_mut(&boot)) {
@@ -364,25 +392,44 @@ impl Store {
         self.db.site(site, isp, customer)
     }
 
-    /// Stores one window unless (site, boot, seq) already is: returns whether it was
-    /// new.
+    /// Stores one window unless (site, boot, seq) is stored already: whether it was
+    /// new (see [`Store::windows`]).
     pub fn window(&mut self, w: &WindowRow) -> anyhow::Result<bool> {
-        if self.stored_boot(&w.site, w.boot)?.seqs.contains(w.seq) {
-            return Ok(false);
+        Ok(self.windows(&[w])?.0 == 1)
+    }
+
+    /// Stores a batch's windows, each unless (site, boot, seq) is stored already
+    /// (by this writer, in this batch, or by another writer): how many were new and
+    /// how many were refused. New rows go to the database in one statement where
+    /// the backend can; only rows the database took count toward the charts.
+    pub fn windows(&mut self, rows: &[&WindowRow]) -> anyhow::Result<(u64, u64)> {
+        let mut fresh = Vec::with_capacity(rows.len());
+        for &w in rows {
+            let b = self.stored_boot(&w.site, w.boot)?;
+            if b.seqs.contains(w.seq) {
+                continue;
+            }
+            // No run limit here: history records whatever the engine let through.
+            let _ = b.seqs.insert(w.seq, usize::MAX);
+            b.last_ms = b.last_ms.max(w.recv_ms);
+            let newly_dirty = !b.dirty;
+            b.dirty = true;
+            if newly_dirty {
+                self.dirty.push((w.site.clone(), w.boot));
+            }
+            fresh.push(w);
         }
-        let inserted = self.db.insert_window(w)?;
-        let b = self.stored_boot(&w.site, w.boot)?;
-        // No run limit here: history records whatever the engine let through.
-        let _ = b.seqs.insert(w.seq, usize::MAX);
-        b.last_ms = b.last_ms.max(w.recv_ms);
-        let newly_dirty = !b.dirty;
-        b.dirty = true;
-        if newly_dirty {
-            self.dirty.push((w.site.clone(), w.boot));
+        let inserted = self.db.insert_windows(&fresh)?;
+        let mut stored = 0;
+        for (w, _) in fresh.iter().zip(inserted).filter(|(_, new)| *new) {
+            stored += 1;
+            self.charted(w)?;
         }
-        if !inserted {
-            return Ok(false);
-        }
+        Ok((stored, rows.len() as u64 - stored))
+    }
+
+    /// A stored window's chart points, targets and providers.
+    fn charted(&mut self, w: &WindowRow) -> anyhow::Result<()> {
         // Chart points: summed per site and minute of arrival.
         let sums = self
             .minutes
@@ -428,7 +475,7 @@ impl Store {
             }
             self.db.site_provider(&w.site, p, w.recv_ms)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Downsamples windows older than `raw_days` into hourly rows, then drops what
@@ -502,6 +549,30 @@ impl std::ops::Deref for Store {
 }
 
 /// A state by its name.
+impl Store {
+    /// Keeps an HTTP-made maintenance window across restarts (outside the writer's
+    /// transactions: its own statement, committed at once).
+    pub fn save_maintenance(&mut self, w: &crate::maintenance::Window) -> anyhow::Result<()> {
+        self.db
+            .save_maintenance(&w.window, w.to_ms, &serde_json::to_string(w)?)
+    }
+
+    /// Forgets an HTTP-made maintenance window; whether there was one.
+    pub fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool> {
+        self.db.delete_maintenance(window)
+    }
+
+    /// The HTTP-made maintenance windows kept (rows that no longer parse are skipped).
+    pub fn maintenance(&self) -> anyhow::Result<Vec<crate::maintenance::Window>> {
+        Ok(self
+            .db
+            .maintenance_json()?
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+}
+
 fn state_named(s: &str) -> Option<State> {
     [
         State::Ok,

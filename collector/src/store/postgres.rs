@@ -36,9 +36,10 @@ const MAINTAIN_LOCK: i64 = 0x4641_554c_5402;
 
 /// The schema, one migration per version, applied in order (each in its own
 /// transaction, recorded in `schema_migrations`). Append; never edit a shipped one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);
      CREATE TABLE incidents(
        id TEXT PRIMARY KEY, scope TEXT NOT NULL, target_id TEXT NOT NULL,
        cause TEXT, state TEXT NOT NULL, opened_ms BIGINT NOT NULL,
@@ -81,7 +82,13 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE TABLE site_targets(
        site TEXT NOT NULL, target TEXT NOT NULL, layer TEXT NOT NULL, provider TEXT,
        first_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL, PRIMARY KEY(site, target));",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE maintenance(
+           window_id TEXT PRIMARY KEY, to_ms BIGINT NOT NULL, json TEXT NOT NULL);",
+    ),
+];
 
 /// The schema this build writes (the last migration's version).
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -350,6 +357,110 @@ impl Backend for Postgres {
         })
     }
 
+    fn save_boots(&mut self, boots: &[(&Id, u32, &SeqSet, u64)]) -> anyhow::Result<()> {
+        if boots.is_empty() {
+            return Ok(());
+        }
+        let sites: Vec<&str> = boots.iter().map(|b| b.0.as_str()).collect();
+        let ids: Vec<i64> = boots.iter().map(|b| i64::from(b.1)).collect();
+        let lasts: Vec<i64> = boots.iter().map(|b| i(b.3)).collect();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO boots(site, boot, ordinal, announced, floor, seqs, last_ms)
+                 SELECT s, n, 0, false, NULL, '', l FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(s, n, l)
+                 ON CONFLICT(site, boot) DO NOTHING",
+                &[&sites, &ids, &lasts],
+            )?;
+            // Another writer may have recorded seqs of these boots meanwhile (a site
+            // handed over): keep theirs too, under the rows' locks, taken in one order.
+            let stored: HashMap<(String, i64), String> = c
+                .query(
+                    "SELECT b.site, b.boot, b.seqs FROM boots b
+                     JOIN unnest($1::text[], $2::int8[]) AS u(s, n) ON b.site = u.s AND b.boot = u.n
+                     ORDER BY b.site, b.boot FOR UPDATE OF b",
+                    &[&sites, &ids],
+                )?
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            let texts: Vec<String> = boots
+                .iter()
+                .map(|&(site, boot, seqs, _)| {
+                    let key = (site.as_str().to_owned(), i64::from(boot));
+                    match stored.get(&key).map(|t| SeqSet::parse(t)) {
+                        Some(Ok(theirs)) if !theirs.is_empty() => union_text(seqs, &theirs),
+                        _ => seqs.to_string(),
+                    }
+                })
+                .collect();
+            c.execute(
+                "UPDATE boots SET seqs = u.q, last_ms = greatest(boots.last_ms, u.l)
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[]) AS u(s, n, q, l)
+                 WHERE boots.site = u.s AND boots.boot = u.n",
+                &[&sites, &ids, &texts, &lasts],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn merge_minutes(&mut self, minutes: Vec<((Id, u64), Vec<PointSum>)>) -> anyhow::Result<()> {
+        if minutes.is_empty() {
+            return Ok(());
+        }
+        let sites: Vec<&str> = minutes.iter().map(|((s, _), _)| s.as_str()).collect();
+        let mins: Vec<i64> = minutes.iter().map(|((_, m), _)| i(*m)).collect();
+        let fresh: Vec<Vec<u8>> = minutes
+            .iter()
+            .map(|(_, sums)| merge_sums(None, sums.clone()))
+            .collect();
+        self.with(|c| {
+            // New minutes in one insert; minutes already stored are merged under
+            // their rows' locks (another worker may be adding to them).
+            let taken: std::collections::HashSet<(String, i64)> = c
+                .query(
+                    "INSERT INTO target_minutes(site, minute_ms, targets)
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
+                     ON CONFLICT(site, minute_ms) DO NOTHING RETURNING site, minute_ms",
+                    &[&sites, &mins, &fresh],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let rest: Vec<usize> = (0..minutes.len())
+                .filter(|&k| !taken.contains(&(sites[k].to_owned(), mins[k])))
+                .collect();
+            if rest.is_empty() {
+                return Ok(());
+            }
+            let rs: Vec<&str> = rest.iter().map(|&k| sites[k]).collect();
+            let rm: Vec<i64> = rest.iter().map(|&k| mins[k]).collect();
+            let stored: HashMap<(String, i64), Vec<u8>> = c
+                .query(
+                    "SELECT t.site, t.minute_ms, t.targets FROM target_minutes t
+                     JOIN unnest($1::text[], $2::int8[]) AS u(s, m) ON t.site = u.s AND t.minute_ms = u.m
+                     ORDER BY t.site, t.minute_ms FOR UPDATE OF t",
+                    &[&rs, &rm],
+                )?
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            let merged: Vec<Vec<u8>> = rest
+                .iter()
+                .map(|&k| {
+                    let key = (sites[k].to_owned(), mins[k]);
+                    merge_sums(stored.get(&key).map(Vec::as_slice), minutes[k].1.clone())
+                })
+                .collect();
+            c.execute(
+                "UPDATE target_minutes SET targets = u.t
+                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS u(s, m, t)
+                 WHERE target_minutes.site = u.s AND target_minutes.minute_ms = u.m",
+                &[&rs, &rm, &merged],
+            )?;
+            Ok(())
+        })
+    }
+
     fn verdict(&mut self, v: &Verdict, json: &str) -> anyhow::Result<()> {
         let scope = v.scope.as_str();
         self.execute(
@@ -443,6 +554,37 @@ impl Backend for Postgres {
                 &i64::from(w.window_ms),
             ],
         )? == 1)
+    }
+
+    fn insert_windows(&mut self, rows: &[&WindowRow]) -> anyhow::Result<Vec<bool>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for the batch: column arrays, unnested; the rows it took
+        // come back (a row another writer stored first is not among them).
+        let col = |f: fn(&WindowRow) -> i64| rows.iter().map(|w| f(w)).collect::<Vec<i64>>();
+        let sites: Vec<&str> = rows.iter().map(|w| w.site.as_str()).collect();
+        let (recv, start) = (col(|w| i(w.recv_ms)), col(|w| i(w.start_ms)));
+        let (boot, seq) = (col(|w| i64::from(w.boot)), col(|w| i(w.seq)));
+        let (bad, window) = (col(|w| i64::from(w.bad)), col(|w| i64::from(w.window_ms)));
+        let loss: Vec<f64> = rows.iter().map(|w| w.max_loss).collect();
+        let rtt: Vec<Option<f64>> = rows.iter().map(|w| w.max_rtt_ms).collect();
+        let mos: Vec<Option<f64>> = rows.iter().map(|w| w.min_mos).collect();
+        let taken = self.query(
+            "INSERT INTO windows(site, recv_ms, start_ms, boot, seq, bad, max_loss, max_rtt_ms, min_mos, window_ms)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                                  $6::int8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[])
+             ON CONFLICT(site, boot, seq) DO NOTHING RETURNING site, boot, seq",
+            &[&sites, &recv, &start, &boot, &seq, &bad, &loss, &rtt, &mos, &window],
+        )?;
+        let taken: std::collections::HashSet<(String, i64, i64)> = taken
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        Ok(rows
+            .iter()
+            .map(|w| taken.contains(&(w.site.as_str().to_owned(), i64::from(w.boot), i(w.seq))))
+            .collect())
     }
 
     fn site_target(
@@ -697,6 +839,24 @@ impl Backend for Postgres {
             .iter()
             .map(|r| (r.get(0), u(r.get(1)), u(r.get(2))))
             .collect())
+    }
+
+    fn save_maintenance(&mut self, window: &str, to_ms: u64, json: &str) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO maintenance(window_id, to_ms, json) VALUES($1, $2, $3)
+             ON CONFLICT(window_id) DO UPDATE SET to_ms = excluded.to_ms, json = excluded.json",
+            &[&window, &i(to_ms), &json],
+        )?;
+        Ok(())
+    }
+
+    fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool> {
+        Ok(self.execute("DELETE FROM maintenance WHERE window_id = $1", &[&window])? > 0)
+    }
+
+    fn maintenance_json(&self) -> anyhow::Result<Vec<String>> {
+        let rows = self.query("SELECT json FROM maintenance ORDER BY window_id", &[])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn providers(&self) -> anyhow::Result<Vec<String>> {

@@ -36,6 +36,8 @@ impl Sqlite {
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS maintenance(
+               window_id TEXT PRIMARY KEY, to_ms INTEGER NOT NULL, json TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS incidents(
                id TEXT PRIMARY KEY, scope TEXT NOT NULL, target_id TEXT NOT NULL,
                cause TEXT, state TEXT NOT NULL, opened_ms INTEGER NOT NULL,
@@ -489,6 +491,30 @@ impl Backend for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn save_maintenance(&mut self, window: &str, to_ms: u64, json: &str) -> anyhow::Result<()> {
+        self.db.execute(
+            "INSERT INTO maintenance(window_id, to_ms, json) VALUES(?1, ?2, ?3)
+             ON CONFLICT(window_id) DO UPDATE SET to_ms = excluded.to_ms, json = excluded.json",
+            params![window, i(to_ms), json],
+        )?;
+        Ok(())
+    }
+
+    fn delete_maintenance(&mut self, window: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .db
+            .execute("DELETE FROM maintenance WHERE window_id = ?1", [window])?
+            > 0)
+    }
+
+    fn maintenance_json(&self) -> anyhow::Result<Vec<String>> {
+        let mut st = self
+            .db
+            .prepare("SELECT json FROM maintenance ORDER BY window_id")?;
+        let rows = st.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn providers(&self) -> anyhow::Result<Vec<String>> {
         let mut st = self.db.prepare(
             "SELECT provider FROM site_providers UNION SELECT target_id FROM incidents WHERE scope = 'provider' ORDER BY 1",
@@ -768,6 +794,7 @@ mod tests {
                 sites: vec![id("a"), id("b")],
                 incident: Some("inc-000007".into()),
                 recommendation: None,
+                maintenance: None,
             })
             .unwrap();
             s.site(&id("a"), Some(&id("IspA")), None).unwrap();
