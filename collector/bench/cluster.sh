@@ -66,8 +66,9 @@ if [[ -n ${PG:-} && ${PG:-} != 0 ]]; then
     PGPORT=$(port)
     as_pg "$PGBIN/postgres" -D "$WORK/pg/data" -p "$PGPORT" -k "$WORK/pg/sock" -c listen_addresses=127.0.0.1 \
         -c max_connections=100 2>"$WORK/pg/log" &
-    PG_PID=$!
     for _ in $(seq 100); do as_pg "$PGBIN/pg_isready" -q -h "$WORK/pg/sock" -p "$PGPORT" && break; sleep 0.2; done
+    # The server's own pid (`$!` is the subshell that started it).
+    PG_PID=$(head -1 "$WORK/pg/data/postmaster.pid")
     pg_rows() { as_pg "$PGBIN/psql" -qtA -h "$WORK/pg/sock" -p "$PGPORT" -U faultline -d "$1" \
         -c "SELECT count(*) FROM windows" 2>/dev/null || echo 0; }
 fi
