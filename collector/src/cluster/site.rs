@@ -10,8 +10,8 @@
 //! their boots from history and gets every unacknowledged report again).
 //!
 //! Each partition has one durable pull consumer (explicit acks). A batch of
-//! reports is acknowledged only after its windows are committed to history and
-//! its summaries are in the summary stream (a PubAck each): a worker killed at any
+//! reports is acknowledged only after its summaries are in the summary stream (a
+//! PubAck each) and its windows are committed to history: a worker killed at any
 //! point leaves the reports unacknowledged, and whoever owns the partition next
 //! gets them again; a window already in history is refused there (unique site,
 //! boot, seq), so a paused worker that wakes up cannot store one twice.
@@ -289,7 +289,7 @@ impl Worker {
         self.statuses.insert(site, (topic, payload));
     }
 
-    /// One batch of reports: engine, history commit, summaries, then acks.
+    /// One batch of reports: engine, summaries, history commit, then acks.
     async fn reports(&mut self, batch: &mut Vec<Delivery>) {
         let mut acks = Vec::with_capacity(batch.len());
         let mut summaries = Vec::new();
@@ -310,8 +310,13 @@ impl Worker {
             self.handled += 1;
             acks.push(msg);
         }
-        self.flush().await;
+        // Summaries first, then the commit: a worker that dies between the two
+        // leaves the reports unacknowledged, the next owner judges them again
+        // (history does not hold them yet) and its summaries are dropped by the
+        // stream as repeats. The other order would lose them: the next owner
+        // would find the windows in history and say nothing.
         self.publish(summaries).await;
+        self.flush().await;
         for m in acks {
             if let Err(e) = m.ack().await {
                 tracing::warn!("ack: {e}");
