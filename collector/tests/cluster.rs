@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use faultline_shared::{Id, Topics};
 use faultline_tests::fleet::{Fault, Fleet, Script};
 use faultline_tests::nats::NatsCluster;
-use faultline_tests::{Child, TempDir, wait_until};
+use faultline_tests::{Child, TempDir, free_tcp_port, http_get, wait_until};
 
 const SITES: usize = 500;
 const WINDOW_MS: u32 = 3_000;
@@ -33,7 +33,15 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn config(dir: &Path, nats: &NatsCluster, db: &str, name: &str, role: &str) -> PathBuf {
+/// A collector's config in the cluster: its role, the NATS nodes, the shared
+/// PostgreSQL; HTTP (the pages and API) on `http`.
+fn config(
+    dir: &Path,
+    nats: &NatsCluster,
+    db: &str,
+    (name, role): (&str, &str),
+    http: u16,
+) -> PathBuf {
     let urls = |v: Vec<String>| {
         v.iter()
             .map(|u| format!("\"{u}\""))
@@ -41,7 +49,7 @@ fn config(dir: &Path, nats: &NatsCluster, db: &str, name: &str, role: &str) -> P
             .join(", ")
     };
     let text = format!(
-        "window_seconds = {}\n[storage]\nurl = \"{db}\"\n\
+        "window_seconds = {}\n[http]\nlisten = \"127.0.0.1:{http}\"\n[storage]\nurl = \"{db}\"\n\
          [providers.voipco]\nalternate = \"voipco2\"\n[providers.voipco2]\n\
          [cluster]\nrole = \"{role}\"\nname = \"{name}\"\nnats = [{}]\nmqtt = [{}]\n\
          partitions = {PARTITIONS}\nlease_ms = {LEASE_MS}\n",
@@ -223,6 +231,10 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     let url = pg.database();
     let tmp = TempDir::new("cluster");
     let dir = tmp.path().to_path_buf();
+    let http: BTreeMap<&str, u16> = ["fleet-a", "fleet-b", "worker-a", "worker-b"]
+        .into_iter()
+        .map(|n| (n, free_tcp_port()))
+        .collect();
     let cfgs: Vec<(String, PathBuf)> = [
         ("fleet-a", "fleet"),
         ("fleet-b", "fleet"),
@@ -230,7 +242,7 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         ("worker-b", "site"),
     ]
     .iter()
-    .map(|(n, r)| (n.to_string(), config(&dir, &nats, &url, n, r)))
+    .map(|(n, r)| (n.to_string(), config(&dir, &nats, &url, (n, r), http[n])))
     .collect();
     let mut procs: BTreeMap<String, Child> = BTreeMap::new();
     for (name, cfg) in &cfgs {
@@ -328,6 +340,15 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     });
+    // The active correlator's pages and API show the same verdict.
+    let api = http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], http["fleet-b"])),
+        "/api/state",
+    );
+    let metrics = http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], http["fleet-b"])),
+        "/metrics",
+    );
     for name in ["worker-b", "fleet-b"] {
         let p = procs.get_mut(name).unwrap();
         p.signal("TERM");
@@ -347,6 +368,22 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
     check(
         all_in,
         format!("history holds {} of {want} windows", stored()),
+    );
+    let state: serde_json::Value = serde_json::from_str(&api).unwrap_or_default();
+    let voipco_api = state["providers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["id"] == "voipco")
+        .cloned();
+    check(
+        voipco_api.as_ref().is_some_and(|v| v["state"] == "ok"),
+        format!("the active correlator's /api/state: voipco {voipco_api:?} in {api:.400}"),
+    );
+    check(
+        metrics
+            .contains("faultline_verdict_state{scope=\"provider\",id=\"voipco\",state=\"ok\"} 1"),
+        format!("the active correlator's /metrics lacks voipco ok:\n{metrics:.2000}"),
     );
     if let Some(r) = &retained {
         let v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();

@@ -12,23 +12,31 @@
 //! history: ids never repeat, and no incident forks. A leader that cannot renew
 //! (or was paused past its lease) stops writing and publishing before its next
 //! batch.
+//!
+//! Like a one-node collector, a correlator serves the pages, API and `/metrics`
+//! (`[http]`; the standby's show the same fleet state), marks verdicts inside
+//! maintenance windows, and — while active — hands incident events to the alert
+//! outbox (`[alerts]`; on the active correlator's disk, started when it takes the
+//! lease).
 
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer;
 use faultline_shared::{CollectorStatus, Topics};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::mqtt_out::MqttOut;
 use super::{Bus, Cluster, LEADER_KEY, Lease};
+use crate::alerts::{AlertStats, Alerts};
 use crate::config::Config;
 use crate::engine::{Engine, Output, Role};
+use crate::maintenance::{Book, Marks};
 use crate::service::history::{self, AckMsg, HistoryStats, StoreMsg};
-use crate::service::now_ms;
-use crate::store::Store;
+use crate::service::{Shared, ShellStats, now_ms};
+use crate::snapshot::SnapshotCell;
 
 /// What the active correlator publishes.
 enum Publication {
@@ -39,13 +47,20 @@ enum Publication {
 
 struct Correlator {
     engine: Engine,
+    cfg: Config,
     topics: Topics,
     cluster: Cluster,
     bus: Bus,
     store_tx: std_mpsc::Sender<StoreMsg>,
-    reader: Store,
+    /// What the pages read (history through `shared.history`).
+    shared: Arc<Shared>,
     leader: Option<Lease>,
     out: Option<MqttOut>,
+    /// The alert outbox, started when this correlator first leads.
+    alerts: Option<Alerts>,
+    /// Which verdicts say `maintenance`.
+    marks: Marks,
+    stop: broadcast::Sender<()>,
     /// Summaries received.
     received: u64,
 }
@@ -74,13 +89,16 @@ pub async fn serve(
     let bus = Bus::open(client.clone(), &cluster).await?;
 
     let (writer, reader) = super::open_history(&cfg).await?;
+    let kept_windows = tokio::task::block_in_place(|| reader.maintenance())
+        .context("restore maintenance windows")?;
     let (store_tx, store_rx) = std_mpsc::channel();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let history_stats = Arc::new(HistoryStats::default());
     history::spawn_writer(
         writer,
         store_rx,
         cfg.storage.clone(),
-        Arc::new(HistoryStats::default()),
+        history_stats.clone(),
         ack_tx,
         Arc::new(tokio::sync::Semaphore::new(0)),
     );
@@ -100,6 +118,31 @@ pub async fn serve(
         start,
         tokio::task::block_in_place(|| reader.restore(start)).context("restore history")?,
     );
+    let shared = Arc::new(Shared {
+        topics: cfg.topics.clone(),
+        stats: Mutex::new(ShellStats::default()),
+        history: Mutex::new(reader),
+        history_stats,
+        started_ms: start,
+        snapshot: SnapshotCell::default(),
+        alerts: Arc::new(AlertStats::default()),
+        maintenance: Arc::new(Book::new(
+            cfg.maintenance
+                .iter()
+                .cloned()
+                .chain(kept_windows)
+                .collect(),
+        )),
+    });
+    shared.snapshot.set(Arc::new(engine.snapshot()));
+    let (stop, _) = broadcast::channel::<()>(1);
+    crate::http::serve(
+        cfg.http_listen,
+        shared.clone(),
+        cfg.clone(),
+        stop.subscribe(),
+    )
+    .await?;
 
     let consumer = super::fresh_consumer(
         &bus,
@@ -127,12 +170,16 @@ pub async fn serve(
     let mut c = Correlator {
         engine,
         topics: cfg.topics.clone(),
+        cfg,
         cluster: cluster.clone(),
         bus,
         store_tx,
-        reader,
+        shared,
         leader: None,
         out: None,
+        alerts: None,
+        marks: Marks::default(),
+        stop,
         received: 0,
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
@@ -160,8 +207,10 @@ pub async fn serve(
         }
         if c.engine.poll_timeout().is_some_and(|t| t <= now_ms()) {
             c.engine.handle_timeout(now_ms());
+            c.maintenance(now_ms()).await;
         }
         c.dispatch().await;
+        c.shared.snapshot.set_counters(c.engine.counters());
         let wait = c
             .engine
             .poll_timeout()
@@ -172,6 +221,7 @@ pub async fn serve(
             .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
     }
     tracing::info!("stopping");
+    let _ = c.stop.send(());
     if let Some(out) = c.out.take() {
         out.finish((c.topics.collector_status(), status(false)))
             .await;
@@ -206,7 +256,10 @@ impl Correlator {
             return;
         };
         let now = now_ms();
-        let restored = match tokio::task::block_in_place(|| self.reader.restore(now)) {
+        let restored = match tokio::task::block_in_place(|| {
+            let reader = self.shared.history.lock().expect("history lock");
+            reader.restore(now)
+        }) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot read history to take over: {e:#}");
@@ -233,6 +286,57 @@ impl Correlator {
         }
         self.out = Some(out);
         self.leader = Some(lease);
+        if self.alerts.is_none() && self.cfg.alerts.is_enabled() {
+            let open: Vec<_> = self.engine.open_incidents().cloned().collect();
+            let verdicts: Vec<_> = self.engine.verdicts().cloned().collect();
+            let path = self.cfg.alerts.queue_path(&self.cfg.storage.location);
+            match Alerts::start(
+                &self.cfg.alerts,
+                &path,
+                &open,
+                &verdicts,
+                self.shared.maintenance.clone(),
+                self.shared.alerts.clone(),
+                &self.stop,
+            ) {
+                Ok(a) => self.alerts = Some(a),
+                Err(e) => tracing::error!("alert queue {}: {e:#}", path.display()),
+            }
+        }
+    }
+
+    /// Verdicts whose maintenance mark changed (a window started or ended) go out
+    /// again; incidents held back by a window that has ended are alerted.
+    async fn maintenance(&mut self, now: u64) {
+        let windows = self.shared.maintenance.get();
+        let changed = self.marks.changed(&windows, self.engine.verdicts(), now);
+        if !changed.is_empty() {
+            let (s, _) = self.shared.snapshot.get();
+            self.set_snapshot(s);
+        }
+        if !self.leading() {
+            return;
+        }
+        if let Some(out) = &self.out {
+            for v in changed {
+                let body = serde_json::to_vec(&v).unwrap_or_default();
+                out.publish(self.topics.verdict(&v), true, body).await;
+            }
+        }
+        if let Some(a) = &mut self.alerts {
+            a.tick(now);
+        }
+    }
+
+    /// Hands the pages a snapshot whose verdicts carry the maintenance marks.
+    fn set_snapshot(&self, s: Arc<crate::snapshot::Snapshot>) {
+        if self.marks.is_empty() && s.verdicts().all(|v| v.maintenance.is_none()) {
+            self.shared.snapshot.set(s);
+            return;
+        }
+        let mut s = (*s).clone();
+        self.marks.annotate(&mut s);
+        self.shared.snapshot.set(Arc::new(s));
     }
 
     /// The engine's outputs: the active correlator commits them to history, then
@@ -241,9 +345,26 @@ impl Correlator {
         let mut pubs = Vec::new();
         while let Some(o) = self.engine.poll_output() {
             let (store, p) = match o {
-                Output::Verdict(v) => (StoreMsg::Verdict(v.clone()), Publication::Verdict(v)),
-                Output::Incident(e) => (StoreMsg::Incident(e.clone()), Publication::Incident(e)),
+                Output::Verdict(mut v) => {
+                    let windows = self.shared.maintenance.get();
+                    self.marks.mark(&windows, &mut v, now_ms());
+                    if let Some(a) = &mut self.alerts {
+                        a.verdict(&v);
+                    }
+                    (StoreMsg::Verdict(v.clone()), Publication::Verdict(v))
+                }
+                Output::Incident(e) => {
+                    // Durable (fsync'd) before it is published.
+                    if let (true, Some(a)) = (self.leading(), &mut self.alerts) {
+                        a.take(&e, now_ms());
+                    }
+                    (StoreMsg::Incident(e.clone()), Publication::Incident(e))
+                }
                 Output::Forget(v) => (StoreMsg::Forget(v.clone()), Publication::Forget(v)),
+                Output::Snapshot(s) => {
+                    self.set_snapshot(s);
+                    continue;
+                }
                 _ => continue,
             };
             if self.leading() {
