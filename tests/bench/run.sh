@@ -36,12 +36,13 @@ BENCHES=(
     "fping|bash tests/bench/fping.sh|LOSS_ICMP"
     "engine|bash tests/bench/engine.sh|SITES NODE EVAL"
     "ingest|bash collector/bench/ingest.sh|INGEST SITES"
+    "cluster|bash collector/bench/cluster_section.sh|CLUSTER"
     "detection|bash tests/bench/detection.sh|DETECT CLEAR LOSSLESS"
     "reliability|bash collector/bench/reliability.sh|NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC"
     "hostile|bash collector/bench/hostile.sh|FORGED_MEMORY FORGED_INPUT FORGED_ACL"
 )
 # Summary order: DESIGN.md's budgets, top to bottom.
-ORDER=(SIZE RSS CPU RSS_SPOOL RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES NODE EVAL DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC FORGED_MEMORY FORGED_INPUT FORGED_ACL FLASH)
+ORDER=(SIZE RSS CPU RSS_SPOOL RTT LOSS LOSS_ICMP JITTER REPORT MONTH METERED INGEST SITES NODE EVAL CLUSTER DETECT CLEAR LOSSLESS NOLOSS_KILL NOLOSS_AWAY NOLOSS_RTC FORGED_MEMORY FORGED_INPUT FORGED_ACL FLASH)
 
 # A table cell from free text.
 cell() { tr '\n|' ' /' <<<"$1" | sed -E 's/ +/ /g; s/^ //; s/ $//' | cut -c1-200; }
