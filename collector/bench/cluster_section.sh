@@ -11,7 +11,7 @@ BENCH_NAME=cluster
 source "$(dirname "$0")/../../tests/bench/lib.sh"
 cd "$BENCH_ROOT"
 
-N=${N:-$(pick 60000 12000)}
+N=${N:-$(pick 120000 12000)}
 log "history in PostgreSQL (N=$N)"
 pg=$(N=$N PG=1 bash collector/bench/cluster.sh)
 log "history in SQLite (N=$N)"

@@ -485,7 +485,8 @@ async fn partition_consumer(
         .with_context(|| format!("partition {p}'s consumer"))
 }
 
-/// The lease keeper: every third of the lease it announces this worker, renews
+/// The lease keeper: every third of the lease it announces this worker (the first
+/// time without taking anything), renews
 /// what it holds (a failed renewal is a `Drop` at once), gives back what is over
 /// its fair share (`ceil(partitions / live workers)`) and takes free partitions up
 /// to it. It runs beside the owner so a long batch never lets a lease lapse; on
@@ -499,6 +500,11 @@ async fn keep_leases(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut held: BTreeMap<u32, Lease> = BTreeMap::new();
+    // A worker announces itself a tick before it takes anything: workers started
+    // together (a cluster's first start, a rolling restart) see each other and take
+    // their shares at once, instead of the first taking every partition and giving
+    // half back a tick later (its unacknowledged reports then wait out the ack wait).
+    let mut announced = false;
     let mut tick = tokio::time::interval(Duration::from_millis(c.lease_ms / 3));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -532,6 +538,9 @@ async fn keep_leases(
             let _ = events.send(LeaseEvent::Drop(p));
             tracing::info!(partition = p, live, "partition given back");
             l.release(&bus.leases).await;
+        }
+        if !std::mem::replace(&mut announced, true) {
+            continue;
         }
         let mut free: Vec<u32> = (0..c.partitions)
             .filter(|p| !held.contains_key(p))
