@@ -434,6 +434,10 @@ impl Worker {
             ..Restored::default()
         };
         self.engine.restore(now, restored);
+        // What the last owner took but did not acknowledge comes again after the
+        // consumer's ack wait (a lease): until then these sites are not silent.
+        self.engine
+            .hold_silence_until(now.saturating_add(self.cluster.lease_ms));
         let consumer = partition_consumer(&self.bus, &self.cluster, p).await?;
         let pull = tokio::spawn(super::forward(
             consumer,

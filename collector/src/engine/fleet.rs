@@ -334,6 +334,9 @@ pub struct Fleet {
     pub isps: BTreeMap<Id, Track>,
     pub providers: BTreeMap<Id, Track>,
     pub routes: BTreeMap<Subject, Track>,
+    /// Provider → until when no route of it opens: the tail of a provider-wide
+    /// verdict (see [`Fleet::evaluate`], routes).
+    pub route_quiet_until: BTreeMap<Id, u64>,
     pub incidents: Incidents,
     /// Summaries that named an unconfigured provider beyond the cap.
     pub providers_over_cap: u64,
@@ -516,10 +519,32 @@ impl Fleet {
                 prov_raw.insert((*p).clone(), shown);
             }
             // Routes: the provider bad at enough of one ISP's sites while healthy
-            // at two or more sites on other ISPs.
+            // at two or more sites on other ISPs. Not while the provider itself is
+            // degraded or out, nor for `close_after` + `open_after` of its sites'
+            // windows after: sites recover from a provider-wide fault one by one
+            // (each latch needs `close_after` good windows, and a site whose reports
+            // come late — a backlog, a cluster partition changing hands — later
+            // still), and "bad on this ISP, fine on the others" is then the tail of
+            // that fault, not a fault of its own.
+            if provider_open {
+                let longest = t
+                    .bad
+                    .iter()
+                    .filter_map(|(s, _)| self.sites.get(*s))
+                    .map(|s| u64::from(s.window_ms))
+                    .max()
+                    .unwrap_or(0);
+                let quiet = longest * u64::from(self.th.close_after + self.th.open_after);
+                self.route_quiet_until
+                    .insert((*p).clone(), now_ms.saturating_add(quiet));
+            }
+            let quiet = self
+                .route_quiet_until
+                .get(*p)
+                .is_some_and(|&until| now_ms < until);
             for isp in &isps {
                 let route = Subject::route_of(isp, p);
-                if provider_open {
+                if provider_open || quiet {
                     route_raw.insert(route, None);
                     continue;
                 }

@@ -442,6 +442,16 @@ impl Engine {
     /// received in the moments before are taken back. Once back, silence does not
     /// count for the reconnect grace (agents reconnect with backoff), and the
     /// retained wills the broker replays are ignored.
+    /// Counts silence only from `until_ms` on (a site is then offline after its
+    /// usual silence past it): sites this engine has just taken over (a cluster
+    /// partition changing hands) are heard again only once their unacknowledged
+    /// reports are delivered again. A held link (`u64::MAX`) stays held.
+    pub fn hold_silence_until(&mut self, until_ms: u64) {
+        if self.hold_until_ms != u64::MAX {
+            self.hold_until_ms = self.hold_until_ms.max(until_ms);
+        }
+    }
+
     pub fn handle_link(&mut self, now_ms: u64, up: bool) {
         self.start(now_ms);
         if up {
@@ -1566,6 +1576,45 @@ mod tests {
     }
 
     /// Four sites: a, b on ISP A; c, d on ISP B; voipco fails for ISP A only.
+    #[test]
+    fn the_tail_of_a_provider_outage_on_one_isp_is_no_route_fault() {
+        // Every site loses voipco; ISP A's sites come back two windows after the
+        // others (a slow recovery, or their reports arriving late): once the
+        // provider's verdict closes, "bad on A, fine elsewhere" is the outage's tail.
+        let mut e = Engine::new(cfg());
+        let fleet = [
+            ("a", "A"),
+            ("b", "A"),
+            ("c", "B"),
+            ("d", "B"),
+            ("e", "C"),
+            ("f", "C"),
+        ];
+        let mut out = Vec::new();
+        for w in 0..20u64 {
+            for (s, isp) in fleet {
+                if w == 0 {
+                    status(&mut e, 0, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                let end = if isp == "A" { 10 } else { 8 };
+                let bad = (3..end).contains(&w);
+                send(&mut e, w * 1000 + 500, &report(s, w, bad)).unwrap();
+            }
+            advance(&mut e, (w + 1) * 1000 + 200);
+            out.extend(drain(&mut e));
+        }
+        let v = verdicts(&out);
+        assert!(
+            v.iter()
+                .any(|v| v.scope == Scope::Provider && v.state == State::Outage),
+            "{v:?}"
+        );
+        assert!(
+            !v.iter().any(|v| v.scope == Scope::Route),
+            "no route verdict: {v:?}"
+        );
+    }
+
     #[test]
     fn a_fault_between_one_isp_and_one_provider_is_one_route_incident() {
         let mut e = Engine::new(cfg());
