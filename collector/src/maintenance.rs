@@ -188,6 +188,22 @@ impl Marks {
         self.marked.is_empty()
     }
 
+    /// Hands the pages `s` with the maintenance marks on its verdicts (as
+    /// published), copying it only when a mark is to be shown.
+    pub fn set_snapshot(
+        &self,
+        cell: &crate::snapshot::SnapshotCell,
+        s: Arc<crate::snapshot::Snapshot>,
+    ) {
+        if self.is_empty() && s.verdicts().all(|v| v.maintenance.is_none()) {
+            cell.set(s);
+            return;
+        }
+        let mut s = (*s).clone();
+        self.annotate(&mut s);
+        cell.set(Arc::new(s));
+    }
+
     /// Marks the snapshot's verdicts as they were published (pages show the same).
     pub fn annotate(&self, s: &mut crate::snapshot::Snapshot) {
         let mark = |v: &mut Verdict| {

@@ -385,13 +385,7 @@ impl Owner {
 
     /// Hands pages a snapshot whose verdicts carry the maintenance marks published.
     fn set_snapshot(&self, s: Arc<crate::snapshot::Snapshot>) {
-        if self.marks.is_empty() && s.verdicts().all(|v| v.maintenance.is_none()) {
-            self.shared.snapshot.set(s);
-            return;
-        }
-        let mut s = (*s).clone();
-        self.marks.annotate(&mut s);
-        self.shared.snapshot.set(Arc::new(s));
+        self.marks.set_snapshot(&self.shared.snapshot, s);
     }
 
     /// Hands every output on, in order.
