@@ -34,7 +34,7 @@ use crate::alerts::{AlertStats, Alerts};
 use crate::config::Config;
 use crate::engine::{Engine, Output, Role};
 use crate::maintenance::{Book, Marks};
-use crate::service::history::{self, AckMsg, HistoryStats, StoreMsg};
+use crate::service::history::{HistoryStats, StoreMsg};
 use crate::service::{Shared, ShellStats, now_ms};
 use crate::snapshot::SnapshotCell;
 
@@ -91,24 +91,8 @@ pub async fn serve(
     let (writer, reader) = super::open_history(&cfg).await?;
     let kept_windows = tokio::task::block_in_place(|| reader.maintenance())
         .context("restore maintenance windows")?;
-    let (store_tx, store_rx) = std_mpsc::channel();
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     let history_stats = Arc::new(HistoryStats::default());
-    history::spawn_writer(
-        writer,
-        store_rx,
-        cfg.storage.clone(),
-        history_stats.clone(),
-        ack_tx,
-        Arc::new(tokio::sync::Semaphore::new(0)),
-    );
-    tokio::spawn(async move {
-        while let Some(m) = ack_rx.recv().await {
-            if let AckMsg::Done(done) = m {
-                let _ = done.send(());
-            }
-        }
-    });
+    let store_tx = super::spawn_history(writer, &cfg, history_stats.clone());
 
     let mut ecfg = crate::engine_config(&cfg);
     ecfg.role = Role::Fleet;

@@ -485,6 +485,34 @@ pub async fn open_history(
     .await?
 }
 
+/// History's writer thread for a cluster role: commits are awaited through
+/// `StoreMsg::Flush` (there are no MQTT acknowledgements for it to carry).
+pub fn spawn_history(
+    writer: crate::store::Store,
+    cfg: &crate::config::Config,
+    stats: std::sync::Arc<crate::service::history::HistoryStats>,
+) -> std::sync::mpsc::Sender<crate::service::history::StoreMsg> {
+    use crate::service::history::{self, AckMsg};
+    let (store_tx, store_rx) = std::sync::mpsc::channel();
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    history::spawn_writer(
+        writer,
+        store_rx,
+        cfg.storage.clone(),
+        stats,
+        ack_tx,
+        std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    tokio::spawn(async move {
+        while let Some(m) = ack_rx.recv().await {
+            if let AckMsg::Done(done) = m {
+                let _ = done.send(());
+            }
+        }
+    });
+    store_tx
+}
+
 /// Runs the cluster role `role` until SIGINT/SIGTERM.
 pub fn run(cfg: crate::config::Config, role: ClusterRole) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use super::{Bus, Cluster, Lease, partition_of};
 use crate::config::Config;
 use crate::engine::{Engine, Output, Restored, Role};
-use crate::service::history::{self, AckMsg, HistoryStats, StoreMsg};
+use crate::service::history::{HistoryStats, StoreMsg};
 use crate::service::now_ms;
 use crate::store::Store;
 
@@ -94,25 +94,7 @@ pub async fn serve(
 
     let (writer, reader) = super::open_history(&cfg).await?;
     let stats = Arc::new(HistoryStats::default());
-    let (store_tx, store_rx) = std_mpsc::channel();
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-    history::spawn_writer(
-        writer,
-        store_rx,
-        cfg.storage.clone(),
-        stats.clone(),
-        ack_tx,
-        Arc::new(tokio::sync::Semaphore::new(0)),
-    );
-    // Commits are awaited through `Flush`; the MQTT acknowledgements it would
-    // carry do not exist here.
-    tokio::spawn(async move {
-        while let Some(m) = ack_rx.recv().await {
-            if let AckMsg::Done(done) = m {
-                let _ = done.send(());
-            }
-        }
-    });
+    let store_tx = super::spawn_history(writer, &cfg, stats.clone());
 
     let mut backoff = crate::service::backoff(250, 5_000);
     for p in 0..cluster.partitions {
