@@ -352,9 +352,16 @@ impl Mosquitto {
         if let Some(full) = &self.full_conf {
             f.write_all(full.as_bytes()).expect("write mosquitto.conf");
         } else {
+            // Started as root, mosquitto drops to the `mosquitto` user, which cannot
+            // write our temporary directory: persistence would fail every autosave.
+            let user = if lab::is_root() && !self.extra_conf.contains("user ") {
+                "user root\n"
+            } else {
+                ""
+            };
             write!(
                 f,
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
              persistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\n\
              log_dest stderr\nlog_type error\nlog_type warning\n{extra}\n",
                 port = self.port,

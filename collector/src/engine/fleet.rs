@@ -334,8 +334,8 @@ pub struct Fleet {
     pub isps: BTreeMap<Id, Track>,
     pub providers: BTreeMap<Id, Track>,
     pub routes: BTreeMap<Subject, Track>,
-    /// Provider → until when no route of it opens: the tail of a provider-wide
-    /// verdict (see [`Fleet::evaluate`], routes).
+    /// Provider → until when no route of it, nor any site's path to it, opens an
+    /// incident: the tail of a provider-wide verdict (see [`Fleet::evaluate`], routes).
     pub route_quiet_until: BTreeMap<Id, u64>,
     pub incidents: Incidents,
     /// Summaries that named an unconfigured provider beyond the cap.
@@ -692,7 +692,19 @@ impl Fleet {
                     .and_then(|t| t.own_incident.clone()),
                 _ => None,
             });
-            let quiet = matches!(low, Lower::Offline(OfflineWhy::Shutdown, _));
+            // A site still bad toward a provider in the tail of that provider's
+            // fleet-wide verdict opens no incident of its own (see routes, above);
+            // one still bad once the tail is over does.
+            let tail = covering.is_none()
+                && shown.as_ref().is_some_and(|sh| {
+                    sh.cause == Some(Cause::Path)
+                        && sh
+                            .provider
+                            .as_ref()
+                            .and_then(|p| self.route_quiet_until.get(p))
+                            .is_some_and(|&until| now_ms < until)
+                });
+            let quiet = tail || matches!(low, Lower::Offline(OfflineWhy::Shutdown, _));
             let track = self
                 .site_tracks
                 .entry(id.clone())

@@ -1613,6 +1613,51 @@ mod tests {
             !v.iter().any(|v| v.scope == Scope::Route),
             "no route verdict: {v:?}"
         );
+        // Nor a site incident for a and b: one incident, the provider's, opened and
+        // closed.
+        assert_eq!(events(&out, IncidentEventKind::Opened).len(), 1, "{out:?}");
+        assert_eq!(events(&out, IncidentEventKind::Closed).len(), 1, "{out:?}");
+    }
+
+    #[test]
+    fn a_site_still_bad_after_a_provider_outages_tail_has_an_incident_of_its_own() {
+        // As above, but site a never recovers: once the tail is over (close_after +
+        // open_after windows after the provider's verdict closed), its bad path to
+        // voipco is its own fault.
+        let mut e = Engine::new(cfg());
+        let fleet = [("a", "A"), ("b", "A"), ("c", "B"), ("d", "B")];
+        let mut out = Vec::new();
+        for w in 0..20u64 {
+            for (s, isp) in fleet {
+                if w == 0 {
+                    status(&mut e, 0, s, &Status::online(1, "t", id(isp), None), false);
+                }
+                let bad = w >= 3 && (s == "a" || w < 8);
+                send(&mut e, w * 1000 + 500, &report(s, w, bad)).unwrap();
+            }
+            advance(&mut e, (w + 1) * 1000 + 200);
+            out.extend(drain(&mut e));
+        }
+        let opened: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Incident(ev) if ev.event == IncidentEventKind::Opened => {
+                    Some(&ev.incident)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened.len(), 2, "{out:?}");
+        assert_eq!(
+            (opened[1].scope, opened[1].target_id.as_str()),
+            (Scope::Site, "a")
+        );
+        let v = verdicts(&out);
+        let last_a = v.iter().rev().find(|v| v.id == "a").unwrap();
+        assert_eq!(
+            (last_a.cause, last_a.incident.as_ref()),
+            (Some(Cause::Path), Some(&opened[1].id))
+        );
     }
 
     #[test]
