@@ -7,19 +7,18 @@
 pub mod chart;
 pub mod guard;
 pub mod maintenance;
+pub mod metrics;
 pub mod pages;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use faultline_shared::{Scope, State};
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -94,7 +93,7 @@ pub async fn serve(
             axum::routing::delete(maintenance_remove),
         )
         .fallback(not_found)
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::serve))
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard));
     tokio::spawn(async move {
@@ -493,281 +492,4 @@ async fn api_incident(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<Stri
         Ok(p) => Json(p).into_response(),
         Err(f) => f.json(),
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of ingest counters, verdict states and probe values.
-pub fn metrics_text(shared: &Shared) -> String {
-    let (e, counters) = shared.snapshot.get();
-    // Sized up front: at 10,000 sites the probe series are tens of MB, and letting
-    // the string double its way there would cost twice that at the peak.
-    let probes: usize = e.sites().values().map(|s| s.targets.len()).sum();
-    let mut o = String::with_capacity(64 * 1024 + probes * 4 * 110 + e.verdicts().count() * 300);
-    let c = &counters;
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_messages_total Messages accepted, by kind."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_messages_total counter");
-    let _ = writeln!(
-        o,
-        "faultline_collector_messages_total{{kind=\"report\"}} {}",
-        c.reports
-    );
-    let _ = writeln!(
-        o,
-        "faultline_collector_messages_total{{kind=\"status\"}} {}",
-        c.statuses
-    );
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_rejected_total Messages dropped, by reason."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_rejected_total counter");
-    for reason in faultline_shared::RejectReason::ALL {
-        let n = c.rejected.get(&reason).copied().unwrap_or(0);
-        let _ = writeln!(
-            o,
-            "faultline_collector_rejected_total{{reason=\"{}\"}} {n}",
-            reason.as_str()
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_missing_windows Windows provably missing: gaps in a boot's seq, less those a backlog has filled since (so it can fall)."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_missing_windows gauge");
-    let _ = writeln!(
-        o,
-        "faultline_collector_missing_windows {}",
-        c.missing_windows
-    );
-    {
-        let h = &shared.history_stats;
-        let rows: [(&str, &str, &AtomicU64); 5] = [
-            (
-                "faultline_collector_stored_windows_total",
-                "Window rows committed to history.",
-                &h.stored,
-            ),
-            (
-                "faultline_collector_history_duplicates_total",
-                "Windows history refused because it already held them.",
-                &h.refused_duplicates,
-            ),
-            (
-                "faultline_collector_history_errors_total",
-                "Failed history commits (retried; nothing is acknowledged meanwhile).",
-                &h.errors,
-            ),
-            (
-                "faultline_collector_acked_total",
-                "Deliveries acknowledged to the broker after their commit.",
-                &h.acked,
-            ),
-            (
-                "faultline_collector_stale_acks_total",
-                "Acknowledgements dropped because their connection had gone (delivered again).",
-                &h.stale_acks,
-            ),
-        ];
-        for (name, help, v) in rows {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} counter");
-            let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
-        }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_late_reports_total Reports accepted for windows that ended long before they arrived (a backlog)."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_late_reports_total counter");
-    let _ = writeln!(o, "faultline_collector_late_reports_total {}", c.late);
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_clock_skew_reports_total Reports whose window time is far from the collector's clock (accepted)."
-    );
-    let _ = writeln!(
-        o,
-        "# TYPE faultline_collector_clock_skew_reports_total counter"
-    );
-    let _ = writeln!(
-        o,
-        "faultline_collector_clock_skew_reports_total {}",
-        c.skewed
-    );
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_evaluations_total Evaluations of the fleet (cross-site verdicts) run."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_evaluations_total counter");
-    let _ = writeln!(o, "faultline_collector_evaluations_total {}", c.evaluations);
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_skipped_evaluations_total Periodic evaluations skipped because the collector fell behind."
-    );
-    let _ = writeln!(
-        o,
-        "# TYPE faultline_collector_skipped_evaluations_total counter"
-    );
-    let _ = writeln!(
-        o,
-        "faultline_collector_skipped_evaluations_total {}",
-        c.skipped_evaluations
-    );
-    for (name, help, v) in [
-        (
-            "faultline_collector_summaries_total",
-            "Site summaries (one per site window, offline, announce, online) handed to the fleet stage.",
-            c.summaries,
-        ),
-        (
-            "faultline_collector_providers_over_cap_total",
-            "Probes naming an unconfigured provider not tracked because the fleet already tracks the most allowed.",
-            c.providers_over_cap,
-        ),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} counter");
-        let _ = writeln!(o, "{name} {v}");
-    }
-    {
-        let st = shared.stats.lock().expect("stats lock");
-        let _ = writeln!(
-            o,
-            "# HELP faultline_collector_mqtt_connected 1 while the collector holds its broker connection."
-        );
-        let _ = writeln!(o, "# TYPE faultline_collector_mqtt_connected gauge");
-        let _ = writeln!(
-            o,
-            "faultline_collector_mqtt_connected {}",
-            u8::from(st.connected)
-        );
-        let _ = writeln!(
-            o,
-            "# HELP faultline_collector_published_total Messages published (verdicts, incident events) and per-probe metrics dropped or skipped."
-        );
-        let _ = writeln!(o, "# TYPE faultline_collector_published_total counter");
-        let _ = writeln!(
-            o,
-            "faultline_collector_published_total{{kind=\"verdict\"}} {}",
-            st.published_verdicts
-        );
-        let _ = writeln!(
-            o,
-            "faultline_collector_published_total{{kind=\"incident_event\"}} {}",
-            st.published_events
-        );
-        let _ = writeln!(
-            o,
-            "faultline_collector_published_total{{kind=\"metrics_dropped\"}} {}",
-            st.metrics_dropped
-        );
-        let _ = writeln!(
-            o,
-            "faultline_collector_published_total{{kind=\"metrics_skipped\"}} {}",
-            counters.metrics_skipped
-        );
-        let _ = writeln!(
-            o,
-            "# HELP faultline_collector_evaluation_seconds How long the engine's evaluations take: the latest and the longest since start."
-        );
-        let _ = writeln!(o, "# TYPE faultline_collector_evaluation_seconds gauge");
-        let _ = writeln!(
-            o,
-            "faultline_collector_evaluation_seconds{{which=\"last\"}} {:.6}",
-            st.evaluation_last.as_secs_f64()
-        );
-        let _ = writeln!(
-            o,
-            "faultline_collector_evaluation_seconds{{which=\"max\"}} {:.6}",
-            st.evaluation_max.as_secs_f64()
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP faultline_collector_open_incidents Incidents open now."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_open_incidents gauge");
-    let _ = writeln!(
-        o,
-        "faultline_collector_open_incidents {}",
-        e.open_incidents().count()
-    );
-    crate::alerts::write_metrics(&mut o, &shared.alerts);
-    let _ = writeln!(
-        o,
-        "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in."
-    );
-    let _ = writeln!(o, "# TYPE faultline_verdict_state gauge");
-    for v in e.verdicts() {
-        let states: &[State] = match v.scope {
-            Scope::Site => &[State::Ok, State::Degraded, State::Down, State::Offline],
-            _ => &[State::Ok, State::Degraded, State::Outage],
-        };
-        for s in states {
-            let _ = writeln!(
-                o,
-                "faultline_verdict_state{{scope=\"{}\",id=\"{}\",state=\"{}\"}} {}",
-                v.scope.as_str(),
-                v.id,
-                s.as_str(),
-                u8::from(v.state == *s)
-            );
-        }
-    }
-    let series: [(&str, &str); 4] = [
-        (
-            "faultline_probe_loss_ratio",
-            "Share of probes lost in the latest window.",
-        ),
-        (
-            "faultline_probe_rtt_p50_seconds",
-            "Median round-trip time in the latest window.",
-        ),
-        (
-            "faultline_probe_jitter_seconds",
-            "Jitter in the latest window.",
-        ),
-        (
-            "faultline_probe_mos",
-            "Estimated MOS of voice probes in the latest window.",
-        ),
-    ];
-    for (i, (name, help)) in series.iter().enumerate() {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        for (site, s) in e.sites() {
-            for t in s.targets.iter() {
-                let v = match i {
-                    0 => t.health.map(|_| t.loss),
-                    // Prometheus's base unit: seconds.
-                    1 => t.rtt_p50_ms.map(|ms| ms / 1000.0),
-                    2 => t.jitter_ms.map(|ms| ms / 1000.0),
-                    _ => t.mos,
-                };
-                let Some(v) = v else { continue };
-                let _ = writeln!(
-                    o,
-                    "{name}{{site=\"{site}\",target=\"{}\",layer=\"{}\",provider=\"{}\"}} {v}",
-                    t.target,
-                    t.layer,
-                    esc(t.provider.as_ref().map_or("", |p| p.as_str()))
-                );
-            }
-        }
-    }
-    o
-}
-
-async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics_text(&shared),
-    )
 }

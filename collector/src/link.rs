@@ -13,6 +13,10 @@ use crate::config::{Config, INGEST_SUFFIX, Secret};
 
 /// MQTT keepalive of both connections.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// QoS 1 publishes a connection keeps unacknowledged, at most. rumqttc sizes a
+/// table of this many publishes per connection up front (65,536 by default, ~14 MB
+/// each); the broker's Receive Maximum lowers it further (Mosquitto: 20).
+const OUTGOING_INFLIGHT: u16 = 256;
 
 /// Which of the collector's two connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +125,7 @@ impl Link {
         opts.set_keep_alive(KEEPALIVE);
         opts.set_clean_start(true);
         opts.set_max_packet_size(Some(self.max_packet));
+        opts.set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT);
         if let Some(l) = &self.logins {
             let user = match role {
                 Role::Publish => &l.publish,

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use faultline_tests::certs::TestPki;
 use faultline_tests::{
-    Child, Mosquitto, TempDir, free_tcp_port, require, wait_for_tcp, wait_until, workspace_bin,
+    Child, Mosquitto, TempDir, free_tcp_port, http_get, require, wait_for_tcp, wait_until,
+    workspace_bin,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -819,21 +820,4 @@ fn counter(http: SocketAddr, key: &str) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(LONG));
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }

@@ -10,25 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use faultline_tests::{Child, TempDir, free_tcp_port, wait_for_tcp};
+use faultline_tests::{Child, HttpResponse, TempDir, free_tcp_port, wait_for_tcp};
 
 const LONG: Duration = Duration::from_secs(60);
 const TOKEN: &str = "s3cret-token-for-the-tests-0123";
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// One HTTP/1.1 request; `lines` are extra header lines.
 fn request(
@@ -38,7 +23,7 @@ fn request(
     host: Option<&str>,
     lines: &[String],
     body: &str,
-) -> Answer {
+) -> HttpResponse {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LONG)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -59,22 +44,7 @@ fn request(
     s.write_all(req.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    HttpResponse::parse(&out)
 }
 
 struct Dashboard {
@@ -118,11 +88,11 @@ impl Dashboard {
         }
     }
 
-    fn get(&self, path: &str, lines: &[String]) -> Answer {
+    fn get(&self, path: &str, lines: &[String]) -> HttpResponse {
         request(self.addr, "GET", path, Some(&self.host), lines, "")
     }
 
-    fn post(&self, path: &str, lines: &[String], body: &str) -> Answer {
+    fn post(&self, path: &str, lines: &[String], body: &str) -> HttpResponse {
         request(self.addr, "POST", path, Some(&self.host), lines, body)
     }
 }

@@ -17,7 +17,7 @@ use faultline_collector::store::Store;
 use faultline_shared::{
     Cause, Id, Incident, IncidentEvent, IncidentEventKind, Layer, Scope, State, Subject, Verdict,
 };
-use faultline_tests::{Child, TempDir, free_tcp_port, require, wait_for_tcp};
+use faultline_tests::{Child, HttpResponse, TempDir, free_tcp_port, require, wait_for_tcp};
 
 const LONG: Duration = Duration::from_secs(60);
 const MIN: u64 = 60_000;
@@ -174,14 +174,8 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    // Chunked bodies: the JSON and HTML checks below only look for substrings.
-    (status, body.to_owned())
+    let r = HttpResponse::parse(&out);
+    (r.status, r.body)
 }
 
 /// What the browser made of one page: its DOM after scripts ran, and every

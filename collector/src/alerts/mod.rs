@@ -139,8 +139,7 @@ impl AlertStats {
 }
 
 /// The `faultline_collector_alerts_*` series, in Prometheus text.
-pub fn write_metrics(o: &mut String, stats: &AlertStats) {
-    use std::fmt::Write as _;
+pub fn write_metrics(o: &mut impl std::fmt::Write, stats: &AlertStats) -> std::fmt::Result {
     let series = [
         (
             "faultline_collector_alerts_delivered_total",
@@ -159,20 +158,21 @@ pub fn write_metrics(o: &mut String, stats: &AlertStats) {
         ),
     ];
     for (i, (name, kind, help)) in series.iter().enumerate() {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
+        writeln!(o, "# HELP {name} {help}")?;
+        writeln!(o, "# TYPE {name} {kind}")?;
         for k in Kind::ALL {
             let v = stats.get(k);
             let n = [v.0, v.1, v.2][i];
-            let _ = writeln!(o, "{name}{{receiver=\"{}\"}} {n}", k.as_str());
+            writeln!(o, "{name}{{receiver=\"{}\"}} {n}", k.as_str())?;
         }
     }
-    let _ = writeln!(
+    writeln!(
         o,
         "# HELP faultline_collector_alerts_held_total Incidents not alerted because they opened in a maintenance window."
-    );
-    let _ = writeln!(o, "# TYPE faultline_collector_alerts_held_total counter");
-    let _ = writeln!(o, "faultline_collector_alerts_held_total {}", stats.held());
+    )?;
+    writeln!(o, "# TYPE faultline_collector_alerts_held_total counter")?;
+    writeln!(o, "faultline_collector_alerts_held_total {}", stats.held())?;
+    Ok(())
 }
 
 fn retry_backoff() -> faultline_shared::Backoff {

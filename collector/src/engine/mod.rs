@@ -1641,9 +1641,7 @@ mod tests {
         let opened: Vec<_> = out
             .iter()
             .filter_map(|o| match o {
-                Output::Incident(ev) if ev.event == IncidentEventKind::Opened => {
-                    Some(&ev.incident)
-                }
+                Output::Incident(ev) if ev.event == IncidentEventKind::Opened => Some(&ev.incident),
                 _ => None,
             })
             .collect();

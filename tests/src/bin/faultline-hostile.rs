@@ -456,11 +456,11 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    let r = faultline_tests::HttpResponse::parse(&out);
+    if r.status != 200 {
+        bail!("GET {path}: {}", out.lines().next().unwrap_or_default());
     }
-    Ok(body.to_owned())
+    Ok(r.body)
 }
 
 async fn get_json(port: u16, path: &str) -> anyhow::Result<Value> {
