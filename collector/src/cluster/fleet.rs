@@ -17,7 +17,8 @@
 //! (`[http]`; the standby's show the same fleet state), marks verdicts inside
 //! maintenance windows, and — while active — hands incident events to the alert
 //! outbox (`[alerts]`; on the active correlator's disk, started when it takes the
-//! lease).
+//! lease) and publishes every site's central agent config (`[[fleet.target]]`,
+//! SIGHUP reloads them on both correlators), as a one-node collector does.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -33,8 +34,10 @@ use super::{Bus, Cluster, LEADER_KEY, Lease};
 use crate::alerts::{AlertStats, Alerts};
 use crate::config::Config;
 use crate::engine::{Engine, Output, Role};
+use crate::fleet_config::FleetTarget;
 use crate::maintenance::{Book, Marks};
 use crate::service::history::{HistoryStats, StoreMsg};
+use crate::service::site_config;
 use crate::service::{Shared, ShellStats, now_ms};
 use crate::snapshot::SnapshotCell;
 
@@ -63,6 +66,23 @@ struct Correlator {
     stop: broadcast::Sender<()>,
     /// Summaries received.
     received: u64,
+    /// The central configs' targets as of the latest SIGHUP.
+    fleet_targets: Vec<FleetTarget>,
+    /// Central config publishing, while active.
+    configs: Option<Configs>,
+}
+
+/// The active correlator's central config tasks: `site_config`'s own, and the one
+/// handing what it decides to the MQTT connection.
+struct Configs {
+    events: mpsc::UnboundedSender<site_config::Event>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for Configs {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    }
 }
 
 fn status(online: bool) -> Vec<u8> {
@@ -151,6 +171,9 @@ pub async fn serve(
         "correlator on the bus (standby until it holds the lease)"
     );
 
+    let (reload_tx, mut reloads) = mpsc::unbounded_channel();
+    let reload_task = site_config::spawn_reloads(&cfg, reload_tx);
+    let cfg_targets = cfg.fleet_targets.clone();
     let mut c = Correlator {
         engine,
         topics: cfg.topics.clone(),
@@ -165,6 +188,8 @@ pub async fn serve(
         marks: Marks::default(),
         stop,
         received: 0,
+        fleet_targets: cfg_targets,
+        configs: None,
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut leases = tokio::time::interval(Duration::from_millis(cluster.lease_ms / 3));
@@ -179,8 +204,14 @@ pub async fn serve(
             _ = leases.tick() => c.lease().await,
             Some(s) = summaries.recv() => {
                 c.received += 1;
+                if let Some(cf) = &c.configs
+                    && !c.engine.fleet().sites.contains_key(&s.site)
+                {
+                    let _ = cf.events.send(site_config::Event::Site(s.site.clone()));
+                }
                 c.engine.handle_summary(now_ms(), s);
             }
+            Some(ev) = reloads.recv() => c.reloaded(ev),
             _ = report.tick() => tracing::info!(
                 summaries = c.received,
                 evaluations = c.engine.counters().evaluations,
@@ -206,6 +237,8 @@ pub async fn serve(
     }
     tracing::info!("stopping");
     let _ = c.stop.send(());
+    reload_task.abort();
+    c.configs = None;
     if let Some(out) = c.out.take() {
         out.finish((c.topics.collector_status(), status(false)))
             .await;
@@ -230,6 +263,7 @@ impl Correlator {
             }
             tracing::warn!("lost the correlator lease: standby now");
             self.leader = None;
+            self.configs = None;
             if let Some(out) = self.out.take() {
                 out.abort();
             }
@@ -256,13 +290,27 @@ impl Correlator {
             next_incident = restored.next_incident,
             "correlator lease taken: active"
         );
+        let mut known: Vec<_> = restored.sites.iter().map(|(s, _, _)| s.clone()).collect();
         self.engine.take_over(now, restored);
+        known.extend(self.engine.fleet().sites.keys().cloned());
+        known.sort();
+        known.dedup();
         let topic = self.topics.collector_status();
+        let (seen_tx, seen) = mpsc::unbounded_channel();
         let out = MqttOut::start(
             c.mqtt.clone(),
             format!("faultline-fleet-{}", c.name),
             (topic, status(true), status(false)),
+            Some((self.topics.clone(), seen_tx)),
         );
+        let (decided_tx, decided) = mpsc::unbounded_channel();
+        let (events, task) =
+            site_config::spawn(self.fleet_targets.clone(), known, seen, decided_tx);
+        let forward = out.forward_configs(self.topics.clone(), decided);
+        self.configs = Some(Configs {
+            events,
+            tasks: [task, forward],
+        });
         // What history says is published: all of it again, retained.
         for v in self.engine.verdicts() {
             let body = serde_json::to_vec(v).unwrap_or_default();
@@ -286,6 +334,17 @@ impl Correlator {
                 Ok(a) => self.alerts = Some(a),
                 Err(e) => tracing::error!("alert queue {}: {e:#}", path.display()),
             }
+        }
+    }
+
+    /// A SIGHUP's fleet targets: kept for the next takeover, and applied now when
+    /// active.
+    fn reloaded(&mut self, ev: site_config::Event) {
+        if let site_config::Event::Reload(targets) = &ev {
+            self.fleet_targets.clone_from(targets);
+        }
+        if let Some(cf) = &self.configs {
+            let _ = cf.events.send(ev);
         }
     }
 

@@ -1,12 +1,18 @@
 //! The correlator's MQTT connection to the NATS cluster's MQTT listeners (MQTT
-//! 3.1.1: nats-server 2.9 speaks no MQTT 5): verdicts retained, incident events.
-//! It moves to the next listener when one stops answering, so a dead NATS node
-//! only delays what is queued (rumqttc sends its unacknowledged publishes again).
+//! 3.1.1: nats-server 2.9 speaks no MQTT 5): verdicts retained, incident events,
+//! the sites' central configs (retained; it also reads what the cluster holds on
+//! the config topics, for [`crate::service::site_config`]). It moves to the next
+//! listener when one stops answering, so a dead NATS node only delays what is
+//! queued (rumqttc sends its unacknowledged publishes again).
 
 use std::time::Duration;
 
+use faultline_shared::{Topic, Topics};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::service::publish::{BrokerConfig, Publication};
 
 /// Publishes queued for the listener.
 const OUT_QUEUE: usize = 20_000;
@@ -28,11 +34,14 @@ fn options(client_id: &str, (host, port): &(String, u16), will: &LastWill) -> Mq
 
 impl MqttOut {
     /// Connects (in the background) to the first of `listeners` that answers;
-    /// `status` is the collector status topic and its online/offline bodies.
+    /// `status` is the collector status topic and its online/offline bodies. With
+    /// `configs`, every connection subscribes to the sites' config topics and hands
+    /// what the cluster holds there on.
     pub fn start(
         listeners: Vec<(String, u16)>,
         client_id: String,
         status: (String, Vec<u8>, Vec<u8>),
+        configs: Option<(Topics, mpsc::UnboundedSender<BrokerConfig>)>,
     ) -> Self {
         let (topic, online, offline) = status;
         let will = LastWill::new(topic.clone(), offline, QoS::AtLeastOnce, true);
@@ -54,6 +63,23 @@ impl MqttOut {
                                 true,
                                 online.clone(),
                             );
+                            if let Some((topics, _)) = &configs {
+                                let _ =
+                                    client.try_subscribe(topics.all_configs(), QoS::AtLeastOnce);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            if let Some((_, tx)) = &configs {
+                                let _ = tx.send(BrokerConfig::Subscribed);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if let Some((topics, tx)) = &configs
+                                && let Ok(Topic::Config { site }) = topics.parse(&p.topic)
+                            {
+                                let payload = p.payload.to_vec();
+                                let _ = tx.send(BrokerConfig::Seen { site, payload });
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -79,6 +105,30 @@ impl MqttOut {
             .client
             .publish(topic, QoS::AtLeastOnce, retain, body)
             .await;
+    }
+
+    /// Publishes the sites' configs `site_config` hands on, retained, until `rx`
+    /// closes (abort the task with the connection).
+    pub fn forward_configs(
+        &self,
+        topics: Topics,
+        mut rx: mpsc::UnboundedReceiver<Publication>,
+    ) -> JoinHandle<()> {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                if let Publication::SiteConfig(c) = p {
+                    let _ = client
+                        .publish(
+                            topics.config(&c.site),
+                            QoS::AtLeastOnce,
+                            true,
+                            c.config.encode(),
+                        )
+                        .await;
+                }
+            }
+        })
     }
 
     /// Drops the connection at once (a correlator that lost its lease): its last

@@ -40,20 +40,42 @@ fn now_s() -> u64 {
     now_ms() / 1000
 }
 
-/// Starts the task: its inputs are `events`, the broker's `configs` and, on SIGHUP,
-/// `cfg`'s file read again; it publishes through `out`. Abort both handles before
-/// the publisher finishes (they hold `out`).
+/// Starts the task and the SIGHUP reloads: its inputs are `events`, the broker's
+/// `configs` and, on SIGHUP, `cfg`'s file read again; it publishes through `out`.
+/// Abort both handles before the publisher finishes (they hold `out`).
 pub fn start(
     cfg: &Config,
     known_sites: Vec<Id>,
     configs: mpsc::UnboundedReceiver<BrokerConfig>,
     out: mpsc::UnboundedSender<Publication>,
 ) -> (mpsc::UnboundedSender<Event>, [JoinHandle<()>; 2]) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let core = SiteConfigs::new(cfg.fleet_targets.clone());
-    let task = tokio::spawn(drive(core, known_sites, rx, configs, out));
-    let reloads = tokio::spawn(reload_on_sighup(cfg.clone(), tx.clone()));
+    let (tx, task) = spawn(cfg.fleet_targets.clone(), known_sites, configs, out);
+    let reloads = spawn_reloads(cfg, tx.clone());
     (tx, [task, reloads])
+}
+
+/// The task alone, on `targets`: what it is told goes to the returned sender.
+pub fn spawn(
+    targets: Vec<FleetTarget>,
+    known_sites: Vec<Id>,
+    configs: mpsc::UnboundedReceiver<BrokerConfig>,
+    out: mpsc::UnboundedSender<Publication>,
+) -> (mpsc::UnboundedSender<Event>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(drive(
+        SiteConfigs::new(targets),
+        known_sites,
+        rx,
+        configs,
+        out,
+    ));
+    (tx, task)
+}
+
+/// On every SIGHUP, `cfg`'s file read again: its fleet targets go to `tx` as
+/// [`Event::Reload`] (a bad file is logged and nothing is sent).
+pub fn spawn_reloads(cfg: &Config, tx: mpsc::UnboundedSender<Event>) -> JoinHandle<()> {
+    tokio::spawn(reload_on_sighup(cfg.clone(), tx))
 }
 
 async fn drive(

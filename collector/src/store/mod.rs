@@ -226,9 +226,9 @@ pub struct Store {
     /// (site, provider) → when `site_providers` was last advanced: written at most
     /// once a minute per pair.
     seen_providers: HashMap<(Id, Id), u64>,
-    /// Site → when its targets in `site_targets` were last advanced: all of a
-    /// window's targets at once, at most once a minute per site.
-    seen_targets: HashMap<Id, u64>,
+    /// Site → when its targets in `site_targets` were last advanced, and which:
+    /// all of a window's targets at once, once a minute per site or when one is new.
+    seen_targets: HashMap<Id, (u64, Vec<Id>)>,
     /// Chart points being summed: (site, minute) → each target's sums, written
     /// (merged into `target_minutes`) at each commit.
     minutes: HashMap<(Id, u64), Vec<PointSum>>,
@@ -450,14 +450,23 @@ impl Store {
                 }
             }
         }
+        // Once a minute, and at once for a target the site did not measure in the
+        // last window written (a new central target shows on the site's page).
+        let names = || w.targets.iter().map(|t| t.target.clone()).collect();
         let due = match self.seen_targets.get_mut(&w.site) {
-            Some(last) if w.recv_ms < last.saturating_add(60_000) => false,
-            Some(last) => {
-                *last = w.recv_ms;
+            Some((last, known))
+                if w.recv_ms < last.saturating_add(60_000)
+                    && w.targets.iter().all(|t| known.contains(&t.target)) =>
+            {
+                false
+            }
+            Some(seen) => {
+                *seen = (w.recv_ms, names());
                 true
             }
             None => {
-                self.seen_targets.insert(w.site.clone(), w.recv_ms);
+                self.seen_targets
+                    .insert(w.site.clone(), (w.recv_ms, names()));
                 true
             }
         };

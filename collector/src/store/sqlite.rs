@@ -916,6 +916,38 @@ mod tests {
     }
 
     #[test]
+    fn a_new_target_is_listed_at_once_others_once_a_minute() {
+        let (dir, path) = temp_db("targets");
+        let mut s = Store::open(&path).unwrap();
+        let point = |name: &str| crate::engine::TargetPoint {
+            target: id(name),
+            layer: faultline_shared::Layer::Lan,
+            provider: None,
+            rtt_p50_ms: None,
+            rtt_p95_ms: None,
+            jitter_ms: None,
+            loss: 0.0,
+            mos: None,
+        };
+        let listed = |s: &Store| -> Vec<String> {
+            s.site_targets("a")
+                .unwrap()
+                .into_iter()
+                .map(|(t, _, _)| t)
+                .collect()
+        };
+        for (seq, names) in [(0, vec!["gw"]), (1, vec!["gw", "central"])] {
+            s.begin().unwrap();
+            let mut w = row("a", 1, seq, 1_000 + seq * 1_000);
+            w.targets = names.iter().map(|n| point(n)).collect();
+            assert!(s.window(&w).unwrap());
+            s.commit().unwrap();
+        }
+        assert_eq!(listed(&s), ["central", "gw"], "a second later");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn an_older_history_file_is_migrated_and_its_repeats_dropped() {
         let (dir, path) = temp_db("migrate");
         {

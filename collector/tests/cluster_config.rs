@@ -1,0 +1,294 @@
+//! Central agent config in cluster mode, on real processes: a three-node NATS
+//! cluster, a site worker, a correlator and its standby with `[[fleet.target]]`s,
+//! PostgreSQL, and a real agent on a NATS node's MQTT listener.
+//!
+//! - the active correlator publishes the site's config (retained) and the agent
+//!   applies it and measures the central target (its windows reach history);
+//! - a SIGHUP to both correlators adds a target: the active one publishes it;
+//! - the active correlator is SIGKILLed: the standby takes over with the targets of
+//!   its own latest SIGHUP, publishes nothing new for an unchanged config, and
+//!   publishes its next reload.
+//!
+//! Skips (with the reason) when nats-server or PostgreSQL is missing.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use faultline_tests::nats::NatsCluster;
+use faultline_tests::{Child, TempDir, free_tcp_port, wait_until, workspace_bin};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(90);
+const SITE: &str = "acme-hq";
+const PARTITIONS: u32 = 16;
+
+/// A collector's config in the cluster, with `fleet` (`[[fleet.target]]` tables).
+fn write_config(
+    dir: &Path,
+    nats: &NatsCluster,
+    db: &str,
+    (name, role): (&str, &str),
+    fleet: &str,
+) -> PathBuf {
+    let list = |v: Vec<String>| {
+        v.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "window_seconds = 1\n[http]\nlisten = \"127.0.0.1:{}\"\n[storage]\nurl = \"{db}\"\n\
+             [cluster]\nrole = \"{role}\"\nname = \"{name}\"\nnats = [{}]\nmqtt = [{}]\n\
+             partitions = {PARTITIONS}\nlease_ms = 3000\n{fleet}",
+            free_tcp_port(),
+            list(nats.urls()),
+            list(nats.mqtt_urls()),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn fleet_target(name: &str, port: u16) -> String {
+    format!(
+        "[[fleet.target]]\nname = \"{name}\"\nlayer = \"lan\"\nkind = \"tcp\"\n\
+         host = \"127.0.0.1:{port}\"\nsites = [\"acme-*\"]\n"
+    )
+}
+
+fn spawn(dir: &Path, name: &str, cfg: &Path) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Child::spawn(
+        name,
+        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("FAULTLINE_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .unwrap()
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// A loopback TCP port that accepts (and closes) every connection, for tcp targets.
+fn listener() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    port
+}
+
+/// Everything on the site's topics at the MQTT listener on `port`, in arrival order.
+fn watch(port: u16) -> Arc<Mutex<Vec<(String, Value)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut opts = MqttOptions::new("cluster-config-test", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 100);
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client
+                        .try_subscribe(format!("faultline/v1/sites/{SITE}/#"), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    s.lock().unwrap().push((p.topic.clone(), v));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    seen
+}
+
+fn all(seen: &Mutex<Vec<(String, Value)>>, leaf: &str) -> Vec<Value> {
+    let topic = format!("faultline/v1/sites/{SITE}/{leaf}");
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t == topic)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The target names of the newest config seen carrying every one of `names`; its
+/// version once the agent says it applied it.
+fn applied_with(seen: &Mutex<Vec<(String, Value)>>, names: &[&str]) -> Option<u64> {
+    let config = all(seen, "config").into_iter().rev().find(|c| {
+        let have: Vec<&str> = c["targets"]
+            .as_array()
+            .map(|ts| ts.iter().filter_map(|t| t["name"].as_str()).collect())
+            .unwrap_or_default();
+        names.iter().all(|n| have.contains(n))
+    })?;
+    let v = config["version"].as_u64()?;
+    all(seen, "config/status")
+        .iter()
+        .any(|s| s["state"] == "applied" && s["version"] == v)
+        .then_some(v)
+}
+
+/// Windows history holds in which the site measured `target`.
+fn measured(db: &str, target: &str) -> i64 {
+    let Ok(mut c) = postgres::Client::connect(db, postgres::NoTls) else {
+        return 0;
+    };
+    c.query_one(
+        "SELECT count(*) FROM site_targets WHERE site = $1 AND target = $2",
+        &[&SITE, &target],
+    )
+    .map_or(0, |r| r.get(0))
+}
+
+#[test]
+fn the_active_correlator_publishes_central_configs_and_its_standby_carries_on() {
+    let Some(nats) = NatsCluster::start(3, PARTITIONS) else {
+        return;
+    };
+    let Some(pg) = faultline_tests::postgres::Postgres::start() else {
+        return;
+    };
+    let db = pg.database();
+    let tmp = TempDir::new("cluster-config");
+    let dir = tmp.path();
+    let (port_a, port_b, port_c, port_web) = (listener(), listener(), listener(), listener());
+    let fleet_ab = format!(
+        "{}{}",
+        fleet_target("central-a", port_a),
+        fleet_target("central-b", port_b)
+    );
+
+    let fleet_cfg = |name: &str, fleet: &str| write_config(dir, &nats, &db, (name, "fleet"), fleet);
+    let worker = spawn(
+        dir,
+        "worker",
+        &write_config(dir, &nats, &db, ("worker", "site"), ""),
+    );
+    let mut fleet_a = spawn(
+        dir,
+        "fleet-a",
+        &fleet_cfg("fleet-a", &fleet_target("central-a", port_a)),
+    );
+    assert!(
+        wait_until(LONG, || log(dir, "fleet-a").contains("lease taken")),
+        "fleet-a never took the lease:\n{}",
+        log(dir, "fleet-a")
+    );
+    let fleet_b = spawn(
+        dir,
+        "fleet-b",
+        &fleet_cfg("fleet-b", &fleet_target("central-a", port_a)),
+    );
+    assert!(wait_until(LONG, || log(dir, "worker").contains("partition taken")));
+
+    // A real agent on a NATS node's MQTT listener, its own target `web` only.
+    let mqtt = nats.nodes[0].mqtt;
+    let seen = watch(mqtt);
+    let agent_toml = dir.join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "site = \"{SITE}\"\nisp = \"TestNet\"\nwindow_seconds = 1\nstate_dir = \"{}\"\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\nreconnect_max_seconds = 1\n\
+             [[target]]\nname = \"web\"\nlayer = \"internet\"\nkind = \"tcp\"\n\
+             host = \"127.0.0.1:{port_web}\"\n",
+            dir.join("agent-state").display()
+        ),
+    )
+    .unwrap();
+    let _agent = Child::spawn(
+        "faultline-agent",
+        Command::new(workspace_bin("faultline-agent"))
+            .args(["run", "--config"])
+            .arg(&agent_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
+    .unwrap();
+
+    // The active correlator publishes the site's config; the agent applies it and
+    // measures the central target (the site worker stores its windows).
+    let v_a = wait_until(LONG, || applied_with(&seen, &["central-a"]).is_some());
+    assert!(
+        v_a,
+        "no applied config with central-a: {:?} / {:?}\n{}",
+        all(&seen, "config"),
+        all(&seen, "config/status"),
+        log(dir, "fleet-a")
+    );
+    assert!(
+        wait_until(LONG, || measured(&db, "central-a") > 0),
+        "central-a never measured"
+    );
+
+    // A SIGHUP to both correlators adds central-b: the active one publishes it.
+    fleet_cfg("fleet-a", &fleet_ab);
+    fleet_cfg("fleet-b", &fleet_ab);
+    fleet_a.signal("HUP");
+    fleet_b.signal("HUP");
+    assert!(
+        wait_until(LONG, || applied_with(&seen, &["central-a", "central-b"])
+            .is_some()),
+        "central-b not applied: {:?}",
+        all(&seen, "config")
+    );
+    let v_ab = applied_with(&seen, &["central-a", "central-b"]).unwrap();
+    assert!(wait_until(LONG, || measured(&db, "central-b") > 0));
+
+    // The active correlator dies: the standby takes over with its own reloaded
+    // targets, so the config stays as it is.
+    fleet_a.signal("KILL");
+    fleet_a.kill();
+    assert!(
+        wait_until(LONG, || log(dir, "fleet-b").contains("lease taken")),
+        "fleet-b never took over:\n{}",
+        log(dir, "fleet-b")
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let versions: Vec<u64> = all(&seen, "config")
+        .iter()
+        .filter_map(|c| c["version"].as_u64())
+        .collect();
+    assert_eq!(
+        versions.last(),
+        Some(&v_ab),
+        "a takeover changed nothing: {versions:?}"
+    );
+
+    // Its next reload is published.
+    fleet_cfg(
+        "fleet-b",
+        &format!("{fleet_ab}{}", fleet_target("central-c", port_c)),
+    );
+    fleet_b.signal("HUP");
+    assert!(
+        wait_until(LONG, || applied_with(
+            &seen,
+            &["central-a", "central-b", "central-c"]
+        )
+        .is_some()),
+        "central-c not applied after the takeover: {:?}\n{}",
+        all(&seen, "config"),
+        log(dir, "fleet-b")
+    );
+    assert!(wait_until(LONG, || measured(&db, "central-c") > 0));
+    drop(worker);
+}
