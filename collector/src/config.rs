@@ -190,6 +190,9 @@ pub struct Config {
     pub max_payload_bytes: usize,
     pub share_group: Option<Id>,
     pub http_listen: SocketAddr,
+    /// `[http] listen` was written in the file (a cluster site worker serves its
+    /// `/metrics` only then: several may run on one host).
+    pub http_listen_set: bool,
     /// `[http] token_file`: every path but `/metrics` needs it.
     pub http_token: Option<Secret>,
     /// `[http] hosts`: Host names served besides loopback names and the listen address.
@@ -538,6 +541,7 @@ impl Validator<'_> {
 
         let rh = raw.http.unwrap_or_default();
         let http_listen = self.addr(rh.listen.as_ref(), "http.listen", DEFAULT_HTTP_LISTEN)?;
+        let http_listen_set = rh.listen.is_some();
         let http_token = match &rh.token_file {
             None => None,
             Some(f) => Some(self.token(f)?),
@@ -712,6 +716,7 @@ impl Validator<'_> {
             max_payload_bytes,
             share_group,
             http_listen,
+            http_listen_set,
             http_token,
             http_hosts,
             storage,

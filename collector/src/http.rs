@@ -29,11 +29,22 @@ use guard::Guard;
 const DASHBOARD: &str = include_str!("dashboard.html");
 const LOGIN: &str = include_str!("login.html");
 
-/// Binds `listen` and serves in the background; returns the bound address.
+/// What a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// The pages, the API and `/metrics` (one node, correlators).
+    Everything,
+    /// `/metrics` alone: a cluster site worker's ingest counters and its sites'
+    /// per-probe series (it holds no verdicts).
+    Metrics,
+}
+
+/// Binds `listen` and serves `what` in the background; returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     shared: Arc<Shared>,
     cfg: Config,
+    what: Serve,
     mut stop: tokio::sync::broadcast::Receiver<()>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -47,7 +58,12 @@ pub async fn serve(
         &[DASHBOARD, LOGIN, pages::STYLE],
     ));
     tracing::info!(
-        "dashboard on http://{addr}/ ({}; Host names served: {})",
+        "{} on http://{addr}/ ({}; Host names served: {})",
+        if what == Serve::Metrics {
+            "/metrics"
+        } else {
+            "dashboard"
+        },
         if guard.has_token() {
             "token_file: every path but /metrics needs the token"
         } else {
@@ -68,30 +84,34 @@ pub async fn serve(
                                    Path(w): maintenance::WindowPath| {
         maintenance::remove(s, has_token, w)
     };
-    let app = Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
-        .route("/login", get(login_page).post(login_post))
-        .route("/logout", post(logout))
-        .route("/api/state", get(api_state))
-        .route("/api/incidents", get(api_incidents))
-        .route("/api/history", get(api_history))
-        .route("/api/counters", get(api_counters))
-        .route("/api/series", get(api_series))
-        .route("/sites/:site", get(site_page))
-        .route("/api/sites/:site", get(api_site))
-        .route("/providers/:id", get(provider_page))
-        .route("/providers/:id/availability.csv", get(provider_csv))
-        .route("/api/providers/:id", get(api_provider))
-        .route("/incidents/:id", get(incident_page))
-        .route("/api/incidents/:id", get(api_incident))
-        .route(
-            "/api/maintenance",
-            get(maintenance::list).post(maintenance_add),
-        )
-        .route(
-            "/api/maintenance/:window",
-            axum::routing::delete(maintenance_remove),
-        )
+    let app = match what {
+        Serve::Everything => Router::new()
+            .route("/", get(|| async { Html(DASHBOARD) }))
+            .route("/login", get(login_page).post(login_post))
+            .route("/logout", post(logout))
+            .route("/api/state", get(api_state))
+            .route("/api/incidents", get(api_incidents))
+            .route("/api/history", get(api_history))
+            .route("/api/counters", get(api_counters))
+            .route("/api/series", get(api_series))
+            .route("/sites/:site", get(site_page))
+            .route("/api/sites/:site", get(api_site))
+            .route("/providers/:id", get(provider_page))
+            .route("/providers/:id/availability.csv", get(provider_csv))
+            .route("/api/providers/:id", get(api_provider))
+            .route("/incidents/:id", get(incident_page))
+            .route("/api/incidents/:id", get(api_incident))
+            .route(
+                "/api/maintenance",
+                get(maintenance::list).post(maintenance_add),
+            )
+            .route(
+                "/api/maintenance/:window",
+                axum::routing::delete(maintenance_remove),
+            ),
+        Serve::Metrics => Router::new(),
+    };
+    let app = app
         .fallback(not_found)
         .route("/metrics", get(metrics::serve))
         .with_state(shared)

@@ -349,6 +349,11 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         std::net::SocketAddr::from(([127, 0, 0, 1], http["fleet-b"])),
         "/metrics",
     );
+    // The surviving worker (every partition now) serves its sites' probe series.
+    let worker_metrics = http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], http["worker-b"])),
+        "/metrics",
+    );
     for name in ["worker-b", "fleet-b"] {
         let p = procs.get_mut(name).unwrap();
         p.signal("TERM");
@@ -384,6 +389,18 @@ fn a_cluster_survives_a_worker_a_node_and_the_correlator_dying_during_an_outage(
         metrics
             .contains("faultline_verdict_state{scope=\"provider\",id=\"voipco\",state=\"ok\"} 1"),
         format!("the active correlator's /metrics lacks voipco ok:\n{metrics:.2000}"),
+    );
+    let probe_series = worker_metrics
+        .lines()
+        .filter(|l| l.starts_with("faultline_probe_loss_ratio{site="))
+        .count();
+    check(
+        probe_series >= SITES
+            && worker_metrics.contains("faultline_collector_mqtt_connected 1")
+            && !worker_metrics.contains("faultline_verdict_state{"),
+        format!(
+            "worker-b's /metrics: {probe_series} loss series for {SITES} sites:\n{worker_metrics:.2000}"
+        ),
     );
     if let Some(r) = &retained {
         let v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();

@@ -144,6 +144,7 @@ pub async fn serve(
         cfg.http_listen,
         shared.clone(),
         cfg.clone(),
+        crate::http::Serve::Everything,
         stop.subscribe(),
     )
     .await?;

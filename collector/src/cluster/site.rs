@@ -9,6 +9,10 @@
 //! once: its consumer stops and its sites' state goes (the next owner restores
 //! their boots from history and gets every unacknowledged report again).
 //!
+//! With `[http] listen` in its config a worker serves `/metrics`: its ingest and
+//! history counters and the per-probe series of the sites it holds now (several
+//! workers are scraped side by side; a site's series move with its partition).
+//!
 //! Each partition has one durable pull consumer (explicit acks). A batch of
 //! reports is acknowledged only after its summaries are in the summary stream (a
 //! PubAck each) and its windows are committed to history: a worker killed at any
@@ -33,7 +37,7 @@ use super::{Bus, Cluster, Lease, partition_of};
 use crate::config::Config;
 use crate::engine::{Engine, Output, Restored, Role};
 use crate::service::history::{HistoryStats, StoreMsg};
-use crate::service::now_ms;
+use crate::service::{Shared, ShellStats, now_ms};
 use crate::store::Store;
 
 /// Reports handled between two history commits, at most.
@@ -80,6 +84,8 @@ struct Worker {
     /// Reports handled and summaries the stream took.
     handled: u64,
     published: u64,
+    /// What `/metrics` reads, when served.
+    shared: Option<Arc<Shared>>,
 }
 
 /// Runs a site worker until `shutdown` completes.
@@ -95,6 +101,12 @@ pub async fn serve(
     let (writer, reader) = super::open_history(&cfg).await?;
     let stats = Arc::new(HistoryStats::default());
     let store_tx = super::spawn_history(writer, &cfg, stats.clone());
+    let (stop_http, _) = tokio::sync::broadcast::channel::<()>(1);
+    let shared = if cfg.http_listen_set {
+        Some(serve_metrics(&cfg, stats.clone(), &stop_http).await?)
+    } else {
+        None
+    };
 
     let mut backoff = crate::service::backoff(250, 5_000);
     for p in 0..cluster.partitions {
@@ -123,6 +135,7 @@ pub async fn serve(
         stats,
         handled: 0,
         published: 0,
+        shared,
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let (lease_tx, mut leases) = mpsc::unbounded_channel();
@@ -199,6 +212,11 @@ pub async fn serve(
             let summaries = w.dispatch();
             w.publish(summaries).await;
         }
+        if let Some(sh) = &w.shared {
+            sh.snapshot.set_counters(w.engine.counters());
+            sh.stats.lock().expect("stats lock").connected =
+                client.connection_state() == async_nats::connection::State::Connected;
+        }
         let wait = w
             .engine
             .poll_timeout()
@@ -209,6 +227,7 @@ pub async fn serve(
             .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
     }
     tracing::info!("stopping: giving the partitions back");
+    let _ = stop_http.send(());
     for (_, o) in std::mem::take(&mut w.owned) {
         o.pull.abort();
     }
@@ -225,6 +244,36 @@ pub async fn serve(
         "stopped"
     );
     Ok(())
+}
+
+/// Serves `/metrics` on `[http] listen` (nothing else: the pages are the
+/// correlators'); returns what it reads.
+async fn serve_metrics(
+    cfg: &Config,
+    stats: Arc<HistoryStats>,
+    stop: &tokio::sync::broadcast::Sender<()>,
+) -> anyhow::Result<Arc<Shared>> {
+    let location = cfg.storage.location.clone();
+    let history = tokio::task::spawn_blocking(move || Store::connect(&location)).await??;
+    let shared = Arc::new(Shared {
+        topics: cfg.topics.clone(),
+        stats: std::sync::Mutex::new(ShellStats::default()),
+        history: std::sync::Mutex::new(history),
+        history_stats: stats,
+        started_ms: now_ms(),
+        snapshot: crate::snapshot::SnapshotCell::default(),
+        alerts: Arc::new(crate::alerts::AlertStats::default()),
+        maintenance: Arc::new(crate::maintenance::Book::new(Vec::new())),
+    });
+    crate::http::serve(
+        cfg.http_listen,
+        shared.clone(),
+        cfg.clone(),
+        crate::http::Serve::Metrics,
+        stop.subscribe(),
+    )
+    .await?;
+    Ok(shared)
 }
 
 /// Every site's statuses, from the newest each has (older than now: retained).
@@ -322,10 +371,15 @@ impl Worker {
                     summaries.push(s);
                     continue;
                 }
-                // Per-probe metrics are the correlator-free one-node feature for
-                // now; verdicts never come from the site stage.
+                Output::Snapshot(snap) => {
+                    if let Some(sh) = &self.shared {
+                        sh.snapshot.set(snap);
+                    }
+                    continue;
+                }
+                // Per-probe metrics topics are the correlator-free one-node feature
+                // for now; verdicts never come from the site stage.
                 Output::Metrics(_)
-                | Output::Snapshot(_)
                 | Output::Verdict(_)
                 | Output::Incident(_)
                 | Output::Forget(_) => continue,

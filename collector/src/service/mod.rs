@@ -186,6 +186,7 @@ pub async fn serve(
         cfg.http_listen,
         shared.clone(),
         cfg.clone(),
+        crate::http::Serve::Everything,
         stop_tx.subscribe(),
     )
     .await?;
