@@ -270,12 +270,30 @@ impl Book {
         self.windows.lock().expect("maintenance lock").clone()
     }
 
-    /// Adds `w` (an HTTP-made window).
+    /// Adds `w` (an HTTP-made window), in place of one with its handle.
     pub fn add(&self, w: Window) {
         let mut g = self.windows.lock().expect("maintenance lock");
-        let mut next = (**g).clone();
+        let mut next: Vec<Window> = g.iter().filter(|o| o.window != w.window).cloned().collect();
         next.push(w);
         *g = Arc::new(next);
+    }
+
+    /// Puts `http` in place of the HTTP-made windows (history as another process
+    /// left it: the other correlator of a cluster); config windows stay. True when
+    /// that changed anything.
+    pub fn set_http(&self, http: Vec<Window>) -> bool {
+        let mut g = self.windows.lock().expect("maintenance lock");
+        let next: Vec<Window> = g
+            .iter()
+            .filter(|w| w.origin == Origin::Config)
+            .cloned()
+            .chain(http.into_iter().filter(|w| w.origin == Origin::Http))
+            .collect();
+        let changed = next.len() != g.len() || next.iter().any(|w| !g.contains(w));
+        if changed {
+            *g = Arc::new(next);
+        }
+        changed
     }
 
     /// Removes the HTTP-made window `handle`; false when there is none (config
@@ -400,6 +418,25 @@ mod tests {
                 .changed(&[], [&ended[0]].into_iter(), 2_500)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_book_takes_http_windows_from_history_and_keeps_its_config_ones() {
+        let http = |n: u64| Window {
+            window: format!("mw-{n}"),
+            origin: Origin::Http,
+            ..w(Scope::Provider, "voipco", n, n + 10)
+        };
+        let book = Book::new(vec![w(Scope::Provider, "voipco", 1, 2)]);
+        book.add(http(5));
+        // History as the other correlator left it: mw-5 deleted, mw-7 added.
+        assert!(book.set_http(vec![http(7)]));
+        let names: Vec<String> = book.get().iter().map(|w| w.window.clone()).collect();
+        assert_eq!(names, ["config-1", "mw-7"]);
+        assert!(!book.set_http(vec![http(7)]), "nothing changed");
+        // Added here after history was read: once, not twice.
+        book.add(http(7));
+        assert_eq!(book.get().len(), 2);
     }
 
     #[test]

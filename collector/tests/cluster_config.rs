@@ -1,10 +1,12 @@
-//! Central agent config in cluster mode, on real processes: a three-node NATS
-//! cluster, a site worker, a correlator and its standby with `[[fleet.target]]`s,
-//! PostgreSQL, and a real agent on a NATS node's MQTT listener.
+//! Central agent config and maintenance windows in cluster mode, on real processes:
+//! a three-node NATS cluster, a site worker, a correlator and its standby with
+//! `[[fleet.target]]`s, PostgreSQL, and a real agent on a NATS node's MQTT listener.
 //!
 //! - the active correlator publishes the site's config (retained) and the agent
 //!   applies it and measures the central target (its windows reach history);
 //! - a SIGHUP to both correlators adds a target: the active one publishes it;
+//! - a maintenance window added over HTTP at the standby is in force at the active
+//!   correlator;
 //! - the active correlator is SIGKILLed: the standby takes over with the targets of
 //!   its own latest SIGHUP, publishes nothing new for an unchanged config, and
 //!   publishes its next reload.
@@ -18,20 +20,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faultline_tests::nats::NatsCluster;
-use faultline_tests::{Child, TempDir, free_tcp_port, wait_until, workspace_bin};
+use faultline_tests::{Child, TempDir, free_tcp_port, http_request, wait_until, workspace_bin};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
 const SITE: &str = "acme-hq";
 const PARTITIONS: u32 = 16;
+const TOKEN: &str = "s3cret-token-for-the-cluster-test";
 
-/// A collector's config in the cluster, with `fleet` (`[[fleet.target]]` tables).
+/// A collector's config in the cluster, HTTP on `http` (with the token), with
+/// `fleet` (`[[fleet.target]]` tables).
 fn write_config(
     dir: &Path,
     nats: &NatsCluster,
     db: &str,
-    (name, role): (&str, &str),
+    (name, role, http): (&str, &str, u16),
     fleet: &str,
 ) -> PathBuf {
     let list = |v: Vec<String>| {
@@ -41,13 +45,14 @@ fn write_config(
             .join(", ")
     };
     let path = dir.join(format!("{name}.toml"));
+    std::fs::write(dir.join("http.token"), format!("{TOKEN}\n")).unwrap();
     std::fs::write(
         &path,
         format!(
-            "window_seconds = 1\n[http]\nlisten = \"127.0.0.1:{}\"\n[storage]\nurl = \"{db}\"\n\
+            "window_seconds = 1\n[http]\nlisten = \"127.0.0.1:{http}\"\ntoken_file = \"http.token\"\n\
+             [storage]\nurl = \"{db}\"\n\
              [cluster]\nrole = \"{role}\"\nname = \"{name}\"\nnats = [{}]\nmqtt = [{}]\n\
              partitions = {PARTITIONS}\nlease_ms = 3000\n{fleet}",
-            free_tcp_port(),
             list(nats.urls()),
             list(nats.mqtt_urls()),
         ),
@@ -159,7 +164,7 @@ fn measured(db: &str, target: &str) -> i64 {
 }
 
 #[test]
-fn the_active_correlator_publishes_central_configs_and_its_standby_carries_on() {
+fn central_configs_and_maintenance_windows_span_both_correlators() {
     let Some(nats) = NatsCluster::start(3, PARTITIONS) else {
         return;
     };
@@ -170,17 +175,27 @@ fn the_active_correlator_publishes_central_configs_and_its_standby_carries_on() 
     let tmp = TempDir::new("cluster-config");
     let dir = tmp.path();
     let (port_a, port_b, port_c, port_web) = (listener(), listener(), listener(), listener());
+    let (port_http_a, port_http_b) = (free_tcp_port(), free_tcp_port());
     let fleet_ab = format!(
         "{}{}",
         fleet_target("central-a", port_a),
         fleet_target("central-b", port_b)
     );
 
-    let fleet_cfg = |name: &str, fleet: &str| write_config(dir, &nats, &db, (name, "fleet"), fleet);
+    let http = |name: &str| {
+        let port = match name {
+            "fleet-a" => port_http_a,
+            _ => port_http_b,
+        };
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    };
+    let fleet_cfg = |name: &str, fleet: &str| {
+        write_config(dir, &nats, &db, (name, "fleet", http(name).port()), fleet)
+    };
     let worker = spawn(
         dir,
         "worker",
-        &write_config(dir, &nats, &db, ("worker", "site"), ""),
+        &write_config(dir, &nats, &db, ("worker", "site", free_tcp_port()), ""),
     );
     let mut fleet_a = spawn(
         dir,
@@ -252,6 +267,28 @@ fn the_active_correlator_publishes_central_configs_and_its_standby_carries_on() 
     );
     let v_ab = applied_with(&seen, &["central-a", "central-b"]).unwrap();
     assert!(wait_until(LONG, || measured(&db, "central-b") > 0));
+
+    // A maintenance window added at the standby is in force at the active one.
+    let auth = [format!("Authorization: Bearer {TOKEN}")];
+    let added = http_request(
+        http("fleet-b"),
+        "POST",
+        "/api/maintenance",
+        &auth,
+        r#"{"scope": "provider", "id": "voipco", "from": "2026-01-01T00:00:00Z", "to": "2099-12-01T04:00:00Z"}"#,
+    );
+    assert_eq!(added.status, 201, "{}", added.body);
+    let listed = |name: &str| {
+        http_request(http(name), "GET", "/api/maintenance", &auth, "")
+            .body
+            .contains("\"voipco\"")
+    };
+    assert!(listed("fleet-b"));
+    assert!(
+        wait_until(LONG, || listed("fleet-a")),
+        "the window never reached fleet-a: {}",
+        http_request(http("fleet-a"), "GET", "/api/maintenance", &auth, "").body
+    );
 
     // The active correlator dies: the standby takes over with its own reloaded
     // targets, so the config stays as it is.

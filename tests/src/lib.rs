@@ -177,6 +177,38 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     HttpResponse::parse(&out).body
 }
 
+/// One HTTP/1.1 request with `headers` (whole lines) and a JSON `body` (none when
+/// empty); the response, status 0 when nothing answered.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    json: &str,
+) -> HttpResponse {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return HttpResponse::default();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req += &format!("{h}\r\n");
+    }
+    if !json.is_empty() {
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            json.len()
+        );
+    }
+    req += "\r\n";
+    req += json;
+    let _ = s.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    HttpResponse::parse(&out)
+}
+
 /// An HTTP/1.1 response as read off the socket up to the close.
 #[derive(Debug, Clone, Default)]
 pub struct HttpResponse {

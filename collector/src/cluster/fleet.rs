@@ -70,7 +70,13 @@ struct Correlator {
     fleet_targets: Vec<FleetTarget>,
     /// Central config publishing, while active.
     configs: Option<Configs>,
+    /// When the maintenance windows were last read from history.
+    windows_read_ms: u64,
 }
+
+/// How often a correlator reads the maintenance windows from history: those added
+/// or removed over HTTP at the other correlator reach it within this.
+const WINDOWS_EVERY_MS: u64 = 5_000;
 
 /// The active correlator's central config tasks: `site_config`'s own, and the one
 /// handing what it decides to the MQTT connection.
@@ -191,6 +197,7 @@ pub async fn serve(
         received: 0,
         fleet_targets: cfg_targets,
         configs: None,
+        windows_read_ms: now_ms(),
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut leases = tokio::time::interval(Duration::from_millis(cluster.lease_ms / 3));
@@ -352,6 +359,24 @@ impl Correlator {
     /// Verdicts whose maintenance mark changed (a window started or ended) go out
     /// again; incidents held back by a window that has ended are alerted.
     async fn maintenance(&mut self, now: u64) {
+        if now.saturating_sub(self.windows_read_ms) >= WINDOWS_EVERY_MS {
+            self.windows_read_ms = now;
+            let read = tokio::task::block_in_place(|| {
+                self.shared
+                    .history
+                    .lock()
+                    .expect("history lock")
+                    .maintenance()
+            });
+            match read {
+                Ok(ws) => {
+                    if self.shared.maintenance.set_http(ws) {
+                        tracing::info!("maintenance windows changed in history: applied");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read maintenance windows: {e:#}"),
+            }
+        }
         let windows = self.shared.maintenance.get();
         let changed = self.marks.changed(&windows, self.engine.verdicts(), now);
         if !changed.is_empty() {
