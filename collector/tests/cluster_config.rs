@@ -3,7 +3,8 @@
 //! `[[fleet.target]]`s, PostgreSQL, and a real agent on a NATS node's MQTT listener.
 //!
 //! - the active correlator publishes the site's config (retained) and the agent
-//!   applies it and measures the central target (its windows reach history);
+//!   applies it and measures the central target (its windows reach history, its
+//!   per-probe metrics topics reach MQTT subscribers through the site worker);
 //! - a SIGHUP to both correlators adds a target: the active one publishes it;
 //! - a maintenance window added over HTTP at the standby is in force at the active
 //!   correlator;
@@ -98,7 +99,8 @@ fn listener() -> u16 {
     port
 }
 
-/// Everything on the site's topics at the MQTT listener on `port`, in arrival order.
+/// Everything on the site's topics and its per-probe metrics topics at the MQTT
+/// listener on `port`, in arrival order.
 fn watch(port: u16) -> Arc<Mutex<Vec<(String, Value)>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut opts = MqttOptions::new("cluster-config-test", "127.0.0.1", port);
@@ -109,8 +111,12 @@ fn watch(port: u16) -> Arc<Mutex<Vec<(String, Value)>>> {
         for ev in conn.iter() {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client
-                        .try_subscribe(format!("faultline/v1/sites/{SITE}/#"), QoS::AtLeastOnce);
+                    for f in [
+                        format!("faultline/v1/sites/{SITE}/#"),
+                        format!("faultline/v1/metrics/{SITE}/#"),
+                    ] {
+                        let _ = client.try_subscribe(f, QoS::AtLeastOnce);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
@@ -252,6 +258,18 @@ fn central_configs_and_maintenance_windows_span_both_correlators() {
     assert!(
         wait_until(LONG, || measured(&db, "central-a") > 0),
         "central-a never measured"
+    );
+    // The site worker publishes its per-probe metrics topics (on core NATS).
+    let metrics_topic = format!("faultline/v1/metrics/{SITE}/central-a");
+    assert!(
+        wait_until(LONG, || seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, v)| *t == metrics_topic
+                && v["site"] == SITE
+                && v["sent"].is_u64())),
+        "no metrics on {metrics_topic}"
     );
 
     // A SIGHUP to both correlators adds central-b: the active one publishes it.

@@ -191,6 +191,16 @@ pub fn topic_of(subject: &str) -> String {
         .join(".")
 }
 
+/// The NATS subject of an MQTT topic (what an MQTT subscriber of that topic on a
+/// NATS node's listener receives).
+pub fn subject_of(topic: &str) -> String {
+    topic
+        .split('/')
+        .map(subject_token)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The subject filter of one partition's reports.
 pub fn partition_filter(p: u32) -> String {
     format!("$MQTT.msgs.fl.in.{p}.>")
@@ -547,6 +557,9 @@ mod tests {
             "faultline/v1/sites/a.b/report"
         );
         assert_eq!(subject_token("a.b"), "a//b");
+        let topic = "faultline/v1/metrics/a.b/sip.voipco";
+        assert_eq!(subject_of(topic), "faultline.v1.metrics.a//b.sip//voipco");
+        assert_eq!(topic_of(&subject_of(topic)), topic);
         assert_eq!(
             agent_subject("$MQTT.msgs.fl.in.3.faultline.v1.sites.a.report"),
             "faultline.v1.sites.a.report"

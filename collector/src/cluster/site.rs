@@ -11,7 +11,9 @@
 //!
 //! With `[http] listen` in its config a worker serves `/metrics`: its ingest and
 //! history counters and the per-probe series of the sites it holds now (several
-//! workers are scraped side by side; a site's series move with its partition).
+//! workers are scraped side by side; a site's series move with its partition). It
+//! publishes its sites' per-probe metrics topics on core NATS (QoS 0, as a one-node
+//! collector does over MQTT): MQTT subscribers of the NATS listeners receive them.
 //!
 //! Each partition has one durable pull consumer (explicit acks). A batch of
 //! reports is acknowledged only after its summaries are in the summary stream (a
@@ -86,6 +88,9 @@ struct Worker {
     published: u64,
     /// What `/metrics` reads, when served.
     shared: Option<Arc<Shared>>,
+    /// Per-probe metrics to publish (the engine paces them: a few per site window).
+    metrics: Vec<Arc<faultline_shared::Report>>,
+    nats: async_nats::Client,
 }
 
 /// Runs a site worker until `shutdown` completes.
@@ -136,6 +141,8 @@ pub async fn serve(
         handled: 0,
         published: 0,
         shared,
+        metrics: Vec::new(),
+        nats: client.clone(),
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let (lease_tx, mut leases) = mpsc::unbounded_channel();
@@ -377,12 +384,12 @@ impl Worker {
                     }
                     continue;
                 }
-                // Per-probe metrics topics are the correlator-free one-node feature
-                // for now; verdicts never come from the site stage.
-                Output::Metrics(_)
-                | Output::Verdict(_)
-                | Output::Incident(_)
-                | Output::Forget(_) => continue,
+                Output::Metrics(r) => {
+                    self.metrics.push(r);
+                    continue;
+                }
+                // Verdicts never come from the site stage.
+                Output::Verdict(_) | Output::Incident(_) | Output::Forget(_) => continue,
             };
             let _ = self.store_tx.send(m);
         }
@@ -400,7 +407,32 @@ impl Worker {
     /// Publishes summaries and waits for every PubAck, sending again those the
     /// stream did not take (a report is not acknowledged before its summary is
     /// there; the stream drops a repeat by its `Nats-Msg-Id`).
+    /// The per-probe metrics topics, on core NATS; what the client cannot take is
+    /// counted as dropped.
+    async fn publish_metrics(&mut self) {
+        let mut dropped = 0;
+        for report in std::mem::take(&mut self.metrics) {
+            for probe in &report.probes {
+                let topic = self.topics.metrics(&report.site, &probe.target);
+                let body = serde_json::to_vec(&faultline_shared::MetricsJson::new(&report, probe))
+                    .unwrap_or_default();
+                if self
+                    .nats
+                    .publish(super::subject_of(&topic), body.into())
+                    .await
+                    .is_err()
+                {
+                    dropped += 1;
+                }
+            }
+        }
+        if let (Some(sh), true) = (&self.shared, dropped > 0) {
+            sh.stats.lock().expect("stats lock").metrics_dropped += dropped;
+        }
+    }
+
     async fn publish(&mut self, summaries: Vec<SiteSummary>) {
+        self.publish_metrics().await;
         self.published += summaries.len() as u64;
         let mut todo: Vec<&SiteSummary> = summaries.iter().collect();
         let mut backoff = crate::service::backoff(100, 5_000);
