@@ -218,6 +218,26 @@ mod tests {
     use super::*;
     use faultline_shared::target::Value;
 
+    #[test]
+    fn answers_count_each_rejection_once_and_clear_when_applied() {
+        let a = Answers::default();
+        let site = Id::new("acme-hq").unwrap();
+        let rejected = br#"{"version": 7, "state": "rejected", "error": "targets[0].pps"}"#;
+        assert!(
+            a.record(site.clone(), br#"{"version": 6, "state": "applied"}"#)
+                .is_none()
+        );
+        assert_eq!(a.record(site.clone(), rejected).unwrap().version, 7);
+        assert!(
+            a.record(site.clone(), rejected).is_none(),
+            "the same answer again"
+        );
+        assert!(a.record(site.clone(), b"not json").is_none());
+        assert_eq!((a.rejections(), a.rejected().len()), (1, 1));
+        a.record(site.clone(), br#"{"version": 8, "state": "applied"}"#);
+        assert_eq!((a.rejections(), a.rejected().len()), (1, 0));
+    }
+
     fn id(s: &str) -> Id {
         Id::new(s).unwrap()
     }
@@ -361,5 +381,48 @@ mod tests {
         };
         c.seen(id("s"), &same.encode(), 10);
         assert!(c.ready(10).is_empty());
+    }
+}
+
+/// What the agents answered to their central configs (`config/status`), for
+/// `/metrics` and the log: each site's latest answer, and the rejections seen.
+#[derive(Debug, Default)]
+pub struct Answers {
+    inner: std::sync::Mutex<AnswersInner>,
+}
+
+#[derive(Debug, Default)]
+struct AnswersInner {
+    latest: BTreeMap<Id, faultline_shared::ConfigStatus>,
+    rejections: u64,
+}
+
+impl Answers {
+    /// Records `site`'s answer; the rejection, when it is a new one.
+    pub fn record(&self, site: Id, payload: &[u8]) -> Option<faultline_shared::ConfigStatus> {
+        let status: faultline_shared::ConfigStatus = serde_json::from_slice(payload).ok()?;
+        let mut g = self.inner.lock().expect("answers lock");
+        let new_rejection = status.state == faultline_shared::ConfigState::Rejected
+            && g.latest.get(&site) != Some(&status);
+        if new_rejection {
+            g.rejections += 1;
+        }
+        g.latest.insert(site, status.clone());
+        new_rejection.then_some(status)
+    }
+
+    /// Sites whose latest answer is a rejection, with it.
+    pub fn rejected(&self) -> Vec<(Id, faultline_shared::ConfigStatus)> {
+        let g = self.inner.lock().expect("answers lock");
+        g.latest
+            .iter()
+            .filter(|(_, s)| s.state == faultline_shared::ConfigState::Rejected)
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Rejections answered since start (each site and version once).
+    pub fn rejections(&self) -> u64 {
+        self.inner.lock().expect("answers lock").rejections
     }
 }

@@ -288,6 +288,13 @@ fn central_targets_reach_the_agent_bad_ones_are_rejected_and_a_restart_offline_k
     );
     let rejected = rejected.unwrap();
     assert_eq!(rejected["version"], bad_version);
+    // The collector counts it (and logged it).
+    assert!(
+        wait_until(LONG, || collector
+            .metric("faultline_collector_config_rejections_total")
+            >= 1.0),
+        "the collector did not count the rejection"
+    );
     let error = rejected["error"].as_str().unwrap();
     assert!(
         error.contains("targets[1] (name \"central-c\").pps"),

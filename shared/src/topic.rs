@@ -158,6 +158,11 @@ impl Topics {
         format!("{}/sites/+/config", self.root)
     }
 
+    /// Filter matching every agent's answer to its central config.
+    pub fn all_config_statuses(&self) -> String {
+        format!("{}/sites/+/config/status", self.root)
+    }
+
     /// Filter matching every retained verdict.
     pub fn all_states(&self) -> String {
         format!("{}/state/#", self.root)
@@ -257,6 +262,10 @@ mod tests {
             "faultline/v1/sites/acme-hq/config/status"
         );
         assert_eq!(t.all_configs(), "faultline/v1/sites/+/config");
+        assert_eq!(
+            t.all_config_statuses(),
+            "faultline/v1/sites/+/config/status"
+        );
         assert_eq!(
             Topics::shared(&id("collectors"), &t.all_reports()),
             "$share/collectors/faultline/v1/sites/+/report"

@@ -143,6 +143,7 @@ pub async fn serve(
                 .chain(kept_windows)
                 .collect(),
         )),
+        config_answers: Arc::default(),
     });
     shared.snapshot.set(Arc::new(engine.snapshot()));
     let (stop, _) = broadcast::channel::<()>(1);
@@ -312,8 +313,13 @@ impl Correlator {
             Some((self.topics.clone(), seen_tx)),
         );
         let (decided_tx, decided) = mpsc::unbounded_channel();
-        let (events, task) =
-            site_config::spawn(self.fleet_targets.clone(), known, seen, decided_tx);
+        let (events, task) = site_config::spawn(
+            self.fleet_targets.clone(),
+            known,
+            seen,
+            decided_tx,
+            self.shared.config_answers.clone(),
+        );
         let forward = out.forward_configs(self.topics.clone(), decided);
         self.configs = Some(Configs {
             events,

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use faultline_shared::{Topic, Topics};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -63,9 +63,13 @@ impl MqttOut {
                                 true,
                                 online.clone(),
                             );
+                            // One SUBSCRIBE, so one SUBACK: `site_config` takes each
+                            // as a fresh start of the broker's retained configs.
                             if let Some((topics, _)) = &configs {
-                                let _ =
-                                    client.try_subscribe(topics.all_configs(), QoS::AtLeastOnce);
+                                let _ = client.try_subscribe_many(
+                                    [topics.all_configs(), topics.all_config_statuses()]
+                                        .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)),
+                                );
                             }
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -74,11 +78,17 @@ impl MqttOut {
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            if let Some((topics, tx)) = &configs
-                                && let Ok(Topic::Config { site }) = topics.parse(&p.topic)
-                            {
+                            if let Some((topics, tx)) = &configs {
                                 let payload = p.payload.to_vec();
-                                let _ = tx.send(BrokerConfig::Seen { site, payload });
+                                let _ = match topics.parse(&p.topic) {
+                                    Ok(Topic::Config { site }) => {
+                                        tx.send(BrokerConfig::Seen { site, payload })
+                                    }
+                                    Ok(Topic::ConfigStatus { site }) => {
+                                        tx.send(BrokerConfig::Answer { site, payload })
+                                    }
+                                    _ => Ok(()),
+                                };
                             }
                         }
                         Ok(_) => {}

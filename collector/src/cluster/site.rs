@@ -271,6 +271,7 @@ async fn serve_metrics(
         snapshot: crate::snapshot::SnapshotCell::default(),
         alerts: Arc::new(crate::alerts::AlertStats::default()),
         maintenance: Arc::new(crate::maintenance::Book::new(Vec::new())),
+        config_answers: Arc::default(),
     });
     crate::http::serve(
         cfg.http_listen,

@@ -270,6 +270,30 @@ pub fn write(shared: &Shared, o: &mut impl Write) -> fmt::Result {
         e.open_incidents().count()
     )?;
     crate::alerts::write_metrics(o, &shared.alerts)?;
+    {
+        let a = &shared.config_answers;
+        writeln!(
+            o,
+            "# HELP faultline_collector_config_rejections_total Central configs an agent rejected (each site and version once; the agent keeps its previous config)."
+        )?;
+        writeln!(
+            o,
+            "# TYPE faultline_collector_config_rejections_total counter"
+        )?;
+        writeln!(
+            o,
+            "faultline_collector_config_rejections_total {}",
+            a.rejections()
+        )?;
+        writeln!(
+            o,
+            "# HELP faultline_site_config_rejected 1 for each site whose agent's latest answer rejected its central config."
+        )?;
+        writeln!(o, "# TYPE faultline_site_config_rejected gauge")?;
+        for (site, _) in a.rejected() {
+            writeln!(o, "faultline_site_config_rejected{{site=\"{site}\"}} 1")?;
+        }
+    }
     writeln!(
         o,
         "# HELP faultline_verdict_state 1 for the state each site, ISP and provider is in."

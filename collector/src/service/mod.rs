@@ -95,6 +95,8 @@ pub struct Shared {
     pub alerts: Arc<AlertStats>,
     /// Maintenance windows in force (config and HTTP).
     pub maintenance: Arc<Book>,
+    /// The agents' answers to their central configs.
+    pub config_answers: Arc<crate::fleet_config::Answers>,
 }
 
 /// Runs the collector until SIGINT/SIGTERM.
@@ -160,6 +162,7 @@ pub async fn serve(
                 .chain(kept_windows)
                 .collect(),
         )),
+        config_answers: Arc::default(),
     });
     shared.snapshot.set(Arc::new(engine.snapshot()));
 
@@ -201,8 +204,13 @@ pub async fn serve(
         ack_rx,
         stop_tx.subscribe(),
     );
-    let (site_events, site_tasks) =
-        site_config::start(&cfg, known_sites, outlets.configs, outlets.outputs.clone());
+    let (site_events, site_tasks) = site_config::start(
+        &cfg,
+        known_sites,
+        outlets.configs,
+        outlets.outputs.clone(),
+        shared.config_answers.clone(),
+    );
     let (pubs, metrics) = (outlets.outputs, outlets.metrics);
     let owner = {
         let shared = shared.clone();

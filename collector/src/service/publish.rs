@@ -11,7 +11,7 @@ use std::time::Duration;
 use faultline_shared::{CollectorStatus, IncidentEvent, MetricsJson, Report, Verdict};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -42,6 +42,11 @@ pub enum BrokerConfig {
     /// The subscription is in place: retained copies follow at once.
     Subscribed,
     Seen {
+        site: faultline_shared::Id,
+        payload: Vec<u8>,
+    },
+    /// The site's agent answered on `config/status`.
+    Answer {
         site: faultline_shared::Id,
         payload: Vec<u8>,
     },
@@ -93,6 +98,7 @@ impl Publisher {
         let (client, mut eventloop) = AsyncClient::new(opts, OUT_QUEUE);
         let (configs_tx, configs) = mpsc::unbounded_channel();
         let configs_filter = cfg.topics.all_configs();
+        let answers_filter = cfg.topics.all_config_statuses();
         // Reconnects with backoff, announces the collector, ends once the broker
         // closes the connection after its goodbye.
         let connection = {
@@ -110,7 +116,12 @@ impl Publisher {
                                 true,
                                 status(true),
                             );
-                            let _ = client.try_subscribe(configs_filter.clone(), QoS::AtLeastOnce);
+                            // One SUBSCRIBE, so one SUBACK: `site_config` takes each
+                            // as a fresh start of the broker's retained configs.
+                            let _ = client.try_subscribe_many(
+                                [configs_filter.clone(), answers_filter.clone()]
+                                    .map(|f| Filter::new(f, QoS::AtLeastOnce)),
+                            );
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             let _ = configs_tx.send(BrokerConfig::Subscribed);
@@ -119,10 +130,16 @@ impl Publisher {
                             let parsed = std::str::from_utf8(&p.topic)
                                 .ok()
                                 .and_then(|t| shared.topics.parse(t).ok());
-                            if let Some(faultline_shared::Topic::Config { site }) = parsed {
-                                let payload = p.payload.to_vec();
-                                let _ = configs_tx.send(BrokerConfig::Seen { site, payload });
-                            }
+                            let payload = p.payload.to_vec();
+                            let _ = match parsed {
+                                Some(faultline_shared::Topic::Config { site }) => {
+                                    configs_tx.send(BrokerConfig::Seen { site, payload })
+                                }
+                                Some(faultline_shared::Topic::ConfigStatus { site }) => {
+                                    configs_tx.send(BrokerConfig::Answer { site, payload })
+                                }
+                                _ => Ok(()),
+                            };
                         }
                         Ok(Event::Outgoing(Outgoing::Disconnect)) => bye = true,
                         Ok(_) => {}

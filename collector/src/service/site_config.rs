@@ -8,6 +8,7 @@
 //! other setting needs a restart, and the log says which sections changed.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use faultline_shared::Id;
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::now_ms;
 use super::publish::{BrokerConfig, Publication};
 use crate::config::Config;
-use crate::fleet_config::{FleetTarget, Publish, SiteConfigs};
+use crate::fleet_config::{Answers, FleetTarget, Publish, SiteConfigs};
 
 /// How long after subscribing the broker's retained configs are waited for before
 /// anything is published (they follow the SUBACK at once).
@@ -48,25 +49,34 @@ pub fn start(
     known_sites: Vec<Id>,
     configs: mpsc::UnboundedReceiver<BrokerConfig>,
     out: mpsc::UnboundedSender<Publication>,
+    answers: Arc<Answers>,
 ) -> (mpsc::UnboundedSender<Event>, [JoinHandle<()>; 2]) {
-    let (tx, task) = spawn(cfg.fleet_targets.clone(), known_sites, configs, out);
+    let (tx, task) = spawn(
+        cfg.fleet_targets.clone(),
+        known_sites,
+        configs,
+        out,
+        answers,
+    );
     let reloads = spawn_reloads(cfg, tx.clone());
     (tx, [task, reloads])
 }
 
-/// The task alone, on `targets`: what it is told goes to the returned sender.
+/// The task alone, on `targets`: what it is told goes to the returned sender; the
+/// agents' answers are recorded in `answers`.
 pub fn spawn(
     targets: Vec<FleetTarget>,
     known_sites: Vec<Id>,
     configs: mpsc::UnboundedReceiver<BrokerConfig>,
     out: mpsc::UnboundedSender<Publication>,
+    answers: Arc<Answers>,
 ) -> (mpsc::UnboundedSender<Event>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(drive(
         SiteConfigs::new(targets),
         known_sites,
         rx,
-        configs,
+        (configs, answers),
         out,
     ));
     (tx, task)
@@ -82,7 +92,7 @@ async fn drive(
     mut core: SiteConfigs,
     known_sites: Vec<Id>,
     mut events: mpsc::UnboundedReceiver<Event>,
-    mut configs: mpsc::UnboundedReceiver<BrokerConfig>,
+    (mut configs, answers): (mpsc::UnboundedReceiver<BrokerConfig>, Arc<Answers>),
     out: mpsc::UnboundedSender<Publication>,
 ) {
     for site in known_sites {
@@ -126,6 +136,16 @@ async fn drive(
                 }
                 Some(BrokerConfig::Seen { site, payload }) => {
                     send(core.seen(site, &payload, now_s()).into_iter().collect());
+                }
+                Some(BrokerConfig::Answer { site, payload }) => {
+                    if let Some(s) = answers.record(site.clone(), &payload) {
+                        tracing::warn!(
+                            site = %site,
+                            version = s.version,
+                            error = s.error.as_deref().unwrap_or(""),
+                            "the agent rejected its central config (it keeps the previous one)"
+                        );
+                    }
                 }
                 // The publisher is gone: the service is stopping.
                 None => return,
