@@ -10,14 +10,14 @@
 //!
 //! Skips (with the reason) when Mosquitto is missing.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use faultline_tests::{
-    Child, Collector, Mosquitto, TempDir, free_tcp_port, wait_until, workspace_bin,
+    Child, Collector, Mosquitto, TempDir, free_tcp_port, tcp_sink, wait_until, workspace_bin,
 };
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -185,18 +185,6 @@ fn wait_for_targets(seen: &Seen, mark: usize, names: &[&str]) -> Value {
     found.unwrap()
 }
 
-/// A loopback TCP port that accepts (and closes) every connection, for tcp targets.
-fn listener() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            drop(c);
-        }
-    });
-    port
-}
-
 #[test]
 fn central_targets_reach_the_agent_bad_ones_are_rejected_and_a_restart_offline_keeps_them() {
     // As root Mosquitto would drop to its own user, which cannot write its state
@@ -211,7 +199,7 @@ fn central_targets_reach_the_agent_bad_ones_are_rejected_and_a_restart_offline_k
     };
     let dir = TempDir::new("central-config");
     // Every target connects to a listener of this test: loopback only.
-    let (port_a, port_b, port_web) = (listener(), listener(), listener());
+    let (port_a, port_b, port_web) = (tcp_sink(), tcp_sink(), tcp_sink());
     let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     let (seen, client) = subscriber(broker.port);
     // `web` is central too, but the agent's own `web` wins.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use faultline_shared::{Id, Topics};
 use faultline_tests::fleet::{Fault, Fleet, Script};
 use faultline_tests::nats::NatsCluster;
-use faultline_tests::{Child, TempDir, free_tcp_port, http_get, wait_until};
+use faultline_tests::{Child, TempDir, free_tcp_port, http_get, log_of, spawn_logged, wait_until};
 
 const SITES: usize = 500;
 const WINDOW_MS: u32 = 3_000;
@@ -63,21 +63,11 @@ fn config(
 }
 
 fn spawn(dir: &Path, name: &str, cfg: &Path) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Child::spawn(
-        name,
-        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
-            .args(["run", "--config"])
-            .arg(cfg)
-            .env("FAULTLINE_LOG", "info,async_nats=warn")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-    .unwrap()
+    spawn_logged(env!("CARGO_BIN_EXE_faultline-collector"), dir, name, cfg)
 }
 
 fn log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+    log_of(dir, name)
 }
 
 /// One recorded message, as `replay` reads it.

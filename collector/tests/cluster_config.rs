@@ -14,14 +14,16 @@
 //!
 //! Skips (with the reason) when nats-server or PostgreSQL is missing.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faultline_tests::nats::NatsCluster;
-use faultline_tests::{Child, TempDir, free_tcp_port, http_request, wait_until, workspace_bin};
+use faultline_tests::{
+    Child, TempDir, free_tcp_port, http_request, log_of, spawn_logged, tcp_sink, wait_until,
+    workspace_bin,
+};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
@@ -70,33 +72,11 @@ fn fleet_target(name: &str, port: u16) -> String {
 }
 
 fn spawn(dir: &Path, name: &str, cfg: &Path) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Child::spawn(
-        name,
-        Command::new(env!("CARGO_BIN_EXE_faultline-collector"))
-            .args(["run", "--config"])
-            .arg(cfg)
-            .env("FAULTLINE_LOG", "info,async_nats=warn")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-    .unwrap()
+    spawn_logged(env!("CARGO_BIN_EXE_faultline-collector"), dir, name, cfg)
 }
 
 fn log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-}
-
-/// A loopback TCP port that accepts (and closes) every connection, for tcp targets.
-fn listener() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            drop(c);
-        }
-    });
-    port
+    log_of(dir, name)
 }
 
 /// Everything on the site's topics and its per-probe metrics topics at the MQTT
@@ -180,7 +160,7 @@ fn central_configs_and_maintenance_windows_span_both_correlators() {
     let db = pg.database();
     let tmp = TempDir::new("cluster-config");
     let dir = tmp.path();
-    let (port_a, port_b, port_c, port_web) = (listener(), listener(), listener(), listener());
+    let (port_a, port_b, port_c, port_web) = (tcp_sink(), tcp_sink(), tcp_sink(), tcp_sink());
     let (port_http_a, port_http_b) = (free_tcp_port(), free_tcp_port());
     let fleet_ab = format!(
         "{}{}",

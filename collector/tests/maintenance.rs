@@ -3,13 +3,12 @@
 //! one, are validated field by field, and survive a restart; windows from
 //! collector.toml are listed but not removable over HTTP.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use faultline_tests::{Child, TempDir, free_tcp_port, wait_for_tcp};
+use faultline_tests::{Child, TempDir, free_tcp_port, http_request, wait_for_tcp};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -23,30 +22,12 @@ fn request(
     token: Option<&str>,
     json: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req += &format!("Authorization: Bearer {t}\r\n");
-    }
-    if !json.is_empty() {
-        req += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            json.len()
-        );
-    }
-    req += "\r\n";
-    req += json;
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
+    let headers: Vec<String> = token
+        .map(|t| format!("Authorization: Bearer {t}"))
+        .into_iter()
+        .collect();
+    let r = http_request(addr, method, path, &headers, json);
+    (r.status, r.body)
 }
 
 fn start(dir: &Path, token: bool) -> (Child, SocketAddr) {

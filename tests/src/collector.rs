@@ -16,6 +16,40 @@ use crate::{Child, free_tcp_port, http_get, wait_for_tcp};
 
 const START: Duration = Duration::from_secs(60);
 
+/// Starts `bin run --config config` as process `name` of a cluster test, its log
+/// (stderr, `info` and `async_nats` warnings) in `dir/{name}.log`.
+pub fn spawn_logged(bin: impl AsRef<Path>, dir: &Path, name: &str, config: &Path) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("create the log");
+    Child::spawn(
+        name,
+        Command::new(bin.as_ref())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("FAULTLINE_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .expect("spawn faultline-collector")
+}
+
+/// What process `name` of [`spawn_logged`] has logged so far.
+pub fn log_of(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// A loopback TCP port that accepts (and closes) every connection: a `tcp` probe
+/// target that is up.
+pub fn tcp_sink() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a sink");
+    let port = l.local_addr().expect("sink address").port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    port
+}
+
 /// A running `faultline-collector run`, killed when dropped.
 #[derive(Debug)]
 pub struct Collector {

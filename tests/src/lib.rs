@@ -29,7 +29,7 @@ pub mod nats;
 pub mod outbox;
 pub mod postgres;
 
-pub use collector::{Collector, Watcher, metric, mqtt_client};
+pub use collector::{Collector, Watcher, log_of, metric, mqtt_client, spawn_logged, tcp_sink};
 pub use faultline_lab::relay;
 pub use postgres::Postgres;
 
