@@ -20,26 +20,25 @@
 //! lease) and publishes every site's central agent config (`[[fleet.target]]`,
 //! SIGHUP reloads them on both correlators), as a one-node collector does.
 
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer;
-use faultline_shared::{CollectorStatus, Topics};
+use faultline_shared::Topics;
 use tokio::sync::{broadcast, mpsc};
 
 use super::mqtt_out::MqttOut;
 use super::{Bus, Cluster, LEADER_KEY, Lease};
-use crate::alerts::{AlertStats, Alerts};
+use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::engine::{Engine, Output, Role};
 use crate::fleet_config::FleetTarget;
-use crate::maintenance::{Book, Marks};
+use crate::maintenance::Marks;
 use crate::service::history::{HistoryStats, StoreMsg};
-use crate::service::site_config;
-use crate::service::{Shared, ShellStats, now_ms};
-use crate::snapshot::SnapshotCell;
+use crate::service::{Shared, now_ms};
+use crate::service::{publish, site_config};
 
 /// What the active correlator publishes.
 enum Publication {
@@ -91,16 +90,6 @@ impl Drop for Configs {
     }
 }
 
-fn status(online: bool) -> Vec<u8> {
-    let v = env!("CARGO_PKG_VERSION");
-    let s = if online {
-        CollectorStatus::online(v)
-    } else {
-        CollectorStatus::offline(v)
-    };
-    serde_json::to_vec(&s).unwrap_or_default()
-}
-
 /// Runs a correlator until `shutdown` completes.
 pub async fn serve(
     cfg: Config,
@@ -128,23 +117,7 @@ pub async fn serve(
         start,
         tokio::task::block_in_place(|| reader.restore(start)).context("restore history")?,
     );
-    let shared = Arc::new(Shared {
-        topics: cfg.topics.clone(),
-        stats: Mutex::new(ShellStats::default()),
-        history: Mutex::new(reader),
-        history_stats,
-        started_ms: start,
-        snapshot: SnapshotCell::default(),
-        alerts: Arc::new(AlertStats::default()),
-        maintenance: Arc::new(Book::new(
-            cfg.maintenance
-                .iter()
-                .cloned()
-                .chain(kept_windows)
-                .collect(),
-        )),
-        config_answers: Arc::default(),
-    });
+    let shared = Arc::new(Shared::new(&cfg, reader, history_stats, kept_windows));
     shared.snapshot.set(Arc::new(engine.snapshot()));
     let (stop, _) = broadcast::channel::<()>(1);
     crate::http::serve(
@@ -235,21 +208,16 @@ pub async fn serve(
         }
         c.dispatch().await;
         c.shared.snapshot.set_counters(c.engine.counters());
-        let wait = c
-            .engine
-            .poll_timeout()
-            .map_or(1_000, |t| t.saturating_sub(now_ms()))
-            .min(1_000);
         sleep
             .as_mut()
-            .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+            .reset(tokio::time::Instant::now() + super::nap(&c.engine, now_ms()));
     }
     tracing::info!("stopping");
     let _ = c.stop.send(());
     reload_task.abort();
     c.configs = None;
     if let Some(out) = c.out.take() {
-        out.finish((c.topics.collector_status(), status(false)))
+        out.finish((c.topics.collector_status(), publish::status(false)))
             .await;
     }
     if let Some(l) = c.leader.take() {
@@ -309,7 +277,7 @@ impl Correlator {
         let out = MqttOut::start(
             c.mqtt.clone(),
             format!("faultline-fleet-{}", c.name),
-            (topic, status(true), status(false)),
+            (topic, publish::status(true), publish::status(false)),
             Some((self.topics.clone(), seen_tx)),
         );
         let (decided_tx, decided) = mpsc::unbounded_channel();

@@ -201,6 +201,16 @@ pub fn subject_of(topic: &str) -> String {
         .join(".")
 }
 
+/// How long a cluster role's loop may sleep at `now_ms`: until the engine's next
+/// deadline, a second at most (leases and the bus are looked at in between).
+pub fn nap(engine: &crate::engine::Engine, now_ms: u64) -> Duration {
+    let ms = engine
+        .poll_timeout()
+        .map_or(1_000, |t| t.saturating_sub(now_ms))
+        .min(1_000);
+    Duration::from_millis(ms)
+}
+
 /// The subject filter of one partition's reports.
 pub fn partition_filter(p: u32) -> String {
     format!("$MQTT.msgs.fl.in.{p}.>")

@@ -39,7 +39,7 @@ use super::{Bus, Cluster, Lease, partition_of};
 use crate::config::Config;
 use crate::engine::{Engine, Output, Restored, Role};
 use crate::service::history::{HistoryStats, StoreMsg};
-use crate::service::{Shared, ShellStats, now_ms};
+use crate::service::{Shared, now_ms};
 use crate::store::Store;
 
 /// Reports handled between two history commits, at most.
@@ -224,14 +224,9 @@ pub async fn serve(
             sh.stats.lock().expect("stats lock").connected =
                 client.connection_state() == async_nats::connection::State::Connected;
         }
-        let wait = w
-            .engine
-            .poll_timeout()
-            .map_or(1_000, |t| t.saturating_sub(now_ms()))
-            .min(1_000);
         sleep
             .as_mut()
-            .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+            .reset(tokio::time::Instant::now() + super::nap(&w.engine, now_ms()));
     }
     tracing::info!("stopping: giving the partitions back");
     let _ = stop_http.send(());
@@ -262,17 +257,7 @@ async fn serve_metrics(
 ) -> anyhow::Result<Arc<Shared>> {
     let location = cfg.storage.location.clone();
     let history = tokio::task::spawn_blocking(move || Store::connect(&location)).await??;
-    let shared = Arc::new(Shared {
-        topics: cfg.topics.clone(),
-        stats: std::sync::Mutex::new(ShellStats::default()),
-        history: std::sync::Mutex::new(history),
-        history_stats: stats,
-        started_ms: now_ms(),
-        snapshot: crate::snapshot::SnapshotCell::default(),
-        alerts: Arc::new(crate::alerts::AlertStats::default()),
-        maintenance: Arc::new(crate::maintenance::Book::new(Vec::new())),
-        config_answers: Arc::default(),
-    });
+    let shared = Arc::new(Shared::new(cfg, history, stats, Vec::new()));
     crate::http::serve(
         cfg.http_listen,
         shared.clone(),

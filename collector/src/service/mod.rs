@@ -99,6 +99,32 @@ pub struct Shared {
     pub config_answers: Arc<crate::fleet_config::Answers>,
 }
 
+impl Shared {
+    /// What a process serves over HTTP: history read through `history`, the
+    /// maintenance windows of the config and those `kept` in history; counters,
+    /// snapshot and alert figures start empty.
+    pub fn new(
+        cfg: &Config,
+        history: Store,
+        history_stats: Arc<HistoryStats>,
+        kept: Vec<crate::maintenance::Window>,
+    ) -> Self {
+        Self {
+            topics: cfg.topics.clone(),
+            stats: Mutex::new(ShellStats::default()),
+            history: Mutex::new(history),
+            history_stats,
+            started_ms: now_ms(),
+            snapshot: SnapshotCell::default(),
+            alerts: Arc::new(AlertStats::default()),
+            maintenance: Arc::new(Book::new(
+                cfg.maintenance.iter().cloned().chain(kept).collect(),
+            )),
+            config_answers: Arc::default(),
+        }
+    }
+}
+
 /// Runs the collector until SIGINT/SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,23 +173,12 @@ pub async fn serve(
     let known_sites = restored.sites.iter().map(|(s, _, _)| s.clone()).collect();
     engine.restore(start, restored);
     tracing::info!(open_incidents = n_inc, boots = n_boots, "history restored");
-    let shared = Arc::new(Shared {
-        topics: cfg.topics.clone(),
-        stats: Mutex::new(ShellStats::default()),
-        history: Mutex::new(history_store),
-        history_stats: history_stats.clone(),
-        started_ms: start,
-        snapshot: SnapshotCell::default(),
-        alerts: Arc::new(AlertStats::default()),
-        maintenance: Arc::new(Book::new(
-            cfg.maintenance
-                .iter()
-                .cloned()
-                .chain(kept_windows)
-                .collect(),
-        )),
-        config_answers: Arc::default(),
-    });
+    let shared = Arc::new(Shared::new(
+        &cfg,
+        history_store,
+        history_stats.clone(),
+        kept_windows,
+    ));
     shared.snapshot.set(Arc::new(engine.snapshot()));
 
     let (stop_tx, _) = broadcast::channel::<()>(1);

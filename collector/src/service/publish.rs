@@ -72,7 +72,8 @@ pub struct Outlets {
     pub configs: mpsc::UnboundedReceiver<BrokerConfig>,
 }
 
-fn status(online: bool) -> Vec<u8> {
+/// The body of the collector's retained status (`online`, or its last will).
+pub fn status(online: bool) -> Vec<u8> {
     let v = env!("CARGO_PKG_VERSION");
     let s = if online {
         CollectorStatus::online(v)

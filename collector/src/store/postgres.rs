@@ -246,6 +246,20 @@ fn migrate(client: &mut Client) -> anyhow::Result<()> {
 }
 
 /// `a` with every seq of the run list `b` added, as [`SeqSet`] text.
+/// The rows `sql` selects for the (site, number) keys, locked: (site, number) → the
+/// third column. `sql` joins `unnest($1::text[], $2::int8[])` and orders its locks.
+fn locked<T: for<'a> postgres::types::FromSql<'a>>(
+    c: &mut Conn,
+    sql: &'static str,
+    sites: &[&str],
+    numbers: &[i64],
+) -> anyhow::Result<HashMap<(String, i64), T>> {
+    Ok(c.query(sql, &[&sites, &numbers])?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
 fn union_text(a: &SeqSet, b: &SeqSet) -> String {
     let mut runs: Vec<(u64, u64)> = a.runs().iter().chain(b.runs()).copied().collect();
     runs.sort_unstable();
@@ -373,16 +387,14 @@ impl Backend for Postgres {
             )?;
             // Another writer may have recorded seqs of these boots meanwhile (a site
             // handed over): keep theirs too, under the rows' locks, taken in one order.
-            let stored: HashMap<(String, i64), String> = c
-                .query(
-                    "SELECT b.site, b.boot, b.seqs FROM boots b
-                     JOIN unnest($1::text[], $2::int8[]) AS u(s, n) ON b.site = u.s AND b.boot = u.n
-                     ORDER BY b.site, b.boot FOR UPDATE OF b",
-                    &[&sites, &ids],
-                )?
-                .iter()
-                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-                .collect();
+            let stored: HashMap<(String, i64), String> = locked(
+                c,
+                "SELECT b.site, b.boot, b.seqs FROM boots b
+                 JOIN unnest($1::text[], $2::int8[]) AS u(s, n) ON b.site = u.s AND b.boot = u.n
+                 ORDER BY b.site, b.boot FOR UPDATE OF b",
+                &sites,
+                &ids,
+            )?;
             let texts: Vec<String> = boots
                 .iter()
                 .map(|&(site, boot, seqs, _)| {
@@ -434,16 +446,14 @@ impl Backend for Postgres {
             }
             let rs: Vec<&str> = rest.iter().map(|&k| sites[k]).collect();
             let rm: Vec<i64> = rest.iter().map(|&k| mins[k]).collect();
-            let stored: HashMap<(String, i64), Vec<u8>> = c
-                .query(
-                    "SELECT t.site, t.minute_ms, t.targets FROM target_minutes t
-                     JOIN unnest($1::text[], $2::int8[]) AS u(s, m) ON t.site = u.s AND t.minute_ms = u.m
-                     ORDER BY t.site, t.minute_ms FOR UPDATE OF t",
-                    &[&rs, &rm],
-                )?
-                .iter()
-                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-                .collect();
+            let stored: HashMap<(String, i64), Vec<u8>> = locked(
+                c,
+                "SELECT t.site, t.minute_ms, t.targets FROM target_minutes t
+                 JOIN unnest($1::text[], $2::int8[]) AS u(s, m) ON t.site = u.s AND t.minute_ms = u.m
+                 ORDER BY t.site, t.minute_ms FOR UPDATE OF t",
+                &rs,
+                &rm,
+            )?;
             let merged: Vec<Vec<u8>> = rest
                 .iter()
                 .map(|&k| {
