@@ -456,7 +456,11 @@ impl Store {
         let due = match self.seen_targets.get_mut(&w.site) {
             Some((last, known))
                 if w.recv_ms < last.saturating_add(60_000)
-                    && w.targets.iter().all(|t| known.contains(&t.target)) =>
+                    && w.targets.iter().enumerate().all(|(i, t)| {
+                        // In the same order as last time, as reports list them: one
+                        // comparison a target on the history writer's hot path.
+                        known.get(i) == Some(&t.target) || known.contains(&t.target)
+                    }) =>
             {
                 false
             }
